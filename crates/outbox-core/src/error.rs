@@ -1,0 +1,93 @@
+//! Error types shared by every store: [`ValidationError`] for bad input and [`StoreError`] for
+//! everything a store operation can answer.
+
+use std::borrow::Cow;
+
+use crate::event::EventId;
+use crate::status::TransitionError;
+
+/// A boxed error from a driver or broker, kept as a `source`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Bad input, naming the field at fault. Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    field: &'static str,
+    reason: Cow<'static, str>,
+}
+
+impl ValidationError {
+    /// A validation error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+    /// The field at fault (`"event_type"`, `"payload"`, `"table"` …).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The input was refused before anything was written.
+    #[error(transparent)]
+    InvalidInput(#[from] ValidationError),
+    /// No event has this id.
+    #[error("no event with id {0}")]
+    NotFound(EventId),
+    /// These events are no longer held under the caller's lease (it expired and they were
+    /// reclaimed or claimed by another worker); they were left unchanged. Every other event named
+    /// in the same call was updated.
+    #[error("lease lost for {} event(s)", ids.len())]
+    LeaseLost {
+        /// The events the caller no longer holds.
+        ids: Vec<EventId>,
+    },
+    /// The state machine refused the change; the event is unchanged.
+    #[error("event {id}: {source}")]
+    Transition {
+        /// The event.
+        id: EventId,
+        /// Why it was refused.
+        #[source]
+        source: TransitionError,
+    },
+    /// The store could not be reached (connection lost, pool exhausted, database restarting).
+    /// Retrying later may succeed.
+    #[error("store unavailable: {source}")]
+    Unavailable {
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend does not offer this operation.
+    #[error("{operation} is not supported by this store")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
+    /// Any other backend failure.
+    #[error("store error: {source}")]
+    Backend {
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}

@@ -1,0 +1,384 @@
+//! The store contract: [`OutboxStore`] (what a worker and an operator need), [`Emit`] (what
+//! application code writes through, inside its own transaction), and the types they exchange.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::event::{EventId, NewEvent, OutboxEvent};
+use crate::status::{Lease, LeaseId, Status};
+
+/// What emitting an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emitted {
+    /// A new event was stored with this id.
+    Created(EventId),
+    /// An event with the same idempotency key already exists; nothing new was stored.
+    Duplicate(EventId),
+}
+
+impl Emitted {
+    /// The id of the stored event (new or existing).
+    pub fn id(&self) -> EventId {
+        match self {
+            Emitted::Created(id) | Emitted::Duplicate(id) => *id,
+        }
+    }
+    /// Whether the idempotency key had been used before.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Emitted::Duplicate(_))
+    }
+}
+
+/// Writes events inside the caller's unit of work: they become visible to workers when it
+/// commits and vanish if it rolls back.
+///
+/// Application code written against this trait runs on every backend: unit-tested on the memory
+/// store's `UnitOfWork`, run in production on a PostgreSQL transaction.
+#[async_trait]
+pub trait Emit: Send {
+    /// Emits one event.
+    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError>;
+
+    /// Emits several events, one answer per event in the same order. Backends override this to
+    /// write them in one statement.
+    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            out.push(self.emit(event).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// A failed delivery to record: retry at `retry_at`, or never (`None`, a permanent error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    /// The event.
+    pub id: EventId,
+    /// The error message kept in `last_error`.
+    pub error: String,
+    /// When to try again; `None` kills the event.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// What [`OutboxStore::reclaim_expired`] did with events whose lease ran out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Returned to pending, to be claimed again.
+    pub pending: u64,
+    /// Out of attempts, marked dead.
+    pub dead: u64,
+}
+
+/// Events by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Waiting for delivery.
+    pub pending: u64,
+    /// Held by a worker.
+    pub in_flight: u64,
+    /// Delivered and not yet purged.
+    pub delivered: u64,
+    /// Given up on.
+    pub dead: u64,
+}
+
+impl StatusCounts {
+    /// The count for one status.
+    pub fn get(&self, status: Status) -> u64 {
+        match status {
+            Status::Pending => self.pending,
+            Status::InFlight => self.in_flight,
+            Status::Delivered => self.delivered,
+            Status::Dead => self.dead,
+        }
+    }
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.delivered + self.dead
+    }
+}
+
+/// Which events [`OutboxStore::list`] returns: every set field must match. Results come in id
+/// (creation) order; pass the last id seen as `after` for the next page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only this aggregate type.
+    pub aggregate_type: Option<String>,
+    /// Only this aggregate id.
+    pub aggregate_id: Option<String>,
+    /// Only events after this id (keyset paging).
+    pub after: Option<EventId>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+impl Default for EventFilter {
+    fn default() -> Self {
+        Self {
+            status: None,
+            event_type: None,
+            aggregate_type: None,
+            aggregate_id: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl EventFilter {
+    /// Whether `event` matches every set field except the page (`after`, `limit`).
+    pub fn matches(&self, event: &OutboxEvent) -> bool {
+        self.status.is_none_or(|s| s == event.status())
+            && self
+                .event_type
+                .as_deref()
+                .is_none_or(|t| t == event.event_type)
+            && self
+                .aggregate_type
+                .as_deref()
+                .is_none_or(|t| t == event.aggregate_type)
+            && self
+                .aggregate_id
+                .as_deref()
+                .is_none_or(|t| t == event.aggregate_id)
+            && self.after.is_none_or(|after| event.id > after)
+    }
+}
+
+/// Sends wake-ups from a store to the workers waiting on it.
+#[derive(Debug)]
+pub struct WakeupSender(watch::Sender<u64>);
+
+impl WakeupSender {
+    /// A new sender with no receivers yet.
+    pub fn new() -> Self {
+        Self(watch::Sender::new(0))
+    }
+    /// Wakes every receiver (once, however many times this is called before they look).
+    pub fn wake(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    /// A new receiver.
+    pub fn subscribe(&self) -> Wakeups {
+        Wakeups(self.0.subscribe())
+    }
+}
+
+impl Default for WakeupSender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Receives wake-ups: "events may have been committed".
+#[derive(Debug, Clone)]
+pub struct Wakeups(watch::Receiver<u64>);
+
+impl Wakeups {
+    /// Waits for the next wake-up. Returns `false` once the sender is gone and none will come.
+    pub async fn wait(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
+/// The contract every backend implements: claiming with leases, recording outcomes, operator
+/// queries. Writes of new events go through [`Emit`], inside the caller's transaction.
+///
+/// Time is always passed in (`now`), never read by the store, so a test drives the memory store
+/// and PostgreSQL with the same injected clock. Every lifecycle change follows
+/// [`transition`](crate::transition); calls naming a lease are fenced: events no longer held under
+/// that lease are left unchanged and reported as [`StoreError::LeaseLost`].
+///
+/// Used as a trait object through [`DynOutboxStore`]; `Arc<S>` and `Box<S>` forward every method.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Claims up to `limit` due pending events (oldest due first) under `lease`, marking them in
+    /// flight. Events held by another worker are skipped, never waited on.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Extends `lease` to `until` on every event still held under it; returns how many are.
+    async fn renew(
+        &self,
+        lease: LeaseId,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Marks events delivered.
+    async fn ack(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Records failed deliveries: reschedules each, or kills it on a permanent error or when its
+    /// attempts are used up.
+    async fn nack(
+        &self,
+        lease: LeaseId,
+        failures: &[Failure],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Gives events back untried (pending, due now); the attempt does not count.
+    async fn release(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes back in-flight events whose lease expired before `now` (the attempt counts).
+    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError>;
+
+    /// Deletes delivered events delivered before `before`; returns how many.
+    async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// One event.
+    async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError>;
+
+    /// Events matching `filter`, in id order.
+    async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// How many events are in each status.
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError>;
+
+    /// Gives a dead event `extra_attempts` more attempts, due at `now`.
+    async fn retry_dead(
+        &self,
+        id: EventId,
+        extra_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError>;
+
+    /// Wake-ups sent when events are committed, if the store can notice commits. Workers fall
+    /// back to polling when this is `None` (the default).
+    fn wakeups(&self) -> Option<Wakeups> {
+        None
+    }
+}
+
+/// The store as a trait object.
+pub type DynOutboxStore = dyn OutboxStore;
+
+macro_rules! forward_store {
+    ($ptr:ident) => {
+        #[async_trait]
+        impl<S: OutboxStore + ?Sized> OutboxStore for $ptr<S> {
+            async fn claim(
+                &self,
+                lease: &Lease,
+                limit: usize,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<OutboxEvent>, StoreError> {
+                (**self).claim(lease, limit, now).await
+            }
+            async fn renew(
+                &self,
+                lease: LeaseId,
+                until: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                (**self).renew(lease, until, now).await
+            }
+            async fn ack(
+                &self,
+                lease: LeaseId,
+                ids: &[EventId],
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                (**self).ack(lease, ids, now).await
+            }
+            async fn nack(
+                &self,
+                lease: LeaseId,
+                failures: &[Failure],
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                (**self).nack(lease, failures, now).await
+            }
+            async fn release(
+                &self,
+                lease: LeaseId,
+                ids: &[EventId],
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                (**self).release(lease, ids, now).await
+            }
+            async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+                (**self).reclaim_expired(now).await
+            }
+            async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                (**self).purge_delivered(before).await
+            }
+            async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
+                (**self).get(id).await
+            }
+            async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError> {
+                (**self).list(filter).await
+            }
+            async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+                (**self).count_by_status().await
+            }
+            async fn retry_dead(
+                &self,
+                id: EventId,
+                extra_attempts: u32,
+                now: DateTime<Utc>,
+            ) -> Result<OutboxEvent, StoreError> {
+                (**self).retry_dead(id, extra_attempts, now).await
+            }
+            fn wakeups(&self) -> Option<Wakeups> {
+                (**self).wakeups()
+            }
+        }
+    };
+}
+
+use std::sync::Arc;
+forward_store!(Arc);
+forward_store!(Box);
+
+/// Conveniences over [`OutboxStore`], for every store (blanket impl). Not part of what a backend
+/// implements, so a wrapper store can never forget to forward them.
+#[async_trait]
+pub trait OutboxStoreExt: OutboxStore {
+    /// Claims up to `limit` events for `worker` under a fresh lease of `lease_for`.
+    async fn claim_for(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(Lease, Vec<OutboxEvent>), StoreError> {
+        let lease = Lease {
+            id: LeaseId::new(),
+            holder: worker.to_owned(),
+            until: crate::clock::add(now, lease_for),
+        };
+        let events = self.claim(&lease, limit, now).await?;
+        Ok((lease, events))
+    }
+
+    /// The event, or [`StoreError::NotFound`].
+    async fn fetch(&self, id: EventId) -> Result<OutboxEvent, StoreError> {
+        self.get(id).await?.ok_or(StoreError::NotFound(id))
+    }
+}
+
+impl<S: OutboxStore + ?Sized> OutboxStoreExt for S {}
