@@ -1,0 +1,190 @@
+//! Worker settings and the builder that validates them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{
+    Clock, FastRandom, LeaseId, RandomSource, RetryPolicy, SystemClock, ValidationError,
+};
+
+use crate::worker::Worker;
+
+/// How a [`Worker`] claims, delivers and cleans up. Built through [`WorkerBuilder`].
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Name recorded as the lease holder (`locked_by`).
+    pub worker_id: String,
+    /// Events claimed per batch.
+    pub batch_size: usize,
+    /// Deliveries running at once.
+    pub concurrency: usize,
+    /// How long a claim holds its events before another worker may take them over. Renewed
+    /// while deliveries run.
+    pub lease: Duration,
+    /// How often to look for due events when no wake-up comes.
+    pub poll_interval: Duration,
+    /// Longest a single delivery may take; then it counts as a retryable failure.
+    pub delivery_timeout: Duration,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// Delivered events older than this are deleted by the retention sweep; `None` keeps them.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep runs.
+    pub retention_interval: Duration,
+    /// On shutdown, how long in-flight deliveries may still finish before they are abandoned
+    /// and their events released.
+    pub shutdown_grace: Duration,
+    /// Pause after a store error before trying again.
+    pub error_backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: format!("worker-{}", LeaseId::new()),
+            batch_size: 100,
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            delivery_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_interval: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(10),
+            error_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings fit together; names the first field that does not.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.worker_id.trim().is_empty() {
+            return Err(ValidationError::new("worker_id", "must not be empty"));
+        }
+        if self.batch_size == 0 {
+            return Err(ValidationError::new("batch_size", "must be at least 1"));
+        }
+        if self.concurrency == 0 {
+            return Err(ValidationError::new("concurrency", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("poll_interval", self.poll_interval),
+            ("delivery_timeout", self.delivery_timeout),
+            ("retention_interval", self.retention_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ValidationError::new(field, "must be longer than zero"));
+            }
+        }
+        if self.lease <= self.delivery_timeout {
+            return Err(ValidationError::new(
+                "lease",
+                format!(
+                    "must be longer than delivery_timeout ({:?}), or a slow delivery outlives its lease",
+                    self.delivery_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`Worker`]; start with [`Worker::builder`].
+#[must_use = "call build() to get the worker"]
+pub struct WorkerBuilder<S, T> {
+    pub(crate) store: S,
+    pub(crate) transport: T,
+    pub(crate) config: WorkerConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Box<dyn RandomSource>,
+}
+
+impl<S, T> WorkerBuilder<S, T> {
+    pub(crate) fn new(store: S, transport: T) -> Self {
+        Self {
+            store,
+            transport,
+            config: WorkerConfig::default(),
+            clock: Arc::new(SystemClock),
+            rng: Box::new(FastRandom::new()),
+        }
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Name recorded as the lease holder.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.config.worker_id = id.into();
+        self
+    }
+    /// Events claimed per batch (default 100).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+    /// Deliveries running at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+    /// Lease length (default 60 s); must exceed the delivery timeout.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.config.lease = d;
+        self
+    }
+    /// Poll interval when no wake-up comes (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.config.poll_interval = d;
+        self
+    }
+    /// Per-delivery timeout (default 30 s).
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.config.delivery_timeout = d;
+        self
+    }
+    /// Backoff between attempts.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+    /// Age after which delivered events are deleted (default 7 days); `None` keeps them.
+    pub fn retention(mut self, keep_for: Option<Duration>) -> Self {
+        self.config.retention = keep_for;
+        self
+    }
+    /// How often the retention sweep runs (default 10 min).
+    pub fn retention_interval(mut self, d: Duration) -> Self {
+        self.config.retention_interval = d;
+        self
+    }
+    /// Time in-flight deliveries get to finish on shutdown (default 10 s).
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown_grace = d;
+        self
+    }
+    /// Pause after a store error (default 1 s).
+    pub fn error_backoff(mut self, d: Duration) -> Self {
+        self.config.error_backoff = d;
+        self
+    }
+    /// The clock for stored timestamps (default: system time).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// The random source for backoff jitter.
+    pub fn random_source(mut self, rng: impl RandomSource + 'static) -> Self {
+        self.rng = Box::new(rng);
+        self
+    }
+
+    /// Validates the settings and returns the worker.
+    pub fn build(self) -> Result<Worker<S, T>, ValidationError> {
+        self.config.validate()?;
+        Ok(Worker::from_builder(self))
+    }
+}

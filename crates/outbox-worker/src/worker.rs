@@ -1,0 +1,402 @@
+//! The delivery loop.
+
+use std::collections::HashMap;
+use std::ops::AddAssign;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use outbox_core::clock::{add, sub};
+use outbox_core::{
+    Clock, DeliveryError, EventId, Failure, Lease, LeaseId, Lifecycle, OutboxEvent, OutboxStore,
+    RandomSource, Status, StoreError, Transition, Transport, Wakeups, transition,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+
+use crate::config::{WorkerBuilder, WorkerConfig};
+
+/// What a worker did: counts of outcomes recorded in the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Batches claimed.
+    pub batches: u64,
+    /// Events acknowledged as delivered.
+    pub delivered: u64,
+    /// Failed deliveries rescheduled for another attempt.
+    pub retried: u64,
+    /// Events that died (permanent error or out of attempts).
+    pub dead: u64,
+    /// Events given back untried (shutdown).
+    pub released: u64,
+    /// Outcomes refused because the lease had been lost to another worker.
+    pub lease_lost: u64,
+    /// Expired leases taken back from other (presumably dead) workers.
+    pub reclaimed: u64,
+    /// Delivered events deleted by the retention sweep.
+    pub purged: u64,
+}
+
+impl AddAssign for WorkerReport {
+    fn add_assign(&mut self, o: Self) {
+        self.batches += o.batches;
+        self.delivered += o.delivered;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.released += o.released;
+        self.lease_lost += o.lease_lost;
+        self.reclaimed += o.reclaimed;
+        self.purged += o.purged;
+    }
+}
+
+/// Delivers committed events from a store `S` to a transport `T`.
+///
+/// [`run`](Self::run) serves until cancelled; [`run_until_idle`](Self::run_until_idle) delivers
+/// everything due now and returns, for tests and one-shot jobs. Many workers, in one process or
+/// many, may share a store: claims are leased and fenced.
+pub struct Worker<S, T> {
+    store: Arc<S>,
+    transport: Arc<T>,
+    config: WorkerConfig,
+    clock: Arc<dyn Clock>,
+    rng: Mutex<Box<dyn RandomSource>>,
+}
+
+/// How one delivery ended.
+enum Outcome {
+    Delivered,
+    Failed(DeliveryError),
+}
+
+impl<S, T> Worker<S, T> {
+    pub(crate) fn from_builder(b: WorkerBuilder<S, T>) -> Self {
+        Self {
+            store: Arc::new(b.store),
+            transport: Arc::new(b.transport),
+            config: b.config,
+            clock: b.clock,
+            rng: Mutex::new(b.rng),
+        }
+    }
+}
+
+impl<S, T> Worker<S, T>
+where
+    S: OutboxStore + 'static,
+    T: Transport + 'static,
+{
+    /// Starts configuring a worker for `store` and `transport`.
+    pub fn builder(store: S, transport: T) -> WorkerBuilder<S, T> {
+        WorkerBuilder::new(store, transport)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Serves until `cancel` fires: waits for a wake-up or the poll interval, claims, delivers,
+    /// records outcomes, sweeps old delivered events. Store errors are logged and retried after
+    /// `error_backoff`; they never stop the worker.
+    ///
+    /// On cancel it stops claiming, gives in-flight deliveries `shutdown_grace` to finish,
+    /// releases what is left and returns what it did.
+    pub async fn run(&self, cancel: CancellationToken) -> WorkerReport {
+        let mut report = WorkerReport::default();
+        let mut wakeups = self.store.wakeups();
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(self.config.retention_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(worker = %self.config.worker_id, "outbox worker started");
+        while !cancel.is_cancelled() {
+            let claimed = match self.step(Some(&cancel)).await {
+                Ok((claimed, step)) => {
+                    report += step;
+                    claimed
+                }
+                Err(error) => {
+                    warn!(worker = %self.config.worker_id, %error, "store error; retrying after backoff");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(self.config.error_backoff) => continue,
+                    }
+                }
+            };
+            if claimed >= self.config.batch_size {
+                continue; // a full batch: there is probably more
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                woke = wait(&mut wakeups) => if !woke { wakeups = None },
+                _ = poll.tick() => {}
+                _ = sweep.tick() => report.purged += self.sweep().await,
+            }
+        }
+        info!(worker = %self.config.worker_id, ?report, "outbox worker stopped");
+        report
+    }
+
+    /// Delivers every event that is due now, retrying due failures, and returns once nothing
+    /// due is left (events rescheduled into the future stay pending).
+    pub async fn run_until_idle(&self) -> Result<WorkerReport, StoreError> {
+        let mut report = WorkerReport::default();
+        loop {
+            let (claimed, step) = self.step(None).await?;
+            report += step;
+            if claimed == 0 {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Runs the retention sweep once; returns how many delivered events were deleted.
+    pub async fn sweep(&self) -> u64 {
+        let Some(keep) = self.config.retention else {
+            return 0;
+        };
+        let before = sub(self.clock.now(), keep);
+        match self.store.purge_delivered(before).await {
+            Ok(n) => {
+                if n > 0 {
+                    info!(purged = n, %before, "retention sweep");
+                }
+                n
+            }
+            Err(error) => {
+                warn!(%error, "retention sweep failed");
+                0
+            }
+        }
+    }
+
+    /// Reclaims expired leases, claims one batch and delivers it. Returns how many were claimed.
+    async fn step(
+        &self,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<(usize, WorkerReport), StoreError> {
+        let mut report = WorkerReport::default();
+        let now = self.clock.now();
+        let reclaimed = self.store.reclaim_expired(now).await?;
+        report.reclaimed = reclaimed.pending + reclaimed.dead;
+        report.dead += reclaimed.dead;
+        if report.reclaimed > 0 {
+            info!(
+                pending = reclaimed.pending,
+                dead = reclaimed.dead,
+                "reclaimed expired leases"
+            );
+        }
+        let lease = Lease {
+            id: LeaseId::new(),
+            holder: self.config.worker_id.clone(),
+            until: add(now, self.config.lease),
+        };
+        let events = self
+            .store
+            .claim(&lease, self.config.batch_size, now)
+            .await?;
+        if events.is_empty() {
+            return Ok((0, report));
+        }
+        let claimed = events.len();
+        report.batches = 1;
+        let span =
+            info_span!("outbox_batch", worker = %lease.holder, lease = %lease.id, size = claimed);
+        report += self
+            .deliver_batch(&lease, events, cancel)
+            .instrument(span)
+            .await?;
+        Ok((claimed, report))
+    }
+
+    /// Delivers a claimed batch with bounded concurrency, renewing the lease while it runs, and
+    /// records the outcomes in one call per kind.
+    async fn deliver_batch(
+        &self,
+        lease: &Lease,
+        events: Vec<OutboxEvent>,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<WorkerReport, StoreError> {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut task_events = HashMap::new();
+        let mut lifecycles = HashMap::new();
+        for event in events {
+            let (id, event_type, attempt) =
+                (event.id, event.event_type.clone(), event.attempts() + 1);
+            lifecycles.insert(id, event.lifecycle.clone());
+            let transport = Arc::clone(&self.transport);
+            let permits = Arc::clone(&permits);
+            let timeout = self.config.delivery_timeout;
+            let span =
+                debug_span!("outbox_deliver", event_id = %id, event_type = %event_type, attempt);
+            let handle = tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    let outcome =
+                        match tokio::time::timeout(timeout, transport.deliver(&event)).await {
+                            Ok(Ok(())) => Outcome::Delivered,
+                            Ok(Err(error)) => Outcome::Failed(error),
+                            Err(_) => Outcome::Failed(DeliveryError::retryable(format!(
+                                "delivery timed out after {timeout:?}"
+                            ))),
+                        };
+                    (id, outcome)
+                }
+                .instrument(span),
+            );
+            task_events.insert(handle.id(), id);
+        }
+
+        let renew_every = (self.config.lease / 3).max(Duration::from_millis(1));
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let never = CancellationToken::new();
+        let cancel = cancel.unwrap_or(&never);
+        let grace = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(grace);
+        let mut draining = false;
+        let mut outcomes = Vec::with_capacity(task_events.len());
+        loop {
+            tokio::select! {
+                joined = tasks.join_next_with_id() => match joined {
+                    None => break,
+                    Some(Ok((task, (id, outcome)))) => {
+                        task_events.remove(&task);
+                        outcomes.push((id, outcome));
+                    }
+                    Some(Err(join_error)) => {
+                        if let Some(id) = task_events.remove(&join_error.id()) {
+                            let message = format!("delivery task failed: {join_error}");
+                            outcomes.push((id, Outcome::Failed(DeliveryError::retryable(message))));
+                        }
+                    }
+                },
+                _ = renew.tick() => {
+                    let now = self.clock.now();
+                    if let Err(error) = self.store.renew(lease.id, add(now, self.config.lease), now).await {
+                        warn!(%error, "lease renewal failed");
+                    }
+                }
+                _ = cancel.cancelled(), if !draining => {
+                    draining = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + self.config.shutdown_grace);
+                    debug!(in_flight = task_events.len(), "shutting down: waiting for deliveries");
+                }
+                _ = &mut grace, if draining => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let unfinished: Vec<EventId> = task_events.into_values().collect();
+        self.record(lease.id, outcomes, &lifecycles, unfinished)
+            .await
+    }
+
+    /// Writes a batch's outcomes: one ack, one nack and one release call at most.
+    async fn record(
+        &self,
+        lease: LeaseId,
+        outcomes: Vec<(EventId, Outcome)>,
+        lifecycles: &HashMap<EventId, Lifecycle>,
+        unfinished: Vec<EventId>,
+    ) -> Result<WorkerReport, StoreError> {
+        let mut report = WorkerReport::default();
+        let now = self.clock.now();
+        let mut delivered = Vec::new();
+        let mut failures = Vec::new();
+        {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, outcome) in outcomes {
+                match outcome {
+                    Outcome::Delivered => delivered.push(id),
+                    Outcome::Failed(error) => {
+                        let retry_at = error.is_retryable().then(|| {
+                            let failures_so_far = lifecycles.get(&id).map_or(0, |l| l.attempts) + 1;
+                            let backoff = self.config.retry.delay(failures_so_far, rng.as_mut());
+                            add(
+                                now,
+                                backoff.max(error.retry_after_hint().unwrap_or_default()),
+                            )
+                        });
+                        warn!(event_id = %id, %error, retryable = error.is_retryable(), "delivery failed");
+                        failures.push(Failure {
+                            id,
+                            error: error.to_string(),
+                            retry_at,
+                        });
+                    }
+                }
+            }
+        }
+        if !delivered.is_empty() {
+            let lost = lost_count(self.store.ack(lease, &delivered, now).await)?;
+            report.delivered += delivered.len() as u64 - lost;
+            report.lease_lost += lost;
+        }
+        if !failures.is_empty() {
+            let result = self.store.nack(lease, &failures, now).await;
+            let lost_ids = lost_ids(&result);
+            lost_count(result)?;
+            report.lease_lost += lost_ids.len() as u64;
+            for failure in failures.iter().filter(|f| !lost_ids.contains(&f.id)) {
+                // The store applied this same transition; predict its result rather than ask.
+                let nack = Transition::Nack {
+                    lease,
+                    error: String::new(),
+                    retry_at: failure.retry_at,
+                };
+                let dead = lifecycles
+                    .get(&failure.id)
+                    .and_then(|l| transition(l, &nack, now).ok())
+                    .is_none_or(|l| l.status == Status::Dead);
+                if dead {
+                    report.dead += 1;
+                } else {
+                    report.retried += 1;
+                }
+            }
+        }
+        if !unfinished.is_empty() {
+            let lost = lost_count(self.store.release(lease, &unfinished, now).await)?;
+            report.released += unfinished.len() as u64 - lost;
+            report.lease_lost += lost;
+        }
+        Ok(report)
+    }
+}
+
+/// Counts the events a fenced call reported as lost; passes other errors on.
+fn lost_count(result: Result<(), StoreError>) -> Result<u64, StoreError> {
+    match result {
+        Ok(()) => Ok(0),
+        Err(StoreError::LeaseLost { ids }) => {
+            warn!(
+                events = ids.len(),
+                "lease lost: another worker took these events over"
+            );
+            Ok(ids.len() as u64)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+fn lost_ids(result: &Result<(), StoreError>) -> Vec<EventId> {
+    match result {
+        Err(StoreError::LeaseLost { ids }) => ids.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Waits for a wake-up; never returns when the store offers none. `false` once the sender is gone.
+async fn wait(wakeups: &mut Option<Wakeups>) -> bool {
+    match wakeups {
+        Some(w) => w.wait().await,
+        None => std::future::pending().await,
+    }
+}
