@@ -1,0 +1,661 @@
+//! The conformance suite: what every [`OutboxStore`] must do, as plain async functions over a
+//! [`Harness`]. A backend is done when [`conformance_tests!`](crate::conformance_tests) passes on
+//! it unchanged.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::TimeDelta;
+use outbox_core::{
+    Emitted, EventFilter, EventId, Failure, Lease, LeaseId, ManualClock, NewEvent, OutboxStore,
+    OutboxStoreExt, Status, StoreError, TransitionError,
+};
+use serde_json::json;
+
+/// One fresh, empty store for one test, with the clock it stamps emits with.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// The store under test.
+    type Store: OutboxStore + Clone + 'static;
+
+    /// The store.
+    fn store(&self) -> Self::Store;
+
+    /// The clock the store stamps emitted events with; tests move it.
+    fn clock(&self) -> &ManualClock;
+
+    /// Emits `events` in one unit of work (a transaction), then commits or rolls back.
+    async fn emit(&self, events: Vec<NewEvent>, commit: bool) -> Result<Vec<Emitted>, StoreError>;
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn event(n: usize) -> NewEvent {
+    NewEvent::builder("file.stored", "upload", format!("u-{n}"))
+        .payload(json!({ "n": n }))
+        .build()
+        .expect("valid event")
+}
+
+async fn emit_n<H: Harness>(h: &H, n: usize) -> Vec<EventId> {
+    let emitted = h
+        .emit((0..n).map(event).collect(), true)
+        .await
+        .expect("emit");
+    emitted.iter().map(Emitted::id).collect()
+}
+
+async fn claim<H: Harness>(h: &H, worker: &str, limit: usize) -> (Lease, Vec<EventId>) {
+    let (lease, events) = h
+        .store()
+        .claim_for(worker, limit, LEASE, h.clock().now_utc())
+        .await
+        .expect("claim");
+    (lease, events.iter().map(|e| e.id).collect())
+}
+
+/// Reads "now" from a manual clock (small helper so tests read naturally).
+pub trait NowUtc {
+    /// The clock's current time.
+    fn now_utc(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
+impl NowUtc for ManualClock {
+    fn now_utc(&self) -> chrono::DateTime<chrono::Utc> {
+        outbox_core::Clock::now(self)
+    }
+}
+
+/// A committed emit stores exactly the events asked for, every field intact, pending and due.
+pub async fn commit_stores_exactly_what_was_emitted<H: Harness>(h: &H) {
+    let now = h.clock().now_utc();
+    let later = now + TimeDelta::seconds(90);
+    let full = NewEvent::builder("order.paid", "order", "o-17")
+        .payload(json!({ "amount": 1250, "currency": "EUR", "lines": [1, 2], "note": "é ✓" }))
+        .header("traceparent", "00-abc-def-01")
+        .header("correlation-id", "c-1")
+        .idempotency_key("order-17-paid")
+        .ordering_key("o-17")
+        .deliver_after(later)
+        .max_attempts(3)
+        .build()
+        .expect("valid");
+    let emitted = h
+        .emit(vec![full.clone(), event(1)], true)
+        .await
+        .expect("emit");
+    assert!(
+        matches!(emitted[..], [Emitted::Created(_), Emitted::Created(_)]),
+        "{emitted:?}"
+    );
+
+    let store = h.store();
+    let stored = store.fetch(emitted[0].id()).await.expect("stored");
+    assert_eq!(stored.event_type, "order.paid");
+    assert_eq!(
+        (stored.aggregate_type.as_str(), stored.aggregate_id.as_str()),
+        ("order", "o-17")
+    );
+    assert_eq!(&stored.payload, full.payload());
+    assert_eq!(&stored.headers, full.headers());
+    assert_eq!(stored.idempotency_key.as_deref(), Some("order-17-paid"));
+    assert_eq!(stored.ordering_key.as_deref(), Some("o-17"));
+    assert_eq!(stored.status(), Status::Pending);
+    assert_eq!((stored.attempts(), stored.lifecycle.max_attempts), (0, 3));
+    assert_eq!(stored.lifecycle.next_attempt_at, later);
+    assert_eq!(stored.created_at, now);
+    assert!(stored.lifecycle.lease.is_none() && stored.lifecycle.last_error.is_none());
+
+    let plain = store.fetch(emitted[1].id()).await.expect("stored");
+    assert_eq!(
+        plain.lifecycle.next_attempt_at, now,
+        "without deliver_after an event is due at once"
+    );
+    assert!(plain.lifecycle.max_attempts >= 1);
+    assert_eq!(store.count_by_status().await.expect("count").total(), 2);
+}
+
+/// A rolled-back unit of work leaves no event behind.
+pub async fn rollback_stores_nothing<H: Harness>(h: &H) {
+    let emitted = h.emit(vec![event(1), event(2)], false).await.expect("emit");
+    assert_eq!(emitted.len(), 2);
+    let store = h.store();
+    assert_eq!(store.count_by_status().await.expect("count").total(), 0);
+    assert!(store.get(emitted[0].id()).await.expect("get").is_none());
+    let (_, claimed) = claim(h, "w", 10).await;
+    assert!(claimed.is_empty());
+}
+
+/// Emitting the same idempotency key twice stores one event and says which.
+pub async fn idempotency_key_stores_one_event<H: Harness>(h: &H) {
+    let keyed = |n| {
+        NewEvent::builder("file.stored", "upload", format!("{n}"))
+            .idempotency_key("k-1")
+            .build()
+    };
+    let first = h
+        .emit(vec![keyed(1).expect("valid")], true)
+        .await
+        .expect("emit");
+    let again = h
+        .emit(vec![keyed(2).expect("valid")], true)
+        .await
+        .expect("emit");
+    assert!(matches!(first[0], Emitted::Created(_)));
+    assert_eq!(again[0], Emitted::Duplicate(first[0].id()));
+    // Twice in one unit of work, too.
+    let both = h
+        .emit(
+            vec![keyed(3).expect("valid"), keyed(4).expect("valid")],
+            true,
+        )
+        .await
+        .expect("emit");
+    assert_eq!(both, vec![Emitted::Duplicate(first[0].id()); 2]);
+    let all = h.store().list(&EventFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].aggregate_id, "1",
+        "the first event is kept, not replaced"
+    );
+}
+
+/// Only due events are claimed, earliest due first, at most `limit`, never twice.
+pub async fn claim_takes_due_events_in_order<H: Harness>(h: &H) {
+    let now = h.clock().now_utc();
+    let delayed = NewEvent::builder("file.stored", "upload", "later")
+        .deliver_after(now + TimeDelta::seconds(60))
+        .build()
+        .expect("valid");
+    let ids = emit_n(h, 3).await;
+    let later = h.emit(vec![delayed], true).await.expect("emit")[0].id();
+
+    let (lease_a, a) = claim(h, "a", 2).await;
+    assert_eq!(a, ids[..2].to_vec());
+    let (_, b) = claim(h, "b", 10).await;
+    assert_eq!(
+        b,
+        ids[2..].to_vec(),
+        "claimed events are skipped; not-yet-due ones too"
+    );
+    let held = h.store().fetch(ids[0]).await.expect("get");
+    assert_eq!(held.status(), Status::InFlight);
+    let lease = held.lifecycle.lease.expect("lease");
+    assert_eq!(
+        (lease.id, lease.holder.as_str(), lease.until),
+        (lease_a.id, "a", lease_a.until)
+    );
+
+    h.clock().advance(Duration::from_secs(60));
+    let (_, c) = claim(h, "c", 10).await;
+    assert_eq!(c, vec![later]);
+    let (_, none) = claim(h, "d", 10).await;
+    assert!(none.is_empty());
+}
+
+/// An ack marks events delivered, counts the attempt and drops the lease.
+pub async fn ack_marks_delivered<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let (lease, _) = claim(h, "w", 10).await;
+    h.clock().advance(Duration::from_secs(1));
+    let now = h.clock().now_utc();
+    h.store().ack(lease.id, &ids, now).await.expect("ack");
+    for id in ids {
+        let e = h.store().fetch(id).await.expect("get");
+        assert_eq!((e.status(), e.attempts()), (Status::Delivered, 1));
+        assert_eq!(e.lifecycle.delivered_at, Some(now));
+        assert_eq!(e.updated_at, now);
+        assert!(e.lifecycle.lease.is_none());
+    }
+    let counts = h.store().count_by_status().await.expect("count");
+    assert_eq!(
+        (counts.delivered, counts.pending, counts.in_flight),
+        (2, 0, 0)
+    );
+}
+
+/// A retryable nack reschedules; a permanent one, or the last attempt, kills.
+pub async fn nack_reschedules_or_kills<H: Harness>(h: &H) {
+    let two = NewEvent::builder("file.stored", "upload", "two")
+        .max_attempts(2)
+        .build()
+        .expect("valid");
+    let ids: Vec<EventId> = h
+        .emit(vec![event(0), event(1), two], true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    let (lease, _) = claim(h, "w", 10).await;
+    let now = h.clock().now_utc();
+    let retry_at = now + TimeDelta::seconds(30);
+    let failures = vec![
+        Failure {
+            id: ids[0],
+            error: "broker down".into(),
+            retry_at: Some(retry_at),
+        },
+        Failure {
+            id: ids[1],
+            error: "no route".into(),
+            retry_at: None,
+        },
+        Failure {
+            id: ids[2],
+            error: "broker down".into(),
+            retry_at: Some(retry_at),
+        },
+    ];
+    h.store()
+        .nack(lease.id, &failures, now)
+        .await
+        .expect("nack");
+
+    let retried = h.store().fetch(ids[0]).await.expect("get");
+    assert_eq!((retried.status(), retried.attempts()), (Status::Pending, 1));
+    assert_eq!(retried.lifecycle.next_attempt_at, retry_at);
+    assert_eq!(retried.lifecycle.last_error.as_deref(), Some("broker down"));
+    assert!(retried.lifecycle.lease.is_none());
+    let killed = h.store().fetch(ids[1]).await.expect("get");
+    assert_eq!((killed.status(), killed.attempts()), (Status::Dead, 1));
+    assert_eq!(killed.lifecycle.last_error.as_deref(), Some("no route"));
+
+    let (_, early) = claim(h, "w", 10).await;
+    assert!(
+        early.is_empty(),
+        "rescheduled events are not due before retry_at"
+    );
+
+    h.clock().advance(Duration::from_secs(30));
+    let (lease, again) = claim(h, "w", 10).await;
+    assert_eq!(again, vec![ids[0], ids[2]]);
+    let now = h.clock().now_utc();
+    let last = Failure {
+        id: ids[2],
+        error: "still down".into(),
+        retry_at: Some(now),
+    };
+    h.store().nack(lease.id, &[last], now).await.expect("nack");
+    let exhausted = h.store().fetch(ids[2]).await.expect("get");
+    assert_eq!(
+        (exhausted.status(), exhausted.attempts()),
+        (Status::Dead, 2),
+        "the last attempt kills"
+    );
+}
+
+/// A worker whose lease expired and was taken over cannot ack, nack, release or renew; the
+/// event is left unchanged, while the rest of the same call is applied.
+pub async fn stale_lease_is_fenced<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let (stale, _) = claim(h, "slow", 1).await;
+    let (mine, _) = claim(h, "fast", 1).await;
+    h.clock().advance(LEASE + Duration::from_secs(1));
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let reclaimed = store.reclaim_expired(now).await.expect("reclaim");
+    assert_eq!((reclaimed.pending, reclaimed.dead), (2, 0));
+    let (fresh, taken) = claim(h, "rescuer", 1).await;
+    assert_eq!(taken, vec![ids[0]]);
+    let before = store.fetch(ids[0]).await.expect("get");
+
+    let lost = |r: Result<(), StoreError>| match r {
+        Err(StoreError::LeaseLost { ids }) => ids,
+        other => panic!("expected LeaseLost, got {other:?}"),
+    };
+    assert_eq!(
+        lost(store.ack(stale.id, &[ids[0]], now).await),
+        vec![ids[0]]
+    );
+    let failure = Failure {
+        id: ids[0],
+        error: "x".into(),
+        retry_at: None,
+    };
+    assert_eq!(
+        lost(store.nack(stale.id, &[failure], now).await),
+        vec![ids[0]]
+    );
+    assert_eq!(
+        lost(store.release(stale.id, &[ids[0]], now).await),
+        vec![ids[0]]
+    );
+    assert_eq!(
+        store
+            .renew(stale.id, now + TimeDelta::hours(1), now)
+            .await
+            .expect("renew"),
+        0
+    );
+    assert_eq!(
+        store.fetch(ids[0]).await.expect("get"),
+        before,
+        "the stale holder changed nothing"
+    );
+
+    // A mixed call: the held event is applied, the lost one reported.
+    let (again, _) = claim(h, "fast", 1).await;
+    assert_eq!(
+        lost(store.ack(again.id, &[ids[1], ids[0]], now).await),
+        vec![ids[0]]
+    );
+    assert_eq!(
+        store.fetch(ids[1]).await.expect("get").status(),
+        Status::Delivered
+    );
+    let _ = mine;
+    store
+        .ack(fresh.id, &[ids[0]], now)
+        .await
+        .expect("the current holder may ack");
+    let done = store.fetch(ids[0]).await.expect("get");
+    assert_eq!(
+        (done.status(), done.attempts()),
+        (Status::Delivered, 2),
+        "the expired attempt counted"
+    );
+}
+
+/// A release gives events back untried: pending, due now, attempt not counted.
+pub async fn release_returns_events_untried<H: Harness>(h: &H) {
+    let ids = emit_n(h, 1).await;
+    let (lease, _) = claim(h, "w", 1).await;
+    h.clock().advance(Duration::from_secs(2));
+    let now = h.clock().now_utc();
+    h.store()
+        .release(lease.id, &ids, now)
+        .await
+        .expect("release");
+    let e = h.store().fetch(ids[0]).await.expect("get");
+    assert_eq!(
+        (e.status(), e.attempts(), e.lifecycle.next_attempt_at),
+        (Status::Pending, 0, now)
+    );
+    assert!(e.lifecycle.lease.is_none());
+    assert_eq!(claim(h, "w2", 1).await.1, ids);
+}
+
+/// Renewing a lease keeps its events from being reclaimed at the old expiry.
+pub async fn renew_extends_the_lease<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let (lease, _) = claim(h, "w", 2).await;
+    let store = h.store();
+    h.clock().advance(Duration::from_secs(20));
+    let now = h.clock().now_utc();
+    let until = now + TimeDelta::seconds(30);
+    assert_eq!(store.renew(lease.id, until, now).await.expect("renew"), 2);
+    assert_eq!(
+        store
+            .fetch(ids[0])
+            .await
+            .expect("get")
+            .lifecycle
+            .lease
+            .map(|l| l.until),
+        Some(until)
+    );
+    h.clock().advance(Duration::from_secs(20)); // past the first expiry, before the renewed one
+    let reclaimed = store
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim");
+    assert_eq!((reclaimed.pending, reclaimed.dead), (0, 0));
+    store
+        .ack(lease.id, &ids, h.clock().now_utc())
+        .await
+        .expect("still held");
+}
+
+/// Expired leases are reclaimed (the attempt counts); an event out of attempts dies.
+pub async fn reclaim_expired_counts_the_attempt<H: Harness>(h: &H) {
+    let once = NewEvent::builder("file.stored", "upload", "once")
+        .max_attempts(1)
+        .build()
+        .expect("valid");
+    let ids: Vec<EventId> = h
+        .emit(vec![event(0), once], true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    claim(h, "crashed", 10).await;
+    let store = h.store();
+    let early = store
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim");
+    assert_eq!(
+        (early.pending, early.dead),
+        (0, 0),
+        "live leases are left alone"
+    );
+    h.clock().advance(LEASE);
+    let r = store
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim");
+    assert_eq!((r.pending, r.dead), (1, 1));
+    let back = store.fetch(ids[0]).await.expect("get");
+    assert_eq!((back.status(), back.attempts()), (Status::Pending, 1));
+    assert!(
+        back.lifecycle
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("crashed"))
+    );
+    let dead = store.fetch(ids[1]).await.expect("get");
+    assert_eq!((dead.status(), dead.attempts()), (Status::Dead, 1));
+}
+
+/// Purging deletes delivered events older than the cut-off and nothing else.
+pub async fn purge_deletes_only_old_delivered<H: Harness>(h: &H) {
+    let ids = emit_n(h, 3).await;
+    let (lease, _) = claim(h, "w", 1).await;
+    h.store()
+        .ack(lease.id, &ids[..1], h.clock().now_utc())
+        .await
+        .expect("ack");
+    h.clock().advance(Duration::from_secs(3600));
+    let (lease, _) = claim(h, "w", 1).await;
+    h.store()
+        .ack(lease.id, &ids[1..2], h.clock().now_utc())
+        .await
+        .expect("ack");
+    let cutoff = h.clock().now_utc() - TimeDelta::seconds(60);
+    assert_eq!(h.store().purge_delivered(cutoff).await.expect("purge"), 1);
+    assert!(h.store().get(ids[0]).await.expect("get").is_none());
+    assert!(
+        h.store().get(ids[1]).await.expect("get").is_some(),
+        "recent delivery kept"
+    );
+    assert!(
+        h.store().get(ids[2]).await.expect("get").is_some(),
+        "pending kept"
+    );
+}
+
+/// Listing filters by status, type and aggregate, and pages by id.
+pub async fn list_filters_and_pages<H: Harness>(h: &H) {
+    let other = NewEvent::builder("order.paid", "order", "o-1")
+        .build()
+        .expect("valid");
+    let mut ids = emit_n(h, 5).await;
+    let order = h.emit(vec![other], true).await.expect("emit")[0].id();
+    let store = h.store();
+    let (lease, _) = claim(h, "w", 1).await;
+    store
+        .ack(lease.id, &ids[..1], h.clock().now_utc())
+        .await
+        .expect("ack");
+
+    let list = |f: EventFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list(&f)
+                .await
+                .expect("list")
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_type = EventFilter {
+        event_type: Some("order.paid".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(by_type).await, vec![order]);
+    let by_status = EventFilter {
+        status: Some(Status::Delivered),
+        ..Default::default()
+    };
+    assert_eq!(list(by_status).await, ids[..1].to_vec());
+    let by_aggregate = EventFilter {
+        aggregate_type: Some("upload".into()),
+        aggregate_id: Some("u-3".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(by_aggregate).await, vec![ids[3]]);
+
+    ids.push(order);
+    let page1 = list(EventFilter {
+        limit: 4,
+        ..Default::default()
+    })
+    .await;
+    let page2 = list(EventFilter {
+        limit: 4,
+        after: page1.last().copied(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        [page1, page2].concat(),
+        ids,
+        "pages cover every event once, in id order"
+    );
+}
+
+/// Counting by status sees every status.
+pub async fn count_by_status_sees_every_status<H: Harness>(h: &H) {
+    let ids = emit_n(h, 4).await;
+    let store = h.store();
+    let (lease, _) = claim(h, "w", 3).await;
+    let now = h.clock().now_utc();
+    store.ack(lease.id, &ids[..1], now).await.expect("ack");
+    store
+        .nack(
+            lease.id,
+            &[Failure {
+                id: ids[1],
+                error: "x".into(),
+                retry_at: None,
+            }],
+            now,
+        )
+        .await
+        .expect("nack");
+    let c = store.count_by_status().await.expect("count");
+    assert_eq!((c.pending, c.in_flight, c.delivered, c.dead), (1, 1, 1, 1));
+    assert_eq!(c.get(Status::InFlight), 1);
+}
+
+/// An operator retry revives a dead event with more attempts; other statuses are refused.
+pub async fn retry_dead_revives<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let store = h.store();
+    let (lease, _) = claim(h, "w", 1).await;
+    let now = h.clock().now_utc();
+    store
+        .nack(
+            lease.id,
+            &[Failure {
+                id: ids[0],
+                error: "bad".into(),
+                retry_at: None,
+            }],
+            now,
+        )
+        .await
+        .expect("nack");
+    let revived = store.retry_dead(ids[0], 3, now).await.expect("revive");
+    assert_eq!(
+        (
+            revived.status(),
+            revived.attempts(),
+            revived.lifecycle.max_attempts
+        ),
+        (Status::Pending, 1, 4)
+    );
+    assert_eq!(revived.lifecycle.next_attempt_at, now);
+    assert_eq!(store.fetch(ids[0]).await.expect("get"), revived);
+    assert_eq!(
+        claim(h, "w", 10).await.1,
+        ids,
+        "the revived event is claimable again"
+    );
+
+    match store.retry_dead(ids[1], 1, now).await {
+        Err(StoreError::Transition {
+            id,
+            source: TransitionError::Illegal { from, .. },
+        }) => {
+            assert_eq!((id, from), (ids[1], Status::InFlight))
+        }
+        other => panic!("expected an illegal transition, got {other:?}"),
+    }
+    let missing = EventId::new();
+    assert!(
+        matches!(store.retry_dead(missing, 1, now).await, Err(StoreError::NotFound(id)) if id == missing)
+    );
+}
+
+/// A claim with a fresh lease id never returns an event another claim holds (fencing token).
+pub async fn claims_get_distinct_leases<H: Harness>(h: &H) {
+    emit_n(h, 2).await;
+    let now = h.clock().now_utc();
+    let a = Lease {
+        id: LeaseId::new(),
+        holder: "w".into(),
+        until: now + TimeDelta::seconds(30),
+    };
+    let b = Lease {
+        id: LeaseId::new(),
+        holder: "w".into(),
+        until: now + TimeDelta::seconds(30),
+    };
+    let first = h.store().claim(&a, 1, now).await.expect("claim");
+    let second = h.store().claim(&b, 1, now).await.expect("claim");
+    assert_ne!(first[0].id, second[0].id);
+    assert!(matches!(
+        h.store().ack(b.id, &[first[0].id], now).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+/// Generates one `#[tokio::test]` per conformance case for a backend.
+///
+/// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            commit_stores_exactly_what_was_emitted, rollback_stores_nothing,
+            idempotency_key_stores_one_event, claim_takes_due_events_in_order, ack_marks_delivered,
+            nack_reschedules_or_kills, stale_lease_is_fenced, release_returns_events_untried,
+            renew_extends_the_lease, reclaim_expired_counts_the_attempt, purge_deletes_only_old_delivered,
+            list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
+            claims_get_distinct_leases);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $make.await;
+                $crate::conformance::$case(&harness).await;
+            }
+        )*
+    };
+}
