@@ -30,5 +30,5 @@ mod store;
 mod unit_of_work;
 
 pub use recording::{RecordingTransport, Scripted};
-pub use store::MemoryStore;
+pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use unit_of_work::{Committed, UnitOfWork};

@@ -23,7 +23,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     state: Mutex<State>,
-    wake: WakeupSender,
+    wake: Option<WakeupSender>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_max_attempts: u32,
 }
@@ -131,32 +131,20 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
+        Self::builder().build()
     }
 
     /// An empty store that stamps emitted events with `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                wake: WakeupSender::new(),
-                clock,
-                default_max_attempts: DEFAULT_MAX_ATTEMPTS,
-            }),
-        }
+        Self::builder().clock(clock).build()
     }
 
-    /// Sets the attempts an event gets when it does not say (call before sharing the store).
-    pub fn with_default_max_attempts(self, attempts: u32) -> Self {
-        let inner = Arc::try_unwrap(self.inner).map(|mut inner| {
-            inner.default_max_attempts = attempts.max(1);
-            inner
-        });
-        match inner {
-            Ok(inner) => Self {
-                inner: Arc::new(inner),
-            },
-            Err(shared) => Self { inner: shared },
+    /// Configures a store: clock, default attempts, wake-ups.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            clock: Arc::new(SystemClock),
+            default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+            wakeups: true,
         }
     }
 
@@ -179,7 +167,53 @@ impl MemoryStore {
     }
 
     pub(crate) fn wake(&self) {
-        self.inner.wake.wake();
+        if let Some(wake) = &self.inner.wake {
+            wake.wake();
+        }
+    }
+}
+
+/// Builds a [`MemoryStore`]; start with [`MemoryStore::builder`].
+#[derive(Debug)]
+#[must_use = "call build() to get the store"]
+pub struct MemoryStoreBuilder {
+    clock: Arc<dyn Clock>,
+    default_max_attempts: u32,
+    wakeups: bool,
+}
+
+impl MemoryStoreBuilder {
+    /// The clock emitted events are stamped with (default: system time).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Attempts an event gets when it does not say (default [`DEFAULT_MAX_ATTEMPTS`]; at least 1).
+    /// Pass the workers' [`RetryPolicy::max_attempts`](outbox_core::RetryPolicy::max_attempts)
+    /// to keep the two in step.
+    pub fn default_max_attempts(mut self, attempts: u32) -> Self {
+        self.default_max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Whether commits wake waiting workers (default `true`). Turn off to exercise a worker's
+    /// polling fallback, as with a store that cannot notice commits.
+    pub fn wakeups(mut self, on: bool) -> Self {
+        self.wakeups = on;
+        self
+    }
+
+    /// The empty store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                wake: self.wakeups.then(WakeupSender::new),
+                clock: self.clock,
+                default_max_attempts: self.default_max_attempts,
+            }),
+        }
     }
 }
 
@@ -357,6 +391,6 @@ impl OutboxStore for MemoryStore {
     }
 
     fn wakeups(&self) -> Option<Wakeups> {
-        Some(self.inner.wake.subscribe())
+        self.inner.wake.as_ref().map(WakeupSender::subscribe)
     }
 }

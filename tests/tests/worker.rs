@@ -1,0 +1,435 @@
+//! The worker end to end on the memory store, with tokio's paused clock driving both the
+//! worker's timers and the stored timestamps: nothing here waits on the wall clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{
+    Clock, Emit, EventId, FixedRandom, Jitter, NewEvent, OutboxStore, OutboxStoreExt, RetryPolicy,
+    Status,
+};
+use outbox_memory::{MemoryStore, RecordingTransport, Scripted};
+use outbox_tests::harness::t0;
+use outbox_worker::{TokioClock, Worker, WorkerBuilder};
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    clock: Arc<TokioClock>,
+    store: MemoryStore,
+    transport: RecordingTransport,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let clock = Arc::new(TokioClock::starting_at(t0()));
+        Self {
+            store: MemoryStore::with_clock(clock.clone()),
+            clock,
+            transport: RecordingTransport::new(),
+        }
+    }
+
+    /// A worker with exact (unjittered) backoff: 10 s, 20 s, 40 s … up to 5 min, 5 attempts.
+    fn worker(&self) -> WorkerBuilder<MemoryStore, RecordingTransport> {
+        let policy = RetryPolicy::new(
+            Duration::from_secs(10),
+            2.0,
+            Duration::from_secs(300),
+            Jitter::None,
+            5,
+        )
+        .unwrap();
+        Worker::builder(self.store.clone(), self.transport.clone())
+            .worker_id("test-worker")
+            .clock(self.clock.clone())
+            .random_source(FixedRandom(0.5))
+            .retry_policy(policy)
+            .lease(Duration::from_secs(60))
+            .delivery_timeout(Duration::from_secs(5))
+    }
+
+    async fn emit(&self, events: impl IntoIterator<Item = NewEvent>) -> Vec<EventId> {
+        let mut uow = self.store.begin();
+        let emitted = uow.emit_all(events.into_iter().collect()).await.unwrap();
+        uow.commit();
+        emitted.iter().map(|e| e.id()).collect()
+    }
+
+    async fn status(&self, id: EventId) -> (Status, u32) {
+        let e = self.store.fetch(id).await.unwrap();
+        (e.status(), e.attempts())
+    }
+}
+
+fn uploads(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            NewEvent::builder("file.stored", "upload", format!("u-{i}"))
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivers_every_pending_event_once() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(250)).await;
+    let report = f
+        .worker()
+        .batch_size(100)
+        .concurrency(8)
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.delivered,
+            report.batches,
+            report.retried,
+            report.dead
+        ),
+        (250, 3, 0, 0)
+    );
+    let delivered: Vec<EventId> = f.transport.delivered().iter().map(|e| e.id).collect();
+    assert_eq!(delivered.len(), 250);
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "each event delivered exactly once");
+    for id in ids {
+        assert_eq!(f.status(id).await, (Status::Delivered, 1));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failure_waits_for_its_backoff() {
+    let f = Fixture::new();
+    let id = f.emit(uploads(1)).await[0];
+    f.transport
+        .script([Scripted::Retryable, Scripted::Retryable]);
+    let worker = f.worker().build().unwrap();
+
+    let first = worker.run_until_idle().await.unwrap();
+    assert_eq!((first.retried, first.delivered), (1, 0));
+    let e = f.store.fetch(id).await.unwrap();
+    assert_eq!((e.status(), e.attempts()), (Status::Pending, 1));
+    assert_eq!(
+        e.lifecycle.next_attempt_at,
+        f.clock.now() + chrono::TimeDelta::seconds(10)
+    );
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(
+        worker.run_until_idle().await.unwrap().batches,
+        0,
+        "not delivered before next_attempt_at"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(worker.run_until_idle().await.unwrap().retried, 1);
+    assert_eq!(f.status(id).await, (Status::Pending, 2));
+
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert_eq!(
+        worker.run_until_idle().await.unwrap().batches,
+        0,
+        "the second backoff doubles"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(worker.run_until_idle().await.unwrap().delivered, 1);
+    assert_eq!(f.status(id).await, (Status::Delivered, 3));
+    assert_eq!(f.transport.attempts().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_hint_lengthens_the_backoff() {
+    let f = Fixture::new();
+    let id = f.emit(uploads(1)).await[0];
+    f.transport
+        .script([Scripted::RetryAfter(Duration::from_secs(120))]);
+    f.worker().build().unwrap().run_until_idle().await.unwrap();
+    let e = f.store.fetch(id).await.unwrap();
+    assert_eq!(
+        e.lifecycle.next_attempt_at,
+        f.clock.now() + chrono::TimeDelta::seconds(120)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failure_kills_at_once() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(2)).await;
+    f.transport.script([Scripted::Permanent]);
+    let report = f
+        .worker()
+        .concurrency(1)
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!((report.dead, report.delivered), (1, 1));
+    let dead = f.store.fetch(ids[0]).await.unwrap();
+    assert_eq!((dead.status(), dead.attempts()), (Status::Dead, 1));
+    assert_eq!(
+        dead.lifecycle.last_error.as_deref(),
+        Some("scripted permanent failure")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_ends_in_dead() {
+    let f = Fixture::new();
+    let id = f
+        .emit([NewEvent::builder("file.stored", "upload", "x")
+            .max_attempts(3)
+            .build()
+            .unwrap()])
+        .await[0];
+    f.transport.otherwise(Scripted::Retryable);
+    let worker = f.worker().build().unwrap();
+    let mut dead = 0;
+    for _ in 0..5 {
+        dead += worker.run_until_idle().await.unwrap().dead;
+        tokio::time::advance(Duration::from_secs(300)).await;
+    }
+    assert_eq!(dead, 1);
+    assert_eq!(
+        f.status(id).await,
+        (Status::Dead, 3),
+        "three attempts, then no more"
+    );
+    assert_eq!(f.transport.attempts().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_delivery_times_out_as_retryable() {
+    let f = Fixture::new();
+    let id = f.emit(uploads(1)).await[0];
+    f.transport.script([Scripted::Hang]);
+    let report = f.worker().build().unwrap().run_until_idle().await.unwrap();
+    assert_eq!(report.retried, 1);
+    let e = f.store.fetch(id).await.unwrap();
+    assert_eq!((e.status(), e.attempts()), (Status::Pending, 1));
+    assert!(e.lifecycle.last_error.unwrap().contains("timed out"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_lease_of_a_dead_worker_is_reclaimed() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(3)).await;
+    // A worker claims and dies without a word.
+    let (_, held) = f
+        .store
+        .claim_for("crashed", 10, Duration::from_secs(60), f.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    let worker = f.worker().build().unwrap();
+    assert_eq!(
+        worker.run_until_idle().await.unwrap().delivered,
+        0,
+        "a live lease is respected"
+    );
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let report = worker.run_until_idle().await.unwrap();
+    assert_eq!((report.reclaimed, report.delivered), (3, 3));
+    for id in ids {
+        assert_eq!(
+            f.status(id).await,
+            (Status::Delivered, 2),
+            "the crashed attempt counts"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wakes_on_commit_without_waiting_for_the_poll() {
+    let f = Fixture::new();
+    let worker = f
+        .worker()
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    tokio::task::yield_now().await; // the worker runs its first (empty) round and waits
+    let ids = f.emit(uploads(1)).await;
+    while f.transport.delivered().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let e = f.store.fetch(ids[0]).await.unwrap();
+    let waited = e.lifecycle.delivered_at.unwrap() - e.created_at;
+    assert!(
+        waited < chrono::TimeDelta::seconds(1),
+        "woken by the commit, not the hourly poll: {waited}"
+    );
+    cancel.cancel();
+    assert_eq!(running.await.unwrap().delivered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn polls_when_the_store_cannot_wake_it() {
+    let mut f = Fixture::new();
+    f.store = MemoryStore::builder()
+        .clock(f.clock.clone())
+        .wakeups(false)
+        .build();
+    let worker = Worker::builder(f.store.clone(), f.transport.clone())
+        .clock(f.clock.clone())
+        .poll_interval(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    tokio::task::yield_now().await;
+    let start = f.clock.now();
+    f.emit(uploads(1)).await;
+    while f.transport.delivered().is_empty() {
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let waited = f.clock.now() - start;
+    // Found by the next 2 s poll (within one 100 ms step of it), not straight after the commit.
+    assert!(
+        waited >= chrono::TimeDelta::seconds(1),
+        "delivered before any poll: {waited}"
+    );
+    assert!(
+        waited <= chrono::TimeDelta::milliseconds(2100),
+        "missed the poll: {waited}"
+    );
+    cancel.cancel();
+    assert_eq!(running.await.unwrap().delivered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_unfinished_work_and_loses_nothing() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(4)).await;
+    // Two deliveries succeed, two hang until the shutdown grace runs out.
+    f.transport.script([
+        Scripted::Deliver,
+        Scripted::Hang,
+        Scripted::Deliver,
+        Scripted::Hang,
+    ]);
+    let worker = f
+        .worker()
+        .concurrency(4)
+        .delivery_timeout(Duration::from_secs(50))
+        .shutdown_grace(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    while f.transport.attempts().len() < 4 {
+        tokio::task::yield_now().await;
+    }
+    cancel.cancel();
+    let report = running.await.unwrap();
+    assert_eq!((report.delivered, report.released), (2, 2));
+    let counts = f.store.count_by_status().await.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.pending, counts.in_flight),
+        (2, 2, 0)
+    );
+    for id in &ids {
+        let (status, _) = f.status(*id).await;
+        assert!(matches!(status, Status::Delivered | Status::Pending));
+    }
+    // A fresh worker delivers what was released, at once (a release is not a failed attempt).
+    let rest = f.worker().build().unwrap().run_until_idle().await.unwrap();
+    assert_eq!(rest.delivered, 2);
+    for id in ids {
+        assert_eq!(f.status(id).await.0, Status::Delivered);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_delivery_keeps_its_lease_by_renewing() {
+    let f = Fixture::new();
+    let id = f.emit(uploads(1)).await[0];
+    f.transport.script([Scripted::Hang]);
+    let worker = f
+        .worker()
+        .lease(Duration::from_secs(60))
+        .delivery_timeout(Duration::from_secs(150))
+        .build();
+    assert_eq!(
+        worker.err().map(|e| e.field()),
+        Some("lease"),
+        "a lease shorter than the timeout is refused"
+    );
+
+    let worker = f
+        .worker()
+        .lease(Duration::from_secs(60))
+        .delivery_timeout(Duration::from_secs(55))
+        .build()
+        .unwrap();
+    let store = f.store.clone();
+    let clock = f.clock.clone();
+    let running = tokio::spawn(async move { worker.run_until_idle().await });
+    // 50 s in, the first renewal (every lease/3) has pushed the expiry beyond the original 60 s.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let e = store.fetch(id).await.unwrap();
+    let until = e.lifecycle.lease.unwrap().until;
+    assert!(
+        until > t0() + chrono::TimeDelta::seconds(60),
+        "lease renewed to {until}"
+    );
+    assert_eq!(store.reclaim_expired(clock.now()).await.unwrap().pending, 0);
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(
+        report.retried, 1,
+        "the hung delivery timed out at 55 s and was rescheduled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_sweep_deletes_old_deliveries() {
+    let f = Fixture::new();
+    let old = f.emit(uploads(2)).await;
+    let worker = f
+        .worker()
+        .retention(Some(Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    worker.run_until_idle().await.unwrap();
+    tokio::time::advance(Duration::from_secs(1800)).await;
+    let recent = f.emit(uploads(1)).await;
+    worker.run_until_idle().await.unwrap();
+    tokio::time::advance(Duration::from_secs(1801)).await;
+    assert_eq!(worker.sweep().await, 2);
+    assert!(f.store.get(old[0]).await.unwrap().is_none());
+    assert!(f.store.get(recent[0]).await.unwrap().is_some());
+    let keep_all = f.worker().retention(None).build().unwrap();
+    tokio::time::advance(Duration::from_secs(7200)).await;
+    assert_eq!(keep_all.sweep().await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_settings_are_refused_naming_the_field() {
+    let f = Fixture::new();
+    let field =
+        |b: WorkerBuilder<MemoryStore, RecordingTransport>| b.build().err().map(|e| e.field());
+    assert_eq!(field(f.worker().batch_size(0)), Some("batch_size"));
+    assert_eq!(field(f.worker().concurrency(0)), Some("concurrency"));
+    assert_eq!(field(f.worker().worker_id(" ")), Some("worker_id"));
+    assert_eq!(
+        field(f.worker().poll_interval(Duration::ZERO)),
+        Some("poll_interval")
+    );
+}
