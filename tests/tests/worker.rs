@@ -1,6 +1,8 @@
 //! The worker end to end on the memory store, with tokio's paused clock driving both the
 //! worker's timers and the stored timestamps: nothing here waits on the wall clock.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
