@@ -26,6 +26,9 @@ pub trait Harness: Send + Sync {
 
     /// Emits `events` in one unit of work (a transaction), then commits or rolls back.
     async fn emit(&self, events: Vec<NewEvent>, commit: bool) -> Result<Vec<Emitted>, StoreError>;
+
+    /// Removes what the test left behind (its schema, say); called when a case passes.
+    async fn cleanup(&self) {}
 }
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -655,6 +658,7 @@ macro_rules! conformance_tests {
             async fn $case() {
                 let harness = $make.await;
                 $crate::conformance::$case(&harness).await;
+                $crate::conformance::Harness::cleanup(&harness).await;
             }
         )*
     };

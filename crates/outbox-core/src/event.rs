@@ -252,7 +252,16 @@ impl NewEventBuilder {
 
     /// Validates every field and returns the event, or the first problem found.
     pub fn build(self) -> Result<NewEvent, ValidationError> {
-        let e = &self.event;
+        self.event.validate()?;
+        Ok(self.event)
+    }
+}
+
+impl NewEvent {
+    /// Checks every field, naming the first bad one. [`NewEventBuilder::build`] runs this;
+    /// stores run it again on emit, since an event can also arrive deserialized.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let e = self;
         validate_event_type(&e.event_type)?;
         validate_key("aggregate_type", &e.aggregate_type)?;
         validate_key("aggregate_id", &e.aggregate_id)?;
@@ -279,7 +288,7 @@ impl NewEventBuilder {
         if e.max_attempts == Some(0) {
             return Err(ValidationError::new("max_attempts", "must be at least 1"));
         }
-        Ok(self.event)
+        Ok(())
     }
 }
 

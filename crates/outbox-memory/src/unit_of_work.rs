@@ -110,6 +110,7 @@ impl UnitOfWork {
 #[async_trait]
 impl Emit for UnitOfWork {
     async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+        event.validate()?;
         if let Some(key) = event.idempotency_key() {
             if let Some(id) = self.store.lock().keys.get(key) {
                 return Ok(Emitted::Duplicate(*id));

@@ -1,0 +1,212 @@
+//! Where the outbox lives (schema, table) and the limits it enforces, validated on construction.
+
+use outbox_core::{DEFAULT_MAX_ATTEMPTS, ValidationError};
+
+/// Largest payload accepted by default: 1 MiB of serialized JSON.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Longest table name: index and trigger names append up to 16 bytes to it, within PostgreSQL's 63.
+pub const MAX_TABLE_LEN: usize = 47;
+
+/// Settings of a [`PgStore`](crate::PgStore). Build with [`PgConfig::new`] and the `with_*`
+/// methods; [`PgConfig::validate`] runs when the store is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgConfig {
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) default_max_attempts: u32,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgConfig {
+    /// Table `public.outbox_event`, 1 MiB payloads, [`DEFAULT_MAX_ATTEMPTS`] attempts.
+    pub fn new() -> Self {
+        Self {
+            schema: "public".into(),
+            table: "outbox_event".into(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// The schema holding the outbox table and its migration history (created if missing).
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The outbox table's name.
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// The largest payload accepted, in bytes of serialized JSON.
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Attempts an event gets when it does not say (at least 1).
+    pub fn with_default_max_attempts(mut self, attempts: u32) -> Self {
+        self.default_max_attempts = attempts;
+        self
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `schema.table`, as spliced into SQL (both parts validated identifiers).
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// The LISTEN/NOTIFY channel: `schema.table`.
+    pub fn channel(&self) -> String {
+        self.qualified_table()
+    }
+
+    /// Checks every setting; identifiers must be plain lowercase SQL identifiers, since they
+    /// are spliced into statements (values never are).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_identifier("schema", &self.schema)?;
+        validate_identifier("table", &self.table)?;
+        if self.table.len() > MAX_TABLE_LEN {
+            return Err(ValidationError::new(
+                "table",
+                format!("longer than {MAX_TABLE_LEN} bytes (index names add a suffix to it)"),
+            ));
+        }
+        if self.channel().len() > 63 {
+            return Err(ValidationError::new(
+                "table",
+                "schema.table must fit in 63 bytes (PostgreSQL's limit for a NOTIFY channel)",
+            ));
+        }
+        if self.default_max_attempts == 0 {
+            return Err(ValidationError::new(
+                "default_max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(ValidationError::new(
+                "max_payload_bytes",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A plain SQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes, not a reserved word we would
+/// have to quote. Anything else is refused rather than quoted, so it can never alter a statement.
+pub fn validate_identifier(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !valid_start || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} is not a plain SQL identifier ([a-z_][a-z0-9_]*)"),
+        ));
+    }
+    if name.len() > 63 {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} is longer than 63 bytes"),
+        ));
+    }
+    const RESERVED: [&str; 12] = [
+        "all", "and", "select", "from", "where", "table", "user", "order", "group", "limit",
+        "union", "end",
+    ];
+    if RESERVED.contains(&name) {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} is a reserved SQL word"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked() {
+        for ok in ["outbox_event", "_x", "a1", "public"] {
+            assert!(validate_identifier("table", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Outbox",
+            "a-b",
+            "a.b",
+            "x; drop table y",
+            "a\"b",
+            "select",
+            &"a".repeat(64),
+        ] {
+            let err = validate_identifier("table", bad).unwrap_err();
+            assert_eq!(err.field(), "table", "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        assert!(PgConfig::new().validate().is_ok());
+        assert_eq!(
+            PgConfig::new()
+                .with_schema("Bad")
+                .validate()
+                .unwrap_err()
+                .field(),
+            "schema"
+        );
+        assert_eq!(
+            PgConfig::new()
+                .with_table("t t")
+                .validate()
+                .unwrap_err()
+                .field(),
+            "table"
+        );
+        assert_eq!(
+            PgConfig::new()
+                .with_table("t".repeat(48))
+                .validate()
+                .unwrap_err()
+                .field(),
+            "table"
+        );
+        let long = PgConfig::new()
+            .with_schema("s".repeat(40))
+            .with_table("t".repeat(40));
+        assert_eq!(long.validate().unwrap_err().field(), "table");
+        assert_eq!(
+            PgConfig::new()
+                .with_default_max_attempts(0)
+                .validate()
+                .unwrap_err()
+                .field(),
+            "default_max_attempts"
+        );
+    }
+}

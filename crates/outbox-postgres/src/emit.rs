@@ -1,0 +1,264 @@
+//! Emitting inside the caller's transaction: [`PgEmitter`] on any connection you hold,
+//! [`PgTransaction`] for a transaction of the store's pool.
+
+use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
+
+use async_trait::async_trait;
+use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, ValidationError};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
+use uuid::Uuid;
+
+use crate::error::db_error;
+use crate::store::{PgStore, keyed_ids};
+
+impl PgStore {
+    /// An emitter writing through `conn`: pass `&mut *tx` of your own `sqlx::Transaction` so
+    /// the events commit or roll back with your business rows. The emitter never touches the
+    /// store's pool.
+    pub fn emitter<'c>(&self, conn: &'c mut PgConnection) -> PgEmitter<'c> {
+        PgEmitter {
+            store: self.clone(),
+            conn,
+        }
+    }
+
+    /// Begins a transaction on the store's pool; emit through it, run your own statements on
+    /// it (it dereferences to a [`PgConnection`]), then [`commit`](PgTransaction::commit).
+    pub async fn begin(&self) -> Result<PgTransaction, StoreError> {
+        let tx = self.pool.begin().await.map_err(db_error)?;
+        Ok(PgTransaction {
+            store: self.clone(),
+            tx,
+        })
+    }
+
+    /// Emits one event on `conn`, inside whatever transaction it is in.
+    pub async fn emit(
+        &self,
+        conn: &mut PgConnection,
+        event: NewEvent,
+    ) -> Result<Emitted, StoreError> {
+        let row = self.prepare(event)?;
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.emit_one.clone()))
+            .bind(row.id.as_uuid())
+            .bind(&row.event_type)
+            .bind(&row.aggregate_type)
+            .bind(&row.aggregate_id)
+            .bind(&row.payload)
+            .bind(Json(&row.headers))
+            .bind(&row.idempotency_key)
+            .bind(&row.ordering_key)
+            .bind(attempts(row.lifecycle.max_attempts)?)
+            .bind(row.lifecycle.next_attempt_at)
+            .bind(row.created_at)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        if inserted.is_some() {
+            return Ok(Emitted::Created(row.id));
+        }
+        let key = row.idempotency_key.clone().unwrap_or_default();
+        let existing = self.find_keys(conn, vec![key.clone()]).await?;
+        existing
+            .get(&key)
+            .map(|id| Emitted::Duplicate(*id))
+            .ok_or_else(|| {
+                // Only possible if the conflicting row was deleted between the two statements.
+                StoreError::Backend {
+                    source: format!("idempotency key {key:?} conflicted but no event holds it")
+                        .into(),
+                }
+            })
+    }
+
+    /// Emits several events on `conn` in one statement; one answer per event, in order.
+    pub async fn emit_all(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Emitted>, StoreError> {
+        if events.len() <= 1 {
+            let mut out = Vec::with_capacity(1);
+            for event in events {
+                out.push(self.emit(conn, event).await?);
+            }
+            return Ok(out);
+        }
+        let rows = events
+            .into_iter()
+            .map(|e| self.prepare(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = rows.first().map(|r| r.created_at);
+        let max_attempts = rows
+            .iter()
+            .map(|r| attempts(r.lifecycle.max_attempts))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.emit_many.clone()))
+            .bind(rows.iter().map(|r| *r.id.as_uuid()).collect::<Vec<Uuid>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.aggregate_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.aggregate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| Json(&r.headers)).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.idempotency_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.ordering_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(max_attempts)
+            .bind(
+                rows.iter()
+                    .map(|r| r.lifecycle.next_attempt_at)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        let created: HashSet<Uuid> = inserted
+            .iter()
+            .map(|r| r.try_get::<Uuid, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        let missing: Vec<String> = rows
+            .iter()
+            .filter(|r| !created.contains(r.id.as_uuid()))
+            .filter_map(|r| r.idempotency_key.clone())
+            .collect();
+        let existing = if missing.is_empty() {
+            Default::default()
+        } else {
+            self.find_keys(conn, missing).await?
+        };
+        rows.iter()
+            .map(|r| {
+                if created.contains(r.id.as_uuid()) {
+                    return Ok(Emitted::Created(r.id));
+                }
+                let key = r.idempotency_key.as_deref().unwrap_or_default();
+                existing
+                    .get(key)
+                    .map(|id| Emitted::Duplicate(*id))
+                    .ok_or_else(|| StoreError::Backend {
+                        source: format!("idempotency key {key:?} conflicted but no event holds it")
+                            .into(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Validates an event against the store's limits and stamps it.
+    fn prepare(&self, event: NewEvent) -> Result<OutboxEvent, StoreError> {
+        event.validate()?;
+        let size = event.payload_len();
+        if size > self.config.max_payload_bytes {
+            return Err(ValidationError::new(
+                "payload",
+                format!(
+                    "{size} bytes is over the limit of {} bytes",
+                    self.config.max_payload_bytes
+                ),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        Ok(event.into_event(EventId::new(), now, self.config.default_max_attempts))
+    }
+
+    async fn find_keys(
+        &self,
+        conn: &mut PgConnection,
+        keys: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, EventId>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.find_keys.clone()))
+            .bind(keys)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        keyed_ids(&rows)
+    }
+}
+
+fn attempts(n: u32) -> Result<i32, StoreError> {
+    i32::try_from(n).map_err(|_| ValidationError::new("max_attempts", "too large").into())
+}
+
+/// Emits through a connection you hold (usually `&mut *tx` of your transaction).
+#[derive(Debug)]
+pub struct PgEmitter<'c> {
+    store: PgStore,
+    conn: &'c mut PgConnection,
+}
+
+#[async_trait]
+impl Emit for PgEmitter<'_> {
+    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+        self.store.emit(self.conn, event).await
+    }
+    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
+        self.store.emit_all(self.conn, events).await
+    }
+}
+
+/// A transaction of the store's pool that can emit. Run your own statements on it through
+/// `&mut *tx`; nothing is visible to workers until [`commit`](Self::commit), and dropping it
+/// rolls back.
+#[derive(Debug)]
+pub struct PgTransaction {
+    store: PgStore,
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+impl PgTransaction {
+    /// Commits the business rows and the events together.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_error)
+    }
+
+    /// Rolls back: no event, no business row.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(db_error)
+    }
+}
+
+impl Deref for PgTransaction {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for PgTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+#[async_trait]
+impl Emit for PgTransaction {
+    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+        self.store.emit(&mut self.tx, event).await
+    }
+    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
+        self.store.emit_all(&mut self.tx, events).await
+    }
+}

@@ -1,0 +1,37 @@
+//! Maps driver errors onto [`StoreError`]: connection trouble is retryable, the rest is not.
+
+use outbox_core::StoreError;
+
+/// Classifies a sqlx error.
+pub(crate) fn db_error(error: sqlx::Error) -> StoreError {
+    if is_transient(&error) {
+        StoreError::Unavailable {
+            source: Box::new(error),
+        }
+    } else {
+        StoreError::Backend {
+            source: Box::new(error),
+        }
+    }
+}
+
+/// Whether `error` is worth retrying: the connection or the server went away, the pool is
+/// exhausted, or PostgreSQL asked for a retry (serialization failure, deadlock).
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: admin/crash shutdown, cannot connect now;
+            // 40001/40P01: serialization failure, deadlock; 53300: too many connections.
+            code.starts_with("08")
+                || code.starts_with("57P0")
+                || matches!(code.as_ref(), "40001" | "40P01" | "53300")
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,59 @@
+//! Reads a row of the outbox table back into an [`OutboxEvent`].
+
+use std::collections::BTreeMap;
+
+use outbox_core::{
+    EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, ValidationError,
+};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::error::db_error;
+
+fn count(field: &'static str, value: i32) -> Result<u32, StoreError> {
+    u32::try_from(value)
+        .map_err(|_| StoreError::InvalidInput(ValidationError::new(field, "negative in the table")))
+}
+
+/// Decodes one row selected with [`COLUMNS`](crate::sql::COLUMNS).
+pub(crate) fn event_from_row(row: &PgRow) -> Result<OutboxEvent, StoreError> {
+    let status: String = row.try_get("status").map_err(db_error)?;
+    let lease_id: Option<Uuid> = row.try_get("lease_id").map_err(db_error)?;
+    let locked_by: Option<String> = row.try_get("locked_by").map_err(db_error)?;
+    let locked_until = row.try_get("locked_until").map_err(db_error)?;
+    let lease = match (lease_id, locked_until) {
+        (Some(id), Some(until)) => Some(Lease {
+            id: LeaseId::from_uuid(id),
+            holder: locked_by.unwrap_or_default(),
+            until,
+        }),
+        _ => None,
+    };
+    let headers: Json<BTreeMap<String, String>> = row.try_get("headers").map_err(db_error)?;
+    Ok(OutboxEvent {
+        id: EventId::from_uuid(row.try_get("id").map_err(db_error)?),
+        event_type: row.try_get("event_type").map_err(db_error)?,
+        aggregate_type: row.try_get("aggregate_type").map_err(db_error)?,
+        aggregate_id: row.try_get("aggregate_id").map_err(db_error)?,
+        payload: row.try_get("payload").map_err(db_error)?,
+        headers: headers.0,
+        idempotency_key: row.try_get("idempotency_key").map_err(db_error)?,
+        ordering_key: row.try_get("ordering_key").map_err(db_error)?,
+        lifecycle: Lifecycle {
+            status: status.parse::<Status>()?,
+            attempts: count("attempts", row.try_get("attempts").map_err(db_error)?)?,
+            max_attempts: count(
+                "max_attempts",
+                row.try_get("max_attempts").map_err(db_error)?,
+            )?,
+            next_attempt_at: row.try_get("next_attempt_at").map_err(db_error)?,
+            lease,
+            last_error: row.try_get("last_error").map_err(db_error)?,
+            delivered_at: row.try_get("delivered_at").map_err(db_error)?,
+        },
+        created_at: row.try_get("created_at").map_err(db_error)?,
+        updated_at: row.try_get("updated_at").map_err(db_error)?,
+    })
+}

@@ -1,0 +1,180 @@
+//! The outbox table, its indexes and wake-up trigger, as versioned migrations with a way back.
+//!
+//! History is kept in `<schema>.outbox_migrations`, one row per (table, version), apart from any
+//! migration history the application keeps (sqlx's `_sqlx_migrations`, refinery, diesel…): the
+//! library never reads or writes the application's history, and the application's tools never
+//! see the outbox's. Migrations run in one transaction under an advisory lock, so several
+//! processes starting at once apply each step exactly once.
+
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::config::PgConfig;
+use crate::error::db_error;
+use outbox_core::StoreError;
+
+/// One schema step: `up` applies it, `down` reverts it.
+struct Migration {
+    version: i32,
+    name: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+/// The steps, in order. Placeholders: `{schema}`, `{table}`, `{qualified}`, `{channel}`.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "create outbox table",
+    up: r#"
+CREATE TABLE {qualified} (
+    id              uuid        PRIMARY KEY,
+    event_type      text        NOT NULL,
+    aggregate_type  text        NOT NULL,
+    aggregate_id    text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    headers         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    idempotency_key text,
+    ordering_key    text,
+    status          text        NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts    integer     NOT NULL CHECK (max_attempts >= 1),
+    next_attempt_at timestamptz NOT NULL,
+    lease_id        uuid,
+    locked_by       text,
+    locked_until    timestamptz,
+    last_error      text,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    delivered_at    timestamptz,
+    CHECK (attempts <= max_attempts),
+    CHECK ((status = 'in_flight') = (lease_id IS NOT NULL AND locked_until IS NOT NULL))
+);
+CREATE UNIQUE INDEX {table}_idempotency_key ON {qualified} (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX {table}_due ON {qualified} (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX {table}_leased ON {qualified} (locked_until) WHERE status = 'in_flight';
+CREATE INDEX {table}_lease_id ON {qualified} (lease_id) WHERE status = 'in_flight';
+CREATE INDEX {table}_delivered ON {qualified} (delivered_at) WHERE status = 'delivered';
+CREATE INDEX {table}_aggregate ON {qualified} (aggregate_type, aggregate_id, id);
+CREATE FUNCTION {schema}.{table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER {table}_notify AFTER INSERT ON {qualified}
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{table}_notify();
+"#,
+    down: r#"
+DROP TABLE IF EXISTS {qualified};
+DROP FUNCTION IF EXISTS {schema}.{table}_notify();
+"#,
+}];
+
+fn render(template: &str, config: &PgConfig) -> String {
+    template
+        .replace("{qualified}", &config.qualified_table())
+        .replace("{channel}", &config.channel())
+        .replace("{schema}", config.schema())
+        .replace("{table}", config.table())
+}
+
+const HISTORY: &str = "outbox_migrations";
+
+/// Applies every migration not yet applied to this table; returns how many ran.
+pub(crate) async fn migrate_up(pool: &PgPool, config: &PgConfig) -> Result<usize, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    prepare(&mut tx, config).await?;
+    let current = current_version(&mut tx, config).await?;
+    let mut applied = 0;
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        sqlx::raw_sql(AssertSqlSafe(render(m.up, config)))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let record = format!(
+            "INSERT INTO {}.{HISTORY} (table_name, version, name, applied_at) VALUES ($1, $2, $3, now())",
+            config.schema()
+        );
+        sqlx::query(AssertSqlSafe(record))
+            .bind(config.table())
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        applied += 1;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(applied)
+}
+
+/// Reverts every applied migration of this table, newest first: the outbox table, its
+/// indexes, trigger and history rows are gone afterwards. **Deletes every stored event.**
+pub(crate) async fn migrate_down(pool: &PgPool, config: &PgConfig) -> Result<usize, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    prepare(&mut tx, config).await?;
+    let current = current_version(&mut tx, config).await?;
+    let mut reverted = 0;
+    for m in MIGRATIONS.iter().rev().filter(|m| m.version <= current) {
+        sqlx::raw_sql(AssertSqlSafe(render(m.down, config)))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let forget = format!(
+            "DELETE FROM {}.{HISTORY} WHERE table_name = $1 AND version = $2",
+            config.schema()
+        );
+        sqlx::query(AssertSqlSafe(forget))
+            .bind(config.table())
+            .bind(m.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        reverted += 1;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(reverted)
+}
+
+/// Takes the per-table migration lock and makes sure the schema and history table exist.
+async fn prepare(tx: &mut sqlx::PgConnection, config: &PgConfig) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("outbox-migrate:{}", config.qualified_table()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let ddl = format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.{HISTORY} (
+             table_name text        NOT NULL,
+             version    integer     NOT NULL,
+             name       text        NOT NULL,
+             applied_at timestamptz NOT NULL,
+             PRIMARY KEY (table_name, version)
+         );",
+        schema = config.schema()
+    );
+    sqlx::raw_sql(AssertSqlSafe(ddl))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+async fn current_version(
+    tx: &mut sqlx::PgConnection,
+    config: &PgConfig,
+) -> Result<i32, StoreError> {
+    let sql = format!(
+        "SELECT coalesce(max(version), 0) FROM {}.{HISTORY} WHERE table_name = $1",
+        config.schema()
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(config.table())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)
+}
+
+/// The newest schema version this library knows.
+pub const LATEST_VERSION: i32 = 1;

@@ -1,0 +1,120 @@
+//! Every statement the store runs on its hot paths, built once per store from the validated
+//! table name and reused, so sqlx's prepared-statement cache hits on every call.
+//!
+//! Values are always bound parameters; only the validated schema and table names are spliced.
+//! Each statement encodes the same rule as [`outbox_core::transition`] for its transition, and
+//! is fenced where the transition is: `lease_id = $1 AND status = 'in_flight'`.
+
+use std::sync::Arc;
+
+use crate::config::PgConfig;
+
+/// The columns read back into an [`OutboxEvent`](outbox_core::OutboxEvent), in order.
+pub(crate) const COLUMNS: &str = "id, event_type, aggregate_type, aggregate_id, payload, headers, \
+     idempotency_key, ordering_key, status, attempts, max_attempts, next_attempt_at, lease_id, \
+     locked_by, locked_until, last_error, created_at, updated_at, delivered_at";
+
+/// The prepared texts, shared by clones of a store.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub emit_one: Arc<str>,
+    pub emit_many: Arc<str>,
+    pub find_keys: Arc<str>,
+    pub claim: Arc<str>,
+    pub renew: Arc<str>,
+    pub ack: Arc<str>,
+    pub nack: Arc<str>,
+    pub release: Arc<str>,
+    pub reclaim: Arc<str>,
+    pub purge: Arc<str>,
+    pub get: Arc<str>,
+    pub count: Arc<str>,
+    pub revive: Arc<str>,
+    pub notify: Arc<str>,
+}
+
+impl Statements {
+    pub(crate) fn new(config: &PgConfig) -> Self {
+        let t = config.qualified_table();
+        let clear_lease = "lease_id = NULL, locked_by = NULL, locked_until = NULL";
+        let s = |sql: String| -> Arc<str> { sql.into() };
+        Self {
+            emit_one: s(format!(
+                "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
+                 ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $11) \
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id"
+            )),
+            emit_many: s(format!(
+                "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
+                 ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+                 SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, u.headers, \
+                 u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, u.next_attempt_at, $11, $11 \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+                 $7::text[], $8::text[], $9::int4[], $10::timestamptz[]) WITH ORDINALITY \
+                 AS u(id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
+                 ordering_key, max_attempts, next_attempt_at, n) \
+                 ORDER BY u.n \
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id"
+            )),
+            find_keys: s(format!(
+                "SELECT id, idempotency_key FROM {t} WHERE idempotency_key = ANY($1)"
+            )),
+            claim: s(format!(
+                "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, locked_until = $3, \
+                 updated_at = $4 \
+                 WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND next_attempt_at <= $4 \
+                 AND attempts < max_attempts \
+                 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {COLUMNS}"
+            )),
+            renew: s(format!(
+                "UPDATE {t} SET locked_until = GREATEST(locked_until, $2), updated_at = $3 \
+                 WHERE lease_id = $1 AND status = 'in_flight'"
+            )),
+            ack: s(format!(
+                "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
+                 {clear_lease}, delivered_at = $3, last_error = NULL, updated_at = $3 \
+                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id"
+            )),
+            nack: s(format!(
+                "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
+                 status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+                     THEN 'pending' ELSE 'dead' END, \
+                 next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+                     THEN GREATEST(f.retry_at, $3) ELSE e.next_attempt_at END, \
+                 last_error = f.error, {clear_lease}, updated_at = $3 \
+                 FROM UNNEST($2::uuid[], $4::text[], $5::timestamptz[]) AS f(id, error, retry_at) \
+                 WHERE e.id = f.id AND e.lease_id = $1 AND e.status = 'in_flight' RETURNING e.id"
+            )),
+            release: s(format!(
+                "UPDATE {t} SET status = 'pending', {clear_lease}, next_attempt_at = $3, updated_at = $3 \
+                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id"
+            )),
+            reclaim: s(format!(
+                "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
+                 status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
+                 next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN $1 ELSE next_attempt_at END, \
+                 last_error = 'lease held by ' || locked_by || ' expired at ' \
+                     || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
+                 {clear_lease}, updated_at = $1 \
+                 WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= $1 \
+                 ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING status"
+            )),
+            purge: s(format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'delivered' \
+                 AND delivered_at < $1 LIMIT $2)"
+            )),
+            get: s(format!("SELECT {COLUMNS} FROM {t} WHERE id = $1")),
+            count: s(format!("SELECT status, count(*) FROM {t} GROUP BY status")),
+            revive: s(format!(
+                "UPDATE {t} SET status = 'pending', max_attempts = attempts + $2, next_attempt_at = $3, \
+                 updated_at = $3 WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}"
+            )),
+            notify: s(format!("SELECT pg_notify('{}', '')", config.channel())),
+        }
+    }
+}
