@@ -1,11 +1,12 @@
-//! Wake-up on commit: one LISTEN connection per store feeds every worker's [`Wakeups`].
+//! Wake-up on commit: one LISTEN connection per store, outside the store's pool, feeds every
+//! worker's [`Wakeups`].
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use outbox_core::{WakeupSender, Wakeups};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -27,8 +28,14 @@ impl Listener {
         let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // A pool of its own, so the long-lived LISTEN connection never takes one of
+                // the application's connections (a pool of one would starve otherwise).
+                let options = pool.connect_options().as_ref().clone();
+                let own = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(options);
                 let sender = Arc::downgrade(&self.sender);
-                *task = Some(runtime.spawn(listen(pool.clone(), channel.to_owned(), sender)));
+                *task = Some(runtime.spawn(listen(own, channel.to_owned(), sender)));
             }
         }
         wakeups

@@ -335,12 +335,17 @@ where
             }
         }
         if !delivered.is_empty() {
-            let lost = lost_count(self.store.ack(lease, &delivered, now).await)?;
+            let lost = lost_count(
+                self.persist(|| self.store.ack(lease, &delivered, now))
+                    .await,
+            )?;
             report.delivered += delivered.len() as u64 - lost;
             report.lease_lost += lost;
         }
         if !failures.is_empty() {
-            let result = self.store.nack(lease, &failures, now).await;
+            let result = self
+                .persist(|| self.store.nack(lease, &failures, now))
+                .await;
             let lost_ids = lost_ids(&result);
             lost_count(result)?;
             report.lease_lost += lost_ids.len() as u64;
@@ -363,11 +368,41 @@ where
             }
         }
         if !unfinished.is_empty() {
-            let lost = lost_count(self.store.release(lease, &unfinished, now).await)?;
+            let lost = lost_count(
+                self.persist(|| self.store.release(lease, &unfinished, now))
+                    .await,
+            )?;
             report.released += unfinished.len() as u64 - lost;
             report.lease_lost += lost;
         }
         Ok(report)
+    }
+}
+
+/// How often recording a batch's outcomes is tried when the store is unavailable.
+const PERSIST_TRIES: u32 = 5;
+
+impl<S: OutboxStore, T> Worker<S, T> {
+    /// Runs a store write that records delivery outcomes, retrying it (with growing pauses
+    /// from `error_backoff`) while the store reports itself unavailable. The deliveries have
+    /// already happened: giving up at once would leave them to be delivered again after the
+    /// lease expires.
+    async fn persist<'a, F, Fut>(&self, write: F) -> Result<(), StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>> + 'a,
+    {
+        let mut tries = 1;
+        loop {
+            match write().await {
+                Err(error) if error.is_retryable() && tries < PERSIST_TRIES => {
+                    warn!(%error, tries, "recording outcomes failed; retrying");
+                    tokio::time::sleep(self.config.error_backoff * 2u32.pow(tries - 1)).await;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 }
 

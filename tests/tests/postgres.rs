@@ -1,0 +1,609 @@
+//! PostgreSQL-specific behaviour: transactions, batch emit, idempotency races, many workers,
+//! crashed workers, LISTEN/NOTIFY, bad input and lost connections. Each test owns a schema.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{
+    Clock, DeliveryError, Emit, Emitted, EventFilter, EventId, NewEvent, OutboxEvent, OutboxStore,
+    OutboxStoreExt, Status, StoreError, SystemClock, Transport,
+};
+use outbox_postgres::{PgConfig, PgStore};
+use outbox_tests::conformance::{Harness, NowUtc};
+use outbox_tests::harness::{PgHarness, pool};
+use outbox_worker::Worker;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a test waits for something that should take milliseconds; a guard, not a pace.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn upload(n: usize) -> NewEvent {
+    NewEvent::builder("file.stored", "upload", n.to_string())
+        .payload(json!({ "n": n }))
+        .build()
+        .unwrap()
+}
+
+async fn business_table(h: &PgHarness) -> String {
+    let table = format!("{}.uploads", h.schema());
+    let ddl = format!("CREATE TABLE {table} (id bigint PRIMARY KEY, name text NOT NULL)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(h.store().pool())
+        .await
+        .unwrap();
+    table
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_row_and_event_commit_or_roll_back_together() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let table = business_table(&h).await;
+    let insert = format!("INSERT INTO {table} (id, name) VALUES ($1, $2)");
+
+    // Rolled back: neither the row nor the event.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+        .bind(1_i64)
+        .bind("a.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lost = store.emitter(&mut *tx).emit(upload(1)).await.unwrap().id();
+    tx.rollback().await.unwrap();
+    assert!(store.get(lost).await.unwrap().is_none());
+
+    // Committed: both, and the event is claimable.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(2_i64)
+        .bind("b.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let kept = store.emitter(&mut *tx).emit(upload(2)).await.unwrap().id();
+    // Not visible to a worker before the commit.
+    let (_, seen) = store
+        .claim_for("w", 10, Duration::from_secs(30), h.clock().now_utc())
+        .await
+        .unwrap();
+    assert!(seen.is_empty(), "an uncommitted event was claimed");
+    tx.commit().await.unwrap();
+
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(store.count_by_status().await.unwrap().total(), 1);
+    let (_, claimed) = store
+        .claim_for("w", 10, Duration::from_secs(30), h.clock().now_utc())
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![kept]);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_emit_writes_many_in_one_statement_with_duplicates_resolved() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let keyed = |n: usize, key: &str| {
+        NewEvent::builder("order.paid", "order", n.to_string())
+            .idempotency_key(key)
+            .build()
+            .unwrap()
+    };
+    let earlier = h.emit(vec![keyed(0, "k-old")], true).await.unwrap()[0].id();
+
+    let mut events: Vec<NewEvent> = (1..=500).map(upload).collect();
+    events.push(keyed(501, "k-new"));
+    events.push(keyed(502, "k-new")); // same key twice in one batch
+    events.push(keyed(503, "k-old")); // key already committed
+    let emitted = h.emit(events, true).await.unwrap();
+    assert_eq!(emitted.len(), 503);
+    assert!(
+        emitted[..501]
+            .iter()
+            .all(|e| matches!(e, Emitted::Created(_)))
+    );
+    assert_eq!(emitted[501], Emitted::Duplicate(emitted[500].id()));
+    assert_eq!(emitted[502], Emitted::Duplicate(earlier));
+
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(counts.pending, 502);
+    let stored = store.fetch(emitted[499].id()).await.unwrap();
+    assert_eq!(
+        (stored.aggregate_id.as_str(), &stored.payload),
+        ("500", &json!({ "n": 500 }))
+    );
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transactions_on_one_idempotency_key_store_one_event() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let keyed = |n: usize| {
+        NewEvent::builder("file.stored", "upload", n.to_string())
+            .idempotency_key("same")
+            .build()
+    };
+
+    // The first transaction holds the key uncommitted; the second blocks on the unique index
+    // until the first commits, then learns the committed event's id.
+    let mut first = store.begin().await.unwrap();
+    let first_id = first.emit(keyed(1).unwrap()).await.unwrap();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let answer = tx.emit(keyed(2).unwrap()).await.unwrap();
+            tx.commit().await.unwrap();
+            answer
+        }
+    });
+    // Let the second transaction reach the index and wait there.
+    wait_for_lock_wait(&h).await;
+    first.commit().await.unwrap();
+    let second_id = tokio::time::timeout(GUARD, second).await.unwrap().unwrap();
+    assert_eq!(first_id, Emitted::Created(first_id.id()));
+    assert_eq!(second_id, Emitted::Duplicate(first_id.id()));
+    assert_eq!(store.count_by_status().await.unwrap().total(), 1);
+
+    // If the holder rolls back instead, the waiting transaction stores its own event.
+    let mut holder = store.begin().await.unwrap();
+    let keyed2 = |n: usize| {
+        NewEvent::builder("file.stored", "upload", n.to_string())
+            .idempotency_key("other")
+            .build()
+    };
+    holder.emit(keyed2(3).unwrap()).await.unwrap();
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let answer = tx.emit(keyed2(4).unwrap()).await.unwrap();
+            tx.commit().await.unwrap();
+            answer
+        }
+    });
+    wait_for_lock_wait(&h).await;
+    holder.rollback().await.unwrap();
+    let answer = tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap();
+    assert!(matches!(answer, Emitted::Created(_)));
+    let kept = store.fetch(answer.id()).await.unwrap();
+    assert_eq!(kept.aggregate_id, "4");
+    h.cleanup().await;
+}
+
+/// Returns once one of this test's connections is waiting on a lock (driven by PostgreSQL's
+/// own view of its sessions, so the test does not guess a delay).
+async fn wait_for_lock_wait(h: &PgHarness) {
+    let probe = pool("probe", 1).await;
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(h.schema())
+            .fetch_one(&probe)
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(GUARD, waiting)
+        .await
+        .expect("the second transaction never waited on the key");
+    probe.close().await;
+}
+
+/// Records deliveries and flags any event delivered by two workers at once.
+#[derive(Default)]
+struct Exclusive {
+    in_delivery: Mutex<HashSet<EventId>>,
+    delivered: Mutex<Vec<EventId>>,
+    overlaps: Mutex<Vec<EventId>>,
+}
+
+#[async_trait]
+impl Transport for Exclusive {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        if !self.in_delivery.lock().unwrap().insert(event.id) {
+            self.overlaps.lock().unwrap().push(event.id);
+        }
+        tokio::task::yield_now().await;
+        self.in_delivery.lock().unwrap().remove(&event.id);
+        self.delivered.lock().unwrap().push(event.id);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_drain_ten_thousand_events_without_overlap() {
+    let h = PgHarness::with_pool_size(10).await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    for chunk in 0..10 {
+        let events = (chunk * 1000..(chunk + 1) * 1000).map(upload).collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.emit_all(events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let transport = Arc::new(Exclusive::default());
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let worker = Worker::builder(store.clone(), transport.clone())
+            .worker_id(format!("w{w}"))
+            .batch_size(100)
+            .concurrency(8)
+            .build()
+            .unwrap();
+        workers.spawn(async move { worker.run_until_idle().await.unwrap() });
+    }
+    let mut delivered_by_reports = 0;
+    while let Some(report) = tokio::time::timeout(Duration::from_secs(300), workers.join_next())
+        .await
+        .unwrap()
+    {
+        let report = report.unwrap();
+        assert!(report.batches > 0, "every worker took part: {report:?}");
+        delivered_by_reports += report.delivered;
+    }
+    assert_eq!(delivered_by_reports, 10_000);
+    assert!(
+        transport.overlaps.lock().unwrap().is_empty(),
+        "events held by two workers at once"
+    );
+    let delivered = transport.delivered.lock().unwrap().clone();
+    let unique: HashSet<EventId> = delivered.iter().copied().collect();
+    assert_eq!(
+        (delivered.len(), unique.len()),
+        (10_000, 10_000),
+        "each event delivered exactly once"
+    );
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(
+        (
+            counts.delivered,
+            counts.pending,
+            counts.in_flight,
+            counts.dead
+        ),
+        (10_000, 0, 0, 0)
+    );
+    let odd: Vec<OutboxEvent> = store
+        .list(&EventFilter {
+            limit: 20_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.attempts() != 1 || e.lifecycle.lease.is_some() || e.lifecycle.delivered_at.is_none()
+        })
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "inconsistent rows: {:?}",
+        &odd[..odd.len().min(3)]
+    );
+    h.cleanup().await;
+}
+
+/// Signals when each delivery starts, then never finishes: a worker stuck mid-delivery.
+struct Stuck(mpsc::UnboundedSender<EventId>);
+
+#[async_trait]
+impl Transport for Stuck {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        let _ = self.0.send(event.id);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_events_are_delivered_after_its_lease_expires() {
+    let h = PgHarness::new().await;
+    let ids: Vec<EventId> = h
+        .emit((0..5).map(upload).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let clock: Arc<dyn Clock> = Arc::new(h.clock().clone());
+
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let doomed = Worker::builder(h.store(), Stuck(started))
+        .worker_id("doomed")
+        .clock(clock.clone())
+        .lease(Duration::from_secs(30))
+        .delivery_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let task = tokio::spawn(async move { doomed.run_until_idle().await });
+    for _ in 0..5 {
+        tokio::time::timeout(GUARD, starts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    task.abort(); // dies mid-delivery: no ack, no release
+    let _ = task.await;
+    let held = h.store().count_by_status().await.unwrap();
+    assert_eq!(held.in_flight, 5);
+
+    let transport = outbox_memory::RecordingTransport::new();
+    let rescuer = Worker::builder(h.store(), transport.clone())
+        .worker_id("rescuer")
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert_eq!(
+        rescuer.run_until_idle().await.unwrap().delivered,
+        0,
+        "the lease is still live"
+    );
+    h.clock().advance(Duration::from_secs(30));
+    let report = rescuer.run_until_idle().await.unwrap();
+    assert_eq!((report.reclaimed, report.delivered), (5, 5));
+    for id in ids {
+        let e = h.store().fetch(id).await.unwrap();
+        assert_eq!(
+            (e.status(), e.attempts()),
+            (Status::Delivered, 2),
+            "the crashed attempt counts"
+        );
+    }
+    h.cleanup().await;
+}
+
+/// Forwards each delivered event to a channel.
+struct Signal(mpsc::UnboundedSender<OutboxEvent>);
+
+#[async_trait]
+impl Transport for Signal {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        let _ = self.0.send(event.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_wakes_an_idle_worker_promptly() {
+    let h = PgHarness::new().await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    let (tx, mut delivered) = mpsc::unbounded_channel();
+    let worker = Worker::builder(store.clone(), Signal(tx))
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    for round in 0..3 {
+        let mut txn = store.begin().await.unwrap();
+        txn.emit_all((0..3).map(|i| upload(round * 10 + i)).collect())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        let committed = SystemClock.now();
+        for _ in 0..3 {
+            tokio::time::timeout(GUARD, delivered.recv())
+                .await
+                .expect("not woken by the commit")
+                .unwrap();
+        }
+        let waited = SystemClock.now() - committed;
+        assert!(
+            waited < chrono::TimeDelta::seconds(5),
+            "round {round}: {waited} after commit, poll is 1 h"
+        );
+    }
+    cancel.cancel();
+    assert_eq!(running.await.unwrap().delivered, 9);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let field = |r: Result<Vec<Emitted>, StoreError>| match r {
+        Err(StoreError::InvalidInput(e)) => e.field(),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    // NUL characters, which PostgreSQL refuses in text and JSONB, caught first.
+    let nul_payload = NewEvent::builder("a.b", "t", "1")
+        .payload(json!({ "x": "a\u{0}b" }))
+        .build();
+    assert_eq!(nul_payload.unwrap_err().field(), "payload");
+    // An event that skipped the builder (deserialized) is validated on emit too.
+    let sneaky: NewEvent = serde_json::from_value(json!({
+        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
+        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null, "max_attempts": null
+    }))
+    .unwrap();
+    assert_eq!(
+        field(h.emit(vec![upload(1), sneaky], true).await),
+        "aggregate_id"
+    );
+    // Payloads over the configured limit.
+    let small = PgStore::new(
+        store.pool().clone(),
+        PgConfig::new()
+            .with_schema(h.schema())
+            .with_max_payload_bytes(64),
+    )
+    .unwrap();
+    let big = NewEvent::builder("a.b", "t", "1")
+        .payload(json!({ "blob": "x".repeat(100) }))
+        .build()
+        .unwrap();
+    let mut tx = small.begin().await.unwrap();
+    match tx.emit(big).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
+        other => panic!("expected a payload error, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        store.count_by_status().await.unwrap().total(),
+        0,
+        "nothing was written"
+    );
+    // Identifiers are validated, never spliced as given.
+    for (schema, table) in [
+        ("public", "outbox; drop table x"),
+        ("Public", "t"),
+        ("public", "\"t\""),
+    ] {
+        let config = PgConfig::new().with_schema(schema).with_table(table);
+        assert!(
+            PgStore::new(store.pool().clone(), config).is_err(),
+            "{schema}.{table} accepted"
+        );
+    }
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
+    let h = PgHarness::new().await;
+    let name = format!("{}_fragile", h.schema());
+    // One connection, not tested before use, so a dropped connection surfaces to the caller.
+    let options = {
+        use std::str::FromStr;
+        sqlx::postgres::PgConnectOptions::from_str(&outbox_tests::harness::database_url().await)
+            .unwrap()
+            .application_name(&name)
+    };
+    let fragile_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let fragile = PgStore::new(fragile_pool, PgConfig::new().with_schema(h.schema())).unwrap();
+    let admin = pool("admin", 1).await;
+    let kill = || async {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    };
+
+    fragile.count_by_status().await.unwrap(); // the one connection is open
+    kill().await;
+    let error = fragile
+        .claim_for("w", 10, Duration::from_secs(30), SystemClock.now())
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_retryable(),
+        "a dropped connection must be retryable: {error:?}"
+    );
+    assert_eq!(
+        fragile.count_by_status().await.unwrap().total(),
+        0,
+        "the next call reconnects"
+    );
+
+    // A worker on that store keeps going across repeated connection losses.
+    let (tx, mut delivered) = mpsc::unbounded_channel();
+    let worker = Worker::builder(fragile.clone(), Signal(tx))
+        .poll_interval(Duration::from_millis(50))
+        .error_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    let mut seen = HashSet::new();
+    for round in 0..3 {
+        kill().await;
+        let mut txn = store.begin().await.unwrap();
+        let ids = txn
+            .emit_all((0..4).map(|i| upload(round * 10 + i)).collect())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        for _ in 0..4 {
+            let e = tokio::time::timeout(GUARD, delivered.recv())
+                .await
+                .expect("worker stalled")
+                .unwrap();
+            seen.insert(e.id);
+        }
+        assert!(ids.iter().all(|e| seen.contains(&e.id())));
+    }
+    cancel.cancel();
+    running.await.unwrap();
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.pending, counts.in_flight),
+        (12, 0, 0),
+        "nothing lost"
+    );
+    admin.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_roll_back() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    assert_eq!(store.migrate().await.unwrap(), 0, "already current");
+    let other = PgStore::new(
+        store.pool().clone(),
+        PgConfig::new()
+            .with_schema(h.schema())
+            .with_table("second_outbox"),
+    )
+    .unwrap();
+    // Two processes migrating at once: the advisory lock lets each step run once.
+    let twin = other.clone();
+    let (a, b) = tokio::join!(other.migrate(), twin.migrate());
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        outbox_postgres::LATEST_VERSION as usize
+    );
+    other.begin().await.unwrap().emit(upload(1)).await.unwrap();
+
+    assert_eq!(other.migrate_down().await.unwrap(), 1);
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{}.second_outbox", h.schema()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(exists, None, "the table is gone");
+    assert!(
+        store.count_by_status().await.is_ok(),
+        "the other outbox table is untouched"
+    );
+    assert_eq!(
+        other.migrate().await.unwrap(),
+        1,
+        "and can be created again"
+    );
+    h.cleanup().await;
+}
