@@ -1,13 +1,18 @@
 //! An uploads service, the outbox's first consumer.
 //!
 //! Saving an upload writes the file record **and** its `file.stored` event in one unit of work;
-//! a worker then delivers each event to a transport that prints one line per delivery. It runs
-//! with zero setup on the in-memory store and exits once every event is delivered:
+//! a worker then delivers each event to a transport that prints one line per delivery, and the
+//! program exits once every event is delivered.
 //!
 //! ```text
-//! cargo run --example uploads
+//! cargo run --example uploads                                              # in memory, zero setup
+//! DATABASE_URL=postgres://root@127.0.0.1:5432/test cargo run --example uploads   # on PostgreSQL
 //! ```
+//!
+//! On PostgreSQL it creates the outbox table (`public.outbox_event`) and an `uploads` table, and
+//! leaves the delivered rows there for inspection with psql.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,40 +22,52 @@ use outbox_core::{
     Transport,
 };
 use outbox_memory::{MemoryStore, UnitOfWork};
+use outbox_postgres::{PgConfig, PgStore, PgTransaction};
 use outbox_worker::Worker;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+type AppError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A stored file, the service's own business row.
 #[derive(Clone, Debug)]
 struct FileRecord {
-    id: u64,
     name: String,
-    bytes: u64,
+    bytes: i64,
 }
 
 /// What the service needs from one transaction: its own table, and the outbox.
 #[async_trait]
 trait UploadTx: Emit {
-    async fn insert_file(&mut self, file: &FileRecord) -> Result<(), StoreError>;
+    /// Inserts the file record; returns its id.
+    async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError>;
 }
 
 /// The service logic, written once against [`UploadTx`]: the same code runs on any backend.
-async fn save_upload(
-    tx: &mut impl UploadTx,
-    file: FileRecord,
-) -> Result<EventId, Box<dyn std::error::Error>> {
-    tx.insert_file(&file).await?;
-    let event = NewEvent::builder("file.stored", "upload", file.id.to_string())
+async fn save_upload(tx: &mut impl UploadTx, file: &FileRecord) -> Result<EventId, AppError> {
+    let id = tx.insert_file(file).await?;
+    let event = NewEvent::builder("file.stored", "upload", id.to_string())
         .payload(json!({ "name": file.name, "bytes": file.bytes }))
-        .idempotency_key(format!("upload-{}-stored", file.id))
+        .idempotency_key(format!("upload-{id}-stored"))
         .build()?;
     Ok(tx.emit(event).await?.id())
 }
 
 /// The in-memory "database": a files table next to the memory outbox.
-#[derive(Clone, Default)]
-struct Files(Arc<Mutex<Vec<FileRecord>>>);
+#[derive(Clone)]
+struct Files {
+    rows: Arc<Mutex<Vec<FileRecord>>>,
+    next_id: Arc<AtomicI64>,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Self {
+            rows: Arc::default(),
+            next_id: Arc::new(AtomicI64::new(1)),
+        }
+    }
+}
 
 /// One memory unit of work that also writes the files table on commit.
 struct MemoryTx {
@@ -67,16 +84,40 @@ impl Emit for MemoryTx {
 
 #[async_trait]
 impl UploadTx for MemoryTx {
-    async fn insert_file(&mut self, file: &FileRecord) -> Result<(), StoreError> {
+    async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
+        let id = self.files.next_id.fetch_add(1, Ordering::Relaxed);
         let (files, file) = (self.files.clone(), file.clone());
         self.uow.on_commit(move || {
             files
-                .0
+                .rows
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(file)
         });
-        Ok(())
+        Ok(id)
+    }
+}
+
+/// A PostgreSQL transaction: the `uploads` row and the event commit together.
+struct PgUploadTx(PgTransaction);
+
+#[async_trait]
+impl Emit for PgUploadTx {
+    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+        self.0.emit(event).await
+    }
+}
+
+#[async_trait]
+impl UploadTx for PgUploadTx {
+    async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
+        let id =
+            sqlx::query_scalar("INSERT INTO uploads (name, bytes) VALUES ($1, $2) RETURNING id")
+                .bind(&file.name)
+                .bind(file.bytes)
+                .fetch_one(&mut *self.0)
+                .await?;
+        Ok(id)
     }
 }
 
@@ -101,19 +142,22 @@ fn uploads() -> Vec<FileRecord> {
         ("notes.txt", 912),
     ]
     .into_iter()
-    .enumerate()
-    .map(|(i, (name, bytes))| FileRecord {
-        id: i as u64 + 1,
+    .map(|(name, bytes)| FileRecord {
         name: name.into(),
         bytes,
     })
     .collect()
 }
 
+fn aborted() -> FileRecord {
+    FileRecord {
+        name: "aborted.bin".into(),
+        bytes: 1,
+    }
+}
+
 /// Runs a worker until every event in `store` is delivered (or dead), then stops it.
-async fn deliver_all<S: OutboxStore + Clone + 'static>(
-    store: S,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn deliver_all<S: OutboxStore + Clone + 'static>(store: S) -> Result<(), AppError> {
     let worker = Worker::builder(store.clone(), PrintTransport)
         .worker_id("uploads-demo")
         .poll_interval(Duration::from_millis(100))
@@ -139,8 +183,8 @@ async fn deliver_all<S: OutboxStore + Clone + 'static>(
     Ok(())
 }
 
-async fn run_in_memory() -> Result<(), Box<dyn std::error::Error>> {
-    println!("outbox: in-memory store (zero setup)");
+async fn run_in_memory() -> Result<(), AppError> {
+    println!("outbox: in-memory store (zero setup; set DATABASE_URL to run on PostgreSQL)");
     let store = MemoryStore::new();
     let files = Files::default();
     for file in uploads() {
@@ -148,7 +192,7 @@ async fn run_in_memory() -> Result<(), Box<dyn std::error::Error>> {
             uow: store.begin(),
             files: files.clone(),
         };
-        let id = save_upload(&mut tx, file.clone()).await?;
+        let id = save_upload(&mut tx, &file).await?;
         tx.uow.commit();
         println!("saved {} ({} bytes) with event {id}", file.name, file.bytes);
     }
@@ -157,19 +201,15 @@ async fn run_in_memory() -> Result<(), Box<dyn std::error::Error>> {
         uow: store.begin(),
         files: files.clone(),
     };
-    save_upload(
-        &mut tx,
-        FileRecord {
-            id: 99,
-            name: "aborted.bin".into(),
-            bytes: 1,
-        },
-    )
-    .await?;
+    save_upload(&mut tx, &aborted()).await?;
     tx.uow.rollback();
 
     deliver_all(store.clone()).await?;
-    let stored = files.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+    let stored = files
+        .rows
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len();
     println!(
         "files stored: {stored}, events delivered: {}",
         store.count_by_status().await?.delivered
@@ -177,7 +217,52 @@ async fn run_in_memory() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+async fn run_on_postgres(url: &str) -> Result<(), AppError> {
+    println!("outbox: PostgreSQL store");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await?;
+    let store = PgStore::new(pool.clone(), PgConfig::new())?;
+    let applied = store.migrate().await?;
+    println!(
+        "migrations applied: {applied} (table {})",
+        store.config().qualified_table()
+    );
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS uploads (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+         name text NOT NULL, bytes bigint NOT NULL, stored_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await?;
+    for file in uploads() {
+        let mut tx = PgUploadTx(store.begin().await?);
+        let id = save_upload(&mut tx, &file).await?;
+        tx.0.commit().await?;
+        println!("saved {} ({} bytes) with event {id}", file.name, file.bytes);
+    }
+    let mut tx = PgUploadTx(store.begin().await?);
+    let never = save_upload(&mut tx, &aborted()).await?;
+    tx.0.rollback().await?;
+    println!(
+        "rolled back {} and its event {never}: neither is stored",
+        aborted().name
+    );
+
+    deliver_all(store.clone()).await?;
+    let counts = store.count_by_status().await?;
+    println!(
+        "outbox now holds {} delivered, {} pending, {} dead; inspect with:\n  psql {url} -c \"SELECT id, event_type, \
+         aggregate_id, status, attempts, delivered_at FROM outbox_event ORDER BY id DESC LIMIT 5\"",
+        counts.delivered, counts.pending, counts.dead
+    );
+    Ok(())
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    run_in_memory().await
+async fn main() -> Result<(), AppError> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => run_on_postgres(&url).await,
+        _ => run_in_memory().await,
+    }
 }

@@ -1,11 +1,16 @@
 //! Harnesses: a fresh store per test, for each backend.
 
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{Emit, Emitted, ManualClock, NewEvent, StoreError};
 use outbox_memory::MemoryStore;
+use sqlx::ConnectOptions;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::conformance::Harness;
 
@@ -56,25 +61,68 @@ impl Harness for MemoryHarness {
     }
 }
 
-/// Where the PostgreSQL tests get their server: `DATABASE_URL` when set; otherwise a throwaway
-/// container through testcontainers when a Docker engine is reachable; otherwise the test fails
-/// with one line saying how to provide a database.
-pub async fn database_url() -> String {
-    static URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-    URL.get_or_init(|| async {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return url;
-        }
-        if docker_reachable() {
-            return start_container().await;
-        }
-        panic!(
-            "PostgreSQL tests need a database: set DATABASE_URL (e.g. postgres://root@127.0.0.1:5432/test) \
-             or make a Docker engine reachable for testcontainers"
-        );
-    })
-    .await
-    .clone()
+/// Where the PostgreSQL tests get their server, in this order:
+///
+/// 1. `DATABASE_URL`, when set;
+/// 2. the server the standard libpq variables point to (`PGHOST`, `PGPORT`, `PGUSER`,
+///    `PGDATABASE`, defaulting to the local server and the current user), when it answers —
+///    the tests run wherever `psql` with no arguments would;
+/// 3. a throwaway container through testcontainers, when a Docker engine is reachable;
+///
+/// and otherwise the test fails with one line saying how to provide a database.
+pub async fn connect_options() -> PgConnectOptions {
+    static OPTIONS: tokio::sync::OnceCell<PgConnectOptions> = tokio::sync::OnceCell::const_new();
+    OPTIONS
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                return PgConnectOptions::from_str(&url)
+                    .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}"));
+            }
+            let mut local = PgConnectOptions::new();
+            if std::env::var_os("PGUSER").is_none()
+                && let Some(user) = login_name()
+            {
+                local = local.username(&user);
+            }
+            let local_error = match tokio::time::timeout(Duration::from_secs(5), local.connect()).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    return local;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            if docker_reachable() {
+                return start_container().await;
+            }
+            panic!(
+                "PostgreSQL tests need a database: set DATABASE_URL (e.g. postgres://root@127.0.0.1:5432/test), \
+                 run a local server that `psql` reaches without arguments ({local_error}), \
+                 or make a Docker engine reachable"
+            );
+        })
+        .await
+        .clone()
+}
+
+/// The login name of the current user, as libpq finds it: `USER`/`LOGNAME`, else the password
+/// database entry of this process's uid.
+fn login_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(user) = std::env::var("USER")
+        .ok()
+        .or_else(|| std::env::var("LOGNAME").ok())
+    {
+        return Some(user);
+    }
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&uid.as_str()))?
+        .first()
+        .map(|n| (*n).to_owned())
 }
 
 fn docker_reachable() -> bool {
@@ -84,7 +132,7 @@ fn docker_reachable() -> bool {
     std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
 }
 
-async fn start_container() -> String {
+async fn start_container() -> PgConnectOptions {
     use testcontainers_modules::postgres::Postgres;
     use testcontainers_modules::testcontainers::ContainerAsync;
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
@@ -99,22 +147,36 @@ async fn start_container() -> String {
         .await
         .expect("container port");
     let _ = CONTAINER.set(container);
-    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres")
+    PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("postgres")
+        .password("postgres")
+        .database("postgres")
 }
 
-/// A pool on [`database_url`] whose connections carry `application_name`, so a test can find
-/// (and terminate) its own connections.
+/// A pool on [`connect_options`] whose connections carry `application_name`, so a test can
+/// find (and terminate) its own connections.
 pub async fn pool(application_name: &str, max_connections: u32) -> sqlx::PgPool {
-    use std::str::FromStr;
-    let url = database_url().await;
-    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
-        .expect("DATABASE_URL is a valid PostgreSQL URL")
-        .application_name(application_name);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(options)
+    pool_with(
+        application_name,
+        PgPoolOptions::new().max_connections(max_connections),
+    )
+    .await
+}
+
+/// As [`pool`], with the pool options given.
+pub async fn pool_with(application_name: &str, options: PgPoolOptions) -> sqlx::PgPool {
+    let connect = connect_options().await.application_name(application_name);
+    options
+        .connect_with(connect.clone())
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                connect.get_host()
+            )
+        })
 }
 
 /// A [`PgStore`](outbox_postgres::PgStore) in a schema of its own (`t_<random>`), dropped by

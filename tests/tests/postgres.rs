@@ -14,7 +14,7 @@ use outbox_core::{
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, pool};
+use outbox_tests::harness::{PgHarness, pool, pool_with};
 use outbox_worker::Worker;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -55,7 +55,7 @@ async fn business_row_and_event_commit_or_roll_back_together() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let lost = store.emitter(&mut *tx).emit(upload(1)).await.unwrap().id();
+    let lost = store.emitter(&mut tx).emit(upload(1)).await.unwrap().id();
     tx.rollback().await.unwrap();
     assert!(store.get(lost).await.unwrap().is_none());
 
@@ -67,7 +67,7 @@ async fn business_row_and_event_commit_or_roll_back_together() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let kept = store.emitter(&mut *tx).emit(upload(2)).await.unwrap().id();
+    let kept = store.emitter(&mut tx).emit(upload(2)).await.unwrap().id();
     // Not visible to a worker before the commit.
     let (_, seen) = store
         .claim_for("w", 10, Duration::from_secs(30), h.clock().now_utc())
@@ -485,18 +485,10 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     let h = PgHarness::new().await;
     let name = format!("{}_fragile", h.schema());
     // One connection, not tested before use, so a dropped connection surfaces to the caller.
-    let options = {
-        use std::str::FromStr;
-        sqlx::postgres::PgConnectOptions::from_str(&outbox_tests::harness::database_url().await)
-            .unwrap()
-            .application_name(&name)
-    };
-    let fragile_pool = sqlx::postgres::PgPoolOptions::new()
+    let options = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .unwrap();
+        .test_before_acquire(false);
+    let fragile_pool = pool_with(&name, options).await;
     let fragile = PgStore::new(fragile_pool, PgConfig::new().with_schema(h.schema())).unwrap();
     let admin = pool("admin", 1).await;
     let kill = || async {

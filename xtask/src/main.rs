@@ -1,7 +1,7 @@
 //! Developer tasks for the outbox workspace, run as `cargo xtask <task>`.
 //!
 //! - `cargo xtask ci`: formatting check, clippy with warnings denied, rustdoc with warnings
-//!   denied, then every test. What CI runs.
+//!   denied, the uploads example, then every test. What CI runs.
 //! - `cargo xtask test`: every test in the workspace (PostgreSQL tests need `DATABASE_URL`).
 
 mod tidy;

@@ -26,17 +26,16 @@ impl Listener {
     pub(crate) fn subscribe(&self, pool: &PgPool, channel: &str) -> Wakeups {
         let wakeups = self.sender.subscribe();
         let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if task.as_ref().is_none_or(JoinHandle::is_finished) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                // A pool of its own, so the long-lived LISTEN connection never takes one of
-                // the application's connections (a pool of one would starve otherwise).
-                let options = pool.connect_options().as_ref().clone();
-                let own = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_lazy_with(options);
-                let sender = Arc::downgrade(&self.sender);
-                *task = Some(runtime.spawn(listen(own, channel.to_owned(), sender)));
-            }
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (true, Ok(runtime)) = (task.as_ref().is_none_or(JoinHandle::is_finished), runtime) {
+            // A pool of its own, so the long-lived LISTEN connection never takes one of the
+            // application's connections (a pool of one would starve otherwise).
+            let options = pool.connect_options().as_ref().clone();
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options);
+            let sender = Arc::downgrade(&self.sender);
+            *task = Some(runtime.spawn(listen(own, channel.to_owned(), sender)));
         }
         wakeups
     }
