@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask ci`: formatting check, clippy with warnings denied, rustdoc with warnings
 //!   denied, the uploads example, then every test. What CI runs.
-//! - `cargo xtask test`: every test in the workspace (PostgreSQL tests need `DATABASE_URL`).
+//! - `cargo xtask test`: every test in the workspace.
+//! - `cargo xtask bench [--quick]`: release-mode benchmarks, the outbox beside raw SQL.
 
 mod tidy;
 
@@ -26,6 +27,13 @@ struct Cli {
 enum Task {
     /// Everything CI checks: fmt, clippy (-D warnings), rustdoc (-D warnings), all tests.
     Ci,
+    /// Release-mode benchmarks against PostgreSQL (DATABASE_URL) and the memory store; writes
+    /// target/outbox-bench/summary.json.
+    Bench {
+        /// Smaller counts, for a quick check.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Runs every test in the workspace; extra arguments go to `cargo test`.
     Test {
         /// Passed through to `cargo test`.
@@ -39,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci(),
         Task::Test { args } => test(&args),
+        Task::Bench { quick } => bench(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +77,25 @@ fn ci() -> Result<(), String> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     test(&[])
+}
+
+fn bench(quick: bool) -> Result<(), String> {
+    let out = workspace_root().join("target").join("outbox-bench");
+    let out = out.to_string_lossy();
+    let mut args = vec![
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "outbox-bench",
+        "--",
+        "--out",
+        &out,
+    ];
+    if quick {
+        args.push("--quick");
+    }
+    cargo(&args, &[])
 }
 
 fn test(extra: &[String]) -> Result<(), String> {

@@ -1,0 +1,114 @@
+//! Outbox benchmarks: the framework and a raw-SQL baseline doing the same job on the same schema,
+//! run in one process and alternated round by round so their ratio holds on a noisy machine.
+//!
+//! Run through `cargo xtask bench [--quick]` (release mode). Prints a table and writes
+//! `target/outbox-bench/summary.json`.
+
+mod memory;
+mod pg;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Benchmarks of the outbox against raw SQL.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "outbox-bench")]
+struct Args {
+    /// Smaller counts, for a quick check (well under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// PostgreSQL to measure; the tables live in a schema of their own, dropped afterwards.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where to write summary.json.
+    #[arg(long, default_value = "target/outbox-bench")]
+    out: PathBuf,
+}
+
+/// Collected figures, by dotted key.
+#[derive(Default, Debug)]
+pub struct Summary(BTreeMap<String, f64>);
+
+impl Summary {
+    /// Records one figure and prints it as a table row.
+    pub fn put(&mut self, key: &str, value: f64, unit: &str) {
+        println!("{key:<40} {value:>14.1} {unit}");
+        self.0.insert(key.to_owned(), value);
+    }
+
+    /// A figure recorded earlier.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.0.get(key).copied()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut root = serde_json::Map::new();
+        for (key, value) in &self.0 {
+            let (group, name) = key.split_once('.').unwrap_or(("misc", key));
+            let entry = root
+                .entry(group)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let serde_json::Value::Object(map) = entry {
+                map.insert(name.to_owned(), serde_json::json!(value));
+            }
+        }
+        serde_json::Value::Object(root)
+    }
+}
+
+/// Events per second, guarding against a zero duration.
+pub fn per_second(count: u64, elapsed: std::time::Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<Summary, BenchError> {
+    let mut summary = Summary::default();
+    println!("{:<40} {:>14} unit", "figure", "value");
+    memory::run(&args, &mut summary).await?;
+    let url = args
+        .database_url
+        .clone()
+        .ok_or("set DATABASE_URL (or --database-url) to a PostgreSQL the benchmark may use")?;
+    pg::run(&args, &url, &mut summary).await?;
+    Ok(summary)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outbox-bench: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.clone())) {
+        Ok(summary) => {
+            let path = args.out.join("summary.json");
+            let written = std::fs::create_dir_all(&args.out)
+                .and_then(|()| std::fs::write(&path, format!("{:#}\n", summary.to_json())));
+            match written {
+                Ok(()) => {
+                    println!("wrote {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("outbox-bench: cannot write {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("outbox-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! PostgreSQL workloads: emit inside transactions and relay a backlog, each beside its raw-SQL
+//! baseline on an identical table, alternating round by round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use outbox_core::{Emit, NewEvent};
+use outbox_postgres::{PgConfig, PgStore};
+use outbox_worker::Worker;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use crate::memory::{NoopTransport, payload};
+use crate::{Args, BenchError, Summary, per_second};
+
+const SCHEMA: &str = "outbox_bench";
+const ROUNDS: usize = 4;
+
+struct Setup {
+    pool: PgPool,
+    store: PgStore,
+}
+
+async fn setup(url: &str, connections: u32) -> Result<Setup, BenchError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}; \
+         CREATE TABLE {SCHEMA}.business (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);"
+    )))
+    .execute(&pool)
+    .await?;
+    let store = PgStore::new(pool.clone(), PgConfig::new().with_schema(SCHEMA))?;
+    store.migrate().await?;
+    // The baseline's table: the same migration, so the same columns, constraints and indexes.
+    PgStore::new(
+        pool.clone(),
+        PgConfig::new().with_schema(SCHEMA).with_table("raw_event"),
+    )?
+    .migrate()
+    .await?;
+    Ok(Setup { pool, store })
+}
+
+async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "TRUNCATE {SCHEMA}.outbox_event, {SCHEMA}.raw_event, {SCHEMA}.business; \
+         VACUUM ANALYZE {SCHEMA}.outbox_event; VACUUM ANALYZE {SCHEMA}.raw_event;"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn event(n: usize, bytes: usize) -> Result<NewEvent, BenchError> {
+    Ok(NewEvent::builder("file.stored", "upload", n.to_string())
+        .payload(payload(n, bytes))
+        .build()?)
+}
+
+const BUSINESS: &str = "INSERT INTO outbox_bench.business (name) VALUES ($1)";
+const RAW_INSERT: &str = "INSERT INTO outbox_bench.raw_event (id, event_type, aggregate_type, aggregate_id, \
+     payload, headers, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, '{}', 'pending', 0, 10, $6, $6, $6)";
+const RAW_INSERT_MANY: &str = "INSERT INTO outbox_bench.raw_event (id, event_type, aggregate_type, aggregate_id, \
+     payload, headers, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+     SELECT u.id, 'file.stored', 'upload', u.agg, u.payload, '{}', 'pending', 0, 10, $4, $4, $4 \
+     FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, agg, payload)";
+const RAW_RELAY: &str = "UPDATE outbox_bench.raw_event SET status = 'delivered', attempts = attempts + 1, \
+     delivered_at = now(), updated_at = now() \
+     WHERE id IN (SELECT id FROM outbox_bench.raw_event WHERE status = 'pending' AND next_attempt_at <= now() \
+     ORDER BY next_attempt_at, id LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, payload";
+
+/// One producer's share of a round: `txs` transactions of one business row plus `per_tx` events.
+async fn produce(
+    s: &Setup,
+    raw: bool,
+    txs: usize,
+    per_tx: usize,
+    bytes: usize,
+    base: usize,
+) -> Result<(), BenchError> {
+    for t in 0..txs {
+        let mut tx = s.pool.begin().await?;
+        sqlx::query(BUSINESS)
+            .bind("upload")
+            .execute(&mut *tx)
+            .await?;
+        let first = base + t * per_tx;
+        if raw {
+            if per_tx == 1 {
+                sqlx::query(RAW_INSERT)
+                    .bind(Uuid::now_v7())
+                    .bind("file.stored")
+                    .bind("upload")
+                    .bind(first.to_string())
+                    .bind(payload(first, bytes))
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                let ids: Vec<Uuid> = (0..per_tx).map(|_| Uuid::now_v7()).collect();
+                let aggs: Vec<String> = (first..first + per_tx).map(|n| n.to_string()).collect();
+                let payloads: Vec<serde_json::Value> =
+                    (first..first + per_tx).map(|n| payload(n, bytes)).collect();
+                sqlx::query(RAW_INSERT_MANY)
+                    .bind(ids)
+                    .bind(aggs)
+                    .bind(payloads)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        } else {
+            let events = (first..first + per_tx)
+                .map(|n| event(n, bytes))
+                .collect::<Result<Vec<_>, _>>()?;
+            s.store.emitter(&mut tx).emit_all(events).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// `producers` concurrent producers, alternating outbox and raw rounds; returns the total time
+/// of each side.
+async fn emit_pair(
+    s: &Arc<Setup>,
+    producers: usize,
+    txs_each: usize,
+    per_tx: usize,
+    bytes: usize,
+) -> Result<(Duration, Duration), BenchError> {
+    let mut totals = [Duration::ZERO; 2];
+    let per_round = (txs_each / ROUNDS).max(1);
+    for round in 0..ROUNDS {
+        for (side, raw) in [(0, false), (1, true)] {
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for p in 0..producers {
+                let s = Arc::clone(s);
+                let base = ((round * producers + p) * per_round) * per_tx;
+                tasks.spawn(async move { produce(&s, raw, per_round, per_tx, bytes, base).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            totals[side] += start.elapsed();
+        }
+    }
+    Ok((totals[0], totals[1]))
+}
+
+/// Fills both tables with `backlog` pending events each.
+async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
+    for chunk in (0..backlog).step_by(1000) {
+        let end = (chunk + 1000).min(backlog);
+        let events = (chunk..end)
+            .map(|n| event(n, 256))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = s.pool.begin().await?;
+        s.store.emitter(&mut tx).emit_all(events).await?;
+        let ids: Vec<Uuid> = (chunk..end).map(|_| Uuid::now_v7()).collect();
+        let aggs: Vec<String> = (chunk..end).map(|n| n.to_string()).collect();
+        let payloads: Vec<serde_json::Value> = (chunk..end).map(|n| payload(n, 256)).collect();
+        sqlx::query(RAW_INSERT_MANY)
+            .bind(ids)
+            .bind(aggs)
+            .bind(payloads)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "VACUUM ANALYZE {SCHEMA}.outbox_event; VACUUM ANALYZE {SCHEMA}.raw_event;"
+    )))
+    .execute(&s.pool)
+    .await?;
+    Ok(())
+}
+
+async fn drain_outbox(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let worker = Worker::builder(s.store.clone(), NoopTransport)
+            .worker_id(format!("bench-{w}"))
+            .batch_size(100)
+            .concurrency(32)
+            .retention(None)
+            .build()?;
+        tasks.spawn(async move { worker.run_until_idle().await });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done??.delivered;
+    }
+    Ok((delivered, start.elapsed()))
+}
+
+async fn drain_raw(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let pool = s.pool.clone();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let rows = sqlx::query(RAW_RELAY).fetch_all(&pool).await?;
+                if rows.is_empty() {
+                    return Ok::<u64, sqlx::Error>(n);
+                }
+                n += rows.len() as u64;
+            }
+        });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done??;
+    }
+    Ok((delivered, start.elapsed()))
+}
+
+pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), BenchError> {
+    let s = Arc::new(setup(url, 24).await?);
+    let (txs_each, batch_txs, backlog) = if args.quick {
+        (400, 40, 20_000)
+    } else {
+        (2_000, 200, 100_000)
+    };
+    let sizes: &[usize] = if args.quick { &[256] } else { &[256, 4096] };
+
+    for &bytes in sizes {
+        for producers in [1, 4, 16] {
+            truncate(&s.pool).await?;
+            let each = txs_each / producers.min(4);
+            let (outbox, raw) = emit_pair(&s, producers, each, 1, bytes).await?;
+            let total = ((each / ROUNDS).max(1) * ROUNDS * producers) as u64;
+            let key = format!("emit.p{producers}_{bytes}b");
+            let (o, r) = (per_second(total, outbox), per_second(total, raw));
+            summary.put(&format!("{key}_outbox_tx_per_s"), o, "tx/s");
+            summary.put(&format!("{key}_raw_tx_per_s"), r, "tx/s");
+            if producers == 4 && bytes == 256 {
+                summary.put("emit.outbox_tx_per_s", o, "tx/s");
+                summary.put("emit.raw_tx_per_s", r, "tx/s");
+                summary.put("emit.ratio", o / r, "outbox/raw");
+            }
+        }
+        truncate(&s.pool).await?;
+        let (outbox, raw) = emit_pair(&s, 4, batch_txs, 100, bytes).await?;
+        let total = ((batch_txs / ROUNDS).max(1) * ROUNDS * 4 * 100) as u64;
+        let (o, r) = (per_second(total, outbox), per_second(total, raw));
+        summary.put(
+            &format!("emit.batch100_p4_{bytes}b_outbox_events_per_s"),
+            o,
+            "events/s",
+        );
+        summary.put(
+            &format!("emit.batch100_p4_{bytes}b_raw_events_per_s"),
+            r,
+            "events/s",
+        );
+        if bytes == 256 {
+            summary.put("emit.batch_events_per_s", o, "events/s");
+            summary.put("emit.batch_raw_events_per_s", r, "events/s");
+        }
+    }
+
+    for workers in [1, 4] {
+        let mut times = [Duration::ZERO; 2];
+        let mut counts = [0u64; 2];
+        for _ in 0..2 {
+            truncate(&s.pool).await?;
+            fill(&s, backlog / 2).await?;
+            let (n, t) = drain_outbox(&s, workers).await?;
+            counts[0] += n;
+            times[0] += t;
+            let (n, t) = drain_raw(&s, workers).await?;
+            counts[1] += n;
+            times[1] += t;
+        }
+        let (o, r) = (
+            per_second(counts[0], times[0]),
+            per_second(counts[1], times[1]),
+        );
+        summary.put(
+            &format!("relay.w{workers}_outbox_events_per_s"),
+            o,
+            "events/s",
+        );
+        summary.put(&format!("relay.w{workers}_raw_events_per_s"), r, "events/s");
+        if workers == 4 {
+            summary.put("relay.outbox_events_per_s", o, "events/s");
+            summary.put("relay.raw_events_per_s", r, "events/s");
+            summary.put("relay.ratio", o / r, "outbox/raw");
+        }
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+    )))
+    .execute(&s.pool)
+    .await?;
+    Ok(())
+}
