@@ -435,3 +435,36 @@ async fn bad_settings_are_refused_naming_the_field() {
         Some("poll_interval")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn running_worker_sweeps_on_its_interval_even_when_busy() {
+    let f = Fixture::new();
+    let worker = f
+        .worker()
+        .retention(Some(Duration::from_secs(3600)))
+        .retention_interval(Duration::from_secs(600))
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { worker.run(cancel).await }
+    });
+    let old = f.emit(uploads(3)).await;
+    while f.transport.delivered().len() < 3 {
+        tokio::task::yield_now().await;
+    }
+    // An hour and a bit later the next sweep (every 10 min) deletes them.
+    tokio::time::advance(Duration::from_secs(3600 + 600)).await;
+    for _ in 0..100 {
+        if f.store.get(old[0]).await.unwrap().is_none() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    cancel.cancel();
+    let report = running.await.unwrap();
+    assert_eq!((report.delivered, report.purged), (3, 3));
+    assert!(f.store.events().is_empty());
+}

@@ -12,6 +12,7 @@ use outbox_core::{
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
@@ -108,13 +109,24 @@ where
         let mut wakeups = self.store.wakeups();
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(self.config.retention_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Housekeeping runs on its own schedule, also while full batches keep the loop busy:
+        // taking back expired leases once per poll interval, the retention sweep once per
+        // retention interval.
+        let mut next_reclaim = Instant::now();
+        let mut next_sweep = Instant::now();
         info!(worker = %self.config.worker_id, "outbox worker started");
         while !cancel.is_cancelled() {
-            let claimed = match self.step(Some(&cancel)).await {
+            if Instant::now() >= next_sweep {
+                report.purged += self.sweep().await;
+                next_sweep = Instant::now() + self.config.retention_interval;
+            }
+            let reclaim = Instant::now() >= next_reclaim;
+            let claimed = match self.step(Some(&cancel), reclaim).await {
                 Ok((claimed, step)) => {
                     report += step;
+                    if reclaim {
+                        next_reclaim = Instant::now() + self.config.poll_interval;
+                    }
                     claimed
                 }
                 Err(error) => {
@@ -132,7 +144,7 @@ where
                 _ = cancel.cancelled() => break,
                 woke = wait(&mut wakeups) => if !woke { wakeups = None },
                 _ = poll.tick() => {}
-                _ = sweep.tick() => report.purged += self.sweep().await,
+                _ = tokio::time::sleep_until(next_sweep) => {}
             }
         }
         info!(worker = %self.config.worker_id, ?report, "outbox worker stopped");
@@ -140,14 +152,21 @@ where
     }
 
     /// Delivers every event that is due now, retrying due failures, and returns once nothing
-    /// due is left (events rescheduled into the future stay pending).
+    /// due is left (events rescheduled into the future stay pending). Expired leases are taken
+    /// back first, and once more before returning.
     pub async fn run_until_idle(&self) -> Result<WorkerReport, StoreError> {
         let mut report = WorkerReport::default();
+        let mut reclaim = true;
         loop {
-            let (claimed, step) = self.step(None).await?;
+            let (claimed, step) = self.step(None, reclaim).await?;
             report += step;
             if claimed == 0 {
-                return Ok(report);
+                if reclaim {
+                    return Ok(report);
+                }
+                reclaim = true;
+            } else {
+                reclaim = false;
             }
         }
     }
@@ -172,22 +191,26 @@ where
         }
     }
 
-    /// Reclaims expired leases, claims one batch and delivers it. Returns how many were claimed.
+    /// Reclaims expired leases (if asked), claims one batch and delivers it. Returns how many
+    /// were claimed.
     async fn step(
         &self,
         cancel: Option<&CancellationToken>,
+        reclaim: bool,
     ) -> Result<(usize, WorkerReport), StoreError> {
         let mut report = WorkerReport::default();
         let now = self.clock.now();
-        let reclaimed = self.store.reclaim_expired(now).await?;
-        report.reclaimed = reclaimed.pending + reclaimed.dead;
-        report.dead += reclaimed.dead;
-        if report.reclaimed > 0 {
-            info!(
-                pending = reclaimed.pending,
-                dead = reclaimed.dead,
-                "reclaimed expired leases"
-            );
+        if reclaim {
+            let reclaimed = self.store.reclaim_expired(now).await?;
+            report.reclaimed = reclaimed.pending + reclaimed.dead;
+            report.dead += reclaimed.dead;
+            if report.reclaimed > 0 {
+                info!(
+                    pending = reclaimed.pending,
+                    dead = reclaimed.dead,
+                    "reclaimed expired leases"
+                );
+            }
         }
         let lease = Lease {
             id: LeaseId::new(),
