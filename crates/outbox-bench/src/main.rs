@@ -35,7 +35,11 @@ pub struct Summary(BTreeMap<String, f64>);
 impl Summary {
     /// Records one figure and prints it as a table row.
     pub fn put(&mut self, key: &str, value: f64, unit: &str) {
-        println!("{key:<40} {value:>14.1} {unit}");
+        if unit.contains('/') && value < 100.0 {
+            println!("{key:<44} {value:>14.3} {unit}");
+        } else {
+            println!("{key:<44} {value:>14.1} {unit}");
+        }
         self.0.insert(key.to_owned(), value);
     }
 
@@ -68,7 +72,7 @@ type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(args: Args) -> Result<Summary, BenchError> {
     let mut summary = Summary::default();
-    println!("{:<40} {:>14} unit", "figure", "value");
+    println!("{:<44} {:>14} unit", "figure", "value");
     memory::run(&args, &mut summary).await?;
     let url = args
         .database_url

@@ -48,11 +48,20 @@ async fn setup(url: &str, connections: u32) -> Result<Setup, BenchError> {
 
 async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "TRUNCATE {SCHEMA}.outbox_event, {SCHEMA}.raw_event, {SCHEMA}.business; \
-         VACUUM ANALYZE {SCHEMA}.outbox_event; VACUUM ANALYZE {SCHEMA}.raw_event;"
+        "TRUNCATE {SCHEMA}.outbox_event, {SCHEMA}.raw_event, {SCHEMA}.business"
     )))
     .execute(pool)
     .await?;
+    analyze(pool).await
+}
+
+/// VACUUM ANALYZE both event tables (one statement each: VACUUM refuses a transaction block).
+async fn analyze(pool: &PgPool) -> Result<(), BenchError> {
+    for table in ["outbox_event", "raw_event"] {
+        sqlx::raw_sql(AssertSqlSafe(format!("VACUUM ANALYZE {SCHEMA}.{table}")))
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
 
@@ -176,12 +185,7 @@ async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
             .await?;
         tx.commit().await?;
     }
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "VACUUM ANALYZE {SCHEMA}.outbox_event; VACUUM ANALYZE {SCHEMA}.raw_event;"
-    )))
-    .execute(&s.pool)
-    .await?;
-    Ok(())
+    analyze(&s.pool).await
 }
 
 async fn drain_outbox(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchError> {
