@@ -25,7 +25,6 @@ use outbox_memory::{MemoryStore, UnitOfWork};
 use outbox_postgres::{PgConfig, PgStore, PgTransaction};
 use outbox_worker::Worker;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 type AppError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -162,11 +161,7 @@ async fn deliver_all<S: OutboxStore + Clone + 'static>(store: S) -> Result<(), A
         .worker_id("uploads-demo")
         .poll_interval(Duration::from_millis(100))
         .build()?;
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     loop {
         let counts = store.count_by_status().await?;
         if counts.pending + counts.in_flight == 0 {
@@ -174,8 +169,7 @@ async fn deliver_all<S: OutboxStore + Clone + 'static>(store: S) -> Result<(), A
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cancel.cancel();
-    let report = running.await?;
+    let report = running.shutdown().await?;
     println!(
         "worker stopped: {} delivered, {} retried, {} dead",
         report.delivered, report.retried, report.dead

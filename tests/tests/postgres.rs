@@ -18,7 +18,6 @@ use outbox_tests::harness::{PgHarness, pool, pool_with};
 use outbox_worker::Worker;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Longest a test waits for something that should take milliseconds; a guard, not a pace.
 const GUARD: Duration = Duration::from_secs(30);
@@ -390,11 +389,7 @@ async fn listen_notify_wakes_an_idle_worker_promptly() {
         .poll_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     for round in 0..3 {
         let mut txn = store.begin().await.unwrap();
         txn.emit_all((0..3).map(|i| upload(round * 10 + i)).collect())
@@ -414,8 +409,7 @@ async fn listen_notify_wakes_an_idle_worker_promptly() {
             "round {round}: {waited} after commit, poll is 1 h"
         );
     }
-    cancel.cancel();
-    assert_eq!(running.await.unwrap().delivered, 9);
+    assert_eq!(running.shutdown().await.unwrap().delivered, 9);
     h.cleanup().await;
 }
 
@@ -524,11 +518,7 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
         .error_backoff(Duration::from_millis(20))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     let store = h.store().with_clock(Arc::new(SystemClock));
     let mut seen = HashSet::new();
     for round in 0..3 {
@@ -548,8 +538,7 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
         }
         assert!(ids.iter().all(|e| seen.contains(&e.id())));
     }
-    cancel.cancel();
-    running.await.unwrap();
+    running.shutdown().await.unwrap();
     let counts = store.count_by_status().await.unwrap();
     assert_eq!(
         (counts.delivered, counts.pending, counts.in_flight),

@@ -13,7 +13,6 @@ use outbox_core::{
 use outbox_memory::{MemoryStore, RecordingTransport, Scripted};
 use outbox_tests::harness::t0;
 use outbox_worker::{TokioClock, Worker, WorkerBuilder};
-use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     clock: Arc<TokioClock>,
@@ -256,11 +255,7 @@ async fn wakes_on_commit_without_waiting_for_the_poll() {
         .poll_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     tokio::task::yield_now().await; // the worker runs its first (empty) round and waits
     let ids = f.emit(uploads(1)).await;
     while f.transport.delivered().is_empty() {
@@ -272,8 +267,7 @@ async fn wakes_on_commit_without_waiting_for_the_poll() {
         waited < chrono::TimeDelta::seconds(1),
         "woken by the commit, not the hourly poll: {waited}"
     );
-    cancel.cancel();
-    assert_eq!(running.await.unwrap().delivered, 1);
+    assert_eq!(running.shutdown().await.unwrap().delivered, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,11 +282,7 @@ async fn polls_when_the_store_cannot_wake_it() {
         .poll_interval(Duration::from_secs(2))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     tokio::task::yield_now().await;
     let start = f.clock.now();
     f.emit(uploads(1)).await;
@@ -309,8 +299,7 @@ async fn polls_when_the_store_cannot_wake_it() {
         waited <= chrono::TimeDelta::milliseconds(2100),
         "missed the poll: {waited}"
     );
-    cancel.cancel();
-    assert_eq!(running.await.unwrap().delivered, 1);
+    assert_eq!(running.shutdown().await.unwrap().delivered, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -331,16 +320,11 @@ async fn shutdown_releases_unfinished_work_and_loses_nothing() {
         .shutdown_grace(Duration::from_secs(3))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     while f.transport.attempts().len() < 4 {
         tokio::task::yield_now().await;
     }
-    cancel.cancel();
-    let report = running.await.unwrap();
+    let report = running.shutdown().await.unwrap();
     assert_eq!((report.delivered, report.released), (2, 2));
     let counts = f.store.count_by_status().await.unwrap();
     assert_eq!(
@@ -446,11 +430,7 @@ async fn running_worker_sweeps_on_its_interval_even_when_busy() {
         .poll_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { worker.run(cancel).await }
-    });
+    let running = worker.spawn();
     let old = f.emit(uploads(3)).await;
     while f.transport.delivered().len() < 3 {
         tokio::task::yield_now().await;
@@ -463,8 +443,7 @@ async fn running_worker_sweeps_on_its_interval_even_when_busy() {
         }
         tokio::task::yield_now().await;
     }
-    cancel.cancel();
-    let report = running.await.unwrap();
+    let report = running.shutdown().await.unwrap();
     assert_eq!((report.delivered, report.purged), (3, 3));
     assert!(f.store.events().is_empty());
 }

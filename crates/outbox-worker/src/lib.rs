@@ -13,7 +13,6 @@
 //! use outbox_core::{Emit, NewEvent};
 //! use outbox_memory::{MemoryStore, RecordingTransport};
 //! use outbox_worker::Worker;
-//! use tokio_util::sync::CancellationToken;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
 //! let store = MemoryStore::new();
@@ -24,11 +23,7 @@
 //!     .poll_interval(Duration::from_millis(200))
 //!     .build()?;
 //!
-//! let cancel = CancellationToken::new();
-//! let running = tokio::spawn({
-//!     let cancel = cancel.clone();
-//!     async move { worker.run(cancel).await }
-//! });
+//! let running = worker.spawn();
 //!
 //! let mut uow = store.begin();
 //! uow.emit(NewEvent::builder("order.paid", "order", "o-1").build()?).await?;
@@ -37,8 +32,7 @@
 //! while transport.delivered().is_empty() {
 //!     tokio::task::yield_now().await;
 //! }
-//! cancel.cancel();
-//! let report = running.await?;
+//! let report = running.shutdown().await?;
 //! assert_eq!(report.delivered, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
@@ -51,4 +45,4 @@ mod worker;
 
 pub use clock::TokioClock;
 pub use config::{WorkerBuilder, WorkerConfig};
-pub use worker::{Worker, WorkerReport};
+pub use worker::{RunningWorker, Worker, WorkerReport};

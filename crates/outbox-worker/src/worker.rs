@@ -458,3 +458,37 @@ async fn wait(wakeups: &mut Option<Wakeups>) -> bool {
         None => std::future::pending().await,
     }
 }
+
+/// A worker running in a tokio task; see [`Worker::spawn`].
+#[derive(Debug)]
+pub struct RunningWorker {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<WorkerReport>,
+}
+
+impl RunningWorker {
+    /// The token that stops the worker (cancelling it is what [`shutdown`](Self::shutdown) does).
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Stops the worker gracefully (see [`Worker::run`]) and returns what it did.
+    pub async fn shutdown(self) -> Result<WorkerReport, tokio::task::JoinError> {
+        self.cancel.cancel();
+        self.task.await
+    }
+}
+
+impl<S, T> Worker<S, T>
+where
+    S: OutboxStore + 'static,
+    T: Transport + 'static,
+{
+    /// Runs the worker in a new tokio task until [`RunningWorker::shutdown`].
+    pub fn spawn(self) -> RunningWorker {
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move { self.run(token).await });
+        RunningWorker { cancel, task }
+    }
+}
