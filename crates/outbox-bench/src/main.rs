@@ -4,8 +4,11 @@
 //! Run through `cargo xtask bench [--quick]` (release mode). Prints a table and writes
 //! `target/outbox-bench/summary.json`.
 
+mod growth;
+mod latency;
 mod memory;
 mod pg;
+mod plot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +26,10 @@ struct Args {
     /// PostgreSQL to measure; the tables live in a schema of their own, dropped afterwards.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Internal: drain the benchmark schema with one worker and report this process's peak
+    /// memory (run as a child process, so the figure is the worker's alone).
+    #[arg(long, hide = true)]
+    drain_rss_child: bool,
     /// Where to write summary.json.
     #[arg(long, default_value = "target/outbox-bench")]
     out: PathBuf,
@@ -84,6 +91,9 @@ async fn run(args: Args) -> Result<Summary, BenchError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.drain_rss_child {
+        return pg::drain_rss_child(&args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

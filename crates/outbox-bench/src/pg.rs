@@ -82,7 +82,7 @@ const RAW_INSERT_MANY: &str = "INSERT INTO outbox_bench.raw_event (id, event_typ
 const RAW_RELAY: &str = "UPDATE outbox_bench.raw_event SET status = 'delivered', attempts = attempts + 1, \
      delivered_at = now(), updated_at = now() \
      WHERE id IN (SELECT id FROM outbox_bench.raw_event WHERE status = 'pending' AND next_attempt_at <= now() \
-     ORDER BY next_attempt_at, id LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, payload";
+     ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, payload";
 
 /// One producer's share of a round: `txs` transactions of one business row plus `per_tx` events.
 async fn produce(
@@ -188,13 +188,17 @@ async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
     analyze(&s.pool).await
 }
 
-async fn drain_outbox(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchError> {
+async fn drain_outbox(
+    s: &Setup,
+    workers: usize,
+    batch: usize,
+) -> Result<(u64, Duration), BenchError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
         let worker = Worker::builder(s.store.clone(), NoopTransport)
             .worker_id(format!("bench-{w}"))
-            .batch_size(100)
+            .batch_size(batch)
             .concurrency(32)
             .retention(None)
             .build()?;
@@ -207,7 +211,7 @@ async fn drain_outbox(s: &Setup, workers: usize) -> Result<(u64, Duration), Benc
     Ok((delivered, start.elapsed()))
 }
 
-async fn drain_raw(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchError> {
+async fn drain_raw(s: &Setup, workers: usize, batch: usize) -> Result<(u64, Duration), BenchError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
@@ -215,7 +219,10 @@ async fn drain_raw(s: &Setup, workers: usize) -> Result<(u64, Duration), BenchEr
         tasks.spawn(async move {
             let mut n = 0u64;
             loop {
-                let rows = sqlx::query(RAW_RELAY).fetch_all(&pool).await?;
+                let rows = sqlx::query(RAW_RELAY)
+                    .bind(batch as i64)
+                    .fetch_all(&pool)
+                    .await?;
                 if rows.is_empty() {
                     return Ok::<u64, sqlx::Error>(n);
                 }
@@ -275,39 +282,131 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
         }
     }
 
-    for workers in [1, 4] {
-        let mut times = [Duration::ZERO; 2];
-        let mut counts = [0u64; 2];
-        for _ in 0..2 {
-            truncate(&s.pool).await?;
-            fill(&s, backlog / 2).await?;
-            let (n, t) = drain_outbox(&s, workers).await?;
-            counts[0] += n;
-            times[0] += t;
-            let (n, t) = drain_raw(&s, workers).await?;
-            counts[1] += n;
-            times[1] += t;
-        }
-        let (o, r) = (
-            per_second(counts[0], times[0]),
-            per_second(counts[1], times[1]),
-        );
-        summary.put(
-            &format!("relay.w{workers}_outbox_events_per_s"),
-            o,
-            "events/s",
-        );
-        summary.put(&format!("relay.w{workers}_raw_events_per_s"), r, "events/s");
-        if workers == 4 {
-            summary.put("relay.outbox_events_per_s", o, "events/s");
-            summary.put("relay.raw_events_per_s", r, "events/s");
-            summary.put("relay.ratio", o / r, "outbox/raw");
+    let batches: &[usize] = if args.quick { &[100] } else { &[10, 100, 1000] };
+    let mut plot = Vec::new();
+    for &batch in batches {
+        for workers in [1, 4] {
+            let mut times = [Duration::ZERO; 2];
+            let mut counts = [0u64; 2];
+            for _ in 0..2 {
+                truncate(&s.pool).await?;
+                fill(&s, backlog / 2).await?;
+                let (n, t) = drain_outbox(&s, workers, batch).await?;
+                counts[0] += n;
+                times[0] += t;
+                let (n, t) = drain_raw(&s, workers, batch).await?;
+                counts[1] += n;
+                times[1] += t;
+            }
+            if counts != [backlog as u64 / 2 * 2; 2] {
+                return Err(format!("relay delivered {counts:?} of {backlog} each").into());
+            }
+            let (o, r) = (
+                per_second(counts[0], times[0]),
+                per_second(counts[1], times[1]),
+            );
+            summary.put(
+                &format!("relay.w{workers}_b{batch}_outbox_events_per_s"),
+                o,
+                "events/s",
+            );
+            summary.put(
+                &format!("relay.w{workers}_b{batch}_raw_events_per_s"),
+                r,
+                "events/s",
+            );
+            plot.push((workers, batch, o, r));
+            if batch == 100 && workers == 4 {
+                summary.put("relay.outbox_events_per_s", o, "events/s");
+                summary.put("relay.raw_events_per_s", r, "events/s");
+                summary.put("relay.ratio", o / r, "outbox/raw");
+            }
         }
     }
+    let svg = crate::plot::relay_svg(&plot);
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("relay.svg"), svg)?;
+
+    crate::latency::run(&s.pool, SCHEMA, args.quick, summary).await?;
+    let backlog = crate::growth::run(&s.pool, SCHEMA, args.quick, summary).await?;
+    let (delivered, rss) = drain_in_child(url)?;
+    if delivered != backlog {
+        return Err(format!("the memory run delivered {delivered} of {backlog} events").into());
+    }
+    summary.put("memory.worker_peak_rss_mib", rss, "MiB");
+    summary.put("memory.backlog_events", backlog as f64, "events");
+
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
     )))
     .execute(&s.pool)
     .await?;
     Ok(())
+}
+
+/// Runs this program again as a child that drains the backlog with one worker; returns what it
+/// delivered and its peak RSS in MiB.
+fn drain_in_child(url: &str) -> Result<(u64, f64), BenchError> {
+    let exe = std::env::current_exe()?;
+    let output = std::process::Command::new(exe)
+        .args(["--drain-rss-child", "--database-url", url])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("drained "))
+        .ok_or_else(|| {
+            format!(
+                "the drain child failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let mut parts = line.split_whitespace().skip(1);
+    let delivered = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or("bad child output")?;
+    let rss = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or("bad child output")?;
+    Ok((delivered, rss))
+}
+
+/// The child's side of [`drain_in_child`]: prints `drained <events> <peak RSS MiB>`.
+pub fn drain_rss_child(args: &Args) -> std::process::ExitCode {
+    let run = async {
+        let url = args.database_url.clone().ok_or("no database URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        let store = PgStore::new(pool, PgConfig::new().with_schema(SCHEMA))?;
+        let worker = Worker::builder(store, NoopTransport)
+            .batch_size(100)
+            .concurrency(32)
+            .retention(None)
+            .build()?;
+        let report = worker.run_until_idle().await?;
+        Ok::<u64, BenchError>(report.delivered)
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::from)
+        .and_then(|rt| rt.block_on(run));
+    match (result, crate::growth::peak_rss_mib()) {
+        (Ok(delivered), Some(rss)) => {
+            println!("drained {delivered} {rss:.1}");
+            std::process::ExitCode::SUCCESS
+        }
+        (Err(e), _) => {
+            eprintln!("drain child: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        (Ok(_), None) => {
+            eprintln!("drain child: no /proc/self/status on this system");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

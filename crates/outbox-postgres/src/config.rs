@@ -16,6 +16,7 @@ pub struct PgConfig {
     pub(crate) table: String,
     pub(crate) max_payload_bytes: usize,
     pub(crate) default_max_attempts: u32,
+    pub(crate) listen: bool,
 }
 
 impl Default for PgConfig {
@@ -32,6 +33,7 @@ impl PgConfig {
             table: "outbox_event".into(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+            listen: true,
         }
     }
 
@@ -56,6 +58,14 @@ impl PgConfig {
     /// Attempts an event gets when it does not say (at least 1).
     pub fn with_default_max_attempts(mut self, attempts: u32) -> Self {
         self.default_max_attempts = attempts;
+        self
+    }
+
+    /// Whether workers are woken by LISTEN/NOTIFY (default `true`). Turn it off behind a
+    /// connection pooler in transaction mode (PgBouncer), where LISTEN does not work; workers
+    /// then find new events by polling alone.
+    pub fn with_listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
         self
     }
 

@@ -367,7 +367,9 @@ impl OutboxStore for PgStore {
     }
 
     fn wakeups(&self) -> Option<Wakeups> {
-        Some(self.listener.subscribe(&self.pool, &self.config.channel()))
+        self.config
+            .listen
+            .then(|| self.listener.subscribe(&self.pool, &self.config.channel()))
     }
 }
 

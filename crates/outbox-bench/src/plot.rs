@@ -1,0 +1,75 @@
+//! A bar chart of relay throughput by workers and batch size, as a self-contained SVG.
+
+use std::fmt::Write;
+
+/// `rows`: (workers, batch size, outbox events/s, raw events/s).
+pub fn relay_svg(rows: &[(usize, usize, f64, f64)]) -> String {
+    let (width, height, left, bottom, top) = (760.0, 380.0, 70.0, 60.0, 40.0);
+    let max = rows.iter().map(|r| r.2.max(r.3)).fold(1.0, f64::max) * 1.1;
+    let plot_h = height - bottom - top;
+    let group_w = (width - left - 20.0) / rows.len().max(1) as f64;
+    let bar_w = group_w * 0.35;
+    let y = |v: f64| top + plot_h * (1.0 - v / max);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{cx}" y="22" text-anchor="middle" font-size="15">Relay throughput (events/s, no-op transport): outbox vs raw SQL</text>
+"##,
+        cx = width / 2.0
+    );
+    for i in 0..=5 {
+        let v = max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
+            x2 = width - 20.0,
+            yy = y(v),
+            tx = left - 6.0,
+            ty = y(v) + 4.0,
+            label = format!("{:.0}k", v / 1000.0)
+        );
+    }
+    for (i, (workers, batch, outbox, raw)) in rows.iter().enumerate() {
+        let gx = left + group_w * i as f64 + group_w * 0.15;
+        for (j, (value, color)) in [(outbox, "#2b6cb0"), (raw, "#a0aec0")]
+            .into_iter()
+            .enumerate()
+        {
+            let x = gx + bar_w * j as f64;
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{x:.1}" y="{top_y:.1}" width="{bar_w:.1}" height="{h:.1}" fill="{color}"/><text x="{tx:.1}" y="{ly:.1}" text-anchor="middle" font-size="10">{v:.0}k</text>"##,
+                top_y = y(*value),
+                h = y(0.0) - y(*value),
+                tx = x + bar_w / 2.0,
+                ly = y(*value) - 3.0,
+                v = value / 1000.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r##"<text x="{tx:.1}" y="{ty:.1}" text-anchor="middle">{workers}w × {batch}</text>"##,
+            tx = gx + bar_w,
+            ty = height - bottom + 18.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<rect x="{lx}" y="{ly}" width="12" height="12" fill="#2b6cb0"/><text x="{tx}" y="{ty}">outbox (claim + batched ack)</text>
+<rect x="{lx2}" y="{ly}" width="12" height="12" fill="#a0aec0"/><text x="{tx2}" y="{ty}">raw SQL (claim-and-mark in one statement)</text>
+<text x="{cx}" y="{by}" text-anchor="middle">workers × batch size</text>
+</svg>
+"##,
+        lx = left,
+        ly = height - 16.0,
+        tx = left + 16.0,
+        ty = height - 6.0,
+        lx2 = left + 250.0,
+        tx2 = left + 266.0,
+        cx = width / 2.0,
+        by = height - bottom + 34.0
+    );
+    svg
+}
