@@ -52,7 +52,6 @@ CREATE TABLE {qualified} (
 CREATE UNIQUE INDEX {table}_idempotency_key ON {qualified} (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX {table}_due ON {qualified} (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX {table}_leased ON {qualified} (locked_until) WHERE status = 'in_flight';
-CREATE INDEX {table}_lease_id ON {qualified} (lease_id) WHERE status = 'in_flight';
 CREATE INDEX {table}_delivered ON {qualified} (delivered_at) WHERE status = 'delivered';
 CREATE INDEX {table}_aggregate ON {qualified} (aggregate_type, aggregate_id, id);
 CREATE FUNCTION {schema}.{table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
