@@ -10,6 +10,8 @@ use sqlx::{AssertSqlSafe, PgPool};
 use crate::{BenchError, Summary};
 
 /// Adds pending events to the outbox table in one server-side statement until it holds `target`.
+/// Ids rise with the row number, as UUID v7 ids rise with time, so the heap and the indexes have
+/// the locality a real backlog has.
 async fn fill_to(pool: &PgPool, schema: &str, have: u64, target: u64) -> Result<(), BenchError> {
     if target <= have {
         return Ok(());
@@ -17,7 +19,7 @@ async fn fill_to(pool: &PgPool, schema: &str, have: u64, target: u64) -> Result<
     let sql = format!(
         "INSERT INTO {schema}.outbox_event (id, event_type, aggregate_type, aggregate_id, payload, headers, \
          status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
-         SELECT gen_random_uuid(), 'file.stored', 'upload', g::text, \
+         SELECT ('01900000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'file.stored', 'upload', g::text, \
          jsonb_build_object('n', g, 'pad', repeat('x', 216)), '{{}}', 'pending', 0, 10, now(), now(), now() \
          FROM generate_series($1::bigint, $2::bigint) AS g"
     );

@@ -167,9 +167,28 @@ impl NewEvent {
         self.max_attempts
     }
 
-    /// The payload's size in bytes once serialized as JSON.
+    /// The payload's size in bytes once serialized as JSON (counted, not allocated).
+    ///
+    /// ```
+    /// let e = outbox_core::NewEvent::builder("a.b", "t", "1").payload(serde_json::json!({"k": "é"})).build()?;
+    /// assert_eq!(e.payload_len(), r#"{"k":"é"}"#.len());
+    /// # Ok::<(), outbox_core::ValidationError>(())
+    /// ```
     pub fn payload_len(&self) -> usize {
-        self.payload.to_string().len()
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Writing a Value into a sink that never fails cannot fail.
+        let _ = serde_json::to_writer(&mut count, &self.payload);
+        count.0
     }
 
     /// Turns the validated event into a stored, pending [`OutboxEvent`] created at `now`.

@@ -41,7 +41,13 @@ impl PgStore {
         event: NewEvent,
     ) -> Result<Emitted, StoreError> {
         let row = self.prepare(event)?;
-        let inserted = sqlx::query(AssertSqlSafe(self.sql.emit_one.clone()))
+        let keyed = row.idempotency_key.is_some();
+        let sql = if keyed {
+            &self.sql.emit_one
+        } else {
+            &self.sql.emit_one_plain
+        };
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(row.id.as_uuid())
             .bind(&row.event_type)
             .bind(&row.aggregate_type)
@@ -52,10 +58,12 @@ impl PgStore {
             .bind(&row.ordering_key)
             .bind(attempts(row.lifecycle.max_attempts)?)
             .bind(row.lifecycle.next_attempt_at)
-            .bind(row.created_at)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_error)?;
+            .bind(row.created_at);
+        if !keyed {
+            query.execute(&mut *conn).await.map_err(db_error)?;
+            return Ok(Emitted::Created(row.id));
+        }
+        let inserted = query.fetch_optional(&mut *conn).await.map_err(db_error)?;
         if inserted.is_some() {
             return Ok(Emitted::Created(row.id));
         }
@@ -95,7 +103,13 @@ impl PgStore {
             .iter()
             .map(|r| attempts(r.lifecycle.max_attempts))
             .collect::<Result<Vec<_>, _>>()?;
-        let inserted = sqlx::query(AssertSqlSafe(self.sql.emit_many.clone()))
+        let keyed = rows.iter().any(|r| r.idempotency_key.is_some());
+        let sql = if keyed {
+            &self.sql.emit_many
+        } else {
+            &self.sql.emit_many_plain
+        };
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(rows.iter().map(|r| *r.id.as_uuid()).collect::<Vec<Uuid>>())
             .bind(
                 rows.iter()
@@ -130,10 +144,12 @@ impl PgStore {
                     .map(|r| r.lifecycle.next_attempt_at)
                     .collect::<Vec<_>>(),
             )
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_error)?;
+            .bind(now);
+        if !keyed {
+            query.execute(&mut *conn).await.map_err(db_error)?;
+            return Ok(rows.iter().map(|r| Emitted::Created(r.id)).collect());
+        }
+        let inserted = query.fetch_all(&mut *conn).await.map_err(db_error)?;
         let created: HashSet<Uuid> = inserted
             .iter()
             .map(|r| r.try_get::<Uuid, _>(0))

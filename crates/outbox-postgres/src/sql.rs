@@ -18,7 +18,9 @@ pub(crate) const COLUMNS: &str = "id, event_type, aggregate_type, aggregate_id, 
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub emit_one: Arc<str>,
+    pub emit_one_plain: Arc<str>,
     pub emit_many: Arc<str>,
+    pub emit_many_plain: Arc<str>,
     pub find_keys: Arc<str>,
     pub claim: Arc<str>,
     pub renew: Arc<str>,
@@ -38,27 +40,30 @@ impl Statements {
         let t = config.qualified_table();
         let clear_lease = "lease_id = NULL, locked_by = NULL, locked_until = NULL";
         let s = |sql: String| -> Arc<str> { sql.into() };
+        // Events without an idempotency key cannot conflict: they take the plain statements,
+        // which skip the conflict check and send nothing back, as a hand-written INSERT would.
+        let columns = "(id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
+             ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)";
+        let insert_one = format!(
+            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $11)"
+        );
+        let insert_many = format!(
+            "INSERT INTO {t} {columns} SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, \
+             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, u.next_attempt_at, $11, $11 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
+             $8::text[], $9::int4[], $10::timestamptz[])"
+        );
+        let alias = "id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
+             ordering_key, max_attempts, next_attempt_at";
+        let on_conflict =
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
         Self {
-            emit_one: s(format!(
-                "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
-                 ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $11) \
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING id"
-            )),
+            emit_one: s(format!("{insert_one} {on_conflict} RETURNING id")),
+            emit_one_plain: s(insert_one.clone()),
             emit_many: s(format!(
-                "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
-                 ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
-                 SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, u.headers, \
-                 u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, u.next_attempt_at, $11, $11 \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
-                 $7::text[], $8::text[], $9::int4[], $10::timestamptz[]) WITH ORDINALITY \
-                 AS u(id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
-                 ordering_key, max_attempts, next_attempt_at, n) \
-                 ORDER BY u.n \
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING id"
+                "{insert_many} WITH ORDINALITY AS u({alias}, n) ORDER BY u.n {on_conflict} RETURNING id"
             )),
+            emit_many_plain: s(format!("{insert_many} AS u({alias})")),
             find_keys: s(format!(
                 "SELECT id, idempotency_key FROM {t} WHERE idempotency_key = ANY($1)"
             )),
