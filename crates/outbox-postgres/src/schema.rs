@@ -53,7 +53,6 @@ CREATE UNIQUE INDEX {table}_idempotency_key ON {qualified} (idempotency_key) WHE
 CREATE INDEX {table}_due ON {qualified} (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX {table}_leased ON {qualified} (locked_until) WHERE status = 'in_flight';
 CREATE INDEX {table}_delivered ON {qualified} (delivered_at) WHERE status = 'delivered';
-CREATE INDEX {table}_aggregate ON {qualified} (aggregate_type, aggregate_id, id);
 CREATE FUNCTION {schema}.{table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM pg_notify('{channel}', '');
