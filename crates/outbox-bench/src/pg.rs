@@ -327,6 +327,11 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("relay.svg"), svg)?;
 
+    // Flush the relay runs' writes first, so the latency run does not pay for their write-back.
+    truncate(&s.pool).await?;
+    if let Err(e) = sqlx::query("CHECKPOINT").execute(&s.pool).await {
+        eprintln!("note: CHECKPOINT refused ({e}); latency may include earlier write-back");
+    }
     crate::latency::run(&s.pool, SCHEMA, args.quick, summary).await?;
     let backlog = crate::growth::run(&s.pool, SCHEMA, args.quick, summary).await?;
     let (delivered, rss) = drain_in_child(url)?;
