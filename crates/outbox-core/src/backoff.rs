@@ -147,7 +147,10 @@ impl RetryPolicy {
     pub fn jitter(&self) -> Jitter {
         self.jitter
     }
-    /// Attempts an event gets unless it says otherwise.
+    /// The attempt budget this policy is meant for. An event's budget is fixed when it is
+    /// emitted (its own `max_attempts`, or the store's default), and the worker obeys the
+    /// event's: configure stores with this value (`MemoryStoreBuilder::default_max_attempts`,
+    /// `PgConfig::with_default_max_attempts`) to keep the two in step.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
