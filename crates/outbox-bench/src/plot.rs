@@ -23,12 +23,12 @@ pub fn relay_svg(rows: &[(usize, usize, f64, f64)]) -> String {
         let v = max * f64::from(i) / 5.0;
         let _ = writeln!(
             svg,
-            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
+            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label:.0}k</text>"##,
             x2 = width - 20.0,
             yy = y(v),
             tx = left - 6.0,
             ty = y(v) + 4.0,
-            label = format!("{:.0}k", v / 1000.0)
+            label = v / 1000.0
         );
     }
     for (i, (workers, batch, outbox, raw)) in rows.iter().enumerate() {
