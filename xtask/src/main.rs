@@ -76,7 +76,35 @@ fn ci() -> Result<(), String> {
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    example()?;
     test(&[])
+}
+
+/// Runs the README's first command (the zero-setup uploads example) and checks that it
+/// delivered its three events.
+fn example() -> Result<(), String> {
+    let args = ["run", "--quiet", "--locked", "--example", "uploads"];
+    eprintln!("$ cargo {}", args.join(" "));
+    let output = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    let delivered = stdout
+        .lines()
+        .filter(|l| l.starts_with("delivered file.stored "))
+        .count();
+    if !output.status.success() || delivered != 3 {
+        return Err(format!(
+            "the uploads example printed {delivered} deliveries instead of 3 ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<(), String> {
