@@ -593,3 +593,57 @@ async fn migrations_apply_once_and_roll_back() {
     );
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let h = PgHarness::new().await;
+    let name = format!("{}_listener", h.schema());
+    let pool_for_worker = pool(&name, 2).await;
+    let store = PgStore::new(pool_for_worker, PgConfig::new().with_schema(h.schema()))
+        .unwrap()
+        .with_clock(Arc::new(SystemClock));
+    let (tx, mut delivered) = mpsc::unbounded_channel();
+    // A one-hour poll: only a wake-up can deliver within the test's guard.
+    let worker = Worker::builder(store.clone(), Signal(tx))
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let running = worker.spawn();
+    let admin = pool("admin", 1).await;
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&name)
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    for round in 0..2 {
+        // Wait until the listener is connected, then kill its connection (only that one).
+        tokio::time::timeout(GUARD, async {
+            while listening().await == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the listener never connected");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+        h.emit(vec![upload(round)], true).await.unwrap();
+        let event = tokio::time::timeout(GUARD, delivered.recv())
+            .await
+            .expect("no wake-up after the listener's connection was killed")
+            .unwrap();
+        assert_eq!(event.aggregate_id, round.to_string());
+    }
+    assert_eq!(running.shutdown().await.unwrap().delivered, 2);
+    admin.close().await;
+    h.cleanup().await;
+}
