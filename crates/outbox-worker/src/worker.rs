@@ -311,7 +311,13 @@ where
                 }
                 _ = &mut grace, if draining => {
                     tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    // Keep the outcomes of deliveries that finished before the abort landed.
+                    while let Some(joined) = tasks.join_next_with_id().await {
+                        if let Ok((task, (id, outcome))) = joined {
+                            task_events.remove(&task);
+                            outcomes.push((id, outcome));
+                        }
+                    }
                     break;
                 }
             }
