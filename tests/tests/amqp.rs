@@ -1,0 +1,169 @@
+//! The RabbitMQ transport against the real broker on loopback (`AMQP_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`), fed by a real PostgreSQL outbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use outbox_core::{DeliveryError, Emit, EventId, NewEvent, OutboxEvent, Transport};
+use outbox_tests::conformance::Harness;
+use outbox_tests::harness::PgHarness;
+use outbox_transport_amqp::AmqpTransport;
+use outbox_worker::Worker;
+use serde_json::json;
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn broker() -> lapin::Channel {
+    let url = url();
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("AMQP tests need RabbitMQ at {url} (set AMQP_URL): {e}"));
+    connection.create_channel().await.unwrap()
+}
+
+fn header(headers: &FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+fn stored(t: &str) -> OutboxEvent {
+    NewEvent::builder(t, "order", "1")
+        .build()
+        .unwrap()
+        .into_event(EventId::new(), chrono::Utc::now(), 3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_arrive_persistent_with_their_id_and_headers() {
+    let channel = broker().await;
+    let queue = format!("q{}", uuid::Uuid::now_v7().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let h = PgHarness::new().await;
+    let event = |n: usize| {
+        NewEvent::builder("file.stored", "upload", n.to_string())
+            .payload(json!({ "n": n }))
+            .header("traceparent", format!("00-{n:032x}-{n:016x}-01"))
+            .build()
+            .unwrap()
+    };
+    let committed: Vec<EventId> = h
+        .emit((0..3).map(event).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let mut tx = h.store().begin().await.unwrap();
+    tx.emit(event(99)).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    // The default exchange routes by queue name.
+    let target = queue.clone();
+    let transport =
+        AmqpTransport::with_routing_key(url(), "", Arc::new(move |_: &OutboxEvent| target.clone()));
+    let clock = Arc::new(h.clock().clone());
+    let report = Worker::builder(h.store(), transport)
+        .clock(clock)
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 3);
+
+    let mut seen = HashSet::new();
+    for _ in 0..3 {
+        let message = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a delivered event is missing from the queue");
+        let props = &message.delivery.properties;
+        assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+        let id: EventId = props
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let headers = props.headers().as_ref().unwrap();
+        assert_eq!(header(headers, "outbox-event-type"), "file.stored");
+        let n: usize = header(headers, "outbox-aggregate-id").parse().unwrap();
+        assert_eq!(
+            header(headers, "traceparent"),
+            format!("00-{n:032x}-{n:016x}-01")
+        );
+        let payload: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
+        assert_eq!(payload, json!({ "n": n }));
+        seen.insert(id);
+    }
+    assert_eq!(seen, committed.iter().copied().collect::<HashSet<_>>());
+    let extra = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(extra.is_none(), "the rolled-back event arrived");
+
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_is_permanent_and_an_unreachable_broker_is_retryable() {
+    let nowhere = format!("nobody-listens-{}", uuid::Uuid::now_v7().simple());
+    let key = nowhere.clone();
+    let transport =
+        AmqpTransport::with_routing_key(url(), "", Arc::new(move |_: &OutboxEvent| key.clone()));
+    match transport.deliver(&stored("order.paid")).await {
+        Err(e @ DeliveryError::Permanent { .. }) => {
+            assert!(e.to_string().contains(&nowhere), "{e}")
+        }
+        other => panic!("an unroutable message must be a permanent error, got {other:?}"),
+    }
+    // The same transport still delivers once a queue is bound (the channel survived).
+    let channel = broker().await;
+    channel
+        .queue_declare(
+            nowhere.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    transport.deliver(&stored("order.paid")).await.unwrap();
+    channel
+        .queue_delete(nowhere.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("amqp://guest:guest@{}/%2f", listener.local_addr().unwrap())
+    };
+    let down = AmqpTransport::new(closed, "events");
+    assert!(matches!(
+        down.deliver(&stored("order.paid")).await,
+        Err(DeliveryError::Retryable { .. })
+    ));
+}
