@@ -249,3 +249,49 @@ impl Harness for PgHarness {
         self.store.pool().close().await;
     }
 }
+
+/// The event the transport tests send: `file.stored` about upload `n`, payload `{"n": n}` and a
+/// `traceparent` header derived from `n` (see [`traceparent`]).
+pub fn traced_event(n: usize) -> NewEvent {
+    NewEvent::builder("file.stored", "upload", n.to_string())
+        .payload(serde_json::json!({ "n": n }))
+        .header("traceparent", traceparent(n))
+        .build()
+        .expect("valid event")
+}
+
+/// The `traceparent` header [`traced_event`] carries.
+pub fn traceparent(n: usize) -> String {
+    format!("00-{n:032x}-{n:016x}-01")
+}
+
+/// The scenario every transport test starts with: events 0, 1 and 2 committed in one
+/// PostgreSQL transaction, event 99 rolled back, then a worker delivering everything due to
+/// `transport`. Asserts three deliveries; returns the committed ids.
+pub async fn relay_committed_and_rolled_back<T>(
+    h: &PgHarness,
+    transport: T,
+) -> Vec<outbox_core::EventId>
+where
+    T: outbox_core::Transport + 'static,
+{
+    let committed: Vec<outbox_core::EventId> = h
+        .emit((0..3).map(traced_event).collect(), true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    let mut tx = h.store().begin().await.expect("begin");
+    tx.emit(traced_event(99)).await.expect("emit");
+    tx.rollback().await.expect("rollback");
+    let report = outbox_worker::Worker::builder(h.store(), transport)
+        .clock(Arc::new(h.clock().clone()))
+        .build()
+        .expect("worker")
+        .run_until_idle()
+        .await
+        .expect("relay");
+    assert_eq!(report.delivered, 3, "{report:?}");
+    committed
+}

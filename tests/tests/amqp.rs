@@ -9,11 +9,10 @@ use std::sync::Arc;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use outbox_core::{DeliveryError, Emit, EventId, NewEvent, OutboxEvent, Transport};
+use outbox_core::{DeliveryError, EventId, NewEvent, OutboxEvent, Transport};
 use outbox_tests::conformance::Harness;
-use outbox_tests::harness::PgHarness;
+use outbox_tests::harness::{PgHarness, relay_committed_and_rolled_back, traceparent};
 use outbox_transport_amqp::AmqpTransport;
-use outbox_worker::Worker;
 use serde_json::json;
 
 fn url() -> String {
@@ -56,37 +55,12 @@ async fn committed_events_arrive_persistent_with_their_id_and_headers() {
         .unwrap();
 
     let h = PgHarness::new().await;
-    let event = |n: usize| {
-        NewEvent::builder("file.stored", "upload", n.to_string())
-            .payload(json!({ "n": n }))
-            .header("traceparent", format!("00-{n:032x}-{n:016x}-01"))
-            .build()
-            .unwrap()
-    };
-    let committed: Vec<EventId> = h
-        .emit((0..3).map(event).collect(), true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    tx.emit(event(99)).await.unwrap();
-    tx.rollback().await.unwrap();
 
     // The default exchange routes by queue name.
     let target = queue.clone();
     let transport =
         AmqpTransport::with_routing_key(url(), "", Arc::new(move |_: &OutboxEvent| target.clone()));
-    let clock = Arc::new(h.clock().clone());
-    let report = Worker::builder(h.store(), transport)
-        .clock(clock)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 3);
+    let committed = relay_committed_and_rolled_back(&h, transport).await;
 
     let mut seen = HashSet::new();
     for _ in 0..3 {
@@ -107,10 +81,7 @@ async fn committed_events_arrive_persistent_with_their_id_and_headers() {
         let headers = props.headers().as_ref().unwrap();
         assert_eq!(header(headers, "outbox-event-type"), "file.stored");
         let n: usize = header(headers, "outbox-aggregate-id").parse().unwrap();
-        assert_eq!(
-            header(headers, "traceparent"),
-            format!("00-{n:032x}-{n:016x}-01")
-        );
+        assert_eq!(header(headers, "traceparent"), traceparent(n));
         let payload: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
         assert_eq!(payload, json!({ "n": n }));
         seen.insert(id);

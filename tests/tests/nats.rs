@@ -6,11 +6,10 @@
 use std::collections::HashSet;
 
 use async_nats::jetstream;
-use outbox_core::{DeliveryError, Emit, EventId, NewEvent, OutboxStoreExt, Transport};
+use outbox_core::{DeliveryError, EventId, NewEvent, OutboxStoreExt, Transport};
 use outbox_tests::conformance::Harness;
-use outbox_tests::harness::PgHarness;
+use outbox_tests::harness::{PgHarness, relay_committed_and_rolled_back, traceparent};
 use outbox_transport_nats::NatsTransport;
-use outbox_worker::Worker;
 use serde_json::json;
 
 async fn nats() -> async_nats::Client {
@@ -35,34 +34,9 @@ async fn committed_events_arrive_once_with_their_id_and_headers() {
         .unwrap();
 
     let h = PgHarness::new().await;
-    let event = |n: usize| {
-        NewEvent::builder("file.stored", "upload", n.to_string())
-            .payload(json!({ "n": n }))
-            .header("traceparent", format!("00-{n:032x}-{n:016x}-01"))
-            .build()
-            .unwrap()
-    };
-    let committed: Vec<EventId> = h
-        .emit((0..3).map(event).collect(), true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    tx.emit(event(99)).await.unwrap();
-    tx.rollback().await.unwrap();
 
     let transport = NatsTransport::with_prefix(client.clone(), &tag);
-    let clock = std::sync::Arc::new(h.clock().clone());
-    let report = Worker::builder(h.store(), transport.clone())
-        .clock(clock)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 3);
+    let committed = relay_committed_and_rolled_back(&h, transport.clone()).await;
 
     assert_eq!(
         stream.info().await.unwrap().state.messages,
@@ -93,7 +67,7 @@ async fn committed_events_arrive_once_with_their_id_and_headers() {
             .unwrap();
         assert_eq!(
             message.headers.get("traceparent").unwrap().as_str(),
-            format!("00-{n:032x}-{n:016x}-01")
+            traceparent(n)
         );
         let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
         assert_eq!(payload, json!({ "n": n }));

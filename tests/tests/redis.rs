@@ -5,11 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use outbox_core::{DeliveryError, Emit, EventId, NewEvent, Transport};
+use outbox_core::{DeliveryError, EventId, NewEvent, Transport};
 use outbox_tests::conformance::Harness;
-use outbox_tests::harness::PgHarness;
+use outbox_tests::harness::{PgHarness, relay_committed_and_rolled_back, traceparent};
 use outbox_transport_redis::RedisTransport;
-use outbox_worker::Worker;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
@@ -45,34 +44,9 @@ async fn committed_events_arrive_with_their_id_and_headers() {
     let stream = format!("{prefix}:file.stored");
 
     let h = PgHarness::new().await;
-    let event = |n: usize| {
-        NewEvent::builder("file.stored", "upload", n.to_string())
-            .payload(json!({ "n": n }))
-            .header("traceparent", format!("00-{n:032x}-{n:016x}-01"))
-            .build()
-            .unwrap()
-    };
-    let committed: Vec<EventId> = h
-        .emit((0..3).map(event).collect(), true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    tx.emit(event(99)).await.unwrap();
-    tx.rollback().await.unwrap();
 
     let transport = RedisTransport::connect(&url(), &prefix).await.unwrap();
-    let clock = std::sync::Arc::new(h.clock().clone());
-    let report = Worker::builder(h.store(), transport)
-        .clock(clock)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 3);
+    let committed = relay_committed_and_rolled_back(&h, transport).await;
 
     let got = entries(&mut conn, &stream).await;
     assert_eq!(got.len(), 3, "the rolled-back event never arrived");
@@ -82,7 +56,7 @@ async fn committed_events_arrive_with_their_id_and_headers() {
         assert_eq!(fields["event_type"], "file.stored");
         assert_eq!(fields["aggregate_type"], "upload");
         let headers: BTreeMap<String, String> = serde_json::from_str(&fields["headers"]).unwrap();
-        assert_eq!(headers["traceparent"], format!("00-{n:032x}-{n:016x}-01"));
+        assert_eq!(headers["traceparent"], traceparent(n));
         let payload: serde_json::Value = serde_json::from_str(&fields["payload"]).unwrap();
         assert_eq!(payload, json!({ "n": n }));
         seen.insert(fields["event_id"].parse::<EventId>().unwrap());

@@ -11,11 +11,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use outbox_core::{DeliveryError, Emit, EventId, NewEvent, OutboxEvent, Transport};
+use outbox_core::{DeliveryError, EventId, NewEvent, OutboxEvent, Transport};
 use outbox_tests::conformance::Harness;
-use outbox_tests::harness::PgHarness;
+use outbox_tests::harness::{PgHarness, relay_committed_and_rolled_back, traceparent};
 use outbox_transport_webhook::{Envelope, SIGNATURE_HEADER, WebhookTransport, verify_signature};
-use outbox_worker::Worker;
 use serde_json::json;
 
 /// What the server answers next: a status and an optional `Retry-After`; `None` never answers.
@@ -61,7 +60,7 @@ async fn serve(receiver: Arc<Receiver>) -> String {
 fn event(n: usize) -> NewEvent {
     NewEvent::builder("file.stored", "upload", n.to_string())
         .payload(json!({ "n": n }))
-        .header("traceparent", format!("00-{n:032x}-{n:016x}-01"))
+        .header("traceparent", traceparent(n))
         .build()
         .unwrap()
 }
@@ -75,33 +74,15 @@ async fn committed_events_arrive_signed() {
     let receiver = Arc::new(Receiver::default());
     let url = serve(receiver.clone()).await;
     let h = PgHarness::new().await;
-    let committed: Vec<EventId> = h
-        .emit(vec![event(1), event(2)], true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    tx.emit(event(99)).await.unwrap();
-    tx.rollback().await.unwrap();
 
     let transport = WebhookTransport::builder(url)
         .secret(b"s3cret".to_vec())
         .build()
         .unwrap();
-    let clock = Arc::new(h.clock().clone());
-    let report = Worker::builder(h.store(), transport)
-        .clock(clock)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    assert_eq!(report.delivered, 2);
+    let committed = relay_committed_and_rolled_back(&h, transport).await;
 
     let received = receiver.received.lock().unwrap().clone();
-    assert_eq!(received.len(), 2, "the rolled-back event was never posted");
+    assert_eq!(received.len(), 3, "the rolled-back event was never posted");
     let now = chrono::Utc::now().timestamp();
     let mut ids = Vec::new();
     for (headers, body) in &received {
@@ -118,10 +99,7 @@ async fn committed_events_arrive_signed() {
         assert_eq!(headers.get("content-type").unwrap(), "application/json");
         let n: usize = envelope.aggregate_id.parse().unwrap();
         assert_eq!(envelope.payload, json!({ "n": n }));
-        assert_eq!(
-            envelope.headers["traceparent"],
-            format!("00-{n:032x}-{n:016x}-01")
-        );
+        assert_eq!(envelope.headers["traceparent"], traceparent(n));
         ids.push(envelope.id);
     }
     ids.sort();
