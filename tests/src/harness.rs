@@ -295,3 +295,23 @@ where
     assert_eq!(report.delivered, 3, "{report:?}");
     committed
 }
+
+/// A URL for the server [`connect_options`] found, for programs run as child processes:
+/// `DATABASE_URL` itself when set, otherwise one rebuilt from the options (without a password).
+pub async fn database_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return url;
+    }
+    let o = connect_options().await;
+    let user = o.get_username();
+    let database = o.get_database().unwrap_or(user);
+    let host = o.get_host();
+    if host.starts_with('/') {
+        format!(
+            "postgres://{user}@localhost:{}/{database}?host={host}",
+            o.get_port()
+        )
+    } else {
+        format!("postgres://{user}@{host}:{}/{database}", o.get_port())
+    }
+}

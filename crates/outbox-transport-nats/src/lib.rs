@@ -130,3 +130,11 @@ impl Transport for NatsTransport {
         Ok(())
     }
 }
+
+/// The NATS client type, re-exported so users need no direct `async-nats` dependency.
+pub use async_nats::Client;
+
+/// Connects a NATS client to `url`.
+pub async fn connect_client(url: &str) -> Result<Client, async_nats::ConnectError> {
+    async_nats::connect(url).await
+}

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use outbox_core::{DeliveryError, OutboxEvent, Transport};
-use redis::aio::ConnectionManager;
 
 /// Maps an event to the stream key it is appended to.
 pub type StreamFn = Arc<dyn Fn(&OutboxEvent) -> String + Send + Sync>;
@@ -123,4 +122,12 @@ impl Transport for RedisTransport {
             .map_err(|e| classify(&stream, e))?;
         Ok(())
     }
+}
+
+/// The reconnecting connection type, re-exported so users need no direct `redis` dependency.
+pub use redis::aio::ConnectionManager;
+
+/// Opens a reconnecting connection to `url`.
+pub async fn connect_manager(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    redis::Client::open(url)?.get_connection_manager().await
 }

@@ -1,0 +1,292 @@
+//! The relay's TOML configuration, and building the router it describes.
+//!
+//! ```toml
+//! database_url = "postgres://relay@db/app"   # or DATABASE_URL, or --database-url
+//! schema = "public"
+//! table = "outbox_event"
+//!
+//! [relay]
+//! workers = 2                 # workers in this process
+//! batch_size = 100
+//! concurrency = 16            # deliveries at once, per worker
+//! poll_interval_ms = 1000     # fallback when no NOTIFY arrives
+//! lease_secs = 60
+//! delivery_timeout_secs = 30
+//! shutdown_grace_secs = 10
+//! retention_hours = 168       # delete delivered events older than this; 0 keeps them
+//!
+//! [http]
+//! listen = "127.0.0.1:9090"   # /healthz, /readyz, /metrics
+//!
+//! [[routes]]
+//! pattern = "file.*"
+//! transport = "nats"
+//! url = "nats://127.0.0.1:4222"
+//! subject = "events.{event_type}"
+//!
+//! [[routes]]
+//! pattern = "*"               # the default route
+//! transport = "stdout"
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::OutboxEvent;
+use outbox_router::{Pattern, Router, StdoutTransport, Template};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// PostgreSQL URL (overridden by `--database-url` / `DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// Schema of the outbox table.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The outbox table.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Worker settings.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// The health and metrics endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Where events go, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+fn default_table() -> String {
+    "outbox_event".into()
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Workers in this process.
+    pub workers: usize,
+    /// Events per claim.
+    pub batch_size: usize,
+    /// Deliveries at once, per worker.
+    pub concurrency: usize,
+    /// Poll interval in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Lease length in seconds.
+    pub lease_secs: u64,
+    /// Per-delivery timeout in seconds.
+    pub delivery_timeout_secs: u64,
+    /// Time in-flight deliveries get on shutdown, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Retention of delivered events in hours; 0 keeps them.
+    pub retention_hours: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            batch_size: 100,
+            concurrency: 16,
+            poll_interval_ms: 1000,
+            lease_secs: 60,
+            delivery_timeout_secs: 30,
+            shutdown_grace_secs: 10,
+            retention_hours: 168,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for `/healthz`, `/readyz` and `/metrics`; none when unset.
+    pub listen: Option<String>,
+}
+
+/// One `[[routes]]` entry: a pattern and a transport.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteConfig {
+    /// `file.stored`, `file.*` or `*`.
+    pub pattern: String,
+    /// The transport and its settings.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
+}
+
+/// The transports a route can use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "transport", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransportConfig {
+    /// One JSON line per event on standard output.
+    Stdout,
+    /// NATS JetStream.
+    Nats {
+        /// Server URL.
+        url: String,
+        /// Subject template, e.g. `events.{event_type}`.
+        subject: String,
+    },
+    /// RabbitMQ.
+    Amqp {
+        /// Broker URI.
+        url: String,
+        /// Exchange (`""` for the default exchange).
+        exchange: String,
+        /// Routing key template, e.g. `{event_type}`.
+        routing_key: String,
+    },
+    /// Redis Streams.
+    Redis {
+        /// Server URL.
+        url: String,
+        /// Stream key template, e.g. `events:{event_type}`.
+        stream: String,
+        /// Approximate maximum stream length.
+        max_len: Option<u64>,
+    },
+    /// HTTP webhook.
+    Webhook {
+        /// Endpoint.
+        url: String,
+        /// HMAC secret (or `secret_env`, the name of a variable holding it).
+        secret: Option<String>,
+        /// Environment variable holding the secret.
+        secret_env: Option<String>,
+        /// Total timeout in seconds.
+        timeout_secs: Option<u64>,
+    },
+}
+
+/// A configuration problem, naming where it is.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Picks a destination (subject, routing key, stream) for an event.
+type DestinationFn = Arc<dyn Fn(&OutboxEvent) -> String + Send + Sync>;
+
+fn template(route: usize, field: &str, text: &str) -> Result<DestinationFn, ConfigError> {
+    let t =
+        Template::parse(text).map_err(|e| ConfigError(format!("routes[{route}].{field}: {e}")))?;
+    Ok(Arc::new(move |e: &OutboxEvent| t.render(e)))
+}
+
+/// Connects every route's transport and builds the router. `*` becomes the default route.
+pub async fn build_router(routes: &[RouteConfig]) -> Result<Router, ConfigError> {
+    if routes.is_empty() {
+        return Err(ConfigError(
+            "no [[routes]]: every event would fail; add at least one".into(),
+        ));
+    }
+    let mut builder = Router::builder();
+    for (i, route) in routes.iter().enumerate() {
+        let pattern = Pattern::parse(&route.pattern)
+            .map_err(|e| ConfigError(format!("routes[{i}].pattern: {e}")))?;
+        let connect_error = |what: &str, e: &dyn std::fmt::Display| {
+            ConfigError(format!("routes[{i}]: {what}: {e}"))
+        };
+        let transport: Box<dyn outbox_core::Transport> = match &route.transport {
+            TransportConfig::Stdout => Box::new(StdoutTransport::new()),
+            TransportConfig::Nats { url, subject } => {
+                let client = outbox_transport_nats_connect(url)
+                    .await
+                    .map_err(|e| connect_error("NATS", &e))?;
+                Box::new(outbox_transport_nats::NatsTransport::new(
+                    client,
+                    template(i, "subject", subject)?,
+                ))
+            }
+            TransportConfig::Amqp {
+                url,
+                exchange,
+                routing_key,
+            } => Box::new(outbox_transport_amqp::AmqpTransport::with_routing_key(
+                url.clone(),
+                exchange.clone(),
+                template(i, "routing_key", routing_key)?,
+            )),
+            TransportConfig::Redis {
+                url,
+                stream,
+                max_len,
+            } => {
+                let client = redis_connect(url)
+                    .await
+                    .map_err(|e| connect_error("Redis", &e))?;
+                let mut t = outbox_transport_redis::RedisTransport::new(
+                    client,
+                    template(i, "stream", stream)?,
+                );
+                if let Some(n) = max_len {
+                    t = t.with_max_len(*n);
+                }
+                Box::new(t)
+            }
+            TransportConfig::Webhook {
+                url,
+                secret,
+                secret_env,
+                timeout_secs,
+            } => {
+                let mut b = outbox_transport_webhook::WebhookTransport::builder(url.clone());
+                let secret = match (secret, secret_env) {
+                    (Some(s), _) => Some(s.clone()),
+                    (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                        ConfigError(format!("routes[{i}].secret_env: variable {var} is not set"))
+                    })?),
+                    (None, None) => None,
+                };
+                if let Some(s) = secret {
+                    b = b.secret(s.into_bytes());
+                }
+                if let Some(t) = timeout_secs {
+                    b = b.timeout(Duration::from_secs(*t));
+                }
+                Box::new(b.build().map_err(|e| connect_error("webhook", &e))?)
+            }
+        };
+        builder = if pattern == Pattern::Any {
+            builder.default_route(transport)
+        } else {
+            builder.route(pattern, transport)
+        };
+    }
+    Ok(builder.build())
+}
+
+async fn outbox_transport_nats_connect(url: &str) -> Result<outbox_transport_nats::Client, String> {
+    outbox_transport_nats::connect_client(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn redis_connect(url: &str) -> Result<outbox_transport_redis::ConnectionManager, String> {
+    outbox_transport_redis::connect_manager(url)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,75 @@
+//! `/healthz`, `/readyz` and `/metrics` for the relay.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use outbox_core::{Clock, EventFilter, OutboxStore, Status, SystemClock};
+use outbox_postgres::PgStore;
+use tokio::task::JoinHandle;
+
+/// Serves the endpoints on `addr` in a background task.
+pub async fn serve(addr: &str, store: PgStore) -> Result<JoinHandle<()>, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "health and metrics endpoint listening");
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(store);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health endpoint stopped");
+        }
+    }))
+}
+
+/// Ready when the database answers.
+async fn ready(State(store): State<PgStore>) -> (StatusCode, String) {
+    match store.count_by_status().await {
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e}\n"),
+        ),
+    }
+}
+
+/// Prometheus text: events by status and the age of the oldest pending event.
+async fn metrics(State(store): State<PgStore>) -> (StatusCode, String) {
+    let counts = match store.count_by_status().await {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("# database unavailable: {e}\n"),
+            );
+        }
+    };
+    let mut out = String::from(
+        "# HELP outbox_events Events in the outbox table by status.\n# TYPE outbox_events gauge\n",
+    );
+    for s in Status::ALL {
+        out.push_str(&format!(
+            "outbox_events{{status=\"{}\"}} {}\n",
+            s.as_str(),
+            counts.get(s)
+        ));
+    }
+    let oldest = store
+        .list(&EventFilter {
+            status: Some(Status::Pending),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map(|e| (SystemClock.now() - e.created_at).num_milliseconds().max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    out.push_str(
+        "# HELP outbox_oldest_pending_age_seconds Age of the oldest pending event (lag).\n",
+    );
+    out.push_str("# TYPE outbox_oldest_pending_age_seconds gauge\n");
+    out.push_str(&format!("outbox_oldest_pending_age_seconds {oldest}\n"));
+    (StatusCode::OK, out)
+}
