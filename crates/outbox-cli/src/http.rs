@@ -7,15 +7,22 @@ use outbox_core::{Clock, EventFilter, OutboxStore, Status, SystemClock};
 use outbox_postgres::PgStore;
 use tokio::task::JoinHandle;
 
+use crate::metered::Meters;
+use std::sync::Arc;
+
 /// Serves the endpoints on `addr` in a background task.
-pub async fn serve(addr: &str, store: PgStore) -> Result<JoinHandle<()>, std::io::Error> {
+pub async fn serve(
+    addr: &str,
+    store: PgStore,
+    meters: Arc<Meters>,
+) -> Result<JoinHandle<()>, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "health and metrics endpoint listening");
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(store);
+        .with_state((store, meters));
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health endpoint stopped");
@@ -24,7 +31,7 @@ pub async fn serve(addr: &str, store: PgStore) -> Result<JoinHandle<()>, std::io
 }
 
 /// Ready when the database answers.
-async fn ready(State(store): State<PgStore>) -> (StatusCode, String) {
+async fn ready(State((store, _)): State<(PgStore, Arc<Meters>)>) -> (StatusCode, String) {
     match store.count_by_status().await {
         Ok(_) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (
@@ -34,8 +41,9 @@ async fn ready(State(store): State<PgStore>) -> (StatusCode, String) {
     }
 }
 
-/// Prometheus text: events by status and the age of the oldest pending event.
-async fn metrics(State(store): State<PgStore>) -> (StatusCode, String) {
+/// Prometheus text: events by status, the age of the oldest pending event, and this process's
+/// delivery counters and duration histogram.
+async fn metrics(State((store, meters)): State<(PgStore, Arc<Meters>)>) -> (StatusCode, String) {
     let counts = match store.count_by_status().await {
         Ok(c) => c,
         Err(e) => {
@@ -71,5 +79,6 @@ async fn metrics(State(store): State<PgStore>) -> (StatusCode, String) {
     );
     out.push_str("# TYPE outbox_oldest_pending_age_seconds gauge\n");
     out.push_str(&format!("outbox_oldest_pending_age_seconds {oldest}\n"));
+    out.push_str(&meters.render());
     (StatusCode::OK, out)
 }

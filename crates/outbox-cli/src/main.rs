@@ -8,9 +8,11 @@
 
 mod config;
 mod http;
+mod metered;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -157,7 +159,11 @@ async fn relay(
         return Err("workers must be at least 1".into());
     }
     // Routes first: a mistake in the file is reported before anything connects to the database.
-    let router = config::build_router(&config.routes).await?;
+    let meters = Arc::new(metered::Meters::default());
+    let router = Arc::new(metered::Metered::new(
+        config::build_router(&config.routes).await?,
+        meters.clone(),
+    ));
     let store = store(
         &config,
         u32::try_from(r.workers * 2 + 2).unwrap_or(u32::MAX),
@@ -166,7 +172,7 @@ async fn relay(
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
     let mut running = Vec::new();
     for i in 0..r.workers {
-        let worker = Worker::builder(store.clone(), router.clone())
+        let worker = Worker::builder(store.clone(), Arc::clone(&router))
             .worker_id(format!("{host}-{}-{i}", std::process::id()))
             .batch_size(r.batch_size)
             .concurrency(r.concurrency)
@@ -181,7 +187,7 @@ async fn relay(
         running.push(worker.spawn());
     }
     let server = match &config.http.listen {
-        Some(addr) => Some(http::serve(addr, store.clone()).await?),
+        Some(addr) => Some(http::serve(addr, store.clone(), meters).await?),
         None => None,
     };
     info!(workers = r.workers, table = %store.config().qualified_table(), "relay started");
