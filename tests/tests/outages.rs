@@ -191,3 +191,33 @@ async fn nats_outage_loses_nothing() {
     js.delete_stream(tag.to_uppercase()).await.unwrap();
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_outage_loses_nothing() {
+    use axum::routing::post;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let outage = Outage::start(&upstream).await;
+    let h = PgHarness::new().await;
+    let url = format!("http://127.0.0.1:{}/hook", outage.port());
+    let transport = outbox_transport_webhook::WebhookTransport::builder(url)
+        .build()
+        .unwrap();
+    let failed = ride_out(&h, &outage, transport).await;
+    assert!(failed > 0);
+    assert!(received.load(std::sync::atomic::Ordering::SeqCst) >= EVENTS);
+    h.cleanup().await;
+}
