@@ -33,6 +33,9 @@ enum Task {
         /// Smaller counts, for a quick check.
         #[arg(long)]
         quick: bool,
+        /// Measure the real transports (NATS, RabbitMQ, Redis on loopback) instead.
+        #[arg(long)]
+        transports: bool,
     },
     /// Runs every test in the workspace; extra arguments go to `cargo test`.
     Test {
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci(),
         Task::Test { args } => test(&args),
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { quick, transports } => bench(quick, transports),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,7 +110,7 @@ fn example() -> Result<(), String> {
     Ok(())
 }
 
-fn bench(quick: bool) -> Result<(), String> {
+fn bench(quick: bool, transports: bool) -> Result<(), String> {
     let out = workspace_root().join("target").join("outbox-bench");
     let out = out.to_string_lossy();
     let mut args = vec![
@@ -122,6 +125,9 @@ fn bench(quick: bool) -> Result<(), String> {
     ];
     if quick {
         args.push("--quick");
+    }
+    if transports {
+        args.push("--transports");
     }
     cargo(&args, &[])
 }

@@ -9,6 +9,7 @@ mod latency;
 mod memory;
 mod pg;
 mod plot;
+mod transports;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ struct Args {
     /// PostgreSQL to measure; the tables live in a schema of their own, dropped afterwards.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Measure delivery through the real transports (NATS, RabbitMQ, Redis on loopback) instead
+    /// of the storage workloads.
+    #[arg(long)]
+    transports: bool,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
     /// memory (run as a child process, so the figure is the worker's alone).
     #[arg(long, hide = true)]
@@ -80,6 +85,14 @@ type BenchError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(args: Args) -> Result<Summary, BenchError> {
     let mut summary = Summary::default();
     println!("{:<44} {:>14} unit", "figure", "value");
+    if args.transports {
+        let url = args
+            .database_url
+            .clone()
+            .ok_or("set DATABASE_URL (or --database-url)")?;
+        transports::run(&url, args.quick, &mut summary).await?;
+        return Ok(summary);
+    }
     memory::run(&args, &mut summary).await?;
     let url = args
         .database_url
@@ -106,7 +119,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args.clone())) {
         Ok(summary) => {
-            let path = args.out.join("summary.json");
+            let path = args.out.join(if args.transports {
+                "transports.json"
+            } else {
+                "summary.json"
+            });
             let written = std::fs::create_dir_all(&args.out)
                 .and_then(|()| std::fs::write(&path, format!("{:#}\n", summary.to_json())));
             match written {

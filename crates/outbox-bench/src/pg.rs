@@ -18,12 +18,12 @@ use crate::{Args, BenchError, Summary, per_second};
 const SCHEMA: &str = "outbox_bench";
 const ROUNDS: usize = 4;
 
-struct Setup {
-    pool: PgPool,
-    store: PgStore,
+pub(crate) struct Setup {
+    pub(crate) pool: PgPool,
+    pub(crate) store: PgStore,
 }
 
-async fn setup(url: &str, connections: u32) -> Result<Setup, BenchError> {
+pub(crate) async fn setup(url: &str, connections: u32) -> Result<Setup, BenchError> {
     let pool = PgPoolOptions::new()
         .max_connections(connections)
         .connect(url)
@@ -46,7 +46,7 @@ async fn setup(url: &str, connections: u32) -> Result<Setup, BenchError> {
     Ok(Setup { pool, store })
 }
 
-async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
+pub(crate) async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
     sqlx::raw_sql(AssertSqlSafe(format!(
         "TRUNCATE {SCHEMA}.outbox_event, {SCHEMA}.raw_event, {SCHEMA}.business"
     )))
@@ -165,7 +165,7 @@ async fn emit_pair(
 }
 
 /// Fills both tables with `backlog` pending events each.
-async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
+pub(crate) async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
     for chunk in (0..backlog).step_by(1000) {
         let end = (chunk + 1000).min(backlog);
         let events = (chunk..end)

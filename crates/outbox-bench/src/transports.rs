@@ -1,0 +1,117 @@
+//! Delivered events per second through each real transport, from a backlog, with 4 workers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use outbox_core::{OutboxEvent, Transport};
+use outbox_worker::Worker;
+
+use crate::pg::{Setup, fill, setup, truncate};
+use crate::{BenchError, Summary, per_second};
+
+async fn drain<T: Transport + Clone + 'static>(s: &Setup, transport: T) -> Result<f64, BenchError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let worker = Worker::builder(s.store.clone(), transport.clone())
+            .worker_id(format!("bench-{w}"))
+            .batch_size(100)
+            .concurrency(64)
+            .retention(None)
+            .build()?;
+        tasks.spawn(async move { worker.run_until_idle().await });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done??.delivered;
+    }
+    Ok(per_second(delivered, start.elapsed()))
+}
+
+pub async fn run(url: &str, quick: bool, summary: &mut Summary) -> Result<(), BenchError> {
+    let backlog = if quick { 10_000 } else { 100_000 };
+    let s = setup(url, 16).await?;
+    let tag = format!("bench{}", std::process::id());
+
+    // NATS JetStream: a stream for the benchmark's subjects.
+    let client = outbox_transport_nats::connect_client("nats://127.0.0.1:4222").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: tag.to_uppercase(),
+        subjects: vec![format!("{tag}.>")],
+        ..Default::default()
+    })
+    .await?;
+    truncate(&s.pool).await?;
+    fill(&s, backlog).await?;
+    let nats = drain(
+        &s,
+        outbox_transport_nats::NatsTransport::with_prefix(client, &tag),
+    )
+    .await?;
+    js.delete_stream(tag.to_uppercase()).await?;
+    summary.put("transport.nats_events_per_s", nats, "events/s");
+
+    // RabbitMQ: a queue on the default exchange.
+    let amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let channel = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+        .await?
+        .create_channel()
+        .await?;
+    channel
+        .queue_declare(
+            tag.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    truncate(&s.pool).await?;
+    fill(&s, backlog).await?;
+    let queue = tag.clone();
+    let amqp = outbox_transport_amqp::AmqpTransport::with_routing_key(
+        amqp_url,
+        "",
+        Arc::new(move |_: &OutboxEvent| queue.clone()),
+    );
+    let rabbit = drain(&s, amqp).await?;
+    channel
+        .queue_delete(
+            tag.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await?;
+    summary.put("transport.amqp_events_per_s", rabbit, "events/s");
+
+    // Redis Streams.
+    truncate(&s.pool).await?;
+    fill(&s, backlog).await?;
+    let redis =
+        outbox_transport_redis::RedisTransport::connect("redis://127.0.0.1:6379", &tag).await?;
+    let streams = drain(&s, redis).await?;
+    let mut conn = outbox_transport_redis::connect_manager("redis://127.0.0.1:6379").await?;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{tag}:file.stored"))
+        .query_async(&mut conn)
+        .await?;
+    summary.put("transport.redis_events_per_s", streams, "events/s");
+
+    // HTTP webhook to a receiver on loopback that answers 204 at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    truncate(&s.pool).await?;
+    fill(&s, backlog).await?;
+    let webhook =
+        outbox_transport_webhook::WebhookTransport::builder(format!("http://{addr}/hook"))
+            .secret(b"bench".to_vec())
+            .build()?;
+    let posts = drain(&s, webhook).await?;
+    server.abort();
+    summary.put("transport.webhook_events_per_s", posts, "events/s");
+    summary.put("transport.backlog_events", backlog as f64, "events");
+    Ok(())
+}
