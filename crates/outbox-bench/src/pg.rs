@@ -84,6 +84,25 @@ const RAW_RELAY: &str = "UPDATE outbox_bench.raw_event SET status = 'delivered',
      WHERE id IN (SELECT id FROM outbox_bench.raw_event WHERE status = 'pending' AND next_attempt_at <= now() \
      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, payload";
 
+/// The baseline's multi-row insert of events numbered `range`.
+async fn raw_insert_many(
+    conn: &mut sqlx::PgConnection,
+    range: std::ops::Range<usize>,
+    bytes: usize,
+) -> Result<(), BenchError> {
+    let ids: Vec<Uuid> = range.clone().map(|_| Uuid::now_v7()).collect();
+    let aggs: Vec<String> = range.clone().map(|n| n.to_string()).collect();
+    let payloads: Vec<serde_json::Value> = range.map(|n| payload(n, bytes)).collect();
+    sqlx::query(RAW_INSERT_MANY)
+        .bind(ids)
+        .bind(aggs)
+        .bind(payloads)
+        .bind(Utc::now())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// One producer's share of a round: `txs` transactions of one business row plus `per_tx` events.
 async fn produce(
     s: &Setup,
@@ -112,17 +131,7 @@ async fn produce(
                     .execute(&mut *tx)
                     .await?;
             } else {
-                let ids: Vec<Uuid> = (0..per_tx).map(|_| Uuid::now_v7()).collect();
-                let aggs: Vec<String> = (first..first + per_tx).map(|n| n.to_string()).collect();
-                let payloads: Vec<serde_json::Value> =
-                    (first..first + per_tx).map(|n| payload(n, bytes)).collect();
-                sqlx::query(RAW_INSERT_MANY)
-                    .bind(ids)
-                    .bind(aggs)
-                    .bind(payloads)
-                    .bind(Utc::now())
-                    .execute(&mut *tx)
-                    .await?;
+                raw_insert_many(&mut tx, first..first + per_tx, bytes).await?;
             }
         } else {
             let events = (first..first + per_tx)
@@ -173,16 +182,7 @@ pub(crate) async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = s.pool.begin().await?;
         s.store.emitter(&mut tx).emit_all(events).await?;
-        let ids: Vec<Uuid> = (chunk..end).map(|_| Uuid::now_v7()).collect();
-        let aggs: Vec<String> = (chunk..end).map(|n| n.to_string()).collect();
-        let payloads: Vec<serde_json::Value> = (chunk..end).map(|n| payload(n, 256)).collect();
-        sqlx::query(RAW_INSERT_MANY)
-            .bind(ids)
-            .bind(aggs)
-            .bind(payloads)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+        raw_insert_many(&mut tx, chunk..end, 256).await?;
         tx.commit().await?;
     }
     analyze(&s.pool).await
