@@ -36,6 +36,10 @@ enum Task {
         /// Measure the real transports (NATS, RabbitMQ, Redis on loopback) instead.
         #[arg(long)]
         transports: bool,
+        /// Run only these workloads, comma-separated (memory-store, emit, relay, latency,
+        /// growth, rss).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Runs every test in the workspace; extra arguments go to `cargo test`.
     Test {
@@ -50,7 +54,11 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci(),
         Task::Test { args } => test(&args),
-        Task::Bench { quick, transports } => bench(quick, transports),
+        Task::Bench {
+            quick,
+            transports,
+            only,
+        } => bench(quick, transports, only.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,7 +118,7 @@ fn example() -> Result<(), String> {
     Ok(())
 }
 
-fn bench(quick: bool, transports: bool) -> Result<(), String> {
+fn bench(quick: bool, transports: bool, only: Option<&str>) -> Result<(), String> {
     let out = workspace_root().join("target").join("outbox-bench");
     let out = out.to_string_lossy();
     let mut args = vec![
@@ -128,6 +136,9 @@ fn bench(quick: bool, transports: bool) -> Result<(), String> {
     }
     if transports {
         args.push("--transports");
+    }
+    if let Some(only) = only {
+        args.extend(["--only", only]);
     }
     cargo(&args, &[])
 }

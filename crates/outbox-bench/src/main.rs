@@ -31,6 +31,10 @@ struct Args {
     /// of the storage workloads.
     #[arg(long)]
     transports: bool,
+    /// Run only these workloads (comma-separated: memory-store, emit, relay, latency, growth,
+    /// rss); summary.json then holds only their keys.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
     /// memory (run as a child process, so the figure is the worker's alone).
     #[arg(long, hide = true)]
@@ -38,6 +42,30 @@ struct Args {
     /// Where to write summary.json.
     #[arg(long, default_value = "target/outbox-bench")]
     out: PathBuf,
+}
+
+/// One workload of the storage benchmark, for `--only`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Emits and deliveries on the memory store.
+    MemoryStore,
+    /// Emit inside transactions, beside plain inserts.
+    Emit,
+    /// Draining a backlog, beside the raw claim-and-mark.
+    Relay,
+    /// Commit-to-delivery latency.
+    Latency,
+    /// Claim cost as the backlog grows.
+    Growth,
+    /// Peak memory of a worker draining the largest backlog (needs the growth backlog).
+    Rss,
+}
+
+impl Args {
+    /// Whether `workload` is to run.
+    pub fn runs(&self, workload: Workload) -> bool {
+        self.only.is_empty() || self.only.contains(&workload)
+    }
 }
 
 /// Collected figures, by dotted key.
@@ -93,7 +121,9 @@ async fn run(args: Args) -> Result<Summary, BenchError> {
         transports::run(&url, args.quick, &mut summary).await?;
         return Ok(summary);
     }
-    memory::run(&args, &mut summary).await?;
+    if args.runs(Workload::MemoryStore) {
+        memory::run(&args, &mut summary).await?;
+    }
     let url = args
         .database_url
         .clone()

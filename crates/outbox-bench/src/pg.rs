@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use crate::memory::{NoopTransport, payload};
-use crate::{Args, BenchError, Summary, per_second};
+use crate::{Args, BenchError, Summary, Workload, per_second};
 
 const SCHEMA: &str = "outbox_bench";
 const ROUNDS: usize = 4;
@@ -246,7 +246,7 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     };
     let sizes: &[usize] = if args.quick { &[256] } else { &[256, 4096] };
 
-    for &bytes in sizes {
+    for &bytes in sizes.iter().filter(|_| args.runs(Workload::Emit)) {
         for producers in [1, 4, 16] {
             truncate(&s.pool).await?;
             let each = txs_each / producers.min(4);
@@ -284,7 +284,7 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
 
     let batches: &[usize] = if args.quick { &[100] } else { &[10, 100, 1000] };
     let mut plot = Vec::new();
-    for &batch in batches {
+    for &batch in batches.iter().filter(|_| args.runs(Workload::Relay)) {
         for workers in [1, 4] {
             let mut times = [Duration::ZERO; 2];
             let mut counts = [0u64; 2];
@@ -323,23 +323,34 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
             }
         }
     }
-    let svg = crate::plot::relay_svg(&plot);
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("relay.svg"), svg)?;
+    if !plot.is_empty() {
+        let svg = crate::plot::relay_svg(&plot);
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("relay.svg"), svg)?;
+    }
 
     // Flush the relay runs' writes first, so the latency run does not pay for their write-back.
     truncate(&s.pool).await?;
     if let Err(e) = sqlx::query("CHECKPOINT").execute(&s.pool).await {
         eprintln!("note: CHECKPOINT refused ({e}); latency may include earlier write-back");
     }
-    crate::latency::run(&s.pool, SCHEMA, args.quick, summary).await?;
-    let backlog = crate::growth::run(&s.pool, SCHEMA, args.quick, summary).await?;
-    let (delivered, rss) = drain_in_child(url)?;
-    if delivered != backlog {
-        return Err(format!("the memory run delivered {delivered} of {backlog} events").into());
+    if args.runs(Workload::Latency) {
+        crate::latency::run(&s.pool, SCHEMA, args.quick, summary).await?;
     }
-    summary.put("memory.worker_peak_rss_mib", rss, "MiB");
-    summary.put("memory.backlog_events", backlog as f64, "events");
+    // The worker's peak memory is measured draining the growth workload's largest backlog.
+    if args.runs(Workload::Growth) || args.runs(Workload::Rss) {
+        let backlog = crate::growth::run(&s.pool, SCHEMA, args.quick, summary).await?;
+        if args.runs(Workload::Rss) {
+            let (delivered, rss) = drain_in_child(url)?;
+            if delivered != backlog {
+                return Err(
+                    format!("the memory run delivered {delivered} of {backlog} events").into(),
+                );
+            }
+            summary.put("memory.worker_peak_rss_mib", rss, "MiB");
+            summary.put("memory.backlog_events", backlog as f64, "events");
+        }
+    }
 
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
