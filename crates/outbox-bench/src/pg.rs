@@ -28,6 +28,12 @@ pub(crate) async fn setup(url: &str, connections: u32) -> Result<Setup, BenchErr
         .max_connections(connections)
         .connect(url)
         .await?;
+    // Open every connection now, so that no measured run pays for connecting.
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(pool.acquire().await?);
+    }
+    drop(held);
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}; \
          CREATE TABLE {SCHEMA}.business (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);"
@@ -146,6 +152,10 @@ async fn produce(
 
 /// `producers` concurrent producers, alternating outbox and raw rounds; returns the total time
 /// of each side.
+///
+/// An unmeasured warm-up round of each side comes first, so that neither side pays for opening
+/// the pool's connections or preparing statements on them; then the sides take turns going
+/// first, so that neither always runs on the other's leftovers (dirty buffers, WAL to flush).
 async fn emit_pair(
     s: &Arc<Setup>,
     producers: usize,
@@ -155,19 +165,28 @@ async fn emit_pair(
 ) -> Result<(Duration, Duration), BenchError> {
     let mut totals = [Duration::ZERO; 2];
     let per_round = (txs_each / ROUNDS).max(1);
-    for round in 0..ROUNDS {
-        for (side, raw) in [(0, false), (1, true)] {
+    let warm_up = (per_round / 4).max(1);
+    for round in 0..=ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for raw in order {
+            let txs = if round == 0 { warm_up } else { per_round };
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             for p in 0..producers {
                 let s = Arc::clone(s);
                 let base = ((round * producers + p) * per_round) * per_tx;
-                tasks.spawn(async move { produce(&s, raw, per_round, per_tx, bytes, base).await });
+                tasks.spawn(async move { produce(&s, raw, txs, per_tx, bytes, base).await });
             }
             while let Some(done) = tasks.join_next().await {
                 done??;
             }
-            totals[side] += start.elapsed();
+            if round > 0 {
+                totals[usize::from(raw)] += start.elapsed();
+            }
         }
     }
     Ok((totals[0], totals[1]))
@@ -288,15 +307,19 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
         for workers in [1, 4] {
             let mut times = [Duration::ZERO; 2];
             let mut counts = [0u64; 2];
-            for _ in 0..2 {
+            // Two rounds, each side going first once.
+            for round in 0..2 {
                 truncate(&s.pool).await?;
                 fill(&s, backlog / 2).await?;
-                let (n, t) = drain_outbox(&s, workers, batch).await?;
-                counts[0] += n;
-                times[0] += t;
-                let (n, t) = drain_raw(&s, workers, batch).await?;
-                counts[1] += n;
-                times[1] += t;
+                for raw in [round == 1, round == 0] {
+                    let (n, t) = if raw {
+                        drain_raw(&s, workers, batch).await?
+                    } else {
+                        drain_outbox(&s, workers, batch).await?
+                    };
+                    counts[usize::from(raw)] += n;
+                    times[usize::from(raw)] += t;
+                }
             }
             if counts != [backlog as u64 / 2 * 2; 2] {
                 return Err(format!("relay delivered {counts:?} of {backlog} each").into());
