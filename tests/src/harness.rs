@@ -196,10 +196,19 @@ impl PgHarness {
 
     /// As [`new`](Self::new), with a pool of `max_connections`.
     pub async fn with_pool_size(max_connections: u32) -> Self {
+        Self::with_config(max_connections, |config| config).await
+    }
+
+    /// As [`with_pool_size`](Self::with_pool_size), with the store's settings adjusted by
+    /// `adjust` (the schema is the harness's own).
+    pub async fn with_config(
+        max_connections: u32,
+        adjust: impl FnOnce(outbox_postgres::PgConfig) -> outbox_postgres::PgConfig,
+    ) -> Self {
         let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
         let pool = pool(&schema, max_connections).await;
         let clock = ManualClock::new(t0());
-        let config = outbox_postgres::PgConfig::new().with_schema(&schema);
+        let config = adjust(outbox_postgres::PgConfig::new()).with_schema(&schema);
         let store = outbox_postgres::PgStore::new(pool, config)
             .expect("valid config")
             .with_clock(Arc::new(clock.clone()));

@@ -647,3 +647,82 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     admin.close().await;
     h.cleanup().await;
 }
+
+/// Accepts every event except those about one aggregate, which fail permanently.
+struct RefuseAggregate(&'static str);
+
+#[async_trait]
+impl Transport for RefuseAggregate {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        if event.aggregate_id == self.0 {
+            return Err(DeliveryError::permanent("refused"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_delivered_events_keeps_the_fence_and_the_dead() {
+    let h = PgHarness::with_config(4, |c| c.with_delete_delivered(true)).await;
+    let store = h.store();
+    let ids: Vec<EventId> = h
+        .emit((0..4).map(upload).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+
+    // A lease that is no longer held deletes nothing.
+    let now = h.clock().now_utc();
+    let (lease, claimed) = store
+        .claim_for("w", 1, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let stale = outbox_core::LeaseId::new();
+    match store.ack(stale, &[claimed[0].id], now).await {
+        Err(StoreError::LeaseLost { ids }) => assert_eq!(ids, vec![claimed[0].id]),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    assert_eq!(
+        store.fetch(claimed[0].id).await.unwrap().status(),
+        Status::InFlight
+    );
+    store
+        .release(lease.id, &[claimed[0].id], now)
+        .await
+        .unwrap();
+
+    // The worker: three delivered and deleted, the refused one dead and kept.
+    let worker = Worker::builder(store.clone(), RefuseAggregate("3"))
+        .clock(Arc::new(h.clock().clone()))
+        .build()
+        .unwrap();
+    let report = worker.run_until_idle().await.unwrap();
+    assert_eq!((report.delivered, report.dead), (3, 1));
+    for id in &ids[..3] {
+        assert!(store.get(*id).await.unwrap().is_none(), "{id} was kept");
+    }
+    let dead = store.fetch(ids[3]).await.unwrap();
+    assert_eq!(dead.status(), Status::Dead);
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(
+        (
+            counts.pending,
+            counts.in_flight,
+            counts.delivered,
+            counts.dead
+        ),
+        (0, 0, 0, 1)
+    );
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.outbox_event",
+        h.schema()
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 1, "only the dead event is left");
+    h.cleanup().await;
+}

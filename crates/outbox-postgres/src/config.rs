@@ -17,6 +17,7 @@ pub struct PgConfig {
     pub(crate) max_payload_bytes: usize,
     pub(crate) default_max_attempts: u32,
     pub(crate) listen: bool,
+    pub(crate) delete_delivered: bool,
 }
 
 impl Default for PgConfig {
@@ -34,6 +35,7 @@ impl PgConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
             listen: true,
+            delete_delivered: false,
         }
     }
 
@@ -67,6 +69,25 @@ impl PgConfig {
     pub fn with_listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
+    }
+
+    /// Whether an acknowledged event is deleted at once instead of kept as `delivered`
+    /// (default `false`: kept until the worker's retention sweep purges it).
+    ///
+    /// Deleting writes no second row version per event, so relaying costs the database less
+    /// work (see `docs/benchmarks.md`); in exchange nothing is left to show that an event was
+    /// delivered: [`get`](outbox_core::OutboxStore::get) answers `None` for it and the
+    /// `delivered` count stays 0. Dead events are kept either way. Delivery guarantees are
+    /// unchanged: the delete is fenced by the lease like the update it replaces.
+    pub fn with_delete_delivered(mut self, delete: bool) -> Self {
+        self.delete_delivered = delete;
+        self
+    }
+
+    /// Whether acknowledged events are deleted (see
+    /// [`with_delete_delivered`](Self::with_delete_delivered)).
+    pub fn delete_delivered(&self) -> bool {
+        self.delete_delivered
     }
 
     /// The schema name.

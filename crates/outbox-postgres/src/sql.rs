@@ -79,11 +79,19 @@ impl Statements {
                 "UPDATE {t} SET locked_until = GREATEST(locked_until, $2), updated_at = $3 \
                  WHERE lease_id = $1 AND status = 'in_flight'"
             )),
-            ack: s(format!(
-                "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
+            ack: s(if config.delete_delivered {
+                // The same fence as the update; takes no time parameter.
+                format!(
+                    "DELETE FROM {t} WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' \
+                     RETURNING id"
+                )
+            } else {
+                format!(
+                    "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
                  {clear_lease}, delivered_at = $3, last_error = NULL, updated_at = $3 \
                  WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id"
-            )),
+                )
+            }),
             nack: s(format!(
                 "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
                  status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
