@@ -4,6 +4,7 @@
 //! database_url = "postgres://relay@db/app"   # or DATABASE_URL, or --database-url
 //! schema = "public"
 //! table = "outbox_event"
+//! delete_delivered = false    # true: delete events once acknowledged instead of keeping them
 //!
 //! [relay]
 //! workers = 2                 # workers in this process
@@ -49,6 +50,9 @@ pub struct Config {
     /// The outbox table.
     #[serde(default = "default_table")]
     pub table: String,
+    /// Delete events once acknowledged instead of keeping them as delivered.
+    #[serde(default)]
+    pub delete_delivered: bool,
     /// Worker settings.
     #[serde(default)]
     pub relay: RelayConfig,

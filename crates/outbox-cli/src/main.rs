@@ -138,7 +138,8 @@ async fn store(config: &Config, connections: u32) -> Result<PgStore, CliError> {
         pool,
         PgConfig::new()
             .with_schema(&config.schema)
-            .with_table(&config.table),
+            .with_table(&config.table)
+            .with_delete_delivered(config.delete_delivered),
     )?)
 }
 
