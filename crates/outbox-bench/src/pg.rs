@@ -207,15 +207,48 @@ pub(crate) async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
     analyze(&s.pool).await
 }
 
-async fn drain_outbox(
+/// Drains `backlog` events with the outbox (through `store`) and with the raw baseline, two
+/// rounds each side going first once; returns both rates in events/s.
+async fn relay_pair(
     s: &Setup,
+    store: &PgStore,
+    workers: usize,
+    batch: usize,
+    backlog: usize,
+) -> Result<(f64, f64), BenchError> {
+    let mut times = [Duration::ZERO; 2];
+    let mut counts = [0u64; 2];
+    for round in 0..2 {
+        truncate(&s.pool).await?;
+        fill(s, backlog / 2).await?;
+        for raw in [round == 1, round == 0] {
+            let (n, t) = if raw {
+                drain_raw(s, workers, batch).await?
+            } else {
+                drain_outbox(store, workers, batch).await?
+            };
+            counts[usize::from(raw)] += n;
+            times[usize::from(raw)] += t;
+        }
+    }
+    if counts != [backlog as u64 / 2 * 2; 2] {
+        return Err(format!("relay delivered {counts:?} of {backlog} each").into());
+    }
+    Ok((
+        per_second(counts[0], times[0]),
+        per_second(counts[1], times[1]),
+    ))
+}
+
+async fn drain_outbox(
+    store: &PgStore,
     workers: usize,
     batch: usize,
 ) -> Result<(u64, Duration), BenchError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let worker = Worker::builder(s.store.clone(), NoopTransport)
+        let worker = Worker::builder(store.clone(), NoopTransport)
             .worker_id(format!("bench-{w}"))
             .batch_size(batch)
             .concurrency(32)
@@ -305,44 +338,30 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     let mut plot = Vec::new();
     for &batch in batches.iter().filter(|_| args.runs(Workload::Relay)) {
         for workers in [1, 4] {
-            let mut times = [Duration::ZERO; 2];
-            let mut counts = [0u64; 2];
-            // Two rounds, each side going first once.
-            for round in 0..2 {
-                truncate(&s.pool).await?;
-                fill(&s, backlog / 2).await?;
-                for raw in [round == 1, round == 0] {
-                    let (n, t) = if raw {
-                        drain_raw(&s, workers, batch).await?
-                    } else {
-                        drain_outbox(&s, workers, batch).await?
-                    };
-                    counts[usize::from(raw)] += n;
-                    times[usize::from(raw)] += t;
-                }
-            }
-            if counts != [backlog as u64 / 2 * 2; 2] {
-                return Err(format!("relay delivered {counts:?} of {backlog} each").into());
-            }
-            let (o, r) = (
-                per_second(counts[0], times[0]),
-                per_second(counts[1], times[1]),
-            );
-            summary.put(
-                &format!("relay.w{workers}_b{batch}_outbox_events_per_s"),
-                o,
-                "events/s",
-            );
-            summary.put(
-                &format!("relay.w{workers}_b{batch}_raw_events_per_s"),
-                r,
-                "events/s",
-            );
+            let (o, r) = relay_pair(&s, &s.store, workers, batch, backlog).await?;
+            let key = format!("relay.w{workers}_b{batch}");
+            summary.put(&format!("{key}_outbox_events_per_s"), o, "events/s");
+            summary.put(&format!("{key}_raw_events_per_s"), r, "events/s");
             plot.push((workers, batch, o, r));
             if batch == 100 && workers == 4 {
                 summary.put("relay.outbox_events_per_s", o, "events/s");
                 summary.put("relay.raw_events_per_s", r, "events/s");
                 summary.put("relay.ratio", o / r, "outbox/raw");
+            }
+            if batch == 100 {
+                // The same with acknowledged events deleted instead of kept as delivered.
+                let deleting = PgStore::new(
+                    s.pool.clone(),
+                    PgConfig::new()
+                        .with_schema(SCHEMA)
+                        .with_delete_delivered(true),
+                )?;
+                let (o, r) = relay_pair(&s, &deleting, workers, batch, backlog).await?;
+                summary.put(&format!("{key}_delete_events_per_s"), o, "events/s");
+                summary.put(&format!("{key}_delete_raw_events_per_s"), r, "events/s");
+                if workers == 4 {
+                    summary.put("relay.delete_ratio", o / r, "outbox/raw");
+                }
             }
         }
     }
