@@ -638,6 +638,73 @@ pub async fn claims_get_distinct_leases<H: Harness>(h: &H) {
     ));
 }
 
+/// For a store set to delete delivered events (`PgConfig::with_delete_delivered`,
+/// `MemoryStoreBuilder::delete_delivered`): an ack deletes keyless events, under the lease
+/// fence, and keeps dead events and keyed ones (whose key must go on refusing duplicates).
+/// Not in [`conformance_tests!`](crate::conformance_tests)'s default list: it needs such a store.
+pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
+    let keyed = || {
+        NewEvent::builder("file.stored", "upload", "keyed")
+            .idempotency_key("upload-keyed-stored")
+            .build()
+            .expect("valid event")
+    };
+    let mut events: Vec<NewEvent> = (0..4).map(event).collect();
+    events.push(keyed());
+    let ids: Vec<EventId> = h
+        .emit(events, true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    let (lease, claimed) = claim(h, "w", 10).await;
+    assert_eq!(claimed.len(), 5);
+    let now = h.clock().now_utc();
+
+    // A lease that is not held deletes nothing.
+    match h.store().ack(LeaseId::new(), &ids[..1], now).await {
+        Err(StoreError::LeaseLost { ids: lost }) => assert_eq!(lost, ids[..1].to_vec()),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    let held = h.store().fetch(ids[0]).await.expect("still there");
+    assert_eq!(held.status(), Status::InFlight);
+
+    let delivered = [ids[0], ids[1], ids[2], ids[4]];
+    h.store().ack(lease.id, &delivered, now).await.expect("ack");
+    let failure = Failure {
+        id: ids[3],
+        error: "refused".into(),
+        retry_at: None,
+    };
+    h.store()
+        .nack(lease.id, &[failure], now)
+        .await
+        .expect("nack");
+
+    for id in &ids[..3] {
+        assert!(
+            h.store().get(*id).await.expect("get").is_none(),
+            "{id} was kept"
+        );
+    }
+    assert_eq!(
+        h.store().fetch(ids[3]).await.expect("dead").status(),
+        Status::Dead
+    );
+    let kept = h.store().fetch(ids[4]).await.expect("keyed");
+    assert_eq!((kept.status(), kept.attempts()), (Status::Delivered, 1));
+    let left = h.store().list(&EventFilter::default()).await.expect("list");
+    assert_eq!(
+        left.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[4]]
+    );
+    let c = h.store().count_by_status().await.expect("count");
+    assert_eq!((c.pending, c.in_flight, c.delivered, c.dead), (0, 0, 1, 1));
+    let again = h.emit(vec![keyed()], true).await.expect("emit again");
+    assert_eq!(again, vec![Emitted::Duplicate(ids[4])]);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{Emit, Emitted, ManualClock, NewEvent, StoreError};
-use outbox_memory::MemoryStore;
+use outbox_memory::{MemoryStore, MemoryStoreBuilder};
 use sqlx::ConnectOptions;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -29,9 +29,19 @@ pub struct MemoryHarness {
 impl MemoryHarness {
     /// A fresh, empty store whose clock reads [`t0`].
     pub async fn new() -> Self {
+        Self::built(|b| b)
+    }
+
+    /// As [`new`](Self::new), with a store that deletes acknowledged events.
+    pub async fn deleting_delivered() -> Self {
+        Self::built(|b| b.delete_delivered(true))
+    }
+
+    fn built(adjust: impl FnOnce(MemoryStoreBuilder) -> MemoryStoreBuilder) -> Self {
         let clock = ManualClock::new(t0());
+        let builder = MemoryStore::builder().clock(Arc::new(clock.clone()));
         Self {
-            store: MemoryStore::with_clock(Arc::new(clock.clone())),
+            store: adjust(builder).build(),
             clock,
         }
     }

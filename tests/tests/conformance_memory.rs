@@ -1,3 +1,6 @@
 //! The conformance suite against the in-memory store.
 
 outbox_tests::conformance_tests!(outbox_tests::harness::MemoryHarness::new());
+
+outbox_tests::conformance_tests!(@cases outbox_tests::harness::MemoryHarness::deleting_delivered();
+    deleting_delivered_keeps_keys_and_the_dead);

@@ -1,3 +1,6 @@
 //! The conformance suite, unchanged, against PostgreSQL (`DATABASE_URL`, or testcontainers).
 
 outbox_tests::conformance_tests!(outbox_tests::harness::PgHarness::new());
+
+outbox_tests::conformance_tests!(@cases outbox_tests::harness::PgHarness::with_config(4, |c| c.with_delete_delivered(true));
+    deleting_delivered_keeps_keys_and_the_dead);

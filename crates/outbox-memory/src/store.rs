@@ -26,6 +26,7 @@ pub(crate) struct Inner {
     wake: Option<WakeupSender>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_max_attempts: u32,
+    delete_delivered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +146,7 @@ impl MemoryStore {
             clock: Arc::new(SystemClock),
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
             wakeups: true,
+            delete_delivered: false,
         }
     }
 
@@ -180,6 +182,7 @@ pub struct MemoryStoreBuilder {
     clock: Arc<dyn Clock>,
     default_max_attempts: u32,
     wakeups: bool,
+    delete_delivered: bool,
 }
 
 impl MemoryStoreBuilder {
@@ -204,6 +207,14 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Whether acknowledged events are deleted instead of kept as delivered (default `false`),
+    /// as `PgConfig::with_delete_delivered` does for PostgreSQL: events with an idempotency key
+    /// are kept all the same, so the key goes on refusing duplicates.
+    pub fn delete_delivered(mut self, on: bool) -> Self {
+        self.delete_delivered = on;
+        self
+    }
+
     /// The empty store.
     pub fn build(self) -> MemoryStore {
         MemoryStore {
@@ -212,6 +223,7 @@ impl MemoryStoreBuilder {
                 wake: self.wakeups.then(WakeupSender::new),
                 clock: self.clock,
                 default_max_attempts: self.default_max_attempts,
+                delete_delivered: self.delete_delivered,
             }),
         }
     }
@@ -275,8 +287,24 @@ impl OutboxStore for MemoryStore {
         ids: &[EventId],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .apply_fenced(ids.iter().map(|id| (*id, Transition::Ack { lease })), now)
+        let mut state = self.lock();
+        let result = state.apply_fenced(ids.iter().map(|id| (*id, Transition::Ack { lease })), now);
+        if self.inner.delete_delivered {
+            let lost: &[EventId] = match &result {
+                Err(StoreError::LeaseLost { ids }) => ids,
+                _ => &[],
+            };
+            for id in ids.iter().filter(|id| !lost.contains(id)) {
+                let keyless = state
+                    .events
+                    .get(id)
+                    .is_some_and(|e| e.idempotency_key.is_none());
+                if keyless {
+                    state.remove(*id);
+                }
+            }
+        }
+        result
     }
 
     async fn nack(

@@ -77,8 +77,12 @@ impl PgConfig {
     /// Deleting writes no second row version per event, so relaying costs the database less
     /// work (see `docs/benchmarks.md`); in exchange nothing is left to show that an event was
     /// delivered: [`get`](outbox_core::OutboxStore::get) answers `None` for it and the
-    /// `delivered` count stays 0. Dead events are kept either way. Delivery guarantees are
+    /// `delivered` count only counts the events kept below. Delivery guarantees are
     /// unchanged: the delete is fenced by the lease like the update it replaces.
+    ///
+    /// Two kinds of events are kept all the same: dead ones, and delivered ones with an
+    /// idempotency key (until the retention sweep), since deleting those would let the key be
+    /// used again and a retried request emit its event twice.
     pub fn with_delete_delivered(mut self, delete: bool) -> Self {
         self.delete_delivered = delete;
         self

@@ -79,18 +79,25 @@ impl Statements {
                 "UPDATE {t} SET locked_until = GREATEST(locked_until, $2), updated_at = $3 \
                  WHERE lease_id = $1 AND status = 'in_flight'"
             )),
-            ack: s(if config.delete_delivered {
-                // The same fence as the update; takes no time parameter.
-                format!(
-                    "DELETE FROM {t} WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' \
-                     RETURNING id"
-                )
-            } else {
-                format!(
+            ack: s({
+                let mark = format!(
                     "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
-                 {clear_lease}, delivered_at = $3, last_error = NULL, updated_at = $3 \
-                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id"
-                )
+                     {clear_lease}, delivered_at = $3, last_error = NULL, updated_at = $3 \
+                     WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight'"
+                );
+                if config.delete_delivered {
+                    // Events with an idempotency key are kept (until the retention sweep), so the
+                    // key goes on refusing duplicates; the others go at once. The two parts touch
+                    // disjoint rows under the same fence.
+                    format!(
+                        "WITH gone AS (DELETE FROM {t} WHERE id = ANY($2) AND lease_id = $1 \
+                         AND status = 'in_flight' AND idempotency_key IS NULL RETURNING id), \
+                         kept AS ({mark} AND idempotency_key IS NOT NULL RETURNING id) \
+                         SELECT id FROM gone UNION ALL SELECT id FROM kept"
+                    )
+                } else {
+                    format!("{mark} RETURNING id")
+                }
             }),
             nack: s(format!(
                 "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \

@@ -178,13 +178,8 @@ impl OutboxStore for PgStore {
         }
         let query = sqlx::query(AssertSqlSafe(self.sql.ack.clone()))
             .bind(lease.as_uuid())
-            .bind(uuids(ids));
-        // Deleting delivered events records no delivery time.
-        let query = if self.config.delete_delivered {
-            query
-        } else {
-            query.bind(now)
-        };
+            .bind(uuids(ids))
+            .bind(now);
         self.fenced(query, ids).await
     }
 
