@@ -166,8 +166,13 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
+/// The workspace this run is for. `cargo run` sets `CARGO_MANIFEST_DIR` for the process, which
+/// is right even when the binary was built from another checkout sharing the target directory
+/// (cargo reuses it when the sources match, with the other checkout's path compiled in).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
