@@ -290,16 +290,12 @@ impl OutboxStore for MemoryStore {
         let mut state = self.lock();
         let result = state.apply_fenced(ids.iter().map(|id| (*id, Transition::Ack { lease })), now);
         if self.inner.delete_delivered {
-            let lost: &[EventId] = match &result {
-                Err(StoreError::LeaseLost { ids }) => ids,
-                _ => &[],
-            };
-            for id in ids.iter().filter(|id| !lost.contains(id)) {
-                let keyless = state
-                    .events
-                    .get(id)
-                    .is_some_and(|e| e.idempotency_key.is_none());
-                if keyless {
+            // In this mode a delivered event without a key exists only if this ack delivered it.
+            for id in ids {
+                let delivered_keyless = state.events.get(id).is_some_and(|e| {
+                    e.status() == Status::Delivered && e.idempotency_key.is_none()
+                });
+                if delivered_keyless {
                     state.remove(*id);
                 }
             }
