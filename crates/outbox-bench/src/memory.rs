@@ -10,6 +10,7 @@ use outbox_worker::Worker;
 use crate::{Args, BenchError, Summary, per_second};
 
 /// Accepts every event at once.
+#[derive(Clone, Copy, Debug)]
 pub struct NoopTransport;
 
 #[async_trait]

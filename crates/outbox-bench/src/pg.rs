@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use outbox_core::{Emit, NewEvent};
+use outbox_core::{Emit, NewEvent, Transport};
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_worker::Worker;
 use sqlx::postgres::PgPoolOptions;
@@ -245,13 +245,25 @@ async fn drain_outbox(
     workers: usize,
     batch: usize,
 ) -> Result<(u64, Duration), BenchError> {
+    drain_with(store, NoopTransport, workers, batch, 32).await
+}
+
+/// Drains the store's backlog with `workers` workers delivering through `transport`; returns
+/// how many events were delivered and how long it took.
+pub(crate) async fn drain_with<T: Transport + Clone + 'static>(
+    store: &PgStore,
+    transport: T,
+    workers: usize,
+    batch: usize,
+    concurrency: usize,
+) -> Result<(u64, Duration), BenchError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let worker = Worker::builder(store.clone(), NoopTransport)
+        let worker = Worker::builder(store.clone(), transport.clone())
             .worker_id(format!("bench-{w}"))
             .batch_size(batch)
-            .concurrency(32)
+            .concurrency(concurrency)
             .retention(None)
             .build()?;
         tasks.spawn(async move { worker.run_until_idle().await });

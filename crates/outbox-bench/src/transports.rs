@@ -1,31 +1,15 @@
 //! Delivered events per second through each real transport, from a backlog, with 4 workers.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use outbox_core::{OutboxEvent, Transport};
-use outbox_worker::Worker;
 
 use crate::pg::{Setup, fill, setup, truncate};
 use crate::{BenchError, Summary, per_second};
 
 async fn drain<T: Transport + Clone + 'static>(s: &Setup, transport: T) -> Result<f64, BenchError> {
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..4 {
-        let worker = Worker::builder(s.store.clone(), transport.clone())
-            .worker_id(format!("bench-{w}"))
-            .batch_size(100)
-            .concurrency(64)
-            .retention(None)
-            .build()?;
-        tasks.spawn(async move { worker.run_until_idle().await });
-    }
-    let mut delivered = 0;
-    while let Some(done) = tasks.join_next().await {
-        delivered += done??.delivered;
-    }
-    Ok(per_second(delivered, start.elapsed()))
+    let (delivered, took) = crate::pg::drain_with(&s.store, transport, 4, 100, 64).await?;
+    Ok(per_second(delivered, took))
 }
 
 pub async fn run(url: &str, quick: bool, summary: &mut Summary) -> Result<(), BenchError> {
