@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::TimeDelta;
 use outbox_core::{
     Emitted, EventFilter, EventId, Failure, Lease, LeaseId, ManualClock, NewEvent, OutboxStore,
-    OutboxStoreExt, Status, StoreError, TransitionError,
+    OutboxStoreExt, Outcome, Recorded, Status, StoreError, TransitionError,
 };
 use serde_json::json;
 
@@ -55,6 +55,15 @@ async fn claim<H: Harness>(h: &H, worker: &str, limit: usize) -> (Lease, Vec<Eve
         .await
         .expect("claim");
     (lease, events.iter().map(|e| e.id).collect())
+}
+
+/// The events a call reported as [`Outcome::LeaseLost`].
+pub fn lost(recorded: &[Recorded]) -> Vec<EventId> {
+    recorded
+        .iter()
+        .filter(|r| r.outcome == Outcome::LeaseLost)
+        .map(|r| r.id)
+        .collect()
 }
 
 /// Reads "now" from a manual clock (small helper so tests read naturally).
@@ -155,7 +164,12 @@ pub async fn idempotency_key_stores_one_event<H: Harness>(h: &H) {
         .await
         .expect("emit");
     assert_eq!(both, vec![Emitted::Duplicate(first[0].id()); 2]);
-    let all = h.store().list(&EventFilter::default()).await.expect("list");
+    let all = h
+        .store()
+        .list(&EventFilter::default())
+        .await
+        .expect("list")
+        .events;
     assert_eq!(all.len(), 1);
     assert_eq!(
         all[0].aggregate_id, "1",
@@ -303,10 +317,7 @@ pub async fn stale_lease_is_fenced<H: Harness>(h: &H) {
     assert_eq!(taken, vec![ids[0]]);
     let before = store.fetch(ids[0]).await.expect("get");
 
-    let lost = |r: Result<(), StoreError>| match r {
-        Err(StoreError::LeaseLost { ids }) => ids,
-        other => panic!("expected LeaseLost, got {other:?}"),
-    };
+    let lost = |r: Result<Vec<Recorded>, StoreError>| lost(&r.expect("recorded"));
     assert_eq!(
         lost(store.ack(stale.id, &[ids[0]], now).await),
         vec![ids[0]]
@@ -467,7 +478,11 @@ pub async fn purge_deletes_only_old_delivered<H: Harness>(h: &H) {
         .await
         .expect("ack");
     let cutoff = h.clock().now_utc() - TimeDelta::seconds(60);
-    assert_eq!(h.store().purge_delivered(cutoff).await.expect("purge"), 1);
+    let now = h.clock().now_utc();
+    assert_eq!(
+        h.store().purge_delivered(cutoff, now).await.expect("purge"),
+        1
+    );
     assert!(h.store().get(ids[0]).await.expect("get").is_none());
     assert!(
         h.store().get(ids[1]).await.expect("get").is_some(),
@@ -500,6 +515,7 @@ pub async fn list_filters_and_pages<H: Harness>(h: &H) {
                 .list(&f)
                 .await
                 .expect("list")
+                .events
                 .iter()
                 .map(|e| e.id)
                 .collect::<Vec<_>>()
@@ -632,10 +648,8 @@ pub async fn claims_get_distinct_leases<H: Harness>(h: &H) {
     let first = h.store().claim(&a, 1, now).await.expect("claim");
     let second = h.store().claim(&b, 1, now).await.expect("claim");
     assert_ne!(first[0].id, second[0].id);
-    assert!(matches!(
-        h.store().ack(b.id, &[first[0].id], now).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
+    let refused = h.store().ack(b.id, &[first[0].id], now).await.expect("ack");
+    assert_eq!(lost(&refused), vec![first[0].id]);
 }
 
 /// For a store set to delete delivered events (`PgConfig::with_delete_delivered`,
@@ -663,10 +677,12 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
     let now = h.clock().now_utc();
 
     // A lease that is not held deletes nothing.
-    match h.store().ack(LeaseId::new(), &ids[..1], now).await {
-        Err(StoreError::LeaseLost { ids: lost }) => assert_eq!(lost, ids[..1].to_vec()),
-        other => panic!("expected LeaseLost, got {other:?}"),
-    }
+    let refused = h
+        .store()
+        .ack(LeaseId::new(), &ids[..1], now)
+        .await
+        .expect("ack");
+    assert_eq!(lost(&refused), ids[..1].to_vec());
     let held = h.store().fetch(ids[0]).await.expect("still there");
     assert_eq!(held.status(), Status::InFlight);
 
@@ -694,7 +710,12 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
     );
     let kept = h.store().fetch(ids[4]).await.expect("keyed");
     assert_eq!((kept.status(), kept.attempts()), (Status::Delivered, 1));
-    let left = h.store().list(&EventFilter::default()).await.expect("list");
+    let left = h
+        .store()
+        .list(&EventFilter::default())
+        .await
+        .expect("list")
+        .events;
     assert_eq!(
         left.iter().map(|e| e.id).collect::<Vec<_>>(),
         vec![ids[3], ids[4]]

@@ -51,7 +51,11 @@ async fn ride_out<T: Transport + 'static>(h: &PgHarness, outage: &Outage, transp
             })
             .await
             .unwrap();
-        pending.iter().map(OutboxEvent::attempts).sum::<u32>() as u64
+        pending
+            .events
+            .iter()
+            .map(OutboxEvent::attempts)
+            .sum::<u32>() as u64
     };
     // Wait (bounded) until the outage has cost some attempts.
     tokio::time::timeout(Duration::from_secs(30), async {

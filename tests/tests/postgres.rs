@@ -293,6 +293,7 @@ async fn four_workers_drain_ten_thousand_events_without_overlap() {
         })
         .await
         .unwrap()
+        .events
         .into_iter()
         .filter(|e| {
             e.attempts() != 1 || e.lifecycle.lease.is_some() || e.lifecycle.delivered_at.is_none()

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use outbox_core::OutboxEvent;
 use outbox_router::{Pattern, Router, StdoutTransport, Template};
+use outbox_worker::WorkerConfig;
 use serde::Deserialize;
 
 /// The whole file.
@@ -105,6 +106,51 @@ impl Default for RelayConfig {
             shutdown_grace_secs: 10,
             retention_hours: 168,
         }
+    }
+}
+
+/// Most workers one relay process runs.
+pub const MAX_WORKERS: usize = 256;
+
+impl RelayConfig {
+    /// The worker settings these keys describe, or an error naming the first key that is out
+    /// of range (`relay.shutdown_grace_secs: at most 1h`). Every conversion is checked, so no
+    /// value can overflow into something else.
+    pub fn worker_config(&self) -> Result<WorkerConfig, ConfigError> {
+        let key =
+            |k: &str, reason: &dyn std::fmt::Display| ConfigError(format!("relay.{k}: {reason}"));
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(key("workers", &format!("must be from 1 to {MAX_WORKERS}")));
+        }
+        let retention = match self.retention_hours {
+            0 => None,
+            h => Some(Duration::from_secs(
+                h.checked_mul(3600)
+                    .ok_or_else(|| key("retention_hours", &"far too large"))?,
+            )),
+        };
+        let config = WorkerConfig {
+            batch_size: self.batch_size,
+            concurrency: self.concurrency,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            lease: Duration::from_secs(self.lease_secs),
+            delivery_timeout: Duration::from_secs(self.delivery_timeout_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            retention,
+            ..WorkerConfig::default()
+        };
+        config.validate().map_err(|e| {
+            let name = match e.field() {
+                "poll_interval" => "poll_interval_ms",
+                "lease" => "lease_secs",
+                "delivery_timeout" => "delivery_timeout_secs",
+                "shutdown_grace" => "shutdown_grace_secs",
+                "retention" => "retention_hours",
+                other => other,
+            };
+            key(name, &e.reason())
+        })?;
+        Ok(config)
     }
 }
 
@@ -293,4 +339,58 @@ async fn redis_connect(url: &str) -> Result<outbox_transport_redis::ConnectionMa
     outbox_transport_redis::connect_manager(url)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(toml: &str) -> RelayConfig {
+        let config: Config = toml::from_str(&format!("[relay]\n{toml}")).expect("parses");
+        config.relay
+    }
+
+    fn refused(toml: &str) -> String {
+        match relay(toml).worker_config() {
+            Ok(c) => panic!("{toml} was accepted: {c:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn defaults_make_a_valid_worker() {
+        let c = RelayConfig::default().worker_config().expect("valid");
+        assert_eq!(c.retention, Some(Duration::from_secs(168 * 3600)));
+    }
+
+    #[test]
+    fn every_setting_is_bounded_and_named() {
+        let max = u64::MAX;
+        for (toml, key) in [
+            (
+                format!("shutdown_grace_secs = {}", i64::MAX),
+                "relay.shutdown_grace_secs",
+            ),
+            (
+                "retention_hours = 10000000000".to_owned(),
+                "relay.retention_hours",
+            ),
+            (
+                format!("retention_hours = {}", i64::MAX),
+                "relay.retention_hours",
+            ),
+            ("lease_secs = 1000000000".to_owned(), "relay.lease_secs"),
+            ("workers = 100000000000".to_owned(), "relay.workers"),
+            ("workers = 0".to_owned(), "relay.workers"),
+            (
+                "poll_interval_ms = 100000000000".to_owned(),
+                "relay.poll_interval_ms",
+            ),
+            ("batch_size = 100000000000".to_owned(), "relay.batch_size"),
+            ("concurrency = 0".to_owned(), "relay.concurrency"),
+        ] {
+            let error = refused(&toml);
+            assert!(error.starts_with(key), "{toml}: {error} ({max})");
+        }
+    }
 }

@@ -63,17 +63,25 @@ async fn metrics(State((store, meters)): State<(PgStore, Arc<Meters>)>) -> (Stat
             counts.get(s)
         ));
     }
-    let oldest = store
+    let oldest = match store
         .list(&EventFilter {
             status: Some(Status::Pending),
             limit: 1,
             ..Default::default()
         })
         .await
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        .map(|e| (SystemClock.now() - e.created_at).num_milliseconds().max(0) as f64 / 1000.0)
-        .unwrap_or(0.0);
+    {
+        Ok(page) => page
+            .oldest_created_at()
+            .map(|at| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0),
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("# cannot read the oldest pending event: {e}\n"),
+            );
+        }
+    };
     out.push_str(
         "# HELP outbox_oldest_pending_age_seconds Age of the oldest pending event (lag).\n",
     );

@@ -156,9 +156,7 @@ async fn relay(
         config.http.listen = listen;
     }
     let r = &config.relay;
-    if r.workers == 0 {
-        return Err("workers must be at least 1".into());
-    }
+    let settings = r.worker_config()?;
     // Routes first: a mistake in the file is reported before anything connects to the database.
     let meters = Arc::new(metered::Meters::default());
     let router = Arc::new(metered::Metered::new(
@@ -167,23 +165,15 @@ async fn relay(
     ));
     let store = store(
         &config,
-        u32::try_from(r.workers * 2 + 2).unwrap_or(u32::MAX),
+        u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
     )
     .await?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
     let mut running = Vec::new();
     for i in 0..r.workers {
         let worker = Worker::builder(store.clone(), Arc::clone(&router))
+            .config(settings.clone())
             .worker_id(format!("{host}-{}-{i}", std::process::id()))
-            .batch_size(r.batch_size)
-            .concurrency(r.concurrency)
-            .poll_interval(Duration::from_millis(r.poll_interval_ms))
-            .lease(Duration::from_secs(r.lease_secs))
-            .delivery_timeout(Duration::from_secs(r.delivery_timeout_secs))
-            .shutdown_grace(Duration::from_secs(r.shutdown_grace_secs))
-            .retention(
-                (r.retention_hours > 0).then(|| Duration::from_secs(r.retention_hours * 3600)),
-            )
             .build()?;
         running.push(worker.spawn());
     }
@@ -253,11 +243,14 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
             ..Default::default()
         })
         .await?;
-    match oldest.first() {
-        Some(e) => println!(
+    match oldest.oldest_created_at() {
+        Some(at) => println!(
             "oldest pending: {} ({}s old)",
-            e.id,
-            (SystemClock.now() - e.created_at).num_seconds()
+            oldest
+                .last_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            (SystemClock.now() - at).num_seconds()
         ),
         None => println!("oldest pending: none"),
     }
@@ -268,18 +261,33 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
             ..Default::default()
         })
         .await?;
-    if !dead_events.is_empty() {
+    if !dead_events.events.is_empty() {
         println!(
             "\n{:<36}  {:<24} {:>8}  last error",
             "dead event", "type", "attempts"
         );
-        for e in dead_events {
+        for e in dead_events.events {
             println!(
                 "{:<36}  {:<24} {:>8}  {}",
                 e.id.to_string(),
                 e.event_type,
                 e.attempts(),
                 e.lifecycle.last_error.unwrap_or_default()
+            );
+        }
+    }
+    // Rows no worker could read are marked dead when claimed: they show here, with why.
+    if !dead_events.undecodable.is_empty() {
+        println!(
+            "\n{:<36}  {:<10}  why it cannot be read",
+            "unreadable row", "status"
+        );
+        for u in dead_events.undecodable {
+            println!(
+                "{:<36}  {:<10}  {}",
+                u.id.to_string(),
+                u.status.as_str(),
+                u.error
             );
         }
     }

@@ -42,6 +42,24 @@ pub fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Reads `t`, a time on a caller's clock that read `caller_now`, on a clock that reads
+/// `store_now` at the same instant: `store_now + (t − caller_now)`, saturating. This is how a
+/// store turns a caller's lease expiry or retry time into one on its own clock.
+pub fn translate(
+    t: DateTime<Utc>,
+    caller_now: DateTime<Utc>,
+    store_now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let ahead = t.signed_duration_since(caller_now);
+    store_now
+        .checked_add_signed(ahead)
+        .unwrap_or(if ahead > TimeDelta::zero() {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        })
+}
+
 /// The system's wall clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;

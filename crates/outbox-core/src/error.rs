@@ -45,13 +45,14 @@ pub enum StoreError {
     /// No event has this id.
     #[error("no event with id {0}")]
     NotFound(EventId),
-    /// These events are no longer held under the caller's lease (it expired and they were
-    /// reclaimed or claimed by another worker); they were left unchanged. Every other event named
-    /// in the same call was updated.
-    #[error("lease lost for {} event(s)", ids.len())]
-    LeaseLost {
-        /// The events the caller no longer holds.
-        ids: Vec<EventId>,
+    /// The event's row exists but cannot be read back (written by something other than this
+    /// library, or damaged); see [`Undecodable`](crate::Undecodable).
+    #[error("event {id} cannot be read: {reason}")]
+    Undecodable {
+        /// The event.
+        id: EventId,
+        /// Why.
+        reason: String,
     },
     /// The state machine refused the change; the event is unchanged.
     #[error("event {id}: {source}")]

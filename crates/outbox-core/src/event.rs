@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ValidationError;
+use crate::limits::{
+    MAX_ATTEMPTS_CEILING, MAX_DEPTH_CEILING, MAX_KEY_CEILING, depth_within, drop_flat, json_has_nul,
+};
 use crate::status::{Lifecycle, Status};
 
 /// Attempts an event gets when neither the event nor the store says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
-
-/// Longest accepted `event_type`, aggregate type, aggregate id, idempotency key or ordering key.
-pub const MAX_KEY_LEN: usize = 255;
 
 /// Identifier of an outbox event: a UUID v7, so ids sort by creation time and index well.
 ///
@@ -269,16 +269,28 @@ impl NewEventBuilder {
         self
     }
 
-    /// Validates every field and returns the event, or the first problem found.
+    /// Validates every field's form and the [ceilings](crate::limits) no store can raise, and
+    /// returns the event, or the first problem found. Each store checks its own
+    /// [`EmitLimits`](crate::EmitLimits) again on emit.
+    ///
+    /// A refused payload is taken apart without recursion, so even one nested far too deep to
+    /// drop the ordinary way is refused cleanly.
     pub fn build(self) -> Result<NewEvent, ValidationError> {
-        self.event.validate()?;
-        Ok(self.event)
+        match self.event.validate() {
+            Ok(()) => Ok(self.event),
+            Err(error) => {
+                drop_flat(self.event.payload);
+                Err(error)
+            }
+        }
     }
 }
 
 impl NewEvent {
-    /// Checks every field, naming the first bad one. [`NewEventBuilder::build`] runs this;
-    /// stores run it again on emit, since an event can also arrive deserialized.
+    /// Checks every field's form and the ceilings, naming the first bad one, without recursion.
+    /// [`NewEventBuilder::build`] runs this; stores run it again on emit (through
+    /// [`EmitLimits::check`](crate::EmitLimits::check)), since an event can also arrive
+    /// deserialized.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let e = self;
         validate_event_type(&e.event_type)?;
@@ -301,13 +313,23 @@ impl NewEvent {
                 ));
             }
         }
+        if depth_within(&e.payload, MAX_DEPTH_CEILING) > MAX_DEPTH_CEILING {
+            return Err(ValidationError::new(
+                "payload",
+                format!("nested deeper than {MAX_DEPTH_CEILING} levels"),
+            ));
+        }
         if json_has_nul(&e.payload) {
             return Err(ValidationError::new("payload", "contains a NUL character"));
         }
-        if e.max_attempts == Some(0) {
-            return Err(ValidationError::new("max_attempts", "must be at least 1"));
+        match e.max_attempts {
+            Some(0) => Err(ValidationError::new("max_attempts", "must be at least 1")),
+            Some(n) if n > MAX_ATTEMPTS_CEILING => Err(ValidationError::new(
+                "max_attempts",
+                format!("at most {MAX_ATTEMPTS_CEILING}"),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -316,10 +338,10 @@ fn validate_event_type(value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new(FIELD, "must not be empty"));
     }
-    if value.len() > MAX_KEY_LEN {
+    if value.len() > MAX_KEY_CEILING {
         return Err(ValidationError::new(
             FIELD,
-            format!("longer than {MAX_KEY_LEN} bytes"),
+            format!("longer than {MAX_KEY_CEILING} bytes"),
         ));
     }
     for segment in value.split('.') {
@@ -348,27 +370,16 @@ fn validate_key(field: &'static str, value: &str) -> Result<(), ValidationError>
     if value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
-    if value.len() > MAX_KEY_LEN {
+    if value.len() > MAX_KEY_CEILING {
         return Err(ValidationError::new(
             field,
-            format!("longer than {MAX_KEY_LEN} bytes"),
+            format!("longer than {MAX_KEY_CEILING} bytes"),
         ));
     }
     if value.contains('\0') {
         return Err(ValidationError::new(field, "contains a NUL character"));
     }
     Ok(())
-}
-
-fn json_has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(json_has_nul),
-        serde_json::Value::Object(map) => {
-            map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v))
-        }
-        _ => false,
-    }
 }
 
 /// An event as a store keeps it: what was emitted plus its delivery [`Lifecycle`].

@@ -31,17 +31,22 @@ pub mod backoff;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod limits;
 pub mod status;
 pub mod store;
 pub mod transport;
 
+/// The `async_trait` attribute the store and transport traits are written with, for
+/// implementing them: `#[outbox_core::async_trait]`.
+pub use async_trait::async_trait;
 pub use backoff::{FastRandom, FixedRandom, Jitter, RandomSource, RetryPolicy};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, StoreError, ValidationError};
 pub use event::{DEFAULT_MAX_ATTEMPTS, EventId, NewEvent, NewEventBuilder, OutboxEvent};
+pub use limits::EmitLimits;
 pub use status::{Lease, LeaseId, Lifecycle, Status, Transition, TransitionError, transition};
 pub use store::{
-    DynOutboxStore, Emit, Emitted, EventFilter, Failure, OutboxStore, OutboxStoreExt, Reclaimed,
-    StatusCounts, WakeupSender, Wakeups,
+    DynOutboxStore, Emit, Emitted, EventFilter, EventPage, Failure, OutboxStore, OutboxStoreExt,
+    Outcome, Reclaimed, Recorded, StatusCounts, Undecodable, WakeupSender, Wakeups, distinct_ids,
 };
 pub use transport::{DeliveryError, Transport};

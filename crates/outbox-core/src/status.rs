@@ -249,6 +249,12 @@ pub enum TransitionError {
     /// A revive must grant at least one attempt.
     #[error("a revive must grant at least one attempt")]
     NoAttemptsGranted,
+    /// A revive would give the event more attempts than any event may have.
+    #[error("a revive may bring an event to at most {limit} attempts")]
+    TooManyAttempts {
+        /// [`MAX_ATTEMPTS_CEILING`](crate::limits::MAX_ATTEMPTS_CEILING).
+        limit: u32,
+    },
 }
 
 /// Decides the lifecycle that follows `current` under `transition` at `now`.
@@ -353,8 +359,13 @@ pub fn transition(
             if *extra_attempts == 0 {
                 return Err(TransitionError::NoAttemptsGranted);
             }
+            let limit = crate::limits::MAX_ATTEMPTS_CEILING;
+            next.max_attempts = current
+                .attempts
+                .checked_add(*extra_attempts)
+                .filter(|n| *n <= limit)
+                .ok_or(TransitionError::TooManyAttempts { limit })?;
             next.status = Status::Pending;
-            next.max_attempts = current.attempts.saturating_add(*extra_attempts);
             next.next_attempt_at = now;
         }
     }

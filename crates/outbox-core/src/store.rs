@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, NewEvent, OutboxEvent};
 use crate::status::{Lease, LeaseId, Status};
 
@@ -63,6 +63,94 @@ pub struct Failure {
     pub error: String,
     /// When to try again; `None` kills the event.
     pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// What recording an outcome did to one event, as the store decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Marked delivered (or deleted, in a store that deletes acknowledged events).
+    Delivered,
+    /// Rescheduled: pending again, due at this time of the store's clock.
+    Retrying {
+        /// When the event is due again.
+        at: DateTime<Utc>,
+    },
+    /// Dead: a permanent failure, or its last attempt.
+    Dead,
+    /// Given back untried, due now.
+    Released,
+    /// Not held under the caller's lease any more (it expired, and the event was reclaimed or
+    /// claimed by another worker since); left unchanged.
+    LeaseLost,
+}
+
+/// One event's [`Outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The event.
+    pub id: EventId,
+    /// What happened to it.
+    pub outcome: Outcome,
+}
+
+/// Refuses a call that names the same event twice: each event gets exactly one outcome.
+/// Every store calls this first in `ack`, `nack` and `release`.
+pub fn distinct_ids(ids: impl IntoIterator<Item = EventId>) -> Result<(), ValidationError> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(ValidationError::new(
+                "ids",
+                format!("event {id} is named twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A row the store holds but cannot read back as an [`OutboxEvent`] (written by something
+/// other than this library, or damaged). Reported, never delivered; a claim marks it dead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    /// The row's id.
+    pub id: EventId,
+    /// Its status.
+    pub status: Status,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Why it cannot be read.
+    pub error: String,
+}
+
+/// What [`OutboxStore::list`] found: the events, and any rows in the same range that could not
+/// be read (so one bad row never hides the others, nor is hidden itself).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPage {
+    /// The matching events, in id order.
+    pub events: Vec<OutboxEvent>,
+    /// Matching rows that could not be read, in id order.
+    pub undecodable: Vec<Undecodable>,
+}
+
+impl EventPage {
+    /// The highest id on the page, to pass as [`EventFilter::after`] for the next one.
+    pub fn last_id(&self) -> Option<EventId> {
+        let event = self.events.last().map(|e| e.id);
+        let row = self.undecodable.last().map(|u| u.id);
+        event.max(row)
+    }
+
+    /// The earliest creation time on the page, readable rows and unreadable ones alike.
+    pub fn oldest_created_at(&self) -> Option<DateTime<Utc>> {
+        let events = self.events.iter().map(|e| e.created_at);
+        let rows = self.undecodable.iter().map(|u| u.created_at);
+        events.chain(rows).min()
+    }
+
+    /// Whether nothing matched.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.undecodable.is_empty()
+    }
 }
 
 /// What [`OutboxStore::reclaim_expired`] did with events whose lease ran out.
@@ -193,10 +281,17 @@ impl Wakeups {
 /// The contract every backend implements: claiming with leases, recording outcomes, operator
 /// queries. Writes of new events go through [`Emit`], inside the caller's transaction.
 ///
-/// Time is always passed in (`now`), never read by the store, so a test drives the memory store
-/// and PostgreSQL with the same injected clock. Every lifecycle change follows
-/// [`transition`](crate::transition); calls naming a lease are fenced: events no longer held under
-/// that lease are left unchanged and reported as [`StoreError::LeaseLost`].
+/// **One clock decides.** Due-ness and lease expiry are decided on the store's own clock (the
+/// database's, for PostgreSQL; the injected one for the memory store and in tests), never on a
+/// caller's. Each `now` argument is the caller's clock reading at the call, and every other time
+/// a caller passes is read relative to it: a lease `until` 30 s after `now` holds for 30 s of the
+/// store's clock, a `retry_at` 5 s after `now` is due 5 s later on the store's clock. A relay
+/// whose clock runs ahead therefore cannot take over a live lease or make an event due early.
+///
+/// Every lifecycle change follows [`transition`](crate::transition); calls naming a lease are
+/// fenced: events no longer held under that lease are left unchanged and reported as
+/// [`Outcome::LeaseLost`]. Calls that record outcomes report one [`Recorded`] per event, in the
+/// order asked.
 ///
 /// Used as a trait object through [`DynOutboxStore`]; `Arc<S>` and `Box<S>` forward every method.
 #[async_trait]
@@ -218,42 +313,49 @@ pub trait OutboxStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
-    /// Marks events delivered.
+    /// Marks events delivered: [`Outcome::Delivered`] or [`Outcome::LeaseLost`] for each.
     async fn ack(
         &self,
         lease: LeaseId,
         ids: &[EventId],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<Recorded>, StoreError>;
 
-    /// Records failed deliveries: reschedules each, or kills it on a permanent error or when its
-    /// attempts are used up.
+    /// Records failed deliveries: reschedules each ([`Outcome::Retrying`]), or kills it
+    /// ([`Outcome::Dead`]) on a permanent error or when its attempts are used up.
     async fn nack(
         &self,
         lease: LeaseId,
         failures: &[Failure],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<Recorded>, StoreError>;
 
-    /// Gives events back untried (pending, due now); the attempt does not count.
+    /// Gives events back untried ([`Outcome::Released`]: pending, due now); the attempt does
+    /// not count.
     async fn release(
         &self,
         lease: LeaseId,
         ids: &[EventId],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<Recorded>, StoreError>;
 
-    /// Takes back in-flight events whose lease expired before `now` (the attempt counts).
+    /// Takes back in-flight events whose lease expired on the store's clock (the attempt
+    /// counts).
     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError>;
 
-    /// Deletes delivered events delivered before `before`; returns how many.
-    async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes delivered events delivered before `before` (read relative to `now`, like every
+    /// time argument); returns how many.
+    async fn purge_delivered(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 
-    /// One event.
+    /// One event; [`StoreError::Undecodable`] if its row cannot be read.
     async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError>;
 
-    /// Events matching `filter`, in id order.
-    async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Events matching `filter`, in id order, with the matching rows that cannot be read.
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError>;
 
     /// How many events are in each status.
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError>;
@@ -301,7 +403,7 @@ macro_rules! forward_store {
                 lease: LeaseId,
                 ids: &[EventId],
                 now: DateTime<Utc>,
-            ) -> Result<(), StoreError> {
+            ) -> Result<Vec<Recorded>, StoreError> {
                 (**self).ack(lease, ids, now).await
             }
             async fn nack(
@@ -309,7 +411,7 @@ macro_rules! forward_store {
                 lease: LeaseId,
                 failures: &[Failure],
                 now: DateTime<Utc>,
-            ) -> Result<(), StoreError> {
+            ) -> Result<Vec<Recorded>, StoreError> {
                 (**self).nack(lease, failures, now).await
             }
             async fn release(
@@ -317,19 +419,23 @@ macro_rules! forward_store {
                 lease: LeaseId,
                 ids: &[EventId],
                 now: DateTime<Utc>,
-            ) -> Result<(), StoreError> {
+            ) -> Result<Vec<Recorded>, StoreError> {
                 (**self).release(lease, ids, now).await
             }
             async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
                 (**self).reclaim_expired(now).await
             }
-            async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-                (**self).purge_delivered(before).await
+            async fn purge_delivered(
+                &self,
+                before: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                (**self).purge_delivered(before, now).await
             }
             async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
                 (**self).get(id).await
             }
-            async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError> {
+            async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
                 (**self).list(filter).await
             }
             async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {

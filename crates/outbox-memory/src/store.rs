@@ -5,16 +5,24 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::clock::translate;
 use outbox_core::{
-    Clock, DEFAULT_MAX_ATTEMPTS, EventFilter, EventId, Failure, Lease, LeaseId, OutboxEvent,
-    OutboxStore, Reclaimed, Status, StatusCounts, StoreError, SystemClock, Transition,
-    WakeupSender, Wakeups, transition,
+    Clock, DEFAULT_MAX_ATTEMPTS, EmitLimits, EventFilter, EventId, EventPage, Failure, Lease,
+    LeaseId, OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded, Status, StatusCounts,
+    StoreError, SystemClock, Transition, ValidationError, WakeupSender, Wakeups, distinct_ids,
+    transition,
 };
 
 use crate::unit_of_work::UnitOfWork;
 
 /// An outbox store in process memory: thread-safe, cheap to clone (clones share the events),
 /// with the same semantics as the PostgreSQL store. Emit through a [`UnitOfWork`].
+///
+/// Like PostgreSQL (whose clock is the database's), the store decides due-ness and lease expiry
+/// on its own clock, the one given to [`MemoryStoreBuilder::clock`]; a worker's clock only
+/// measures lease lengths and backoffs. So a worker on a different clock (a paused tokio clock,
+/// say) still sees every event the store considers due. To drive time in a test, give the store
+/// a [`ManualClock`](outbox_core::ManualClock) and move it.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     pub(crate) inner: Arc<Inner>,
@@ -26,6 +34,7 @@ pub(crate) struct Inner {
     wake: Option<WakeupSender>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_max_attempts: u32,
+    pub(crate) limits: EmitLimits,
     delete_delivered: bool,
 }
 
@@ -105,21 +114,31 @@ impl State {
         Ok(next)
     }
 
-    /// Applies a lease-holder transition to each id; ids not held under the lease are reported.
-    fn apply_fenced<'a>(
+    /// Applies a lease-holder transition to each id and reports what became of each; ids not
+    /// held under the lease are left alone and reported lost.
+    fn apply_fenced(
         &mut self,
-        items: impl IntoIterator<Item = (EventId, Transition)> + 'a,
+        items: Vec<(EventId, Transition)>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let lost: Vec<EventId> = items
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(items.iter().map(|(id, _)| *id))?;
+        Ok(items
             .into_iter()
-            .filter_map(|(id, t)| self.apply(id, &t, now).err().map(|_| id))
-            .collect();
-        if lost.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost { ids: lost })
-        }
+            .map(|(id, t)| {
+                let outcome = match self.apply(id, &t, now) {
+                    Err(_) => Outcome::LeaseLost,
+                    Ok(e) => match (&t, e.status()) {
+                        (Transition::Release { .. }, _) => Outcome::Released,
+                        (_, Status::Delivered) => Outcome::Delivered,
+                        (_, Status::Dead) => Outcome::Dead,
+                        _ => Outcome::Retrying {
+                            at: e.lifecycle.next_attempt_at,
+                        },
+                    },
+                };
+                Recorded { id, outcome }
+            })
+            .collect())
     }
 }
 
@@ -145,6 +164,7 @@ impl MemoryStore {
         MemoryStoreBuilder {
             clock: Arc::new(SystemClock),
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+            limits: EmitLimits::default(),
             wakeups: true,
             delete_delivered: false,
         }
@@ -168,6 +188,11 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The store's clock reading: the one time every decision is made on.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
     pub(crate) fn wake(&self) {
         if let Some(wake) = &self.inner.wake {
             wake.wake();
@@ -181,12 +206,14 @@ impl MemoryStore {
 pub struct MemoryStoreBuilder {
     clock: Arc<dyn Clock>,
     default_max_attempts: u32,
+    limits: EmitLimits,
     wakeups: bool,
     delete_delivered: bool,
 }
 
 impl MemoryStoreBuilder {
-    /// The clock emitted events are stamped with (default: system time).
+    /// The store's clock (default: system time): emitted events are stamped with it, and it
+    /// decides when events are due and leases expire.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -198,6 +225,14 @@ impl MemoryStoreBuilder {
     pub fn default_max_attempts(mut self, attempts: u32) -> Self {
         self.default_max_attempts = attempts.max(1);
         self
+    }
+
+    /// What an emitted event may carry (default [`EmitLimits::default`], as for PostgreSQL);
+    /// refused if a limit is out of its range.
+    pub fn limits(mut self, limits: EmitLimits) -> Result<Self, ValidationError> {
+        limits.validate()?;
+        self.limits = limits;
+        Ok(self)
     }
 
     /// Whether commits wake waiting workers (default `true`). Turn off to exercise a worker's
@@ -223,6 +258,7 @@ impl MemoryStoreBuilder {
                 wake: self.wakeups.then(WakeupSender::new),
                 clock: self.clock,
                 default_max_attempts: self.default_max_attempts,
+                limits: self.limits,
                 delete_delivered: self.delete_delivered,
             }),
         }
@@ -237,19 +273,23 @@ impl OutboxStore for MemoryStore {
         limit: usize,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let at = self.now();
         let mut state = self.lock();
         let due: Vec<EventId> = state
             .due
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|(due, _)| *due <= at)
             .map(|(_, id)| *id)
             .take(limit)
             .collect();
         let claim = Transition::Claim {
-            lease: lease.clone(),
+            lease: Lease {
+                until: translate(lease.until, now, at),
+                ..lease.clone()
+            },
         };
         due.into_iter()
-            .map(|id| state.apply(id, &claim, now))
+            .map(|id| state.apply(id, &claim, at))
             .collect()
     }
 
@@ -259,6 +299,7 @@ impl OutboxStore for MemoryStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        let at = self.now();
         let mut state = self.lock();
         let held: Vec<EventId> = state
             .leased
@@ -272,10 +313,13 @@ impl OutboxStore for MemoryStore {
             })
             .map(|(_, id)| *id)
             .collect();
-        let renew = Transition::Renew { lease, until };
+        let renew = Transition::Renew {
+            lease,
+            until: translate(until, now, at),
+        };
         let mut renewed = 0;
         for id in held {
-            state.apply(id, &renew, now)?;
+            state.apply(id, &renew, at)?;
             renewed += 1;
         }
         Ok(renewed)
@@ -285,22 +329,28 @@ impl OutboxStore for MemoryStore {
         &self,
         lease: LeaseId,
         ids: &[EventId],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let at = self.now();
         let mut state = self.lock();
-        let result = state.apply_fenced(ids.iter().map(|id| (*id, Transition::Ack { lease })), now);
+        let items = ids
+            .iter()
+            .map(|id| (*id, Transition::Ack { lease }))
+            .collect();
+        let recorded = state.apply_fenced(items, at)?;
         if self.inner.delete_delivered {
             // In this mode a delivered event without a key exists only if this ack delivered it.
-            for id in ids {
-                let delivered_keyless = state.events.get(id).is_some_and(|e| {
-                    e.status() == Status::Delivered && e.idempotency_key.is_none()
-                });
-                if delivered_keyless {
-                    state.remove(*id);
+            for r in recorded.iter().filter(|r| r.outcome == Outcome::Delivered) {
+                let keyless = state
+                    .events
+                    .get(&r.id)
+                    .is_some_and(|e| e.idempotency_key.is_none());
+                if keyless {
+                    state.remove(r.id);
                 }
             }
         }
-        result
+        Ok(recorded)
     }
 
     async fn nack(
@@ -308,47 +358,52 @@ impl OutboxStore for MemoryStore {
         lease: LeaseId,
         failures: &[Failure],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let items = failures.iter().map(|f| {
-            (
-                f.id,
-                Transition::Nack {
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let at = self.now();
+        let items = failures
+            .iter()
+            .map(|f| {
+                let nack = Transition::Nack {
                     lease,
                     error: f.error.clone(),
-                    retry_at: f.retry_at,
-                },
-            )
-        });
-        let result = self.lock().apply_fenced(items, now);
+                    retry_at: f.retry_at.map(|t| translate(t, now, at)),
+                };
+                (f.id, nack)
+            })
+            .collect();
+        let recorded = self.lock().apply_fenced(items, at)?;
         self.wake();
-        result
+        Ok(recorded)
     }
 
     async fn release(
         &self,
         lease: LeaseId,
         ids: &[EventId],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let result = self.lock().apply_fenced(
-            ids.iter().map(|id| (*id, Transition::Release { lease })),
-            now,
-        );
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let at = self.now();
+        let items = ids
+            .iter()
+            .map(|id| (*id, Transition::Release { lease }))
+            .collect();
+        let recorded = self.lock().apply_fenced(items, at)?;
         self.wake();
-        result
+        Ok(recorded)
     }
 
-    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+    async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+        let at = self.now();
         let mut state = self.lock();
         let expired: Vec<EventId> = state
             .leased
             .iter()
-            .take_while(|(until, _)| *until <= now)
+            .take_while(|(until, _)| *until <= at)
             .map(|(_, id)| *id)
             .collect();
         let mut reclaimed = Reclaimed::default();
         for id in expired {
-            match state.apply(id, &Transition::Expire, now)?.status() {
+            match state.apply(id, &Transition::Expire, at)?.status() {
                 Status::Dead => reclaimed.dead += 1,
                 _ => reclaimed.pending += 1,
             }
@@ -356,7 +411,12 @@ impl OutboxStore for MemoryStore {
         Ok(reclaimed)
     }
 
-    async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn purge_delivered(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let before = translate(before, now, self.now());
         let mut state = self.lock();
         let old: Vec<EventId> = state
             .events
@@ -377,15 +437,19 @@ impl OutboxStore for MemoryStore {
         Ok(self.lock().events.get(&id).cloned())
     }
 
-    async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError> {
-        Ok(self
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        let events = self
             .lock()
             .events
             .values()
             .filter(|e| filter.matches(e))
             .take(filter.limit)
             .cloned()
-            .collect())
+            .collect();
+        Ok(EventPage {
+            events,
+            undecodable: Vec::new(),
+        })
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
@@ -405,11 +469,12 @@ impl OutboxStore for MemoryStore {
         &self,
         id: EventId,
         extra_attempts: u32,
-        now: DateTime<Utc>,
+        _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
+        let at = self.now();
         let event = self
             .lock()
-            .apply(id, &Transition::Revive { extra_attempts }, now)?;
+            .apply(id, &Transition::Revive { extra_attempts }, at)?;
         self.wake();
         Ok(event)
     }

@@ -15,6 +15,14 @@ type Hook = Box<dyn FnOnce() + Send>;
 /// Application state changed in the same unit registers an [`on_commit`](Self::on_commit) hook,
 /// so it too happens exactly when the events do.
 ///
+/// **Idempotency keys across concurrent units.** A key already committed answers
+/// [`Emitted::Duplicate`] at once, as on PostgreSQL. Two units still open that emit the same key
+/// both answer [`Emitted::Created`]; the one that commits second has that event dropped and
+/// listed in [`Committed::duplicates`]. PostgreSQL instead makes the second transaction's emit
+/// wait until the first commits and then answers `Duplicate` (or `Created`, if the first rolled
+/// back). Either way exactly one event with the key is stored; only the moment the second
+/// caller learns it differs.
+///
 /// ```
 /// use outbox_core::{Emit, NewEvent};
 /// use outbox_memory::MemoryStore;
@@ -77,6 +85,9 @@ impl UnitOfWork {
     }
 
     /// Stores the staged events, runs the commit hooks and wakes waiting workers.
+    ///
+    /// The events are stored under the store's lock, all at once; the hooks run after it is
+    /// released, so a hook may read or use the store.
     pub fn commit(mut self) -> Committed {
         let mut committed = Committed::default();
         {
@@ -93,9 +104,9 @@ impl UnitOfWork {
                     state.put(event);
                 }
             }
-            for hook in std::mem::take(&mut self.hooks) {
-                hook();
-            }
+        }
+        for hook in std::mem::take(&mut self.hooks) {
+            hook();
         }
         if !committed.stored.is_empty() {
             self.store.wake();
@@ -110,7 +121,8 @@ impl UnitOfWork {
 #[async_trait]
 impl Emit for UnitOfWork {
     async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        event.validate()?;
+        let now = self.store.now();
+        self.store.inner.limits.check(&event, now)?;
         if let Some(key) = event.idempotency_key() {
             if let Some(id) = self.store.lock().keys.get(key) {
                 return Ok(Emitted::Duplicate(*id));
@@ -123,7 +135,6 @@ impl Emit for UnitOfWork {
                 return Ok(Emitted::Duplicate(staged.id));
             }
         }
-        let now = self.store.inner.clock.now();
         let stored = event.into_event(EventId::new(), now, self.store.inner.default_max_attempts);
         let id = stored.id;
         self.staged.push(stored);

@@ -1,9 +1,6 @@
 //! Where the outbox lives (schema, table) and the limits it enforces, validated on construction.
 
-use outbox_core::{DEFAULT_MAX_ATTEMPTS, ValidationError};
-
-/// Largest payload accepted by default: 1 MiB of serialized JSON.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+use outbox_core::{DEFAULT_MAX_ATTEMPTS, EmitLimits, ValidationError};
 
 /// Longest table name: index and trigger names append up to 16 bytes to it, within PostgreSQL's 63.
 pub const MAX_TABLE_LEN: usize = 47;
@@ -14,7 +11,7 @@ pub const MAX_TABLE_LEN: usize = 47;
 pub struct PgConfig {
     pub(crate) schema: String,
     pub(crate) table: String,
-    pub(crate) max_payload_bytes: usize,
+    pub(crate) limits: EmitLimits,
     pub(crate) default_max_attempts: u32,
     pub(crate) listen: bool,
     pub(crate) delete_delivered: bool,
@@ -27,12 +24,12 @@ impl Default for PgConfig {
 }
 
 impl PgConfig {
-    /// Table `public.outbox_event`, 1 MiB payloads, [`DEFAULT_MAX_ATTEMPTS`] attempts.
+    /// Table `public.outbox_event`, [`EmitLimits::default`], [`DEFAULT_MAX_ATTEMPTS`] attempts.
     pub fn new() -> Self {
         Self {
             schema: "public".into(),
             table: "outbox_event".into(),
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            limits: EmitLimits::default(),
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
             listen: true,
             delete_delivered: false,
@@ -51,10 +48,22 @@ impl PgConfig {
         self
     }
 
-    /// The largest payload accepted, in bytes of serialized JSON.
-    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
+    /// What an emitted event may carry: the same [`EmitLimits`] the memory store enforces.
+    pub fn with_limits(mut self, limits: EmitLimits) -> Self {
+        self.limits = limits;
         self
+    }
+
+    /// The largest payload accepted, in bytes of serialized JSON (a shorthand for one field of
+    /// [`with_limits`](Self::with_limits)).
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_payload_bytes = bytes;
+        self
+    }
+
+    /// The limits emitted events are checked against.
+    pub fn limits(&self) -> &EmitLimits {
+        &self.limits
     }
 
     /// Attempts an event gets when it does not say (at least 1).
@@ -104,14 +113,20 @@ impl PgConfig {
         &self.table
     }
 
-    /// `schema.table`, as spliced into SQL (both parts validated identifiers).
+    /// `"schema"."table"`, as spliced into SQL: both parts validated identifiers, quoted so
+    /// that a name which is also an SQL keyword (`user`, `offset`) is still just a name.
     pub fn qualified_table(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
+        format!("\"{}\".\"{}\"", self.schema, self.table)
+    }
+
+    /// The schema, quoted for SQL.
+    pub(crate) fn quoted_schema(&self) -> String {
+        format!("\"{}\"", self.schema)
     }
 
     /// The LISTEN/NOTIFY channel: `schema.table`.
     pub fn channel(&self) -> String {
-        self.qualified_table()
+        format!("{}.{}", self.schema, self.table)
     }
 
     /// Checks every setting; identifiers must be plain lowercase SQL identifiers, since they
@@ -131,24 +146,31 @@ impl PgConfig {
                 "schema.table must fit in 63 bytes (PostgreSQL's limit for a NOTIFY channel)",
             ));
         }
-        if self.default_max_attempts == 0 {
+        if self.default_max_attempts == 0 || self.default_max_attempts > self.limits.max_attempts {
             return Err(ValidationError::new(
                 "default_max_attempts",
-                "must be at least 1",
+                format!(
+                    "must be from 1 to max_attempts ({})",
+                    self.limits.max_attempts
+                ),
             ));
         }
-        if self.max_payload_bytes == 0 {
+        if self.schema.starts_with("pg_") {
             return Err(ValidationError::new(
-                "max_payload_bytes",
-                "must be at least 1",
+                "schema",
+                format!(
+                    "{:?}: names starting with pg_ are reserved for PostgreSQL's own schemas",
+                    self.schema
+                ),
             ));
         }
-        Ok(())
+        self.limits.validate()
     }
 }
 
-/// A plain SQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes, not a reserved word we would
-/// have to quote. Anything else is refused rather than quoted, so it can never alter a statement.
+/// A plain SQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes. Anything else is refused, so a
+/// name can never alter a statement; the store quotes every name it splices, so keywords such as
+/// `user` or `offset` are fine.
 pub fn validate_identifier(field: &'static str, name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();
     let valid_start = chars
@@ -164,16 +186,6 @@ pub fn validate_identifier(field: &'static str, name: &str) -> Result<(), Valida
         return Err(ValidationError::new(
             field,
             format!("{name:?} is longer than 63 bytes"),
-        ));
-    }
-    const RESERVED: [&str; 12] = [
-        "all", "and", "select", "from", "where", "table", "user", "order", "group", "limit",
-        "union", "end",
-    ];
-    if RESERVED.contains(&name) {
-        return Err(ValidationError::new(
-            field,
-            format!("{name:?} is a reserved SQL word"),
         ));
     }
     Ok(())
@@ -196,7 +208,6 @@ mod tests {
             "a.b",
             "x; drop table y",
             "a\"b",
-            "select",
             &"a".repeat(64),
         ] {
             let err = validate_identifier("table", bad).unwrap_err();
@@ -235,6 +246,22 @@ mod tests {
             .with_schema("s".repeat(40))
             .with_table("t".repeat(40));
         assert_eq!(long.validate().unwrap_err().field(), "table");
+        assert_eq!(
+            PgConfig::new()
+                .with_schema("pg_x")
+                .validate()
+                .unwrap_err()
+                .field(),
+            "schema"
+        );
+        assert_eq!(
+            PgConfig::new()
+                .with_max_payload_bytes(0)
+                .validate()
+                .unwrap_err()
+                .field(),
+            "max_payload_bytes"
+        );
         assert_eq!(
             PgConfig::new()
                 .with_default_max_attempts(0)

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, ValidationError};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
@@ -40,7 +41,7 @@ impl PgStore {
         conn: &mut PgConnection,
         event: NewEvent,
     ) -> Result<Emitted, StoreError> {
-        let row = self.prepare(event)?;
+        let (row, deliver_after) = self.prepare(event)?;
         let keyed = row.idempotency_key.is_some();
         let sql = if keyed {
             &self.sql.emit_one
@@ -57,8 +58,8 @@ impl PgStore {
             .bind(&row.idempotency_key)
             .bind(&row.ordering_key)
             .bind(attempts(row.lifecycle.max_attempts)?)
-            .bind(row.lifecycle.next_attempt_at)
-            .bind(row.created_at);
+            .bind(deliver_after)
+            .bind(self.injected_now());
         if !keyed {
             query.execute(&mut *conn).await.map_err(db_error)?;
             return Ok(Emitted::Created(row.id));
@@ -94,11 +95,12 @@ impl PgStore {
             }
             return Ok(out);
         }
-        let rows = events
+        let (rows, deliver_after): (Vec<_>, Vec<_>) = events
             .into_iter()
             .map(|e| self.prepare(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let now = rows.first().map(|r| r.created_at);
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let max_attempts = rows
             .iter()
             .map(|r| attempts(r.lifecycle.max_attempts))
@@ -139,12 +141,8 @@ impl PgStore {
                     .collect::<Vec<_>>(),
             )
             .bind(max_attempts)
-            .bind(
-                rows.iter()
-                    .map(|r| r.lifecycle.next_attempt_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(now);
+            .bind(deliver_after)
+            .bind(self.injected_now());
         if !keyed {
             query.execute(&mut *conn).await.map_err(db_error)?;
             return Ok(rows.iter().map(|r| Emitted::Created(r.id)).collect());
@@ -182,22 +180,14 @@ impl PgStore {
             .collect()
     }
 
-    /// Validates an event against the store's limits and stamps it.
-    fn prepare(&self, event: NewEvent) -> Result<OutboxEvent, StoreError> {
-        event.validate()?;
-        let size = event.payload_len();
-        if size > self.config.max_payload_bytes {
-            return Err(ValidationError::new(
-                "payload",
-                format!(
-                    "{size} bytes is over the limit of {} bytes",
-                    self.config.max_payload_bytes
-                ),
-            )
-            .into());
-        }
-        let now = self.clock.now();
-        Ok(event.into_event(EventId::new(), now, self.config.default_max_attempts))
+    /// Checks an event against the store's limits and gives it its id; returns it with its
+    /// `deliver_after`, since the row's times come from the store's clock in the statement.
+    fn prepare(&self, event: NewEvent) -> Result<(OutboxEvent, Option<DateTime<Utc>>), StoreError> {
+        let now = self.local_now();
+        self.config.limits.check(&event, now)?;
+        let deliver_after = event.deliver_after();
+        let row = event.into_event(EventId::new(), now, self.config.default_max_attempts);
+        Ok((row, deliver_after))
     }
 
     async fn find_keys(

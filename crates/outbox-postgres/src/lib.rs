@@ -38,7 +38,7 @@ mod schema;
 mod sql;
 mod store;
 
-pub use config::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_TABLE_LEN, PgConfig, validate_identifier};
+pub use config::{MAX_TABLE_LEN, PgConfig, validate_identifier};
 pub use emit::{PgEmitter, PgTransaction};
 pub use schema::LATEST_VERSION;
 pub use store::PgStore;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use outbox_core::{
-    EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, ValidationError,
+    EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, Undecodable,
+    ValidationError,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -17,8 +18,31 @@ fn count(field: &'static str, value: i32) -> Result<u32, StoreError> {
         .map_err(|_| StoreError::InvalidInput(ValidationError::new(field, "negative in the table")))
 }
 
-/// Decodes one row selected with [`COLUMNS`](crate::sql::COLUMNS).
-pub(crate) fn event_from_row(row: &PgRow) -> Result<OutboxEvent, StoreError> {
+/// Decodes one row selected with [`COLUMNS`](crate::sql::COLUMNS), on its own: a row whose
+/// fields cannot be read (a payload nested deeper than the decoder accepts, headers that are not
+/// a string map — written by something other than this library) comes back as
+/// [`Undecodable`], so it never fails the rows around it. The outer error is for a row whose
+/// id, status or creation time cannot be read, which the table's constraints rule out.
+pub(crate) fn decode(row: &PgRow) -> Result<Result<OutboxEvent, Undecodable>, StoreError> {
+    let id = EventId::from_uuid(row.try_get("id").map_err(db_error)?);
+    let status: String = row.try_get("status").map_err(db_error)?;
+    let status = status.parse::<Status>()?;
+    let created_at = row.try_get("created_at").map_err(db_error)?;
+    Ok(event_from_row(row).map_err(|error| Undecodable {
+        id,
+        status,
+        created_at,
+        error: match error {
+            StoreError::Backend { source } | StoreError::Unavailable { source } => {
+                source.to_string()
+            }
+            other => other.to_string(),
+        },
+    }))
+}
+
+/// Decodes one row, or fails on the first field that cannot be read.
+fn event_from_row(row: &PgRow) -> Result<OutboxEvent, StoreError> {
     let status: String = row.try_get("status").map_err(db_error)?;
     let lease_id: Option<Uuid> = row.try_get("lease_id").map_err(db_error)?;
     let locked_by: Option<String> = row.try_get("locked_by").map_err(db_error)?;

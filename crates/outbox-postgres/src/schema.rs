@@ -49,22 +49,22 @@ CREATE TABLE {qualified} (
     CHECK (attempts <= max_attempts),
     CHECK ((status = 'in_flight') = (lease_id IS NOT NULL AND locked_until IS NOT NULL))
 );
-CREATE UNIQUE INDEX {table}_idempotency_key ON {qualified} (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX {table}_due ON {qualified} (next_attempt_at, id) WHERE status = 'pending';
-CREATE INDEX {table}_leased ON {qualified} (locked_until) WHERE status = 'in_flight';
-CREATE INDEX {table}_delivered ON {qualified} (delivered_at) WHERE status = 'delivered';
-CREATE FUNCTION {schema}.{table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE UNIQUE INDEX "{table}_idempotency_key" ON {qualified} (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX "{table}_due" ON {qualified} (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX "{table}_leased" ON {qualified} (locked_until) WHERE status = 'in_flight';
+CREATE INDEX "{table}_delivered" ON {qualified} (delivered_at) WHERE status = 'delivered';
+CREATE FUNCTION {schema}."{table}_notify"() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM pg_notify('{channel}', '');
     RETURN NULL;
 END
 $fn$;
-CREATE TRIGGER {table}_notify AFTER INSERT ON {qualified}
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{table}_notify();
+CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}."{table}_notify"();
 "#,
     down: r#"
 DROP TABLE IF EXISTS {qualified};
-DROP FUNCTION IF EXISTS {schema}.{table}_notify();
+DROP FUNCTION IF EXISTS {schema}."{table}_notify"();
 "#,
 }];
 
@@ -72,7 +72,7 @@ fn render(template: &str, config: &PgConfig) -> String {
     template
         .replace("{qualified}", &config.qualified_table())
         .replace("{channel}", &config.channel())
-        .replace("{schema}", config.schema())
+        .replace("{schema}", &config.quoted_schema())
         .replace("{table}", config.table())
 }
 
@@ -91,7 +91,7 @@ pub(crate) async fn migrate_up(pool: &PgPool, config: &PgConfig) -> Result<usize
             .map_err(db_error)?;
         let record = format!(
             "INSERT INTO {}.{HISTORY} (table_name, version, name, applied_at) VALUES ($1, $2, $3, now())",
-            config.schema()
+            config.quoted_schema()
         );
         sqlx::query(AssertSqlSafe(record))
             .bind(config.table())
@@ -120,7 +120,7 @@ pub(crate) async fn migrate_down(pool: &PgPool, config: &PgConfig) -> Result<usi
             .map_err(db_error)?;
         let forget = format!(
             "DELETE FROM {}.{HISTORY} WHERE table_name = $1 AND version = $2",
-            config.schema()
+            config.quoted_schema()
         );
         sqlx::query(AssertSqlSafe(forget))
             .bind(config.table())
@@ -137,7 +137,7 @@ pub(crate) async fn migrate_down(pool: &PgPool, config: &PgConfig) -> Result<usi
 /// Takes the per-table migration lock and makes sure the schema and history table exist.
 async fn prepare(tx: &mut sqlx::PgConnection, config: &PgConfig) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("outbox-migrate:{}", config.qualified_table()))
+        .bind(format!("outbox-migrate:{}", config.channel()))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -150,7 +150,7 @@ async fn prepare(tx: &mut sqlx::PgConnection, config: &PgConfig) -> Result<(), S
              applied_at timestamptz NOT NULL,
              PRIMARY KEY (table_name, version)
          );",
-        schema = config.schema()
+        schema = config.quoted_schema()
     );
     sqlx::raw_sql(AssertSqlSafe(ddl))
         .execute(&mut *tx)
@@ -165,7 +165,7 @@ async fn current_version(
 ) -> Result<i32, StoreError> {
     let sql = format!(
         "SELECT coalesce(max(version), 0) FROM {}.{HISTORY} WHERE table_name = $1",
-        config.schema()
+        config.quoted_schema()
     );
     sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(config.table())

@@ -1,9 +1,16 @@
 //! Every statement the store runs on its hot paths, built once per store from the validated
 //! table name and reused, so sqlx's prepared-statement cache hits on every call.
 //!
-//! Values are always bound parameters; only the validated schema and table names are spliced.
-//! Each statement encodes the same rule as [`outbox_core::transition`] for its transition, and
-//! is fenced where the transition is: `lease_id = $1 AND status = 'in_flight'`.
+//! Values are always bound parameters; only the validated, quoted schema and table names are
+//! spliced. Each statement encodes the same rule as [`outbox_core::transition`] for its
+//! transition (the differential property test holds them together), and is fenced where the
+//! transition is: `lease_id = $1 AND status = 'in_flight'`.
+//!
+//! **Time.** Every statement decides on one clock, `now`: the bound store time when the store
+//! has an injected clock (tests), else the database's `statement_timestamp()`. A time the
+//! caller passes (lease expiry, retry time, purge cutoff) is read relative to the caller's own
+//! `now`, also bound: `now + (t − caller_now)`. So relays with skewed clocks agree on every
+//! lease.
 
 use std::sync::Arc;
 
@@ -35,6 +42,17 @@ pub(crate) struct Statements {
     pub notify: Arc<str>,
 }
 
+/// The store's `now` in a statement whose parameter `$n` carries the injected time, or NULL to
+/// use the database's clock.
+fn now(n: u8) -> String {
+    format!("COALESCE(${n}::timestamptz, statement_timestamp())")
+}
+
+/// A caller's time `$t`, given with the caller's `$c`, read on the store's clock `$n`.
+fn on_store_clock(t: &str, c: u8, n: u8) -> String {
+    format!("({} + ({t}::timestamptz - ${c}::timestamptz))", now(n))
+}
+
 impl Statements {
     pub(crate) fn new(config: &PgConfig) -> Self {
         let t = config.qualified_table();
@@ -44,12 +62,16 @@ impl Statements {
         // which skip the conflict check and send nothing back, as a hand-written INSERT would.
         let columns = "(id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
              ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)";
+        // $10 is deliver_after (NULL: due at once), $11 the injected time (NULL: the database's).
+        let emitted_at = now(11);
         let insert_one = format!(
-            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $11)"
+            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, \
+             COALESCE($10::timestamptz, {emitted_at}), {emitted_at}, {emitted_at})"
         );
         let insert_many = format!(
             "INSERT INTO {t} {columns} SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, \
-             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, u.next_attempt_at, $11, $11 \
+             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, \
+             COALESCE(u.next_attempt_at, {emitted_at}), {emitted_at}, {emitted_at} \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
              $8::text[], $9::int4[], $10::timestamptz[])"
         );
@@ -57,6 +79,8 @@ impl Statements {
              ordering_key, max_attempts, next_attempt_at";
         let on_conflict =
             "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+        let n = now(6);
+        let until = on_store_clock("$3", 4, 6);
         Self {
             emit_one: s(format!("{insert_one} {on_conflict} RETURNING id")),
             emit_one_plain: s(insert_one.clone()),
@@ -67,22 +91,28 @@ impl Statements {
             find_keys: s(format!(
                 "SELECT id, idempotency_key FROM {t} WHERE idempotency_key = ANY($1)"
             )),
+            // $3 lease expiry and $4 now on the caller's clock, $6 the injected time.
             claim: s(format!(
-                "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, locked_until = $3, \
-                 updated_at = $4 \
-                 WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND next_attempt_at <= $4 \
+                "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, \
+                 locked_until = {until}, updated_at = {n} \
+                 WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND next_attempt_at <= {n} \
                  AND attempts < max_attempts \
                  ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
                  RETURNING {COLUMNS}"
             )),
+            // $2 new expiry and $3 now on the caller's clock, $4 the injected time.
             renew: s(format!(
-                "UPDATE {t} SET locked_until = GREATEST(locked_until, $2), updated_at = $3 \
-                 WHERE lease_id = $1 AND status = 'in_flight'"
+                "UPDATE {t} SET locked_until = GREATEST(locked_until, {}), updated_at = {} \
+                 WHERE lease_id = $1 AND status = 'in_flight'",
+                on_store_clock("$2", 3, 4),
+                now(4)
             )),
+            // $3 the injected time.
             ack: s({
+                let n = now(3);
                 let mark = format!(
                     "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
-                     {clear_lease}, delivered_at = $3, last_error = NULL, updated_at = $3 \
+                     {clear_lease}, delivered_at = {n}, last_error = NULL, updated_at = {n} \
                      WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight'"
                 );
                 if config.delete_delivered {
@@ -99,40 +129,52 @@ impl Statements {
                     format!("{mark} RETURNING id")
                 }
             }),
+            // $3 now on the caller's clock, $5 retry times on it, $6 the injected time.
             nack: s(format!(
                 "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
                  status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
                      THEN 'pending' ELSE 'dead' END, \
                  next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
-                     THEN GREATEST(f.retry_at, $3) ELSE e.next_attempt_at END, \
-                 last_error = f.error, {clear_lease}, updated_at = $3 \
+                     THEN GREATEST({retry_at}, {n6}) ELSE e.next_attempt_at END, \
+                 last_error = f.error, {clear_lease}, updated_at = {n6} \
                  FROM UNNEST($2::uuid[], $4::text[], $5::timestamptz[]) AS f(id, error, retry_at) \
-                 WHERE e.id = f.id AND e.lease_id = $1 AND e.status = 'in_flight' RETURNING e.id"
+                 WHERE e.id = f.id AND e.lease_id = $1 AND e.status = 'in_flight' \
+                 RETURNING e.id, e.status, e.next_attempt_at",
+                retry_at = on_store_clock("f.retry_at", 3, 6),
+                n6 = now(6),
             )),
+            // $3 the injected time.
             release: s(format!(
-                "UPDATE {t} SET status = 'pending', {clear_lease}, next_attempt_at = $3, updated_at = $3 \
-                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id"
+                "UPDATE {t} SET status = 'pending', {clear_lease}, next_attempt_at = {n}, updated_at = {n} \
+                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id",
+                n = now(3)
             )),
+            // $1 the injected time.
             reclaim: s(format!(
                 "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
                  status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
-                 next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN $1 ELSE next_attempt_at END, \
+                 next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
                  last_error = 'lease held by ' || locked_by || ' expired at ' \
                      || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
-                 {clear_lease}, updated_at = $1 \
-                 WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= $1 \
+                 {clear_lease}, updated_at = {n} \
+                 WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
                  ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING status"
+                 RETURNING status",
+                n = now(1)
             )),
+            // $1 cutoff and $3 now on the caller's clock, $4 the injected time.
             purge: s(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'delivered' \
-                 AND delivered_at < $1 LIMIT $2)"
+                 AND delivered_at < {} LIMIT $2)",
+                on_store_clock("$1", 3, 4)
             )),
             get: s(format!("SELECT {COLUMNS} FROM {t} WHERE id = $1")),
             count: s(format!("SELECT status, count(*) FROM {t} GROUP BY status")),
+            // $3 the injected time.
             revive: s(format!(
-                "UPDATE {t} SET status = 'pending', max_attempts = attempts + $2, next_attempt_at = $3, \
-                 updated_at = $3 WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}"
+                "UPDATE {t} SET status = 'pending', max_attempts = attempts + $2, next_attempt_at = {n}, \
+                 updated_at = {n} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
+                n = now(3)
             )),
             notify: s(format!("SELECT pg_notify('{}', '')", config.channel())),
         }

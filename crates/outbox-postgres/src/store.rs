@@ -1,14 +1,14 @@
 //! [`PgStore`]: the outbox contract on PostgreSQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    Clock, EventFilter, EventId, Failure, Lease, LeaseId, OutboxEvent, OutboxStore, Reclaimed,
-    Status, StatusCounts, StoreError, SystemClock, Transition, ValidationError, Wakeups,
-    transition,
+    Clock, EventFilter, EventId, EventPage, Failure, Lease, LeaseId, OutboxEvent, OutboxStore,
+    Outcome, Reclaimed, Recorded, Status, StatusCounts, StoreError, SystemClock, Transition,
+    ValidationError, Wakeups, distinct_ids, transition,
 };
 use sea_query::{Alias, Expr, ExprTrait, Order, PostgresQueryBuilder, Query};
 use sea_query_sqlx::SqlxBinder;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::config::PgConfig;
 use crate::error::db_error;
 use crate::listen::Listener;
-use crate::row::event_from_row;
+use crate::row::decode;
 use crate::schema;
 use crate::sql::{COLUMNS, Statements};
 
@@ -31,12 +31,19 @@ const SWEEP_CHUNK: i64 = 10_000;
 /// Emit through [`PgStore::begin`] (a transaction of the store's own pool) or
 /// [`PgStore::emitter`] (any connection or transaction of yours); workers use the
 /// [`OutboxStore`] methods.
+///
+/// **Time comes from the database.** Emit times, due-ness and lease expiry are read from the
+/// database server's clock (`statement_timestamp()`), so relays on machines whose clocks
+/// disagree still agree on every lease; a relay's own clock only measures lease lengths and
+/// backoffs. [`with_clock`](Self::with_clock) replaces the database's clock with an injected
+/// one, for tests.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
     pub(crate) config: Arc<PgConfig>,
     pub(crate) sql: Arc<Statements>,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// The injected clock; `None` for the database's.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     listener: Arc<Listener>,
 }
 
@@ -49,15 +56,28 @@ impl PgStore {
             pool,
             sql: Arc::new(Statements::new(&config)),
             config: Arc::new(config),
-            clock: Arc::new(SystemClock),
+            clock: None,
             listener: Arc::new(Listener::default()),
         })
     }
 
-    /// Stamps emitted events with `clock` instead of the system time.
+    /// Decides every time on `clock` instead of the database's: emit times, due-ness, lease
+    /// expiry. For tests, which drive the clock; in production keep the database's, the one
+    /// clock every relay shares.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
+    }
+
+    /// The injected clock's time, bound into statements; `None` lets the database's decide.
+    pub(crate) fn injected_now(&self) -> Option<DateTime<Utc>> {
+        self.clock.as_ref().map(|c| c.now())
+    }
+
+    /// This process's idea of now (the injected clock's, else the system's), for checks that
+    /// tolerate skew, such as how far ahead `deliver_after` may lie.
+    pub(crate) fn local_now(&self) -> DateTime<Utc> {
+        self.injected_now().unwrap_or_else(|| SystemClock.now())
     }
 
     /// The pool the store uses.
@@ -90,28 +110,60 @@ impl PgStore {
         Ok(())
     }
 
-    /// Runs a fenced statement returning the ids it changed; reports the rest as lost.
+    /// Runs a fenced statement returning the ids it changed, each with the outcome `changed`
+    /// reads off its row; the ids it did not change were not held under the lease.
     async fn fenced(
         &self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
         asked: &[EventId],
-    ) -> Result<(), StoreError> {
+        changed: impl Fn(&sqlx::postgres::PgRow) -> Result<Outcome, sqlx::Error>,
+    ) -> Result<Vec<Recorded>, StoreError> {
         let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
-        let changed: HashSet<Uuid> = rows
-            .iter()
-            .map(|r| r.try_get::<Uuid, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?;
-        let lost: Vec<EventId> = asked
-            .iter()
-            .filter(|id| !changed.contains(id.as_uuid()))
-            .copied()
-            .collect();
-        if lost.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost { ids: lost })
+        let mut outcomes = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get(0).map_err(db_error)?;
+            outcomes.insert(id, changed(row).map_err(db_error)?);
         }
+        Ok(asked
+            .iter()
+            .map(|id| Recorded {
+                id: *id,
+                outcome: outcomes
+                    .get(id.as_uuid())
+                    .copied()
+                    .unwrap_or(Outcome::LeaseLost),
+            })
+            .collect())
+    }
+
+    /// Decodes claimed rows one by one. A row that cannot be read is marked dead at once, with
+    /// the reason as its error, so it can never hold up the batch it came in or come back.
+    async fn decode_claimed(
+        &self,
+        lease: &Lease,
+        rows: &[sqlx::postgres::PgRow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut events = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for row in rows {
+            match decode(row)? {
+                Ok(event) => events.push(event),
+                Err(undecodable) => {
+                    tracing::warn!(event_id = %undecodable.id, error = %undecodable.error,
+                        "outbox row cannot be read; marked dead");
+                    bad.push(Failure {
+                        id: undecodable.id,
+                        error: format!("cannot be read: {}", undecodable.error),
+                        retry_at: None,
+                    });
+                }
+            }
+        }
+        if !bad.is_empty() {
+            self.nack(lease.id, &bad, now).await?;
+        }
+        Ok(events)
     }
 }
 
@@ -140,13 +192,11 @@ impl OutboxStore for PgStore {
             .bind(lease.until)
             .bind(now)
             .bind(limit(limit_to))
+            .bind(self.injected_now())
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        let mut events = rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = self.decode_claimed(lease, &rows, now).await?;
         events.sort_by_key(|e| (e.lifecycle.next_attempt_at, e.id));
         Ok(events)
     }
@@ -161,6 +211,7 @@ impl OutboxStore for PgStore {
             .bind(lease.as_uuid())
             .bind(until)
             .bind(now)
+            .bind(self.injected_now())
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
@@ -171,16 +222,17 @@ impl OutboxStore for PgStore {
         &self,
         lease: LeaseId,
         ids: &[EventId],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let query = sqlx::query(AssertSqlSafe(self.sql.ack.clone()))
             .bind(lease.as_uuid())
             .bind(uuids(ids))
-            .bind(now);
-        self.fenced(query, ids).await
+            .bind(self.injected_now());
+        self.fenced(query, ids, |_| Ok(Outcome::Delivered)).await
     }
 
     async fn nack(
@@ -188,9 +240,10 @@ impl OutboxStore for PgStore {
         lease: LeaseId,
         failures: &[Failure],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(failures.iter().map(|f| f.id))?;
         if failures.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
@@ -200,34 +253,46 @@ impl OutboxStore for PgStore {
             .bind(uuids(&ids))
             .bind(now)
             .bind(errors)
-            .bind(retry_at);
-        self.fenced(query, &ids).await
+            .bind(retry_at)
+            .bind(self.injected_now());
+        self.fenced(query, &ids, |row| {
+            let status: String = row.try_get(1)?;
+            Ok(if status == Status::Dead.as_str() {
+                Outcome::Dead
+            } else {
+                Outcome::Retrying {
+                    at: row.try_get(2)?,
+                }
+            })
+        })
+        .await
     }
 
     async fn release(
         &self,
         lease: LeaseId,
         ids: &[EventId],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let query = sqlx::query(AssertSqlSafe(self.sql.release.clone()))
             .bind(lease.as_uuid())
             .bind(uuids(ids))
-            .bind(now);
-        let result = self.fenced(query, ids).await;
+            .bind(self.injected_now());
+        let recorded = self.fenced(query, ids, |_| Ok(Outcome::Released)).await?;
         // Released events are due now: let idle workers know.
         self.notify().await?;
-        result
+        Ok(recorded)
     }
 
-    async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+    async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
         let mut reclaimed = Reclaimed::default();
         loop {
             let statuses: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.reclaim.clone()))
-                .bind(now)
+                .bind(self.injected_now())
                 .bind(SWEEP_CHUNK)
                 .fetch_all(&self.pool)
                 .await
@@ -245,12 +310,18 @@ impl OutboxStore for PgStore {
         }
     }
 
-    async fn purge_delivered(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn purge_delivered(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
             let done = sqlx::query(AssertSqlSafe(self.sql.purge.clone()))
                 .bind(before)
                 .bind(SWEEP_CHUNK)
+                .bind(now)
+                .bind(self.injected_now())
                 .execute(&self.pool)
                 .await
                 .map_err(db_error)?;
@@ -267,10 +338,17 @@ impl OutboxStore for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        row.as_ref().map(event_from_row).transpose()
+        match row.as_ref().map(decode).transpose()? {
+            None => Ok(None),
+            Some(Ok(event)) => Ok(Some(event)),
+            Some(Err(bad)) => Err(StoreError::Undecodable {
+                id: bad.id,
+                reason: bad.error,
+            }),
+        }
     }
 
-    async fn list(&self, filter: &EventFilter) -> Result<Vec<OutboxEvent>, StoreError> {
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
         let col = |name: &str| Expr::col(Alias::new(name));
         let mut query = Query::select();
         query
@@ -301,7 +379,14 @@ impl OutboxStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        rows.iter().map(event_from_row).collect()
+        let mut page = EventPage::default();
+        for row in &rows {
+            match decode(row)? {
+                Ok(event) => page.events.push(event),
+                Err(bad) => page.undecodable.push(bad),
+            }
+        }
+        Ok(page)
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
@@ -343,12 +428,18 @@ impl OutboxStore for PgStore {
         let row = sqlx::query(AssertSqlSafe(self.sql.revive.clone()))
             .bind(id.as_uuid())
             .bind(extra)
-            .bind(now)
+            .bind(self.injected_now())
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        let revived = match row {
-            Some(row) => event_from_row(&row)?,
+        let revived = match row.as_ref().map(decode).transpose()? {
+            Some(Ok(event)) => event,
+            Some(Err(bad)) => {
+                return Err(StoreError::Undecodable {
+                    id,
+                    reason: bad.error,
+                });
+            }
             None => {
                 let from = self
                     .get(id)

@@ -56,9 +56,53 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Upper bounds on a worker's settings: beyond these a setting is a mistake (a lease of a
+/// year would keep a crashed worker's events from everyone), and they keep every sum of
+/// durations far inside what clocks and timers can hold.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// Most events claimed per batch.
+    pub const MAX_BATCH_SIZE: usize = 100_000;
+    /// Most deliveries running at once.
+    pub const MAX_CONCURRENCY: usize = 100_000;
+    /// Longest lease: a crashed worker's events come back within this.
+    pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+    /// Longest poll interval, shutdown grace, error backoff and sweep interval.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+    /// Longest retention of delivered events.
+    pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+}
+
 impl WorkerConfig {
-    /// Checks the settings fit together; names the first field that does not.
+    /// Checks the settings fit together and lie within [`bounds`]; names the first field
+    /// that does not.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        let too_big = |field: &'static str, limit: String| {
+            Err(ValidationError::new(field, format!("at most {limit}")))
+        };
+        if self.batch_size > bounds::MAX_BATCH_SIZE {
+            return too_big("batch_size", bounds::MAX_BATCH_SIZE.to_string());
+        }
+        if self.concurrency > bounds::MAX_CONCURRENCY {
+            return too_big("concurrency", bounds::MAX_CONCURRENCY.to_string());
+        }
+        if self.lease > bounds::MAX_LEASE {
+            return too_big("lease", format!("{:?}", bounds::MAX_LEASE));
+        }
+        for (field, d) in [
+            ("poll_interval", self.poll_interval),
+            ("shutdown_grace", self.shutdown_grace),
+            ("error_backoff", self.error_backoff),
+            ("retention_interval", self.retention_interval),
+        ] {
+            if d > bounds::MAX_INTERVAL {
+                return too_big(field, format!("{:?}", bounds::MAX_INTERVAL));
+            }
+        }
+        if self.retention.is_some_and(|r| r > bounds::MAX_RETENTION) {
+            return too_big("retention", "100 years".into());
+        }
         if self.worker_id.trim().is_empty() {
             return Err(ValidationError::new("worker_id", "must not be empty"));
         }

@@ -44,5 +44,5 @@ mod config;
 mod worker;
 
 pub use clock::TokioClock;
-pub use config::{WorkerBuilder, WorkerConfig};
+pub use config::{WorkerBuilder, WorkerConfig, bounds};
 pub use worker::{RunningWorker, Worker, WorkerReport};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_core::clock::{add, sub};
 use outbox_core::{
     Clock, DeliveryError, EventId, Failure, Lease, LeaseId, Lifecycle, OutboxEvent, OutboxStore,
-    RandomSource, Status, StoreError, Transition, Transport, Wakeups, transition,
+    Outcome, RandomSource, Recorded, StoreError, Transport, Wakeups,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -66,7 +66,7 @@ pub struct Worker<S, T> {
 }
 
 /// How one delivery ended.
-enum Outcome {
+enum Delivery {
     Delivered,
     Failed(DeliveryError),
 }
@@ -118,14 +118,14 @@ where
         while !cancel.is_cancelled() {
             if Instant::now() >= next_sweep {
                 report.purged += self.sweep().await;
-                next_sweep = Instant::now() + self.config.retention_interval;
+                next_sweep = later(self.config.retention_interval);
             }
             let reclaim = Instant::now() >= next_reclaim;
             let claimed = match self.step(Some(&cancel), reclaim).await {
                 Ok((claimed, step)) => {
                     report += step;
                     if reclaim {
-                        next_reclaim = Instant::now() + self.config.poll_interval;
+                        next_reclaim = later(self.config.poll_interval);
                     }
                     claimed
                 }
@@ -176,8 +176,9 @@ where
         let Some(keep) = self.config.retention else {
             return 0;
         };
-        let before = sub(self.clock.now(), keep);
-        match self.store.purge_delivered(before).await {
+        let now = self.clock.now();
+        let before = sub(now, keep);
+        match self.store.purge_delivered(before, now).await {
             Ok(n) => {
                 if n > 0 {
                     info!(purged = n, %before, "retention sweep");
@@ -261,9 +262,9 @@ where
                     let _permit = permits.acquire_owned().await;
                     let outcome =
                         match tokio::time::timeout(timeout, transport.deliver(&event)).await {
-                            Ok(Ok(())) => Outcome::Delivered,
-                            Ok(Err(error)) => Outcome::Failed(error),
-                            Err(_) => Outcome::Failed(DeliveryError::retryable(format!(
+                            Ok(Ok(())) => Delivery::Delivered,
+                            Ok(Err(error)) => Delivery::Failed(error),
+                            Err(_) => Delivery::Failed(DeliveryError::retryable(format!(
                                 "delivery timed out after {timeout:?}"
                             ))),
                         };
@@ -275,11 +276,10 @@ where
         }
 
         let renew_every = (self.config.lease / 3).max(Duration::from_millis(1));
-        let mut renew =
-            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut renew = tokio::time::interval_at(later(renew_every), renew_every);
         let never = CancellationToken::new();
         let cancel = cancel.unwrap_or(&never);
-        let grace = tokio::time::sleep(Duration::MAX / 4);
+        let grace = tokio::time::sleep_until(later(Duration::MAX));
         tokio::pin!(grace);
         let mut draining = false;
         let mut outcomes = Vec::with_capacity(task_events.len());
@@ -294,7 +294,7 @@ where
                     Some(Err(join_error)) => {
                         if let Some(id) = task_events.remove(&join_error.id()) {
                             let message = format!("delivery task failed: {join_error}");
-                            outcomes.push((id, Outcome::Failed(DeliveryError::retryable(message))));
+                            outcomes.push((id, Delivery::Failed(DeliveryError::retryable(message))));
                         }
                     }
                 },
@@ -306,7 +306,7 @@ where
                 }
                 _ = cancel.cancelled(), if !draining => {
                     draining = true;
-                    grace.as_mut().reset(tokio::time::Instant::now() + self.config.shutdown_grace);
+                    grace.as_mut().reset(later(self.config.shutdown_grace));
                     debug!(in_flight = task_events.len(), "shutting down: waiting for deliveries");
                 }
                 _ = &mut grace, if draining => {
@@ -327,15 +327,16 @@ where
             .await
     }
 
-    /// Writes a batch's outcomes: one ack, one nack and one release call at most.
+    /// Writes a batch's outcomes: one ack, one nack and one release call at most, each tried
+    /// even when another failed (the first error is returned after all three), and counts what
+    /// the store reports it did.
     async fn record(
         &self,
         lease: LeaseId,
-        outcomes: Vec<(EventId, Outcome)>,
+        outcomes: Vec<(EventId, Delivery)>,
         lifecycles: &HashMap<EventId, Lifecycle>,
         unfinished: Vec<EventId>,
     ) -> Result<WorkerReport, StoreError> {
-        let mut report = WorkerReport::default();
         let now = self.clock.now();
         let mut delivered = Vec::new();
         let mut failures = Vec::new();
@@ -343,10 +344,13 @@ where
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, outcome) in outcomes {
                 match outcome {
-                    Outcome::Delivered => delivered.push(id),
-                    Outcome::Failed(error) => {
+                    Delivery::Delivered => delivered.push(id),
+                    Delivery::Failed(error) => {
                         let retry_at = error.is_retryable().then(|| {
-                            let failures_so_far = lifecycles.get(&id).map_or(0, |l| l.attempts) + 1;
+                            let failures_so_far = lifecycles
+                                .get(&id)
+                                .map_or(0, |l| l.attempts)
+                                .saturating_add(1);
                             let backoff = self.config.retry.delay(failures_so_far, rng.as_mut());
                             add(
                                 now,
@@ -363,49 +367,66 @@ where
                 }
             }
         }
+        let mut report = WorkerReport::default();
+        let mut first_error = None;
+        let mut count = |result: Result<Vec<Recorded>, StoreError>| match result {
+            Ok(recorded) => report += tally(&recorded),
+            Err(error) => {
+                warn!(%error, "recording outcomes failed; the events come back when the lease expires");
+                first_error.get_or_insert(error);
+            }
+        };
         if !delivered.is_empty() {
-            let lost = lost_count(
+            count(
                 self.persist(|| self.store.ack(lease, &delivered, now))
                     .await,
-            )?;
-            report.delivered += delivered.len() as u64 - lost;
-            report.lease_lost += lost;
+            );
         }
         if !failures.is_empty() {
-            let result = self
-                .persist(|| self.store.nack(lease, &failures, now))
-                .await;
-            let lost_ids = lost_ids(&result);
-            lost_count(result)?;
-            report.lease_lost += lost_ids.len() as u64;
-            for failure in failures.iter().filter(|f| !lost_ids.contains(&f.id)) {
-                // The store applied this same transition; predict its result rather than ask.
-                let nack = Transition::Nack {
-                    lease,
-                    error: String::new(),
-                    retry_at: failure.retry_at,
-                };
-                let dead = lifecycles
-                    .get(&failure.id)
-                    .and_then(|l| transition(l, &nack, now).ok())
-                    .is_none_or(|l| l.status == Status::Dead);
-                if dead {
-                    report.dead += 1;
-                } else {
-                    report.retried += 1;
-                }
-            }
+            count(
+                self.persist(|| self.store.nack(lease, &failures, now))
+                    .await,
+            );
         }
         if !unfinished.is_empty() {
-            let lost = lost_count(
+            count(
                 self.persist(|| self.store.release(lease, &unfinished, now))
                     .await,
-            )?;
-            report.released += unfinished.len() as u64 - lost;
-            report.lease_lost += lost;
+            );
         }
-        Ok(report)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
     }
+}
+
+/// Counts what the store reported doing.
+fn tally(recorded: &[Recorded]) -> WorkerReport {
+    let mut report = WorkerReport::default();
+    for r in recorded {
+        match r.outcome {
+            Outcome::Delivered => report.delivered += 1,
+            Outcome::Retrying { .. } => report.retried += 1,
+            Outcome::Dead => report.dead += 1,
+            Outcome::Released => report.released += 1,
+            Outcome::LeaseLost => report.lease_lost += 1,
+        }
+    }
+    if report.lease_lost > 0 {
+        warn!(
+            events = report.lease_lost,
+            "lease lost: another worker took these events over"
+        );
+    }
+    report
+}
+
+/// `after` from now, or as far ahead as tokio's clock goes.
+fn later(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// How often recording a batch's outcomes is tried when the store is unavailable.
@@ -416,44 +437,26 @@ impl<S: OutboxStore, T> Worker<S, T> {
     /// from `error_backoff`) while the store reports itself unavailable. The deliveries have
     /// already happened: giving up at once would leave them to be delivered again after the
     /// lease expires.
-    async fn persist<'a, F, Fut>(&self, write: F) -> Result<(), StoreError>
+    async fn persist<'a, F, Fut, R>(&self, write: F) -> Result<R, StoreError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>> + 'a,
+        Fut: std::future::Future<Output = Result<R, StoreError>> + 'a,
     {
         let mut tries = 1;
         loop {
             match write().await {
                 Err(error) if error.is_retryable() && tries < PERSIST_TRIES => {
                     warn!(%error, tries, "recording outcomes failed; retrying");
-                    tokio::time::sleep(self.config.error_backoff * 2u32.pow(tries - 1)).await;
+                    let pause = self
+                        .config
+                        .error_backoff
+                        .saturating_mul(2u32.saturating_pow(tries - 1));
+                    tokio::time::sleep_until(later(pause)).await;
                     tries += 1;
                 }
                 other => return other,
             }
         }
-    }
-}
-
-/// Counts the events a fenced call reported as lost; passes other errors on.
-fn lost_count(result: Result<(), StoreError>) -> Result<u64, StoreError> {
-    match result {
-        Ok(()) => Ok(0),
-        Err(StoreError::LeaseLost { ids }) => {
-            warn!(
-                events = ids.len(),
-                "lease lost: another worker took these events over"
-            );
-            Ok(ids.len() as u64)
-        }
-        Err(other) => Err(other),
-    }
-}
-
-fn lost_ids(result: &Result<(), StoreError>) -> Vec<EventId> {
-    match result {
-        Err(StoreError::LeaseLost { ids }) => ids.clone(),
-        _ => Vec::new(),
     }
 }
 
