@@ -726,6 +726,338 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
     assert_eq!(again, vec![Emitted::Duplicate(ids[4])]);
 }
 
+/// Builds a [`NewEvent`] the way one arrives deserialized (from a queue, an API), without the
+/// builder's checks: the store must refuse what the builder would.
+fn unchecked(fields: serde_json::Value) -> NewEvent {
+    let mut event = json!({
+        "event_type": "file.stored", "aggregate_type": "upload", "aggregate_id": "1",
+        "payload": null, "headers": {}, "idempotency_key": null, "ordering_key": null,
+        "deliver_after": null, "max_attempts": null,
+    });
+    if let (Some(e), serde_json::Value::Object(f)) = (event.as_object_mut(), fields) {
+        e.extend(f);
+    }
+    serde_json::from_value(event).expect("a NewEvent")
+}
+
+fn nested(levels: usize) -> serde_json::Value {
+    let mut v = json!(1);
+    for _ in 0..levels {
+        v = json!([v]);
+    }
+    v
+}
+
+/// Every emit limit ([`EmitLimits::default`](outbox_core::EmitLimits)) is enforced the same way
+/// by every store: a [`ValidationError`](outbox_core::ValidationError) naming the field, and
+/// nothing written — also for events that arrive deserialized, past the builder's checks.
+pub async fn emit_limits_are_enforced<H: Harness>(h: &H) {
+    let many_headers: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("h{i}"), json!("v"))).collect();
+    let cases: Vec<(&str, NewEvent)> = vec![
+        (
+            "payload",
+            unchecked(json!({ "payload": "x".repeat(2 * 1024 * 1024) })),
+        ),
+        ("payload", unchecked(json!({ "payload": nested(65) }))),
+        ("payload", unchecked(json!({ "payload": nested(200) }))),
+        ("headers", unchecked(json!({ "headers": many_headers }))),
+        (
+            "headers",
+            unchecked(json!({ "headers": { "big": "x".repeat(17 * 1024) } })),
+        ),
+        ("max_attempts", unchecked(json!({ "max_attempts": 10_001 }))),
+        (
+            "max_attempts",
+            unchecked(json!({ "max_attempts": u32::MAX })),
+        ),
+        ("max_attempts", unchecked(json!({ "max_attempts": 0 }))),
+        (
+            "deliver_after",
+            unchecked(json!({ "deliver_after": "+262142-12-31T23:59:59Z" })),
+        ),
+        (
+            "deliver_after",
+            unchecked(json!({ "deliver_after": "1900-01-01T00:00:00Z" })),
+        ),
+        ("deliver_after", {
+            let far = h.clock().now_utc() + TimeDelta::days(367);
+            unchecked(json!({ "deliver_after": far }))
+        }),
+        (
+            "aggregate_id",
+            unchecked(json!({ "aggregate_id": "a".repeat(256) })),
+        ),
+        (
+            "idempotency_key",
+            unchecked(json!({ "idempotency_key": "k".repeat(256) })),
+        ),
+        (
+            "event_type",
+            unchecked(json!({ "event_type": "Not A Type" })),
+        ),
+    ];
+    for (field, bad) in cases {
+        for batch in [vec![bad.clone()], vec![event(1), bad]] {
+            let n = batch.len();
+            match h.emit(batch, true).await {
+                Err(StoreError::InvalidInput(e)) => {
+                    assert_eq!(e.field(), field, "{field} (batch of {n}): {e}")
+                }
+                other => panic!("{field} (batch of {n}): expected InvalidInput, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        h.store().count_by_status().await.expect("count").total(),
+        0,
+        "nothing was written"
+    );
+
+    // Just inside every limit is accepted.
+    let headers: serde_json::Map<String, serde_json::Value> =
+        (0..64).map(|i| (format!("h{i:02}"), json!("v"))).collect();
+    let edge = unchecked(json!({
+        "payload": nested(64),
+        "headers": headers,
+        "max_attempts": 10_000,
+        "aggregate_id": "a".repeat(255),
+        "deliver_after": h.clock().now_utc() + TimeDelta::days(366),
+    }));
+    let emitted = h
+        .emit(vec![edge.clone()], true)
+        .await
+        .expect("at the limits");
+    let stored = h.store().fetch(emitted[0].id()).await.expect("stored");
+    assert_eq!(&stored.payload, edge.payload());
+    assert_eq!(stored.lifecycle.max_attempts, 10_000);
+}
+
+/// Payloads come back exactly as emitted, floats to the last bit and integers at the ends of
+/// their range.
+pub async fn payloads_round_trip_exactly<H: Harness>(h: &H) {
+    let payload = json!({
+        "floats": [0.1, 1e-7, 0.30000000000000004, 1.7976931348623157e308, 5e-324, -2.5,
+                   123456789.12345679, 1e21, 2.2250738585072014e-308, 1.0],
+        "ints": [u64::MAX, i64::MIN, 0, -1],
+        "text": "é ✓ \u{1F600} \\ \"",
+        "empty": [{}, [], ""],
+    });
+    let e = NewEvent::builder("a.b", "t", "1")
+        .payload(payload.clone())
+        .build()
+        .expect("valid");
+    let id = h.emit(vec![e], true).await.expect("emit")[0].id();
+    let stored = h.store().fetch(id).await.expect("stored");
+    assert_eq!(stored.payload, payload);
+    let bits = |v: &serde_json::Value| -> Vec<u64> {
+        v["floats"]
+            .as_array()
+            .expect("floats")
+            .iter()
+            .map(|f| f.as_f64().expect("a float").to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&stored.payload), bits(&payload));
+}
+
+/// A call recording outcomes may name each event once; naming one twice is refused whole and
+/// changes nothing.
+pub async fn an_event_is_named_once_per_call<H: Harness>(h: &H) {
+    let ids = emit_n(h, 1).await;
+    let (lease, _) = claim(h, "w", 1).await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let twice = [ids[0], ids[0]];
+    let failure = Failure {
+        id: ids[0],
+        error: "x".into(),
+        retry_at: None,
+    };
+    let results = [
+        store.ack(lease.id, &twice, now).await,
+        store.nack(lease.id, &[failure.clone(), failure], now).await,
+        store.release(lease.id, &twice, now).await,
+    ];
+    for result in results {
+        match result {
+            Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "ids"),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.fetch(ids[0]).await.expect("get").status(),
+        Status::InFlight
+    );
+}
+
+/// Each outcome call reports what the store did to each event, in the order asked.
+pub async fn outcomes_say_what_the_store_did<H: Harness>(h: &H) {
+    let events = (0..4)
+        .map(|n| {
+            NewEvent::builder("file.stored", "upload", n.to_string())
+                .max_attempts(if n == 2 { 1 } else { 5 })
+                .build()
+                .expect("valid")
+        })
+        .collect();
+    let ids: Vec<EventId> = h
+        .emit(events, true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    let (lease, _) = claim(h, "w", 4).await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let in_5s = now + TimeDelta::seconds(5);
+    let failures = [
+        Failure {
+            id: ids[1],
+            error: "busy".into(),
+            retry_at: Some(in_5s),
+        },
+        Failure {
+            id: ids[2],
+            error: "busy".into(),
+            retry_at: Some(in_5s),
+        },
+        Failure {
+            id: ids[3],
+            error: "malformed".into(),
+            retry_at: None,
+        },
+    ];
+    let nacked = store.nack(lease.id, &failures, now).await.expect("nack");
+    assert_eq!(
+        nacked.iter().map(|r| (r.id, r.outcome)).collect::<Vec<_>>(),
+        vec![
+            (ids[1], Outcome::Retrying { at: in_5s }),
+            (ids[2], Outcome::Dead),
+            (ids[3], Outcome::Dead),
+        ],
+        "retrying, out of attempts, permanent"
+    );
+    let acked = store
+        .ack(lease.id, &[ids[0], ids[1]], now)
+        .await
+        .expect("ack");
+    assert_eq!(
+        acked.iter().map(|r| (r.id, r.outcome)).collect::<Vec<_>>(),
+        vec![(ids[0], Outcome::Delivered), (ids[1], Outcome::LeaseLost)]
+    );
+    h.clock().advance(Duration::from_secs(5));
+    let (again, taken) = claim(h, "w", 4).await;
+    assert_eq!(taken, vec![ids[1]]);
+    let released = store
+        .release(again.id, &[ids[1]], h.clock().now_utc())
+        .await
+        .expect("release");
+    assert_eq!(released[0].outcome, Outcome::Released);
+}
+
+/// A revive may not take an event past
+/// [`MAX_ATTEMPTS_CEILING`](outbox_core::limits::MAX_ATTEMPTS_CEILING); refused, it stays dead.
+pub async fn revive_is_bounded<H: Harness>(h: &H) {
+    let ids = emit_n(h, 1).await;
+    let (lease, _) = claim(h, "w", 1).await;
+    let now = h.clock().now_utc();
+    let failure = Failure {
+        id: ids[0],
+        error: "x".into(),
+        retry_at: None,
+    };
+    h.store()
+        .nack(lease.id, &[failure], now)
+        .await
+        .expect("nack");
+    for extra in [u32::MAX, outbox_core::limits::MAX_ATTEMPTS_CEILING] {
+        match h.store().retry_dead(ids[0], extra, now).await {
+            Err(StoreError::Transition {
+                source: TransitionError::TooManyAttempts { .. },
+                ..
+            }) => {}
+            other => panic!("revive by {extra}: expected TooManyAttempts, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        h.store().fetch(ids[0]).await.expect("get").status(),
+        Status::Dead
+    );
+    let revived = h
+        .store()
+        .retry_dead(ids[0], 1000, now)
+        .await
+        .expect("revive");
+    assert_eq!(revived.lifecycle.max_attempts, 1001);
+}
+
+/// Due-ness and lease expiry are decided on the store's clock; a caller's clock only measures
+/// lengths. A relay whose clock runs 120 s ahead can neither reclaim nor claim an event inside
+/// another relay's 60 s lease, and a retry 5 s out is due 5 s later on the store's clock.
+pub async fn a_skewed_clock_cannot_take_a_live_lease<H: Harness>(h: &H) {
+    let ids = emit_n(h, 1).await;
+    let store = h.store();
+    let honest = h.clock().now_utc();
+    let (lease, taken) = store
+        .claim_for("honest", 10, Duration::from_secs(60), honest)
+        .await
+        .expect("claim");
+    assert_eq!(taken.len(), 1);
+    let ahead = honest + TimeDelta::seconds(120);
+    let reclaimed = store.reclaim_expired(ahead).await.expect("reclaim");
+    assert_eq!(
+        (reclaimed.pending, reclaimed.dead),
+        (0, 0),
+        "the lease is live"
+    );
+    let (_, stolen) = store
+        .claim_for("ahead", 10, Duration::from_secs(60), ahead)
+        .await
+        .expect("claim");
+    assert!(stolen.is_empty(), "claimed inside a live lease: {stolen:?}");
+
+    // The honest relay's retry, 5 s out on its clock, is 5 s out on the store's.
+    let failure = Failure {
+        id: ids[0],
+        error: "busy".into(),
+        retry_at: Some(honest + TimeDelta::seconds(5)),
+    };
+    store
+        .nack(lease.id, &[failure], honest)
+        .await
+        .expect("nack");
+    let later_ahead = ahead + TimeDelta::seconds(4);
+    h.clock().advance(Duration::from_secs(4));
+    let (_, early) = store
+        .claim_for("ahead", 10, Duration::from_secs(60), later_ahead)
+        .await
+        .expect("claim");
+    assert!(early.is_empty(), "due early: {early:?}");
+    h.clock().advance(Duration::from_secs(1));
+    let (_, due) = store
+        .claim_for(
+            "ahead",
+            10,
+            Duration::from_secs(60),
+            later_ahead + TimeDelta::seconds(1),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(due.len(), 1);
+    let held_for = due[0]
+        .lifecycle
+        .lease
+        .as_ref()
+        .map(|l| l.until - h.clock().now_utc());
+    assert_eq!(
+        held_for,
+        Some(TimeDelta::seconds(60)),
+        "the lease is 60 s of the store's clock"
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
@@ -738,7 +1070,9 @@ macro_rules! conformance_tests {
             nack_reschedules_or_kills, stale_lease_is_fenced, release_returns_events_untried,
             renew_extends_the_lease, reclaim_expired_counts_the_attempt, purge_deletes_only_old_delivered,
             list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
-            claims_get_distinct_leases);
+            claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,
+            an_event_is_named_once_per_call, outcomes_say_what_the_store_did, revive_is_bounded,
+            a_skewed_clock_cannot_take_a_live_lease);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
