@@ -648,3 +648,181 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     admin.close().await;
     h.cleanup().await;
 }
+
+/// Writes a row the library would refuse, as another writer (raw SQL, an older version) could:
+/// `payload` is spliced as JSON text.
+async fn foreign_row(h: &PgHarness, payload: &str, headers: &str) -> EventId {
+    let id = EventId::new();
+    let sql = format!(
+        "INSERT INTO {}.outbox_event (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+         max_attempts, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, 'file.stored', 'upload', 'bad', $2::jsonb, $3::jsonb, 5, $4, $4, $4)",
+        h.schema()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_uuid())
+        .bind(payload)
+        .bind(headers)
+        .bind(h.clock().now_utc())
+        .execute(h.store().pool())
+        .await
+        .unwrap();
+    id
+}
+
+/// A row that cannot be read back (a payload nested 200 levels deep, headers that are not a
+/// string map) never takes the events around it down: the claim marks it dead at once with
+/// the reason, the innocent events of the same batch are delivered, and operator reads report
+/// it instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_is_isolated_and_reported() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let innocent = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
+    let bad_payload = foreign_row(&h, &deep, "{}").await;
+    let bad_headers = foreign_row(&h, "{}", r#"{"n": 1}"#).await;
+    let innocent_too = h.emit(vec![upload(2)], true).await.unwrap()[0].id();
+
+    // Operator reads report the rows, before any claim.
+    let page = store.list(&EventFilter::default()).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![innocent, innocent_too]
+    );
+    let unreadable: Vec<EventId> = page.undecodable.iter().map(|u| u.id).collect();
+    assert_eq!(unreadable, vec![bad_payload, bad_headers]);
+    assert_eq!(page.oldest_created_at(), Some(h.clock().now_utc()));
+    match store.get(bad_payload).await {
+        Err(StoreError::Undecodable { id, .. }) => assert_eq!(id, bad_payload),
+        other => panic!("expected Undecodable, got {other:?}"),
+    }
+
+    let transport = outbox_memory::RecordingTransport::new();
+    let report = Worker::builder(store.clone(), transport.clone())
+        .clock(Arc::new(h.clock().clone()))
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    let delivered: HashSet<EventId> = transport.delivered().iter().map(|e| e.id).collect();
+    assert_eq!(delivered, HashSet::from([innocent, innocent_too]));
+    assert_eq!(report.delivered, 2);
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts.delivered, counts.dead, counts.pending), (2, 2, 0));
+    let dead = store
+        .list(&EventFilter {
+            status: Some(Status::Dead),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.undecodable.len(), 2);
+    for row in &dead.undecodable {
+        assert_eq!(row.status, Status::Dead);
+        let kept: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_error FROM {}.outbox_event WHERE id = $1",
+            h.schema()
+        )))
+        .bind(row.id.as_uuid())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert!(
+            kept.as_deref()
+                .is_some_and(|e| e.starts_with("cannot be read")),
+            "{kept:?}"
+        );
+    }
+    h.cleanup().await;
+}
+
+/// With the database's clock (the default), a relay whose clock runs 120 s ahead cannot take an
+/// event inside another relay's 60 s lease: expiry and due-ness are the database's to decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_with_skewed_clocks_agree_on_leases() {
+    let h = PgHarness::new().await;
+    let store = PgStore::new(
+        h.store().pool().clone(),
+        PgConfig::new().with_schema(h.schema()),
+    )
+    .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let id = tx.emit(upload(1)).await.unwrap().id();
+    tx.commit().await.unwrap();
+    let honest = SystemClock.now();
+    let (_, taken) = store
+        .claim_for("honest", 10, Duration::from_secs(60), honest)
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+
+    let ahead = honest + chrono::TimeDelta::seconds(120);
+    let reclaimed = store.reclaim_expired(ahead).await.unwrap();
+    assert_eq!((reclaimed.pending, reclaimed.dead), (0, 0));
+    let (_, stolen) = store
+        .claim_for("ahead", 10, Duration::from_secs(60), ahead)
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "a live lease was taken: {stolen:?}");
+
+    // The lease runs 60 s on the database's clock, whatever the claimer's clock said.
+    let event = store.fetch(id).await.unwrap();
+    let until = event.lifecycle.lease.unwrap().until;
+    let db_now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let left = until - db_now;
+    assert!(
+        left > chrono::TimeDelta::seconds(55) && left <= chrono::TimeDelta::seconds(60),
+        "{left}"
+    );
+    h.cleanup().await;
+}
+
+/// Schema names that are also SQL keywords work: every name the store splices is quoted. A
+/// `pg_` schema, which PostgreSQL reserves, is refused when the store is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_schema_names_work() {
+    let h = PgHarness::new().await;
+    for keyword in ["offset", "with", "current_user", "user", "select", "order"] {
+        let schema = keyword.to_owned();
+        let store = PgStore::new(
+            h.store().pool().clone(),
+            PgConfig::new().with_schema(&schema).with_table(keyword),
+        )
+        .unwrap();
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("{keyword}: {e}"));
+        let mut tx = store.begin().await.unwrap();
+        tx.emit(upload(1)).await.unwrap();
+        tx.commit().await.unwrap();
+        let (lease, events) = store
+            .claim_for("w", 10, Duration::from_secs(30), SystemClock.now())
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{keyword}");
+        store
+            .ack(lease.id, &[events[0].id], SystemClock.now())
+            .await
+            .unwrap();
+        assert_eq!(store.count_by_status().await.unwrap().delivered, 1);
+        assert_eq!(store.migrate_down().await.unwrap(), 1);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(h.store().pool())
+        .await
+        .unwrap();
+    }
+    let reserved = PgStore::new(
+        h.store().pool().clone(),
+        PgConfig::new().with_schema("pg_x"),
+    );
+    assert_eq!(reserved.unwrap_err().field(), "schema");
+    h.cleanup().await;
+}
