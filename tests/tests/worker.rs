@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{
-    Clock, Emit, EventId, FixedRandom, Jitter, NewEvent, OutboxStore, OutboxStoreExt, RetryPolicy,
-    Status,
+    Clock, Emit, EventFilter, EventId, EventPage, Failure, FixedRandom, Jitter, Lease, LeaseId,
+    NewEvent, OutboxEvent, OutboxStore, OutboxStoreExt, Reclaimed, Recorded, RetryPolicy, Status,
+    StatusCounts, StoreError,
 };
+
+type Time = chrono::DateTime<chrono::Utc>;
 use outbox_memory::{MemoryStore, RecordingTransport, Scripted};
 use outbox_tests::harness::t0;
 use outbox_worker::{TokioClock, Worker, WorkerBuilder};
@@ -417,6 +420,182 @@ async fn bad_settings_are_refused_naming_the_field() {
     assert_eq!(
         field(f.worker().poll_interval(Duration::ZERO)),
         Some("poll_interval")
+    );
+    // Upper bounds: a grace of u64::MAX seconds used to overflow the timer on shutdown, a lease
+    // of years would keep a crashed worker's events from everyone.
+    assert_eq!(
+        field(f.worker().shutdown_grace(Duration::from_secs(u64::MAX))),
+        Some("shutdown_grace")
+    );
+    assert_eq!(
+        field(
+            f.worker()
+                .lease(Duration::from_secs(10 * 86_400))
+                .delivery_timeout(Duration::from_secs(5))
+        ),
+        Some("lease")
+    );
+    assert_eq!(
+        field(f.worker().retention(Some(Duration::from_secs(u64::MAX)))),
+        Some("retention")
+    );
+    assert_eq!(
+        field(f.worker().error_backoff(Duration::from_secs(u64::MAX))),
+        Some("error_backoff")
+    );
+}
+
+/// A store whose `ack` always fails (not retryably), to check that the worker still records the
+/// batch's other outcomes.
+#[derive(Clone)]
+struct AckFails(MemoryStore);
+
+#[outbox_core::async_trait]
+impl OutboxStore for AckFails {
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        now: Time,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.0.claim(lease, limit, now).await
+    }
+    async fn renew(&self, lease: LeaseId, until: Time, now: Time) -> Result<u64, StoreError> {
+        self.0.renew(lease, until, now).await
+    }
+    async fn ack(&self, _: LeaseId, _: &[EventId], _: Time) -> Result<Vec<Recorded>, StoreError> {
+        Err(StoreError::Backend {
+            source: "ack refused".into(),
+        })
+    }
+    async fn nack(
+        &self,
+        lease: LeaseId,
+        failures: &[Failure],
+        now: Time,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.0.nack(lease, failures, now).await
+    }
+    async fn release(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        now: Time,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.0.release(lease, ids, now).await
+    }
+    async fn reclaim_expired(&self, now: Time) -> Result<Reclaimed, StoreError> {
+        self.0.reclaim_expired(now).await
+    }
+    async fn purge_delivered(&self, before: Time, now: Time) -> Result<u64, StoreError> {
+        self.0.purge_delivered(before, now).await
+    }
+    async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
+        self.0.get(id).await
+    }
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        self.0.list(filter).await
+    }
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        self.0.count_by_status().await
+    }
+    async fn retry_dead(
+        &self,
+        id: EventId,
+        extra: u32,
+        now: Time,
+    ) -> Result<OutboxEvent, StoreError> {
+        self.0.retry_dead(id, extra, now).await
+    }
+}
+
+/// When recording one kind of outcome fails, the others of the batch are recorded all the same:
+/// the failed delivery gets its backoff and the permanent failure dies now, instead of both
+/// coming back at lease expiry.
+#[tokio::test(start_paused = true)]
+async fn every_outcome_is_recorded_when_one_kind_fails() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(3)).await;
+    f.transport
+        .script([Scripted::Deliver, Scripted::Retryable, Scripted::Permanent]);
+    let worker = Worker::builder(AckFails(f.store.clone()), f.transport.clone())
+        .clock(f.clock.clone())
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let error = worker.run_until_idle().await.unwrap_err();
+    assert!(error.to_string().contains("ack refused"), "{error}");
+    assert_eq!(
+        f.status(ids[0]).await,
+        (Status::InFlight, 0),
+        "the ack failed"
+    );
+    assert_eq!(
+        f.status(ids[1]).await,
+        (Status::Pending, 1),
+        "retry recorded"
+    );
+    assert_eq!(f.status(ids[2]).await, (Status::Dead, 1), "death recorded");
+}
+
+/// The report counts what the store decided, not what the worker would have predicted: a
+/// retryable failure of an event whose attempts the store has already used up is dead.
+#[tokio::test(start_paused = true)]
+async fn the_report_counts_what_the_store_decided() {
+    let f = Fixture::new();
+    let last_try = NewEvent::builder("file.stored", "upload", "x")
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    f.emit([last_try]).await;
+    f.transport.script([Scripted::Retryable]);
+    let report = f.worker().build().unwrap().run_until_idle().await.unwrap();
+    assert_eq!((report.dead, report.retried), (1, 0));
+}
+
+/// A worker on paused tokio time over a store on the system clock still delivers what the store
+/// considers due: the store's clock decides, the worker's only measures lengths.
+#[tokio::test(start_paused = true)]
+async fn a_worker_on_another_clock_sees_what_is_due() {
+    let store = MemoryStore::new();
+    let transport = RecordingTransport::new();
+    let mut uow = store.begin();
+    uow.emit(uploads(1).remove(0)).await.unwrap();
+    uow.commit();
+    let worker = Worker::builder(store.clone(), transport.clone())
+        .clock(Arc::new(TokioClock::starting_at(t0())))
+        .build()
+        .unwrap();
+    let report = worker.run_until_idle().await.unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(transport.delivered().len(), 1);
+}
+
+/// A commit hook may use the store: hooks run after the store's lock is released.
+#[test]
+fn a_commit_hook_may_read_the_store() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let store = MemoryStore::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut uow = store.begin();
+        rt.block_on(uow.emit(uploads(1).remove(0))).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let (s2, seen2) = (store.clone(), seen.clone());
+        uow.on_commit(move || {
+            *seen2.lock().unwrap() = Some(s2.events().len());
+        });
+        uow.commit();
+        let _ = done.send(*seen.lock().unwrap());
+    });
+    // Only a deadlock would make this wait; the guard turns it into a failure.
+    let seen = finished.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        seen,
+        Ok(Some(1)),
+        "the hook deadlocked or did not see the event"
     );
 }
 

@@ -283,6 +283,20 @@ mod tests {
         drop_flat(deep);
     }
 
+    /// A payload a million levels deep is refused by the builder with an error naming it, and
+    /// taken apart without overflowing the stack (validating or dropping it used to abort).
+    #[test]
+    fn a_very_deep_payload_is_refused_cleanly() {
+        let built = crate::NewEvent::builder("a.b", "t", "1")
+            .payload(nested(1_000_000))
+            .build();
+        assert_eq!(built.map(|_| ()).unwrap_err().field(), "payload");
+        let at_ceiling = crate::NewEvent::builder("a.b", "t", "1")
+            .payload(nested(MAX_DEPTH_CEILING))
+            .build();
+        assert!(at_ceiling.is_ok());
+    }
+
     #[test]
     fn nul_is_found_in_keys_and_strings() {
         assert!(json_has_nul(&json!({"a": ["x\u{0}"]})));
