@@ -341,9 +341,12 @@ pub fn transition(
             }
             next.attempts = current.attempts.saturating_add(1).min(current.max_attempts);
             next.lease = None;
+            // Microseconds always shown, as PostgreSQL's to_char renders them, so every store
+            // writes the same text.
             next.last_error = Some(format!(
                 "lease held by {} expired at {}",
-                held.holder, held.until
+                held.holder,
+                held.until.format("%Y-%m-%d %H:%M:%S%.6f UTC")
             ));
             if next.attempts < next.max_attempts {
                 next.status = Status::Pending;
