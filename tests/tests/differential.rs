@@ -1,0 +1,377 @@
+//! The memory store and PostgreSQL, side by side: the same random operations on both, every
+//! answer and every event's lifecycle compared after each step. PostgreSQL re-encodes each
+//! transition in SQL; this is what holds the SQL equal to `outbox_core::transition`, and the
+//! memory store equal to what applications run in production.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use outbox_core::{
+    Emitted, EventFilter, EventId, Failure, Lease, LeaseId, NewEvent, OutboxEvent, OutboxStore,
+    Outcome, StoreError, TransitionError,
+};
+use outbox_tests::conformance::{Harness, NowUtc};
+use outbox_tests::harness::{MemoryHarness, PgHarness};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Emits `keys.len()` events in one unit of work (a key from a small set, so keys repeat),
+    /// some delayed, then commits or rolls back.
+    Emit {
+        keys: Vec<Option<u8>>,
+        delay: Option<u8>,
+        /// Few attempts, so that the last attempt, death and revival are reached often.
+        attempts: u8,
+        commit: bool,
+    },
+    Claim {
+        worker: usize,
+        limit: usize,
+        lease_secs: u8,
+    },
+    /// `pick` names events: mostly ones the worker's last claim took, else any emitted so far
+    /// (so stale and foreign ids occur too).
+    Ack {
+        worker: usize,
+        pick: Vec<u8>,
+    },
+    Nack {
+        worker: usize,
+        pick: Vec<u8>,
+        /// Seconds from now; negative ones ask for a retry in the past.
+        retry_in: Option<i8>,
+    },
+    Release {
+        worker: usize,
+        pick: Vec<u8>,
+    },
+    Renew {
+        worker: usize,
+        secs: u8,
+    },
+    Advance {
+        secs: u8,
+    },
+    Reclaim,
+    Purge {
+        age_secs: u8,
+    },
+    RetryDead {
+        pick: u8,
+        extra: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let worker = 0usize..3;
+    let pick = proptest::collection::vec(any::<u8>(), 0..4);
+    prop_oneof![
+        3 => (proptest::collection::vec(proptest::option::of(0u8..3), 1..4),
+              proptest::option::weighted(0.2, 1u8..60), 1u8..4, proptest::bool::weighted(0.8))
+            .prop_map(|(keys, delay, attempts, commit)| Op::Emit { keys, delay, attempts, commit }),
+        3 => (worker.clone(), 1usize..4, 5u8..60)
+            .prop_map(|(worker, limit, lease_secs)| Op::Claim { worker, limit, lease_secs }),
+        2 => (worker.clone(), pick.clone()).prop_map(|(worker, pick)| Op::Ack { worker, pick }),
+        2 => (worker.clone(), pick.clone(), proptest::option::of(-30i8..90))
+            .prop_map(|(worker, pick, retry_in)| Op::Nack { worker, pick, retry_in }),
+        1 => (worker.clone(), pick).prop_map(|(worker, pick)| Op::Release { worker, pick }),
+        1 => (worker, 0u8..90).prop_map(|(worker, secs)| Op::Renew { worker, secs }),
+        2 => (0u8..90).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Reclaim),
+        1 => (0u8..120).prop_map(|age_secs| Op::Purge { age_secs }),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(pick, extra)| Op::RetryDead { pick, extra }),
+    ]
+}
+
+/// An answer with the store's own ids replaced by emission order, comparable across stores.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Emitted(Vec<(bool, usize)>),
+    Claimed(Vec<usize>),
+    Outcomes(Vec<(usize, Outcome)>),
+    Count(u64),
+    Reclaimed(u64, u64),
+    Revived(usize),
+    Refused(String),
+    Nothing,
+}
+
+fn refused(e: StoreError) -> Answer {
+    Answer::Refused(match e {
+        StoreError::InvalidInput(v) => format!("invalid {}", v.field()),
+        StoreError::NotFound(_) => "not found".into(),
+        StoreError::Transition { source, .. } => match source {
+            TransitionError::Illegal { from, transition } => format!("illegal {from} {transition}"),
+            other => other.to_string(),
+        },
+        other => panic!("a store failed: {other}"),
+    })
+}
+
+/// One store under test, with its ids in emission order.
+struct Side<H: Harness> {
+    h: H,
+    ids: Vec<EventId>,
+    index: HashMap<EventId, usize>,
+}
+
+impl<H: Harness> Side<H> {
+    fn new(h: H) -> Self {
+        Self {
+            h,
+            ids: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn idx(&self, id: EventId) -> usize {
+        self.index[&id]
+    }
+
+    /// The events `pick` names: three in four from `held` (what the worker's last claim took),
+    /// the rest from every event emitted so far.
+    fn picked(&self, pick: &[u8], held: &[usize]) -> Vec<EventId> {
+        if self.ids.is_empty() {
+            return Vec::new();
+        }
+        pick.iter()
+            .map(|p| {
+                let p = usize::from(*p);
+                match held.len() {
+                    n if n > 0 && p % 4 != 0 => self.ids[held[(p / 4) % n]],
+                    _ => self.ids[p % self.ids.len()],
+                }
+            })
+            .collect()
+    }
+
+    async fn run(&mut self, op: &Op, leases: &[Option<Lease>], held: &[Vec<usize>]) -> Answer {
+        let store = self.h.store();
+        let now = self.h.clock().now_utc();
+        let outcomes = |r: Result<Vec<outbox_core::Recorded>, StoreError>, s: &Self| match r {
+            Ok(rs) => Answer::Outcomes(rs.iter().map(|r| (s.idx(r.id), r.outcome)).collect()),
+            Err(e) => refused(e),
+        };
+        match op {
+            Op::Emit {
+                keys,
+                delay,
+                attempts,
+                commit,
+            } => {
+                let events = keys
+                    .iter()
+                    .map(|key| {
+                        let mut b = NewEvent::builder("file.stored", "upload", "u")
+                            .max_attempts(u32::from(*attempts));
+                        if let Some(k) = key {
+                            b = b.idempotency_key(format!("key-{k}"));
+                        }
+                        if let Some(d) = delay {
+                            b = b.deliver_after(now + TimeDelta::seconds(i64::from(*d)));
+                        }
+                        b.build().unwrap()
+                    })
+                    .collect();
+                let emitted = self.h.emit(events, *commit).await.unwrap();
+                let mut answer = Vec::new();
+                for e in emitted {
+                    if let Emitted::Created(id) = e {
+                        self.index.insert(id, self.ids.len());
+                        self.ids.push(id);
+                    }
+                    answer.push((e.is_duplicate(), self.idx(e.id())));
+                }
+                Answer::Emitted(answer)
+            }
+            Op::Claim { worker, limit, .. } => {
+                let lease = leases[*worker].as_ref().unwrap();
+                let claimed = store.claim(lease, *limit, now).await.unwrap();
+                Answer::Claimed(claimed.iter().map(|e| self.idx(e.id)).collect())
+            }
+            Op::Ack { worker, pick } => {
+                let Some(lease) = &leases[*worker] else {
+                    return Answer::Nothing;
+                };
+                let r = store
+                    .ack(lease.id, &self.picked(pick, &held[*worker]), now)
+                    .await;
+                outcomes(r, self)
+            }
+            Op::Nack {
+                worker,
+                pick,
+                retry_in,
+            } => {
+                let Some(lease) = &leases[*worker] else {
+                    return Answer::Nothing;
+                };
+                let failures: Vec<Failure> = self
+                    .picked(pick, &held[*worker])
+                    .into_iter()
+                    .map(|id| Failure {
+                        id,
+                        error: "boom".into(),
+                        retry_at: retry_in.map(|s| now + TimeDelta::seconds(i64::from(s))),
+                    })
+                    .collect();
+                let r = store.nack(lease.id, &failures, now).await;
+                outcomes(r, self)
+            }
+            Op::Release { worker, pick } => {
+                let Some(lease) = &leases[*worker] else {
+                    return Answer::Nothing;
+                };
+                let r = store
+                    .release(lease.id, &self.picked(pick, &held[*worker]), now)
+                    .await;
+                outcomes(r, self)
+            }
+            Op::Renew { worker, secs } => {
+                let Some(lease) = &leases[*worker] else {
+                    return Answer::Nothing;
+                };
+                let until = now + TimeDelta::seconds(i64::from(*secs));
+                Answer::Count(store.renew(lease.id, until, now).await.unwrap())
+            }
+            Op::Advance { secs } => {
+                self.h
+                    .clock()
+                    .advance(Duration::from_secs(u64::from(*secs)));
+                Answer::Nothing
+            }
+            Op::Reclaim => {
+                let r = store.reclaim_expired(now).await.unwrap();
+                Answer::Reclaimed(r.pending, r.dead)
+            }
+            Op::Purge { age_secs } => {
+                let before = now - TimeDelta::seconds(i64::from(*age_secs));
+                Answer::Count(store.purge_delivered(before, now).await.unwrap())
+            }
+            Op::RetryDead { pick, extra } => {
+                // Mostly a dead event (the last slot of `held`), else any.
+                let Some(id) = self.picked(&[*pick], &held[3]).first().copied() else {
+                    return Answer::Nothing;
+                };
+                match store.retry_dead(id, u32::from(*extra), now).await {
+                    Ok(e) => Answer::Revived(self.idx(e.id)),
+                    Err(e) => refused(e),
+                }
+            }
+        }
+    }
+
+    /// Every stored event, keyed by emission order.
+    async fn snapshot(&self) -> Vec<(usize, OutboxEvent)> {
+        let page = self
+            .h
+            .store()
+            .list(&EventFilter {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.undecodable.is_empty());
+        let mut events: Vec<(usize, OutboxEvent)> = page
+            .events
+            .into_iter()
+            .map(|mut e| {
+                let i = self.idx(e.id);
+                e.id = EventId::from_uuid(uuid::Uuid::nil());
+                (i, e)
+            })
+            .collect();
+        events.sort_by_key(|(i, _)| *i);
+        events
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut memory = Side::new(MemoryHarness::new().await);
+    let mut pg = Side::new(PgHarness::new().await);
+    let mut leases: Vec<Option<Lease>> = vec![None; 3];
+    // What each worker's last claim took, and (last) the dead events.
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); 4];
+    let mut result = Ok(());
+    for (step, op) in ops.iter().enumerate() {
+        if let Op::Claim {
+            worker, lease_secs, ..
+        } = op
+        {
+            let now = memory.h.clock().now_utc();
+            leases[*worker] = Some(Lease {
+                id: LeaseId::new(),
+                holder: format!("w{worker}"),
+                until: now + TimeDelta::seconds(i64::from(*lease_secs)),
+            });
+        }
+        let m = memory.run(op, &leases, &held).await;
+        let p = pg.run(op, &leases, &held).await;
+        if let (Op::Claim { worker, .. }, Answer::Claimed(taken)) = (op, &m) {
+            held[*worker].clone_from(taken);
+        }
+        if m != p {
+            result = Err(TestCaseError::fail(format!(
+                "step {step} {op:?}: memory answered {m:?}, PostgreSQL {p:?}"
+            )));
+            break;
+        }
+        let (ms, ps) = (memory.snapshot().await, pg.snapshot().await);
+        held[3] = ms
+            .iter()
+            .filter(|(_, e)| e.status() == outbox_core::Status::Dead)
+            .map(|(i, _)| *i)
+            .collect();
+        if ms != ps {
+            let first = ms
+                .iter()
+                .zip(&ps)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("memory {a:#?}\nPostgreSQL {b:#?}"))
+                .unwrap_or_else(|| format!("{} vs {} events", ms.len(), ps.len()));
+            result = Err(TestCaseError::fail(format!(
+                "after step {step} {op:?}, the stores differ:\n{first}"
+            )));
+            break;
+        }
+        let (mc, pc) = (
+            memory.h.store().count_by_status().await.unwrap(),
+            pg.h.store().count_by_status().await.unwrap(),
+        );
+        if mc != pc {
+            result = Err(TestCaseError::fail(format!(
+                "after step {step}: counts {mc:?} vs {pc:?}"
+            )));
+            break;
+        }
+    }
+    pg.h.cleanup().await;
+    result
+}
+
+// Invariant: for any sequence of operations, the memory store and PostgreSQL give the same
+// answer to every call and hold the same events with the same lifecycles after every step.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn memory_and_postgres_agree(ops in proptest::collection::vec(op(), 1..50)) {
+        runtime().block_on(differential(ops))?;
+    }
+}
