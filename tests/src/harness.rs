@@ -269,6 +269,29 @@ impl Harness for PgHarness {
     }
 }
 
+/// Writes a row into the harness's outbox table as another writer could (raw SQL, an older
+/// version of the library), bypassing every check: `payload` and `headers` are JSON text.
+/// Returns its id; it is pending and due at the harness clock's time.
+pub async fn foreign_row(h: &PgHarness, payload: &str, headers: &str) -> outbox_core::EventId {
+    let id = outbox_core::EventId::new();
+    let sql = format!(
+        "INSERT INTO {}.outbox_event (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+         max_attempts, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, 'file.stored', 'upload', 'bad', $2::jsonb, $3::jsonb, 5, $4, $4, $4)",
+        h.schema()
+    );
+    let at = outbox_core::Clock::now(&h.clock);
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_uuid())
+        .bind(payload)
+        .bind(headers)
+        .bind(at)
+        .execute(h.store.pool())
+        .await
+        .expect("insert a foreign row");
+    id
+}
+
 /// The event the transport tests send: `file.stored` about upload `n`, payload `{"n": n}` and a
 /// `traceparent` header derived from `n` (see [`traceparent`]).
 pub fn traced_event(n: usize) -> NewEvent {

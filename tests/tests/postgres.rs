@@ -14,7 +14,7 @@ use outbox_core::{
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, pool, pool_with};
+use outbox_tests::harness::{PgHarness, foreign_row, pool, pool_with};
 use outbox_worker::Worker;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -647,27 +647,6 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     assert_eq!(running.shutdown().await.unwrap().delivered, 2);
     admin.close().await;
     h.cleanup().await;
-}
-
-/// Writes a row the library would refuse, as another writer (raw SQL, an older version) could:
-/// `payload` is spliced as JSON text.
-async fn foreign_row(h: &PgHarness, payload: &str, headers: &str) -> EventId {
-    let id = EventId::new();
-    let sql = format!(
-        "INSERT INTO {}.outbox_event (id, event_type, aggregate_type, aggregate_id, payload, headers, \
-         max_attempts, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, 'file.stored', 'upload', 'bad', $2::jsonb, $3::jsonb, 5, $4, $4, $4)",
-        h.schema()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.as_uuid())
-        .bind(payload)
-        .bind(headers)
-        .bind(h.clock().now_utc())
-        .execute(h.store().pool())
-        .await
-        .unwrap();
-    id
 }
 
 /// A row that cannot be read back (a payload nested 200 levels deep, headers that are not a

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outbox_core::{EventId, OutboxStore};
 use outbox_tests::conformance::Harness;
-use outbox_tests::harness::{PgHarness, database_url, traced_event};
+use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -187,4 +187,45 @@ fn bad_config_is_refused_with_a_clear_message() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `outbox status` reports a row no worker can read (here, a payload nested 200 levels deep)
+/// instead of failing: as the oldest pending event first, then, once a claim has marked it
+/// dead, in its own table with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_unreadable_rows() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let bad = foreign_row(&h, &deep, "{}").await;
+    h.emit(vec![traced_event(1)], true).await.unwrap();
+
+    let before = outbox(&["status"], &url, h.schema());
+    assert!(
+        before.contains(&format!("oldest pending: {bad}")),
+        "{before}"
+    );
+
+    let store = h.store();
+    let (_, claimed) = outbox_core::OutboxStoreExt::claim_for(
+        &store,
+        "w",
+        10,
+        Duration::from_secs(30),
+        outbox_core::Clock::now(h.clock()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1, "the readable event is claimed");
+    let after = outbox(&["status"], &url, h.schema());
+    let row = after
+        .lines()
+        .find(|l| l.starts_with(&bad.to_string()))
+        .unwrap_or_else(|| panic!("{bad} not listed:\n{after}"));
+    assert!(
+        row.contains("dead") && row.contains("recursion limit"),
+        "{row}"
+    );
+    assert!(after.contains("unreadable row"), "{after}");
+    h.cleanup().await;
 }
