@@ -248,21 +248,9 @@ pub async fn nack_reschedules_or_kills<H: Harness>(h: &H) {
     let now = h.clock().now_utc();
     let retry_at = now + TimeDelta::seconds(30);
     let failures = vec![
-        Failure {
-            id: ids[0],
-            error: "broker down".into(),
-            retry_at: Some(retry_at),
-        },
-        Failure {
-            id: ids[1],
-            error: "no route".into(),
-            retry_at: None,
-        },
-        Failure {
-            id: ids[2],
-            error: "broker down".into(),
-            retry_at: Some(retry_at),
-        },
+        Failure::retry(ids[0], "broker down", retry_at),
+        Failure::permanent(ids[1], "no route"),
+        Failure::retry(ids[2], "broker down", retry_at),
     ];
     h.store()
         .nack(lease.id, &failures, now)
@@ -288,11 +276,7 @@ pub async fn nack_reschedules_or_kills<H: Harness>(h: &H) {
     let (lease, again) = claim(h, "w", 10).await;
     assert_eq!(again, vec![ids[0], ids[2]]);
     let now = h.clock().now_utc();
-    let last = Failure {
-        id: ids[2],
-        error: "still down".into(),
-        retry_at: Some(now),
-    };
+    let last = Failure::retry(ids[2], "still down", now);
     h.store().nack(lease.id, &[last], now).await.expect("nack");
     let exhausted = h.store().fetch(ids[2]).await.expect("get");
     assert_eq!(
@@ -322,11 +306,7 @@ pub async fn stale_lease_is_fenced<H: Harness>(h: &H) {
         lost(store.ack(stale.id, &[ids[0]], now).await),
         vec![ids[0]]
     );
-    let failure = Failure {
-        id: ids[0],
-        error: "x".into(),
-        retry_at: None,
-    };
+    let failure = Failure::permanent(ids[0], "x");
     assert_eq!(
         lost(store.nack(stale.id, &[failure], now).await),
         vec![ids[0]]
@@ -565,15 +545,7 @@ pub async fn count_by_status_sees_every_status<H: Harness>(h: &H) {
     let now = h.clock().now_utc();
     store.ack(lease.id, &ids[..1], now).await.expect("ack");
     store
-        .nack(
-            lease.id,
-            &[Failure {
-                id: ids[1],
-                error: "x".into(),
-                retry_at: None,
-            }],
-            now,
-        )
+        .nack(lease.id, &[Failure::permanent(ids[1], "x")], now)
         .await
         .expect("nack");
     let c = store.count_by_status().await.expect("count");
@@ -588,15 +560,7 @@ pub async fn retry_dead_revives<H: Harness>(h: &H) {
     let (lease, _) = claim(h, "w", 1).await;
     let now = h.clock().now_utc();
     store
-        .nack(
-            lease.id,
-            &[Failure {
-                id: ids[0],
-                error: "bad".into(),
-                retry_at: None,
-            }],
-            now,
-        )
+        .nack(lease.id, &[Failure::permanent(ids[0], "bad")], now)
         .await
         .expect("nack");
     let revived = store.retry_dead(ids[0], 3, now).await.expect("revive");
@@ -688,11 +652,7 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
 
     let delivered = [ids[0], ids[1], ids[2], ids[4]];
     h.store().ack(lease.id, &delivered, now).await.expect("ack");
-    let failure = Failure {
-        id: ids[3],
-        error: "refused".into(),
-        retry_at: None,
-    };
+    let failure = Failure::permanent(ids[3], "refused");
     h.store()
         .nack(lease.id, &[failure], now)
         .await
@@ -869,11 +829,7 @@ pub async fn an_event_is_named_once_per_call<H: Harness>(h: &H) {
     let store = h.store();
     let now = h.clock().now_utc();
     let twice = [ids[0], ids[0]];
-    let failure = Failure {
-        id: ids[0],
-        error: "x".into(),
-        retry_at: None,
-    };
+    let failure = Failure::permanent(ids[0], "x");
     let results = [
         store.ack(lease.id, &twice, now).await,
         store.nack(lease.id, &[failure.clone(), failure], now).await,
@@ -913,21 +869,9 @@ pub async fn outcomes_say_what_the_store_did<H: Harness>(h: &H) {
     let now = h.clock().now_utc();
     let in_5s = now + TimeDelta::seconds(5);
     let failures = [
-        Failure {
-            id: ids[1],
-            error: "busy".into(),
-            retry_at: Some(in_5s),
-        },
-        Failure {
-            id: ids[2],
-            error: "busy".into(),
-            retry_at: Some(in_5s),
-        },
-        Failure {
-            id: ids[3],
-            error: "malformed".into(),
-            retry_at: None,
-        },
+        Failure::retry(ids[1], "busy", in_5s),
+        Failure::retry(ids[2], "busy", in_5s),
+        Failure::permanent(ids[3], "malformed"),
     ];
     let nacked = store.nack(lease.id, &failures, now).await.expect("nack");
     assert_eq!(
@@ -963,11 +907,7 @@ pub async fn revive_is_bounded<H: Harness>(h: &H) {
     let ids = emit_n(h, 1).await;
     let (lease, _) = claim(h, "w", 1).await;
     let now = h.clock().now_utc();
-    let failure = Failure {
-        id: ids[0],
-        error: "x".into(),
-        retry_at: None,
-    };
+    let failure = Failure::permanent(ids[0], "x");
     h.store()
         .nack(lease.id, &[failure], now)
         .await

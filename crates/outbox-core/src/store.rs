@@ -65,6 +65,26 @@ pub struct Failure {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
+impl Failure {
+    /// A permanent failure of `id`: the event dies.
+    pub fn permanent(id: EventId, error: impl Into<String>) -> Self {
+        Self {
+            id,
+            error: error.into(),
+            retry_at: None,
+        }
+    }
+
+    /// A retryable failure of `id`, to be tried again at `at`.
+    pub fn retry(id: EventId, error: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            error: error.into(),
+            retry_at: Some(at),
+        }
+    }
+}
+
 /// What recording an outcome did to one event, as the store decided it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

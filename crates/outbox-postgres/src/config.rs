@@ -218,57 +218,28 @@ mod tests {
     #[test]
     fn config_validation_names_the_field() {
         assert!(PgConfig::new().validate().is_ok());
-        assert_eq!(
-            PgConfig::new()
-                .with_schema("Bad")
-                .validate()
-                .unwrap_err()
-                .field(),
-            "schema"
-        );
-        assert_eq!(
-            PgConfig::new()
-                .with_table("t t")
-                .validate()
-                .unwrap_err()
-                .field(),
-            "table"
-        );
-        assert_eq!(
-            PgConfig::new()
-                .with_table("t".repeat(48))
-                .validate()
-                .unwrap_err()
-                .field(),
-            "table"
-        );
-        let long = PgConfig::new()
-            .with_schema("s".repeat(40))
-            .with_table("t".repeat(40));
-        assert_eq!(long.validate().unwrap_err().field(), "table");
-        assert_eq!(
-            PgConfig::new()
-                .with_schema("pg_x")
-                .validate()
-                .unwrap_err()
-                .field(),
-            "schema"
-        );
-        assert_eq!(
-            PgConfig::new()
-                .with_max_payload_bytes(0)
-                .validate()
-                .unwrap_err()
-                .field(),
-            "max_payload_bytes"
-        );
-        assert_eq!(
-            PgConfig::new()
-                .with_default_max_attempts(0)
-                .validate()
-                .unwrap_err()
-                .field(),
-            "default_max_attempts"
-        );
+        let cases = [
+            (PgConfig::new().with_schema("Bad"), "schema"),
+            (PgConfig::new().with_schema("pg_x"), "schema"),
+            (PgConfig::new().with_table("t t"), "table"),
+            (PgConfig::new().with_table("t".repeat(48)), "table"),
+            (
+                PgConfig::new()
+                    .with_schema("s".repeat(40))
+                    .with_table("t".repeat(40)),
+                "table",
+            ),
+            (
+                PgConfig::new().with_max_payload_bytes(0),
+                "max_payload_bytes",
+            ),
+            (
+                PgConfig::new().with_default_max_attempts(0),
+                "default_max_attempts",
+            ),
+        ];
+        for (config, field) in cases {
+            assert_eq!(config.validate().unwrap_err().field(), field, "{config:?}");
+        }
     }
 }
