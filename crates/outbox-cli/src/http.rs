@@ -90,3 +90,36 @@ async fn metrics(State((store, meters)): State<(PgStore, Arc<Meters>)>) -> (Stat
     out.push_str(&meters.render());
     (StatusCode::OK, out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use outbox_tests::conformance::Harness;
+    use outbox_tests::harness::{PgHarness, foreign_row};
+
+    /// The oldest pending event's age counts a row no worker can read (it used to be swallowed:
+    /// the gauge read 0 while the row sat there), and a failing query is an error, not a 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_report_an_unreadable_oldest_event() {
+        let h = PgHarness::new().await;
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        foreign_row(&h, &deep, "{}").await;
+        let meters = Arc::new(Meters::default());
+        let (status, body) = metrics(State((h.store(), meters.clone()))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let age: f64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("outbox_oldest_pending_age_seconds "))
+            .expect("the gauge")
+            .parse()
+            .expect("a number");
+        let expected = (SystemClock.now() - outbox_core::Clock::now(h.clock())).num_seconds();
+        assert!((age - expected as f64).abs() < 60.0, "{age} vs {expected}");
+
+        h.cleanup().await; // the table is gone: the next scrape must say so
+        let (status, body) = metrics(State((h.store(), meters))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+}
