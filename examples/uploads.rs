@@ -1,28 +1,24 @@
 //! An uploads service, the outbox's first consumer.
 //!
-//! Saving an upload writes the file record **and** its `file.stored` event in one unit of work;
-//! a worker then delivers each event to a transport that prints one line per delivery, and the
-//! program exits once every event is delivered.
+//! Saving an upload writes the file record **and** its `file.stored` event in one transaction;
+//! a worker then delivers each event to a transport that prints one line per delivery. The
+//! service logic (`save_upload`) is written once, against the store-independent transaction
+//! boundary, and runs unchanged on both stores:
 //!
 //! ```text
-//! cargo run --example uploads                                              # in memory, zero setup
-//! DATABASE_URL=postgres://root@127.0.0.1:5432/test cargo run --example uploads   # on PostgreSQL
+//! cargo run --example uploads                                          # in memory, zero setup
+//! DATABASE_URL=postgres://root@127.0.0.1:5432/test \
+//!     cargo run --example uploads --features outbox-examples/postgres   # on PostgreSQL
 //! ```
 //!
 //! On PostgreSQL it creates the outbox table (`public.outbox_event`) and an `uploads` table, and
 //! leaves the delivered rows there for inspection with psql.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use async_trait::async_trait;
 use outbox_core::{
-    DeliveryError, Emit, Emitted, EventId, NewEvent, OutboxEvent, OutboxStore, StoreError,
+    DeliveryError, EventId, NewEvent, OutboxEvent, OutboxStore, Transaction, Transactional,
     Transport,
 };
-use outbox_memory::{MemoryStore, UnitOfWork};
-use outbox_postgres::{PgConfig, PgStore, PgTransaction};
+use outbox_memory::{MemoryConn, MemoryStore};
 use outbox_worker::Worker;
 use serde_json::json;
 
@@ -35,86 +31,53 @@ struct FileRecord {
     bytes: i64,
 }
 
-/// What the service needs from one transaction: its own table, and the outbox.
-#[async_trait]
-trait UploadTx: Emit {
+/// The service's repository: its one business write. Implemented once per backend, on the
+/// backend's own connection, because the statement itself is the backend's.
+#[outbox_core::async_trait]
+trait Files: Send {
     /// Inserts the file record; returns its id.
     async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError>;
 }
 
-/// The service logic, written once against [`UploadTx`]: the same code runs on any backend.
-async fn save_upload(tx: &mut impl UploadTx, file: &FileRecord) -> Result<EventId, AppError> {
-    let id = tx.insert_file(file).await?;
+/// The service logic, written once: the file and its event, in the caller's transaction.
+async fn save_upload<T>(tx: &mut T, file: &FileRecord) -> Result<(i64, EventId), AppError>
+where
+    T: Transaction,
+    T::Conn: Files,
+{
+    let id = tx.conn().insert_file(file).await?;
     let event = NewEvent::builder("file.stored", "upload", id.to_string())
         .payload(json!({ "name": file.name, "bytes": file.bytes }))
         .idempotency_key(format!("upload-{id}-stored"))
         .build()?;
-    Ok(tx.emit(event).await?.id())
+    Ok((id, tx.emit(event).await?.id()))
 }
 
-/// The in-memory "database": a files table next to the memory outbox.
-#[derive(Clone)]
-struct Files {
-    rows: Arc<Mutex<Vec<FileRecord>>>,
-    next_id: Arc<AtomicI64>,
+/// The memory store's "uploads table": a typed table its transactions change and commit.
+#[derive(Clone, Debug, Default)]
+struct UploadsTable {
+    rows: Vec<(i64, FileRecord)>,
 }
 
-impl Default for Files {
-    fn default() -> Self {
-        Self {
-            rows: Arc::default(),
-            next_id: Arc::new(AtomicI64::new(1)),
-        }
-    }
-}
-
-/// One memory unit of work that also writes the files table on commit.
-struct MemoryTx {
-    uow: UnitOfWork,
-    files: Files,
-}
-
-#[async_trait]
-impl Emit for MemoryTx {
-    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        self.uow.emit(event).await
-    }
-}
-
-#[async_trait]
-impl UploadTx for MemoryTx {
+#[outbox_core::async_trait]
+impl Files for MemoryConn {
     async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
-        let id = self.files.next_id.fetch_add(1, Ordering::Relaxed);
-        let (files, file) = (self.files.clone(), file.clone());
-        self.uow.on_commit(move || {
-            files
-                .rows
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(file)
-        });
+        let table = self.state::<UploadsTable>();
+        let id = table.rows.last().map_or(1, |(id, _)| id + 1);
+        table.rows.push((id, file.clone()));
         Ok(id)
     }
 }
 
-/// A PostgreSQL transaction: the `uploads` row and the event commit together.
-struct PgUploadTx(PgTransaction);
-
-#[async_trait]
-impl Emit for PgUploadTx {
-    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        self.0.emit(event).await
-    }
-}
-
-#[async_trait]
-impl UploadTx for PgUploadTx {
+#[cfg(feature = "postgres")]
+#[outbox_core::async_trait]
+impl Files for sqlx::PgConnection {
     async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
         let id =
             sqlx::query_scalar("INSERT INTO uploads (name, bytes) VALUES ($1, $2) RETURNING id")
                 .bind(&file.name)
                 .bind(file.bytes)
-                .fetch_one(&mut *self.0)
+                .fetch_one(self)
                 .await?;
         Ok(id)
     }
@@ -123,7 +86,7 @@ impl UploadTx for PgUploadTx {
 /// Prints one line per delivered event.
 struct PrintTransport;
 
-#[async_trait]
+#[outbox_core::async_trait]
 impl Transport for PrintTransport {
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
         println!(
@@ -148,70 +111,68 @@ fn uploads() -> Vec<FileRecord> {
     .collect()
 }
 
-fn aborted() -> FileRecord {
-    FileRecord {
+/// Saves three uploads, rolls a fourth back, then delivers every committed event. The same
+/// function for every store.
+async fn run<S>(store: S) -> Result<(), AppError>
+where
+    S: Transactional + OutboxStore + Clone + 'static,
+    <S::Tx as Transaction>::Conn: Files,
+{
+    for file in uploads() {
+        let mut tx = store.begin().await?;
+        let (id, event) = save_upload(&mut tx, &file).await?;
+        tx.commit().await?;
+        println!(
+            "saved upload {id} ({}, {} bytes) with event {event}",
+            file.name, file.bytes
+        );
+    }
+    // A request that fails after saving: its transaction rolls back, file and event alike.
+    let aborted = FileRecord {
         name: "aborted.bin".into(),
         bytes: 1,
-    }
-}
-
-/// Runs a worker until every event in `store` is delivered (or dead), then stops it.
-async fn deliver_all<S: OutboxStore + Clone + 'static>(store: S) -> Result<(), AppError> {
-    let worker = Worker::builder(store.clone(), PrintTransport)
-        .worker_id("uploads-demo")
-        .poll_interval(Duration::from_millis(100))
-        .build()?;
-    let running = worker.spawn();
-    loop {
-        let counts = store.count_by_status().await?;
-        if counts.pending + counts.in_flight == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let report = running.shutdown().await?;
+    };
+    let mut tx = store.begin().await?;
+    let (id, event) = save_upload(&mut tx, &aborted).await?;
+    tx.rollback().await?;
     println!(
-        "worker stopped: {} delivered, {} retried, {} dead",
+        "rolled back upload {id} ({}) and its event {event}: neither is stored",
+        aborted.name
+    );
+
+    let report = Worker::builder(store.clone(), PrintTransport)
+        .worker_id("uploads-demo")
+        .build()?
+        .run_until_idle()
+        .await?;
+    println!(
+        "worker: {} delivered, {} retried, {} dead",
         report.delivered, report.retried, report.dead
     );
     Ok(())
 }
 
 async fn run_in_memory() -> Result<(), AppError> {
-    println!("outbox: in-memory store (zero setup; set DATABASE_URL to run on PostgreSQL)");
+    println!("outbox: in-memory store (zero setup)");
     let store = MemoryStore::new();
-    let files = Files::default();
-    for file in uploads() {
-        let mut tx = MemoryTx {
-            uow: store.begin(),
-            files: files.clone(),
-        };
-        let id = save_upload(&mut tx, &file).await?;
-        tx.uow.commit();
-        println!("saved {} ({} bytes) with event {id}", file.name, file.bytes);
-    }
-    // A failed request: its unit of work rolls back, so neither the file nor the event exists.
-    let mut tx = MemoryTx {
-        uow: store.begin(),
-        files: files.clone(),
-    };
-    save_upload(&mut tx, &aborted()).await?;
-    tx.uow.rollback();
-
-    deliver_all(store.clone()).await?;
-    let stored = files
-        .rows
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    run(store.clone()).await?;
+    let files = store.state::<UploadsTable>().rows;
     println!(
-        "files stored: {stored}, events delivered: {}",
-        store.count_by_status().await?.delivered
+        "uploads stored: {} ({}); events stored: {}",
+        files.len(),
+        files
+            .iter()
+            .map(|(_, f)| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        store.events().len()
     );
     Ok(())
 }
 
+#[cfg(feature = "postgres")]
 async fn run_on_postgres(url: &str) -> Result<(), AppError> {
+    use outbox_postgres::{PgConfig, PgStore};
     println!("outbox: PostgreSQL store");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
@@ -229,34 +190,28 @@ async fn run_on_postgres(url: &str) -> Result<(), AppError> {
     )
     .execute(&pool)
     .await?;
-    for file in uploads() {
-        let mut tx = PgUploadTx(store.begin().await?);
-        let id = save_upload(&mut tx, &file).await?;
-        tx.0.commit().await?;
-        println!("saved {} ({} bytes) with event {id}", file.name, file.bytes);
-    }
-    let mut tx = PgUploadTx(store.begin().await?);
-    let never = save_upload(&mut tx, &aborted()).await?;
-    tx.0.rollback().await?;
+    run(store.clone()).await?;
     println!(
-        "rolled back {} and its event {never}: neither is stored",
-        aborted().name
-    );
-
-    deliver_all(store.clone()).await?;
-    let counts = store.count_by_status().await?;
-    println!(
-        "outbox now holds {} delivered, {} pending, {} dead; inspect with:\n  psql {url} -c \"SELECT id, event_type, \
-         aggregate_id, status, attempts, delivered_at FROM outbox_event ORDER BY id DESC LIMIT 5\"",
-        counts.delivered, counts.pending, counts.dead
+        "inspect with:\n  psql {url} -c \"SELECT id, event_type, aggregate_id, status, attempts, \
+         delivered_at FROM outbox_event ORDER BY id DESC LIMIT 5\""
     );
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), AppError> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => run_on_postgres(&url).await,
-        _ => run_in_memory().await,
+    let url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    match url {
+        #[cfg(feature = "postgres")]
+        Some(url) => run_on_postgres(&url).await,
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => {
+            eprintln!(
+                "DATABASE_URL is set, but this build has no PostgreSQL: run\n  \
+                 cargo run --example uploads --features outbox-examples/postgres"
+            );
+            std::process::exit(2)
+        }
+        None => run_in_memory().await,
     }
 }

@@ -63,6 +63,14 @@ pub enum StoreError {
         #[source]
         source: TransitionError,
     },
+    /// The transaction could not commit because a concurrent one changed what it read (the
+    /// memory store's tables; a serialization failure). Nothing was kept; running the whole
+    /// transaction again may succeed.
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What conflicted.
+        reason: String,
+    },
     /// The store could not be reached (connection lost, pool exhausted, database restarting).
     /// Retrying later may succeed.
     #[error("store unavailable: {source}")]
@@ -89,6 +97,9 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying the same operation again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Conflict { .. }
+        )
     }
 }

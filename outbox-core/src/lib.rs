@@ -34,6 +34,7 @@ pub mod event;
 pub mod limits;
 pub mod status;
 pub mod store;
+pub mod transaction;
 pub mod transport;
 
 /// The `async_trait` attribute the store and transport traits are written with, for
@@ -49,4 +50,5 @@ pub use store::{
     DynOutboxStore, Emit, Emitted, EventFilter, EventPage, Failure, OutboxStore, OutboxStoreExt,
     Outcome, Reclaimed, Recorded, StatusCounts, Undecodable, WakeupSender, Wakeups, distinct_ids,
 };
+pub use transaction::{Transaction, Transactional};
 pub use transport::{DeliveryError, Transport};

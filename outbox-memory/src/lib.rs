@@ -14,9 +14,9 @@
 //! let store = MemoryStore::new();
 //! let transport = RecordingTransport::new();
 //!
-//! let mut uow = store.begin();
+//! let mut uow = store.begin().await?;
 //! uow.emit(NewEvent::builder("file.stored", "upload", "7").build()?).await?;
-//! uow.commit();
+//! uow.commit().await?;
 //!
 //! Worker::builder(store.clone(), transport.clone()).build()?.run_until_idle().await?;
 //! assert_eq!(transport.delivered_types(), ["file.stored"]);
@@ -25,10 +25,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod conn;
 mod recording;
 mod store;
 mod unit_of_work;
 
+pub use conn::MemoryConn;
 pub use recording::{RecordingTransport, Scripted};
 pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use unit_of_work::{Committed, UnitOfWork};

@@ -13,6 +13,7 @@ use outbox_core::{
     transition,
 };
 
+use crate::conn::Table;
 use crate::unit_of_work::UnitOfWork;
 
 /// An outbox store in process memory: thread-safe, cheap to clone (clones share the events),
@@ -31,6 +32,8 @@ pub struct MemoryStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     state: Mutex<State>,
+    /// The application's committed tables (see [`MemoryConn`](crate::MemoryConn)), by type.
+    tables: Mutex<HashMap<std::any::TypeId, Table>>,
     wake: Option<WakeupSender>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_max_attempts: u32,
@@ -170,10 +173,27 @@ impl MemoryStore {
         }
     }
 
-    /// Starts a unit of work: events emitted through it are stored on
-    /// [`commit`](UnitOfWork::commit) and dropped on rollback or drop.
-    pub fn begin(&self) -> UnitOfWork {
-        UnitOfWork::new(self.clone())
+    /// Begins a transaction: events emitted through it, and the tables it changes through its
+    /// [`conn`](outbox_core::Transaction::conn), are stored on [`commit`](UnitOfWork::commit)
+    /// and dropped on rollback or drop. Never fails; fallible like every store's `begin`.
+    pub async fn begin(&self) -> Result<UnitOfWork, StoreError> {
+        Ok(UnitOfWork::new(self.clone()))
+    }
+
+    /// The committed table of type `T` (a copy, for assertions), empty until a transaction
+    /// commits one; see [`MemoryConn`](crate::MemoryConn).
+    pub fn state<T: Clone + Default + Send + Sync + 'static>(&self) -> T {
+        self.tables()
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|t| t.value.downcast_ref::<T>().cloned())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn tables(&self) -> MutexGuard<'_, HashMap<std::any::TypeId, Table>> {
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every stored event, in id order (a snapshot, for assertions in tests).
@@ -255,6 +275,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
+                tables: Mutex::new(HashMap::new()),
                 wake: self.wakeups.then(WakeupSender::new),
                 clock: self.clock,
                 default_max_attempts: self.default_max_attempts,
@@ -262,6 +283,15 @@ impl MemoryStoreBuilder {
                 delete_delivered: self.delete_delivered,
             }),
         }
+    }
+}
+
+#[async_trait]
+impl outbox_core::Transactional for MemoryStore {
+    type Tx = UnitOfWork;
+
+    async fn begin(&self) -> Result<UnitOfWork, StoreError> {
+        MemoryStore::begin(self).await
     }
 }
 

@@ -1,19 +1,22 @@
-//! [`UnitOfWork`]: the memory store's stand-in for a database transaction.
+//! [`UnitOfWork`]: the memory store's transaction.
 
 use std::fmt;
 
 use async_trait::async_trait;
-use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError};
+use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, Transaction};
 
+use crate::conn::{MemoryConn, Table};
 use crate::store::MemoryStore;
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// Events staged for one unit of work. They reach the store, all together, on
-/// [`commit`](Self::commit); [`rollback`](Self::rollback) or dropping the unit discards them.
+/// The memory store's [`Transaction`]: events staged for one unit of work and the business
+/// state it changed ([`conn`](Transaction::conn), typed in-memory tables). Both reach the
+/// store, all together, on [`commit`](Self::commit); [`rollback`](Self::rollback) or dropping
+/// the unit discards them.
 ///
-/// Application state changed in the same unit registers an [`on_commit`](Self::on_commit) hook,
-/// so it too happens exactly when the events do.
+/// An [`on_commit`](Self::on_commit) hook runs something else (a message to a test, say)
+/// exactly when the unit commits.
 ///
 /// **Idempotency keys across concurrent units.** A key already committed answers
 /// [`Emitted::Duplicate`] at once, as on PostgreSQL. Two units still open that emit the same key
@@ -27,22 +30,21 @@ type Hook = Box<dyn FnOnce() + Send>;
 /// use outbox_core::{Emit, NewEvent};
 /// use outbox_memory::MemoryStore;
 ///
-/// # tokio_test_block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let store = MemoryStore::new();
-/// let mut uow = store.begin();
+/// let mut uow = store.begin().await?;
 /// uow.emit(NewEvent::builder("file.stored", "upload", "1").build()?).await?;
 /// assert!(store.events().is_empty()); // not visible before commit
-/// uow.commit();
+/// uow.commit().await?;
 /// assert_eq!(store.events().len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # }).unwrap();
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
-/// # }
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct UnitOfWork {
     store: MemoryStore,
     staged: Vec<OutboxEvent>,
+    conn: MemoryConn,
     hooks: Vec<Hook>,
 }
 
@@ -60,6 +62,7 @@ impl fmt::Debug for UnitOfWork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnitOfWork")
             .field("staged", &self.staged)
+            .field("tables", &self.conn.copies.len())
             .field("hooks", &self.hooks.len())
             .finish()
     }
@@ -68,6 +71,7 @@ impl fmt::Debug for UnitOfWork {
 impl UnitOfWork {
     pub(crate) fn new(store: MemoryStore) -> Self {
         Self {
+            conn: MemoryConn::new(store.clone()),
             store,
             staged: Vec::new(),
             hooks: Vec::new(),
@@ -84,13 +88,28 @@ impl UnitOfWork {
         &self.staged
     }
 
-    /// Stores the staged events, runs the commit hooks and wakes waiting workers.
+    /// Stores the staged events and the changed tables, runs the commit hooks and wakes
+    /// waiting workers; reports which events were stored.
     ///
-    /// The events are stored under the store's lock, all at once; the hooks run after it is
-    /// released, so a hook may read or use the store.
-    pub fn commit(mut self) -> Committed {
+    /// Events and tables are stored under the store's locks, all at once; the hooks run after
+    /// they are released, so a hook may read or use the store. Fails with
+    /// [`StoreError::Conflict`], keeping nothing, if another unit committed a change to a table
+    /// this one touched since it took its copy.
+    pub async fn commit(mut self) -> Result<Committed, StoreError> {
         let mut committed = Committed::default();
         {
+            let mut tables = self.store.tables();
+            let changed = self
+                .conn
+                .copies
+                .iter()
+                .any(|(id, (read, _))| tables.get(id).map_or(0, |t| t.version) != *read);
+            if changed {
+                return Err(StoreError::Conflict {
+                    reason: "another transaction committed a change to a table this one used"
+                        .into(),
+                });
+            }
             let mut state = self.store.lock();
             for event in std::mem::take(&mut self.staged) {
                 let taken = event
@@ -104,6 +123,10 @@ impl UnitOfWork {
                     state.put(event);
                 }
             }
+            for (id, (read, value)) in self.conn.copies.drain() {
+                let version = read.saturating_add(1);
+                tables.insert(id, Table { version, value });
+            }
         }
         for hook in std::mem::take(&mut self.hooks) {
             hook();
@@ -111,11 +134,30 @@ impl UnitOfWork {
         if !committed.stored.is_empty() {
             self.store.wake();
         }
-        committed
+        Ok(committed)
     }
 
-    /// Discards the staged events and hooks.
-    pub fn rollback(self) {}
+    /// Discards the staged events, the table copies and the hooks.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Transaction for UnitOfWork {
+    type Conn = MemoryConn;
+
+    fn conn(&mut self) -> &mut MemoryConn {
+        &mut self.conn
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        UnitOfWork::commit(self).await.map(drop)
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        UnitOfWork::rollback(self).await
+    }
 }
 
 #[async_trait]

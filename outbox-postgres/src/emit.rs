@@ -6,7 +6,10 @@ use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, ValidationError};
+use outbox_core::{
+    Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, Transaction, Transactional,
+    ValidationError,
+};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
@@ -208,11 +211,19 @@ fn attempts(n: u32) -> Result<i32, StoreError> {
     i32::try_from(n).map_err(|_| ValidationError::new("max_attempts", "too large").into())
 }
 
-/// Emits through a connection you hold (usually `&mut *tx` of your transaction).
+/// Emits through a connection you hold (usually `&mut *tx` of your transaction); your own
+/// statements go through [`conn`](Self::conn) meanwhile.
 #[derive(Debug)]
 pub struct PgEmitter<'c> {
     store: PgStore,
     conn: &'c mut PgConnection,
+}
+
+impl PgEmitter<'_> {
+    /// The connection the emitter writes through, for your own statements in between.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+    }
 }
 
 #[async_trait]
@@ -225,9 +236,10 @@ impl Emit for PgEmitter<'_> {
     }
 }
 
-/// A transaction of the store's pool that can emit. Run your own statements on it through
-/// `&mut *tx`; nothing is visible to workers until [`commit`](Self::commit), and dropping it
-/// rolls back.
+/// A transaction of the store's pool that can emit: the PostgreSQL [`Transaction`]. Run your own
+/// statements on it through [`conn`](Transaction::conn) (or `&mut *tx`, as it dereferences to a
+/// [`PgConnection`]); nothing is visible to workers until [`commit`](Self::commit), and dropping
+/// it rolls back.
 #[derive(Debug)]
 pub struct PgTransaction {
     store: PgStore,
@@ -266,5 +278,31 @@ impl Emit for PgTransaction {
     }
     async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
         self.store.emit_all(&mut self.tx, events).await
+    }
+}
+
+#[async_trait]
+impl Transaction for PgTransaction {
+    type Conn = PgConnection;
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        PgTransaction::commit(self).await
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        PgTransaction::rollback(self).await
+    }
+}
+
+#[async_trait]
+impl Transactional for PgStore {
+    type Tx = PgTransaction;
+
+    async fn begin(&self) -> Result<PgTransaction, StoreError> {
+        PgStore::begin(self).await
     }
 }

@@ -25,9 +25,9 @@
 //!
 //! let running = worker.spawn();
 //!
-//! let mut uow = store.begin();
+//! let mut uow = store.begin().await?;
 //! uow.emit(NewEvent::builder("order.paid", "order", "o-1").build()?).await?;
-//! uow.commit(); // wakes the worker
+//! uow.commit().await?; // wakes the worker
 //!
 //! while transport.delivered().is_empty() {
 //!     tokio::task::yield_now().await;

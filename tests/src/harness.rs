@@ -60,12 +60,12 @@ impl Harness for MemoryHarness {
     }
 
     async fn emit(&self, events: Vec<NewEvent>, commit: bool) -> Result<Vec<Emitted>, StoreError> {
-        let mut uow = self.store.begin();
+        let mut uow = self.store.begin().await?;
         let emitted = uow.emit_all(events).await?;
         if commit {
-            uow.commit();
+            uow.commit().await?;
         } else {
-            uow.rollback();
+            uow.rollback().await?;
         }
         Ok(emitted)
     }

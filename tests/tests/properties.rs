@@ -233,10 +233,10 @@ proptest! {
                 let mut killed_on_purpose = None;
                 match op {
                     Op::Emit { max_attempts } => {
-                        let mut uow = store.begin();
+                        let mut uow = store.begin().await.expect("begin");
                         let e = NewEvent::builder("t.e", "a", "1").max_attempts(max_attempts).build().expect("valid");
                         uow.emit(e).await.expect("emit");
-                        uow.commit();
+                        uow.commit().await.expect("commit");
                     }
                     Op::Claim { worker, limit } => {
                         let lease = Lease { id: LeaseId::new(), holder: format!("w{worker}"), until: now + TimeDelta::seconds(30) };

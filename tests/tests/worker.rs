@@ -53,9 +53,9 @@ impl Fixture {
     }
 
     async fn emit(&self, events: impl IntoIterator<Item = NewEvent>) -> Vec<EventId> {
-        let mut uow = self.store.begin();
+        let mut uow = self.store.begin().await.unwrap();
         let emitted = uow.emit_all(events.into_iter().collect()).await.unwrap();
-        uow.commit();
+        uow.commit().await.unwrap();
         emitted.iter().map(|e| e.id()).collect()
     }
 
@@ -559,9 +559,9 @@ async fn the_report_counts_what_the_store_decided() {
 async fn a_worker_on_another_clock_sees_what_is_due() {
     let store = MemoryStore::new();
     let transport = RecordingTransport::new();
-    let mut uow = store.begin();
+    let mut uow = store.begin().await.unwrap();
     uow.emit(uploads(1).remove(0)).await.unwrap();
-    uow.commit();
+    uow.commit().await.unwrap();
     let worker = Worker::builder(store.clone(), transport.clone())
         .clock(Arc::new(TokioClock::starting_at(t0())))
         .build()
@@ -580,14 +580,14 @@ fn a_commit_hook_may_read_the_store() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let mut uow = store.begin();
+        let mut uow = rt.block_on(store.begin()).unwrap();
         rt.block_on(uow.emit(uploads(1).remove(0))).unwrap();
         let seen = Arc::new(std::sync::Mutex::new(None));
         let (s2, seen2) = (store.clone(), seen.clone());
         uow.on_commit(move || {
             *seen2.lock().unwrap() = Some(s2.events().len());
         });
-        uow.commit();
+        rt.block_on(uow.commit()).unwrap();
         let _ = done.send(*seen.lock().unwrap());
     });
     // Only a deadlock would make this wait; the guard turns it into a failure.

@@ -92,14 +92,27 @@ fn ci() -> Result<(), String> {
 }
 
 /// Runs the README's first command (the zero-setup uploads example) and checks that it
-/// delivered its three events.
+/// delivered its three events and rolled the fourth back; then, when `DATABASE_URL` is set, the
+/// same example on PostgreSQL.
 fn example() -> Result<(), String> {
-    let args = ["run", "--quiet", "--locked", "--example", "uploads"];
+    let memory = ["run", "--quiet", "--locked", "--example", "uploads"];
+    run_example(&memory, None)?;
+    if let Some(url) = env::var_os("DATABASE_URL") {
+        let postgres = [&memory[..], &["--features", "outbox-examples/postgres"]].concat();
+        run_example(&postgres, Some(url))?;
+    }
+    Ok(())
+}
+
+fn run_example(args: &[&str], database_url: Option<std::ffi::OsString>) -> Result<(), String> {
     eprintln!("$ cargo {}", args.join(" "));
-    let output = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .current_dir(workspace_root())
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.args(args).current_dir(workspace_root());
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let output = command
         .output()
         .map_err(|e| format!("could not run cargo: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -108,9 +121,11 @@ fn example() -> Result<(), String> {
         .lines()
         .filter(|l| l.starts_with("delivered file.stored "))
         .count();
-    if !output.status.success() || delivered != 3 {
+    let rolled_back = stdout.lines().any(|l| l.starts_with("rolled back upload"));
+    if !output.status.success() || delivered != 3 || !rolled_back {
         return Err(format!(
-            "the uploads example printed {delivered} deliveries instead of 3 ({}): {}",
+            "the uploads example printed {delivered} deliveries instead of 3{} ({}): {}",
+            if rolled_back { "" } else { " and no rollback" },
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

@@ -91,7 +91,9 @@ mod tests {
     fn is_library(path: &std::path::Path) -> bool {
         let root = super::super::workspace_root();
         let relative = path.strip_prefix(&root).unwrap_or(path);
-        let mut parts = relative.components().map(|c| c.as_os_str().to_string_lossy());
+        let mut parts = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy());
         let top = parts.next().unwrap_or_default();
         let tooling = ["tests", "bench", "xtask", "examples"];
         !tooling.contains(&top.as_ref()) && parts.any(|p| p == "src")

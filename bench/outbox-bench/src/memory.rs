@@ -31,12 +31,12 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
     let store = MemoryStore::new();
     let start = Instant::now();
     for i in 0..n {
-        let mut uow = store.begin();
+        let mut uow = store.begin().await?;
         let event = NewEvent::builder("file.stored", "upload", i.to_string())
             .payload(payload(i, 256))
             .build()?;
         uow.emit(event).await?;
-        uow.commit();
+        uow.commit().await?;
     }
     summary.put(
         "memory_store.emits_per_s",

@@ -1,0 +1,91 @@
+//! The transaction boundary every store implements: [`Transactional::begin`] opens a
+//! [`Transaction`] in which application code writes its business change through the backend's
+//! own connection ([`Transaction::conn`]) and emits the events that announce it ([`Emit`]);
+//! [`commit`](Transaction::commit) keeps both, [`rollback`](Transaction::rollback) (or dropping
+//! the transaction) keeps neither.
+//!
+//! Application code written against these traits runs unchanged on every store; only the
+//! business statement itself is the backend's (SQL on PostgreSQL, an in-memory table on the
+//! memory store), behind a small repository trait of the application's:
+//!
+//! ```
+//! use outbox_core::{Emit, NewEvent, StoreError, Transaction, Transactional};
+//!
+//! /// The application's own repository: one method per business write.
+//! #[outbox_core::async_trait]
+//! pub trait Uploads: Send {
+//!     async fn insert_upload(&mut self, name: &str) -> Result<i64, StoreError>;
+//! }
+//!
+//! /// Written once: runs on PostgreSQL in production and on the memory store in tests.
+//! async fn save_upload<S>(store: &S, name: &str) -> Result<i64, StoreError>
+//! where
+//!     S: Transactional,
+//!     <S::Tx as Transaction>::Conn: Uploads,
+//! {
+//!     let mut tx = store.begin().await?;
+//!     let id = tx.conn().insert_upload(name).await?;
+//!     tx.emit(NewEvent::builder("file.stored", "upload", id.to_string()).build()?).await?;
+//!     tx.commit().await?; // the upload and its event, or neither
+//!     Ok(id)
+//! }
+//! ```
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::store::Emit;
+
+/// One transaction of a store: emits events ([`Emit`]) and gives the backend's own connection
+/// for the business change; both are kept by [`commit`](Self::commit) and discarded by
+/// [`rollback`](Self::rollback) or by dropping the transaction.
+///
+/// Implement it with `#[outbox_core::async_trait]`:
+///
+/// ```
+/// use outbox_core::{Emit, Emitted, EventId, NewEvent, StoreError, Transaction};
+///
+/// /// A transaction that only counts what it emits (a stand-in for a real backend).
+/// struct Counting { emitted: usize }
+///
+/// #[outbox_core::async_trait]
+/// impl Emit for Counting {
+///     async fn emit(&mut self, _event: NewEvent) -> Result<Emitted, StoreError> {
+///         self.emitted += 1;
+///         Ok(Emitted::Created(EventId::new()))
+///     }
+/// }
+///
+/// #[outbox_core::async_trait]
+/// impl Transaction for Counting {
+///     type Conn = usize;
+///     fn conn(&mut self) -> &mut usize { &mut self.emitted }
+///     async fn commit(self) -> Result<(), StoreError> { Ok(()) }
+///     async fn rollback(self) -> Result<(), StoreError> { Ok(()) }
+/// }
+/// ```
+#[async_trait]
+pub trait Transaction: Emit + Sized {
+    /// The backend's connection for business statements: `sqlx::PgConnection` on PostgreSQL,
+    /// `outbox_memory::MemoryConn` (typed in-memory tables) on the memory store.
+    type Conn: Send + ?Sized;
+
+    /// The connection, inside this transaction.
+    fn conn(&mut self) -> &mut Self::Conn;
+
+    /// Commits the business change and the events together. On an error nothing was kept.
+    async fn commit(self) -> Result<(), StoreError>;
+
+    /// Discards the business change and the events.
+    async fn rollback(self) -> Result<(), StoreError>;
+}
+
+/// A store that opens [`Transaction`]s.
+#[async_trait]
+pub trait Transactional: Send + Sync {
+    /// Its transaction.
+    type Tx: Transaction + Send;
+
+    /// Begins a transaction.
+    async fn begin(&self) -> Result<Self::Tx, StoreError>;
+}
