@@ -102,6 +102,42 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Retries due at once, without jitter, [`DEFAULT_MAX_ATTEMPTS`] attempts: for tests, where
+    /// `Worker::run_until_idle` should go on retrying until each event is delivered or dead.
+    ///
+    /// ```
+    /// use outbox_core::{FixedRandom, RetryPolicy};
+    /// assert_eq!(RetryPolicy::immediate().delay(3, &mut FixedRandom(0.5)), std::time::Duration::ZERO);
+    /// ```
+    pub fn immediate() -> Self {
+        Self {
+            base: Duration::ZERO,
+            factor: 1.0,
+            cap: Duration::ZERO,
+            jitter: Jitter::None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Starts from [`RetryPolicy::default`] and changes what is named:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use outbox_core::{Jitter, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::builder()
+    ///     .base(Duration::from_millis(200))
+    ///     .cap(Duration::from_secs(30))
+    ///     .jitter(Jitter::Equal)
+    ///     .max_attempts(8)
+    ///     .build()?;
+    /// assert_eq!(policy.factor(), 2.0);
+    /// # Ok::<(), outbox_core::ValidationError>(())
+    /// ```
+    pub fn builder() -> RetryPolicyBuilder {
+        RetryPolicyBuilder(Self::default())
+    }
+
     /// A validated policy: `factor` ≥ 1 and finite, `cap` ≥ `base`, `max_attempts` ≥ 1.
     pub fn new(
         base: Duration,
@@ -190,6 +226,44 @@ fn unit(rng: &mut dyn RandomSource) -> f64 {
         u.clamp(0.0, 1.0)
     } else {
         0.0
+    }
+}
+
+/// Builds a [`RetryPolicy`] by named fields; see [`RetryPolicy::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "call build() to get the policy"]
+pub struct RetryPolicyBuilder(RetryPolicy);
+
+impl RetryPolicyBuilder {
+    /// Delay before the first retry.
+    pub fn base(mut self, base: Duration) -> Self {
+        self.0.base = base;
+        self
+    }
+    /// Growth per failure (at least 1).
+    pub fn factor(mut self, factor: f64) -> Self {
+        self.0.factor = factor;
+        self
+    }
+    /// Largest delay (at least `base`).
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.0.cap = cap;
+        self
+    }
+    /// The jitter mode.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.0.jitter = jitter;
+        self
+    }
+    /// The attempt budget (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.0.max_attempts = attempts;
+        self
+    }
+    /// The policy, or the first field out of range.
+    pub fn build(self) -> Result<RetryPolicy, ValidationError> {
+        let p = self.0;
+        RetryPolicy::new(p.base, p.factor, p.cap, p.jitter, p.max_attempts)
     }
 }
 

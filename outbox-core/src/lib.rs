@@ -40,7 +40,7 @@ pub mod transport;
 /// The `async_trait` attribute the store and transport traits are written with, for
 /// implementing them: `#[outbox_core::async_trait]`.
 pub use async_trait::async_trait;
-pub use backoff::{FastRandom, FixedRandom, Jitter, RandomSource, RetryPolicy};
+pub use backoff::{FastRandom, FixedRandom, Jitter, RandomSource, RetryPolicy, RetryPolicyBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, StoreError, ValidationError};
 pub use event::{DEFAULT_MAX_ATTEMPTS, EventId, NewEvent, NewEventBuilder, OutboxEvent};

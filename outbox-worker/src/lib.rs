@@ -45,4 +45,4 @@ mod worker;
 
 pub use clock::TokioClock;
 pub use config::{WorkerBuilder, WorkerConfig, bounds};
-pub use worker::{RunningWorker, Worker, WorkerReport};
+pub use worker::{RunningWorker, Worker, WorkerError, WorkerReport};

@@ -18,6 +18,19 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::{WorkerBuilder, WorkerConfig};
 
+/// Why a worker entry point failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A store call failed (only [`Worker::run_until_idle`] stops for one; [`Worker::run`]
+    /// logs it and tries again).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The worker's task ended abnormally (a panic outside a delivery).
+    #[error("the worker task ended abnormally: {0}")]
+    Crashed(#[from] tokio::task::JoinError),
+}
+
 /// What a worker did: counts of outcomes recorded in the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -103,8 +116,10 @@ where
     /// `error_backoff`; they never stop the worker.
     ///
     /// On cancel it stops claiming, gives in-flight deliveries `shutdown_grace` to finish,
-    /// releases what is left and returns what it did.
-    pub async fn run(&self, cancel: CancellationToken) -> WorkerReport {
+    /// releases what is left and returns what it did. It does not stop on an error; the
+    /// `Result` is there so every entry point ([`run_until_idle`](Self::run_until_idle),
+    /// [`RunningWorker::shutdown`]) reads alike.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<WorkerReport, WorkerError> {
         let mut report = WorkerReport::default();
         let mut wakeups = self.store.wakeups();
         let mut poll = tokio::time::interval(self.config.poll_interval);
@@ -148,13 +163,13 @@ where
             }
         }
         info!(worker = %self.config.worker_id, ?report, "outbox worker stopped");
-        report
+        Ok(report)
     }
 
     /// Delivers every event that is due now, retrying due failures, and returns once nothing
     /// due is left (events rescheduled into the future stay pending). Expired leases are taken
     /// back first, and once more before returning.
-    pub async fn run_until_idle(&self) -> Result<WorkerReport, StoreError> {
+    pub async fn run_until_idle(&self) -> Result<WorkerReport, WorkerError> {
         let mut report = WorkerReport::default();
         let mut reclaim = true;
         loop {
@@ -472,7 +487,7 @@ async fn wait(wakeups: &mut Option<Wakeups>) -> bool {
 #[derive(Debug)]
 pub struct RunningWorker {
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<WorkerReport>,
+    task: tokio::task::JoinHandle<Result<WorkerReport, WorkerError>>,
 }
 
 impl RunningWorker {
@@ -482,9 +497,9 @@ impl RunningWorker {
     }
 
     /// Stops the worker gracefully (see [`Worker::run`]) and returns what it did.
-    pub async fn shutdown(self) -> Result<WorkerReport, tokio::task::JoinError> {
+    pub async fn shutdown(self) -> Result<WorkerReport, WorkerError> {
         self.cancel.cancel();
-        self.task.await
+        self.task.await?
     }
 }
 

@@ -626,3 +626,24 @@ async fn running_worker_sweeps_on_its_interval_even_when_busy() {
     assert_eq!((report.delivered, report.purged), (3, 3));
     assert!(f.store.events().is_empty());
 }
+
+/// With `RetryPolicy::immediate()`, a test's `run_until_idle` goes on retrying a failed
+/// delivery until it succeeds (with the default policy the retry is seconds away, so it stays
+/// pending after `run_until_idle` returns).
+#[tokio::test(start_paused = true)]
+async fn immediate_retries_finish_within_run_until_idle() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(1)).await;
+    f.transport
+        .script([Scripted::Retryable, Scripted::Retryable, Scripted::Deliver]);
+    let report = Worker::builder(f.store.clone(), f.transport.clone())
+        .clock(f.clock.clone())
+        .retry_policy(RetryPolicy::immediate())
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!((report.retried, report.delivered), (2, 1));
+    assert_eq!(f.status(ids[0]).await, (Status::Delivered, 3));
+}
