@@ -37,7 +37,27 @@ impl Emitted {
 /// commits and vanish if it rolls back.
 ///
 /// Application code written against this trait runs on every backend: unit-tested on the memory
-/// store's `UnitOfWork`, run in production on a PostgreSQL transaction.
+/// store's `UnitOfWork`, run in production on a PostgreSQL transaction. Every
+/// [`Transaction`](crate::Transaction) is one.
+///
+/// Implement it with `#[outbox_core::async_trait]`; a wrapper that adds something to every emit
+/// (a header, say) forwards to the inner emitter:
+///
+/// ```
+/// use outbox_core::{Emit, Emitted, NewEvent, StoreError};
+///
+/// /// Counts what goes through an inner emitter.
+/// struct Counted<E> { inner: E, emitted: usize }
+///
+/// #[outbox_core::async_trait]
+/// impl<E: Emit> Emit for Counted<E> {
+///     async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+///         let emitted = self.inner.emit(event).await?;
+///         self.emitted += 1;
+///         Ok(emitted)
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Emit: Send {
     /// Emits one event.
@@ -314,6 +334,63 @@ impl Wakeups {
 /// order asked.
 ///
 /// Used as a trait object through [`DynOutboxStore`]; `Arc<S>` and `Box<S>` forward every method.
+///
+/// Implement it with `#[outbox_core::async_trait]`. A new backend passes the conformance suite
+/// (the `tests` crate) unchanged; a wrapper forwards every method it does not change:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use chrono::{DateTime, Utc};
+/// use outbox_core::{
+///     EventFilter, EventId, EventPage, Failure, Lease, LeaseId, OutboxEvent, OutboxStore,
+///     Reclaimed, Recorded, StatusCounts, StoreError, Wakeups,
+/// };
+///
+/// /// Counts claimed events, forwarding everything to the store it wraps.
+/// struct Counting<S> { inner: S, claimed: AtomicU64 }
+///
+/// #[outbox_core::async_trait]
+/// impl<S: OutboxStore> OutboxStore for Counting<S> {
+///     async fn claim(&self, lease: &Lease, limit: usize, now: DateTime<Utc>) -> Result<Vec<OutboxEvent>, StoreError> {
+///         let events = self.inner.claim(lease, limit, now).await?;
+///         self.claimed.fetch_add(events.len() as u64, Ordering::Relaxed);
+///         Ok(events)
+///     }
+///     async fn renew(&self, lease: LeaseId, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+///         self.inner.renew(lease, until, now).await
+///     }
+///     async fn ack(&self, lease: LeaseId, ids: &[EventId], now: DateTime<Utc>) -> Result<Vec<Recorded>, StoreError> {
+///         self.inner.ack(lease, ids, now).await
+///     }
+///     async fn nack(&self, lease: LeaseId, failures: &[Failure], now: DateTime<Utc>) -> Result<Vec<Recorded>, StoreError> {
+///         self.inner.nack(lease, failures, now).await
+///     }
+///     async fn release(&self, lease: LeaseId, ids: &[EventId], now: DateTime<Utc>) -> Result<Vec<Recorded>, StoreError> {
+///         self.inner.release(lease, ids, now).await
+///     }
+///     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+///         self.inner.reclaim_expired(now).await
+///     }
+///     async fn purge_delivered(&self, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+///         self.inner.purge_delivered(before, now).await
+///     }
+///     async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
+///         self.inner.get(id).await
+///     }
+///     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+///         self.inner.list(filter).await
+///     }
+///     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+///         self.inner.count_by_status().await
+///     }
+///     async fn retry_dead(&self, id: EventId, extra: u32, now: DateTime<Utc>) -> Result<OutboxEvent, StoreError> {
+///         self.inner.retry_dead(id, extra, now).await
+///     }
+///     fn wakeups(&self) -> Option<Wakeups> {
+///         self.inner.wakeups() // forward this one too, or workers fall back to polling
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Claims up to `limit` due pending events (oldest due first) under `lease`, marking them in

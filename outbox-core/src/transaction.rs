@@ -80,7 +80,24 @@ pub trait Transaction: Emit + Sized {
     async fn rollback(self) -> Result<(), StoreError>;
 }
 
-/// A store that opens [`Transaction`]s.
+/// A store that opens [`Transaction`]s. Implement it with `#[outbox_core::async_trait]`; a
+/// wrapper forwards `begin`:
+///
+/// ```
+/// use outbox_core::{StoreError, Transactional};
+///
+/// /// Counts transactions begun on the store it wraps.
+/// struct Counted<S> { inner: S, begun: std::sync::atomic::AtomicU64 }
+///
+/// #[outbox_core::async_trait]
+/// impl<S: Transactional> Transactional for Counted<S> {
+///     type Tx = S::Tx;
+///     async fn begin(&self) -> Result<S::Tx, StoreError> {
+///         self.begun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         self.inner.begin().await
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Transactional: Send + Sync {
     /// Its transaction.

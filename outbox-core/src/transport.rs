@@ -91,6 +91,27 @@ impl DeliveryError {
 ///
 /// Delivery is at least once: the same event may be handed over again after a crash or a lost
 /// acknowledgement, so consumers de-duplicate by [`OutboxEvent::id`].
+///
+/// Implement it with `#[outbox_core::async_trait]` (no dependency of your own needed), and say
+/// honestly whether a failure is worth retrying:
+///
+/// ```
+/// use outbox_core::{DeliveryError, OutboxEvent, Transport};
+///
+/// /// Prints each event; refuses events it has no use for, for good.
+/// struct Log;
+///
+/// #[outbox_core::async_trait]
+/// impl Transport for Log {
+///     async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+///         if !event.event_type.starts_with("file.") {
+///             return Err(DeliveryError::permanent(format!("no route for {}", event.event_type)));
+///         }
+///         println!("{} {}", event.event_type, event.id);
+///         Ok(())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Delivers one event. `Ok` means the receiver has it durably.
