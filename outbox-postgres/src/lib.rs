@@ -37,6 +37,8 @@ mod row;
 mod schema;
 mod sql;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{MAX_TABLE_LEN, PgConfig, validate_identifier};
 pub use emit::{PgEmitter, PgTransaction};

@@ -1,15 +1,11 @@
 //! Harnesses: a fresh store per test, for each backend.
 
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{Emit, Emitted, ManualClock, NewEvent, StoreError};
 use outbox_memory::{MemoryStore, MemoryStoreBuilder};
-use sqlx::ConnectOptions;
-use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::conformance::Harness;
@@ -71,98 +67,14 @@ impl Harness for MemoryHarness {
     }
 }
 
-/// Where the PostgreSQL tests get their server, in this order:
-///
-/// 1. `DATABASE_URL`, when set;
-/// 2. the server the standard libpq variables point to (`PGHOST`, `PGPORT`, `PGUSER`,
-///    `PGDATABASE`, defaulting to the local server and the current user), when it answers —
-///    the tests run wherever `psql` with no arguments would;
-/// 3. a throwaway container through testcontainers, when a Docker engine is reachable;
-///
-/// and otherwise the test fails with one line saying how to provide a database.
+/// Where the PostgreSQL tests get their server: `DATABASE_URL`, else the local server `psql`
+/// reaches with no arguments, else a throwaway container — the rule of
+/// [`outbox_postgres::testing::connect_options`], which applications use too. Without any, the
+/// test fails with one line saying how to provide a database.
 pub async fn connect_options() -> PgConnectOptions {
-    static OPTIONS: tokio::sync::OnceCell<PgConnectOptions> = tokio::sync::OnceCell::const_new();
-    OPTIONS
-        .get_or_init(|| async {
-            if let Ok(url) = std::env::var("DATABASE_URL") {
-                return PgConnectOptions::from_str(&url)
-                    .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}"));
-            }
-            let mut local = PgConnectOptions::new();
-            if std::env::var_os("PGUSER").is_none()
-                && let Some(user) = login_name()
-            {
-                local = local.username(&user);
-            }
-            let local_error = match tokio::time::timeout(Duration::from_secs(5), local.connect()).await {
-                Ok(Ok(conn)) => {
-                    let _ = conn.close().await;
-                    return local;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_owned(),
-            };
-            if docker_reachable() {
-                return start_container().await;
-            }
-            panic!(
-                "PostgreSQL tests need a database: set DATABASE_URL (e.g. postgres://root@127.0.0.1:5432/test), \
-                 run a local server that `psql` reaches without arguments ({local_error}), \
-                 or make a Docker engine reachable"
-            );
-        })
+    outbox_postgres::testing::connect_options()
         .await
-        .clone()
-}
-
-/// The login name of the current user, as libpq finds it: `USER`/`LOGNAME`, else the password
-/// database entry of this process's uid.
-fn login_name() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(user) = std::env::var("USER")
-        .ok()
-        .or_else(|| std::env::var("LOGNAME").ok())
-    {
-        return Some(user);
-    }
-    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&uid.as_str()))?
-        .first()
-        .map(|n| (*n).to_owned())
-}
-
-fn docker_reachable() -> bool {
-    if std::env::var_os("DOCKER_HOST").is_some() {
-        return true;
-    }
-    std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
-}
-
-async fn start_container() -> PgConnectOptions {
-    use testcontainers_modules::postgres::Postgres;
-    use testcontainers_modules::testcontainers::ContainerAsync;
-    use testcontainers_modules::testcontainers::runners::AsyncRunner;
-    // Kept for the whole test process; testcontainers' reaper removes it afterwards.
-    static CONTAINER: std::sync::OnceLock<ContainerAsync<Postgres>> = std::sync::OnceLock::new();
-    let container = Postgres::default()
-        .start()
-        .await
-        .expect("start a PostgreSQL container");
-    let port = container
-        .get_host_port_ipv4(5432)
-        .await
-        .expect("container port");
-    let _ = CONTAINER.set(container);
-    PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(port)
-        .username("postgres")
-        .password("postgres")
-        .database("postgres")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A pool on [`connect_options`] whose connections carry `application_name`, so a test can
