@@ -141,8 +141,10 @@ async fn prepare(tx: &mut sqlx::PgConnection, config: &PgConfig) -> Result<(), S
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+    // "already exists, skipping" and the like are expected here: keep them out of the logs.
     let ddl = format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
+        "SET LOCAL client_min_messages TO warning;
+         CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.{HISTORY} (
              table_name text        NOT NULL,
              version    integer     NOT NULL,

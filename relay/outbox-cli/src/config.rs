@@ -1,34 +1,7 @@
 //! The relay's TOML configuration, and building the router it describes.
 //!
-//! ```toml
-//! database_url = "postgres://relay@db/app"   # or DATABASE_URL, or --database-url
-//! schema = "public"
-//! table = "outbox_event"
-//! delete_delivered = false    # true: delete events once acknowledged instead of keeping them
-//!
-//! [relay]
-//! workers = 2                 # workers in this process
-//! batch_size = 100
-//! concurrency = 16            # deliveries at once, per worker
-//! poll_interval_ms = 1000     # fallback when no NOTIFY arrives
-//! lease_secs = 60
-//! delivery_timeout_secs = 30
-//! shutdown_grace_secs = 10
-//! retention_hours = 168       # delete delivered events older than this; 0 keeps them
-//!
-//! [http]
-//! listen = "127.0.0.1:9090"   # /healthz, /readyz, /metrics
-//!
-//! [[routes]]
-//! pattern = "file.*"
-//! transport = "nats"
-//! url = "nats://127.0.0.1:4222"
-//! subject = "events.{event_type}"
-//!
-//! [[routes]]
-//! pattern = "*"               # the default route
-//! transport = "stdout"
-//! ```
+//! [`EXAMPLE`] is the documented format, every key with its default and range (printed by
+//! `outbox config example` and shown by `outbox relay --help`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +10,9 @@ use std::time::Duration;
 use outbox_core::OutboxEvent;
 use outbox_router::{Pattern, Router, StdoutTransport, Template};
 use outbox_worker::WorkerConfig;
+
+/// An example config with every key, its default and its range, and one route per transport.
+pub const EXAMPLE: &str = include_str!("example.toml");
 use serde::Deserialize;
 
 /// The whole file.
@@ -355,6 +331,13 @@ mod tests {
             Ok(c) => panic!("{toml} was accepted: {c:?}"),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn the_example_is_a_valid_config() {
+        let config: Config = toml::from_str(EXAMPLE).expect("the example parses");
+        config.relay.worker_config().expect("valid settings");
+        assert_eq!(config.routes.len(), 5);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! outbox relay --config relay.toml          # deliver until SIGTERM/SIGINT
-//! outbox migrate [--down]                   # create/upgrade (or drop) the outbox table
+//! outbox migrate [--down --yes]             # create/upgrade (or drop) the outbox table
 //! outbox status                             # counts by status, oldest pending, dead events
+//! outbox dead list | show ID | revive ID…   # look at dead events and give them more attempts
+//! outbox config example                     # the config format, every key documented
 //! ```
 
 mod config;
@@ -16,10 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use outbox_core::{Clock, EventFilter, OutboxStore, Status, SystemClock};
+use outbox_core::{
+    Clock, EventFilter, EventId, EventPage, OutboxEvent, OutboxStore, Status, StoreError,
+    SystemClock,
+};
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_worker::Worker;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::Config;
 
@@ -49,7 +54,7 @@ enum LogFormat {
 /// Where the outbox table is; flags and variables override the config file.
 #[derive(clap::Args, Debug, Clone)]
 struct Target {
-    /// A TOML config file (see `outbox relay --help`).
+    /// A TOML config file (`outbox config example` prints one, every key documented).
     #[arg(long, short, env = "OUTBOX_CONFIG")]
     config: Option<PathBuf>,
     /// PostgreSQL URL.
@@ -71,6 +76,7 @@ enum Command {
     /// Example: `outbox relay --config relay.toml --workers 4 --listen 0.0.0.0:9090`.
     /// Serves /healthz (alive), /readyz (database reachable) and /metrics (Prometheus text:
     /// events by status, oldest pending age) when `[http] listen` or --listen is set.
+    #[command(after_long_help = concat!("Config file format (`outbox config example`):\n\n", include_str!("example.toml")))]
     Relay {
         #[command(flatten)]
         target: Target,
@@ -88,9 +94,12 @@ enum Command {
     Migrate {
         #[command(flatten)]
         target: Target,
-        /// Revert: drop the table, its trigger and history. Deletes every event.
+        /// Revert: drop the table, its trigger and history. Deletes every event; needs --yes.
         #[arg(long)]
         down: bool,
+        /// Confirms --down.
+        #[arg(long)]
+        yes: bool,
     },
     /// Print events by status, the oldest pending event's age and the dead events.
     ///
@@ -102,6 +111,67 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         dead: usize,
     },
+    /// Look at dead events and give them more attempts.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+    /// The config file format.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadAction {
+    /// List dead events, oldest first, with their last error.
+    ///
+    /// Example: `outbox dead list --type file.stored`.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one event, every field, as JSON.
+    ///
+    /// Example: `outbox dead show 0190f1c2-…`.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The event's id.
+        id: EventId,
+    },
+    /// Give dead events more attempts, due now: the ones named, or every dead one matching
+    /// --type, or with --all every dead event.
+    ///
+    /// Example: `outbox dead revive --type file.stored --attempts 3`.
+    Revive {
+        #[command(flatten)]
+        target: Target,
+        /// Events to revive.
+        ids: Vec<EventId>,
+        /// Every dead event of this type.
+        #[arg(long = "type", conflicts_with = "ids")]
+        event_type: Option<String>,
+        /// Every dead event.
+        #[arg(long, conflicts_with_all = ["ids", "event_type"])]
+        all: bool,
+        /// Attempts to give each.
+        #[arg(long, default_value_t = 1)]
+        attempts: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print an example config with every key, its default and range.
+    Example,
 }
 
 type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -168,6 +238,11 @@ async fn relay(
         u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
     )
     .await?;
+    // The table must be there before workers start, or each would log the same error forever.
+    store
+        .count_by_status()
+        .await
+        .map_err(|e| explain(e.into(), &target))?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
     let mut running = Vec::new();
     for i in 0..r.workers {
@@ -211,7 +286,14 @@ async fn wait_for_signal() -> Result<(), CliError> {
     Ok(())
 }
 
-async fn migrate(target: Target, down: bool) -> Result<(), CliError> {
+async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> {
+    if down && !yes {
+        return Err(
+            "migrate --down drops the outbox table and every event in it; \
+                    run it again with --yes to confirm"
+                .into(),
+        );
+    }
     let config = load(&target)?;
     let store = store(&config, 2).await?;
     let table = store.config().qualified_table();
@@ -261,28 +343,36 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
             ..Default::default()
         })
         .await?;
-    if !dead_events.events.is_empty() {
+    if !dead_events.is_empty() {
+        println!();
+        print_dead(&dead_events);
+    }
+    Ok(())
+}
+
+/// A table of dead events, and of rows no worker could read (marked dead when claimed).
+fn print_dead(page: &EventPage) {
+    if !page.events.is_empty() {
         println!(
-            "\n{:<36}  {:<24} {:>8}  last error",
+            "{:<36}  {:<24} {:>8}  last error",
             "dead event", "type", "attempts"
         );
-        for e in dead_events.events {
+        for e in &page.events {
             println!(
                 "{:<36}  {:<24} {:>8}  {}",
                 e.id.to_string(),
                 e.event_type,
                 e.attempts(),
-                e.lifecycle.last_error.unwrap_or_default()
+                e.lifecycle.last_error.as_deref().unwrap_or_default()
             );
         }
     }
-    // Rows no worker could read are marked dead when claimed: they show here, with why.
-    if !dead_events.undecodable.is_empty() {
+    if !page.undecodable.is_empty() {
         println!(
-            "\n{:<36}  {:<10}  why it cannot be read",
+            "{:<36}  {:<10}  why it cannot be read",
             "unreadable row", "status"
         );
-        for u in dead_events.undecodable {
+        for u in &page.undecodable {
             println!(
                 "{:<36}  {:<10}  {}",
                 u.id.to_string(),
@@ -291,7 +381,92 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
             );
         }
     }
+}
+
+fn dead_filter(event_type: Option<String>, limit: usize) -> EventFilter {
+    EventFilter {
+        status: Some(Status::Dead),
+        event_type,
+        limit,
+        ..Default::default()
+    }
+}
+
+async fn dead(action: DeadAction) -> Result<(), CliError> {
+    match action {
+        DeadAction::List {
+            target,
+            event_type,
+            limit,
+        } => {
+            let store = store(&load(&target)?, 2).await?;
+            let page = store.list(&dead_filter(event_type, limit)).await?;
+            if page.is_empty() {
+                println!("no dead events");
+            }
+            print_dead(&page);
+        }
+        DeadAction::Show { target, id } => {
+            let store = store(&load(&target)?, 2).await?;
+            let event: OutboxEvent = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
+            println!("{}", serde_json::to_string_pretty(&event)?);
+        }
+        DeadAction::Revive {
+            target,
+            ids,
+            event_type,
+            all,
+            attempts,
+        } => {
+            if ids.is_empty() && event_type.is_none() && !all {
+                return Err("name the events to revive, or use --type TYPE or --all".into());
+            }
+            let store = store(&load(&target)?, 2).await?;
+            let mut revived = 0u64;
+            for id in ids {
+                store.retry_dead(id, attempts, SystemClock.now()).await?;
+                revived += 1;
+            }
+            if event_type.is_some() || all {
+                // Revived events leave the dead set, so the first page is always a fresh one.
+                loop {
+                    let page = store.list(&dead_filter(event_type.clone(), 1000)).await?;
+                    if page.events.is_empty() {
+                        break;
+                    }
+                    for e in &page.events {
+                        store.retry_dead(e.id, attempts, SystemClock.now()).await?;
+                        revived += 1;
+                    }
+                }
+            }
+            println!("revived {revived} event(s) with {attempts} more attempt(s) each");
+        }
+    }
     Ok(())
+}
+
+/// The error in plain words, with the fix where one is known.
+fn explain(error: CliError, target: &Target) -> CliError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = cause {
+        let code = e
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code().map(|c| c.into_owned()));
+        if code.as_deref() == Some("42P01") {
+            let (schema, table) = load(target)
+                .map(|c| (c.schema, c.table))
+                .unwrap_or_else(|_| ("public".into(), "outbox_event".into()));
+            return format!(
+                "the outbox table {schema}.{table} does not exist here: run `outbox migrate` \
+                 with the same database, schema and table first"
+            )
+            .into();
+        }
+        cause = e.source();
+    }
+    error
 }
 
 fn main() -> ExitCode {
@@ -300,6 +475,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -322,14 +498,34 @@ fn main() -> ExitCode {
                 workers,
                 listen,
             } => relay(target, workers, listen).await,
-            Command::Migrate { target, down } => migrate(target, down).await,
-            Command::Status { target, dead } => status(target, dead).await,
+            Command::Migrate { target, down, yes } => {
+                let t = target.clone();
+                migrate(target, down, yes).await.map_err(|e| explain(e, &t))
+            }
+            Command::Status { target, dead } => {
+                let t = target.clone();
+                status(target, dead).await.map_err(|e| explain(e, &t))
+            }
+            Command::Dead { action } => {
+                let t = match &action {
+                    DeadAction::List { target, .. }
+                    | DeadAction::Show { target, .. }
+                    | DeadAction::Revive { target, .. } => target.clone(),
+                };
+                dead(action).await.map_err(|e| explain(e, &t))
+            }
+            Command::Config {
+                action: ConfigAction::Example,
+            } => {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
+            // Once, on standard error; not also as a log line.
             eprintln!("outbox: {e}");
             ExitCode::FAILURE
         }

@@ -229,3 +229,145 @@ async fn status_reports_unreadable_rows() {
     assert!(after.contains("unreadable row"), "{after}");
     h.cleanup().await;
 }
+
+/// Runs `outbox` with `args` against `schema`, with extra environment; returns (success,
+/// stdout, stderr).
+fn run(args: &[&str], url: &str, schema: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--database-url", url, "--schema", schema])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run outbox");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `migrate --down` needs `--yes`; migrating logs no PostgreSQL NOTICEs; logs written to a file
+/// or pipe carry no colour codes; an error is one line, with the fix when one is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_errors_speak_plainly() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let (ok, _, stderr) = run(&["migrate", "--down"], &url, h.schema(), &[]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(
+        h.store().count_by_status().await.unwrap().total(),
+        0,
+        "the table is still there"
+    );
+
+    // Already migrated: every CREATE … IF NOT EXISTS would send a NOTICE.
+    let (ok, _, stderr) = run(&["migrate"], &url, h.schema(), &[("RUST_LOG", "debug")]);
+    assert!(ok, "{stderr}");
+    assert!(
+        !stderr.contains("skipping"),
+        "a NOTICE reached the logs:\n{stderr}"
+    );
+    assert!(!stderr.is_empty(), "debug logs expected");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a piped log:\n{stderr}"
+    );
+
+    let (ok, _, _) = run(&["migrate", "--down", "--yes"], &url, h.schema(), &[]);
+    assert!(ok);
+    let (ok, _, stderr) = run(&["status"], &url, h.schema(), &[]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "printed more than once:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("outbox migrate"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("line "), "{stderr}");
+    h.cleanup().await;
+}
+
+/// Dead events can be listed, shown whole, and revived by id or by type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_events_are_listed_shown_and_revived() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let store = h.store();
+    let ids: Vec<EventId> = h
+        .emit((0..3).map(traced_event).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let now = outbox_core::Clock::now(h.clock());
+    let (lease, _) =
+        outbox_core::OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+    let failures: Vec<_> = ids
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "no route"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+
+    let list = outbox(&["dead", "list"], &url, h.schema());
+    for id in &ids {
+        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
+    }
+    assert!(list.contains("no route"), "{list}");
+    let shown = outbox(&["dead", "show", &ids[0].to_string()], &url, h.schema());
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(json["lifecycle"]["status"], "dead");
+    assert_eq!(json["lifecycle"]["last_error"], "no route");
+
+    let one = outbox(&["dead", "revive", &ids[0].to_string()], &url, h.schema());
+    assert!(one.contains("revived 1 event"), "{one}");
+    assert_eq!(
+        store.get(ids[0]).await.unwrap().unwrap().status(),
+        outbox_core::Status::Pending
+    );
+    let rest = outbox(
+        &["dead", "revive", "--type", "file.stored", "--attempts", "2"],
+        &url,
+        h.schema(),
+    );
+    assert!(rest.contains("revived 2 event"), "{rest}");
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (3, 0));
+    let event = store.get(ids[2]).await.unwrap().unwrap();
+    assert_eq!(event.lifecycle.max_attempts, event.attempts() + 2);
+
+    let (ok, _, stderr) = run(&["dead", "revive"], &url, h.schema(), &[]);
+    assert!(!ok && stderr.contains("--all"), "{stderr}");
+    h.cleanup().await;
+}
+
+/// The config format is one command away, and in `relay --help`.
+#[test]
+fn the_config_format_is_printed() {
+    let example = Command::new(BIN)
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&example.stdout);
+    assert!(example.status.success());
+    assert!(
+        text.contains("[relay]") && text.contains("[[routes]]"),
+        "{text}"
+    );
+    let help = Command::new(BIN)
+        .args(["relay", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(text.trim()),
+        "relay --help lacks the example:\n{help}"
+    );
+}
