@@ -136,6 +136,26 @@ impl PgStore {
             .collect())
     }
 
+    /// Runs a fenced `($1 lease, $2 ids, $3 injected time)` statement that gives every event it
+    /// changes the same `outcome` (ack, release).
+    async fn mark(
+        &self,
+        sql: &Arc<str>,
+        lease: LeaseId,
+        ids: &[EventId],
+        outcome: Outcome,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.as_uuid())
+            .bind(uuids(ids))
+            .bind(self.injected_now());
+        self.fenced(query, ids, |_| Ok(outcome)).await
+    }
+
     /// Decodes claimed rows one by one. A row that cannot be read is marked dead at once, with
     /// the reason as its error, so it can never hold up the batch it came in or come back.
     async fn decode_claimed(
@@ -224,15 +244,8 @@ impl OutboxStore for PgStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let query = sqlx::query(AssertSqlSafe(self.sql.ack.clone()))
-            .bind(lease.as_uuid())
-            .bind(uuids(ids))
-            .bind(self.injected_now());
-        self.fenced(query, ids, |_| Ok(Outcome::Delivered)).await
+        self.mark(&self.sql.ack, lease, ids, Outcome::Delivered)
+            .await
     }
 
     async fn nack(
@@ -274,17 +287,13 @@ impl OutboxStore for PgStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let recorded = self
+            .mark(&self.sql.release, lease, ids, Outcome::Released)
+            .await?;
+        if !ids.is_empty() {
+            // Released events are due now: let idle workers know.
+            self.notify().await?;
         }
-        let query = sqlx::query(AssertSqlSafe(self.sql.release.clone()))
-            .bind(lease.as_uuid())
-            .bind(uuids(ids))
-            .bind(self.injected_now());
-        let recorded = self.fenced(query, ids, |_| Ok(Outcome::Released)).await?;
-        // Released events are due now: let idle workers know.
-        self.notify().await?;
         Ok(recorded)
     }
 
