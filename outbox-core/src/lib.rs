@@ -52,3 +52,8 @@ pub use store::{
 };
 pub use transaction::{Transaction, Transactional};
 pub use transport::{DeliveryError, Transport};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -90,3 +90,8 @@ pub use conn::MemoryConn;
 pub use recording::{RecordingTransport, Scripted};
 pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use unit_of_work::{Committed, UnitOfWork};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

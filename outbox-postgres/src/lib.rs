@@ -44,3 +44,8 @@ pub use config::{MAX_TABLE_LEN, PgConfig, validate_identifier};
 pub use emit::{PgEmitter, PgTransaction};
 pub use schema::LATEST_VERSION;
 pub use store::PgStore;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -46,3 +46,8 @@ mod worker;
 pub use clock::TokioClock;
 pub use config::{WorkerBuilder, WorkerConfig, bounds};
 pub use worker::{RunningWorker, Worker, WorkerError, WorkerReport};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,7 +1,8 @@
 //! Developer tasks for the outbox workspace, run as `cargo xtask <task>`.
 //!
-//! - `cargo xtask ci`: formatting check, clippy with warnings denied, rustdoc with warnings
-//!   denied, the uploads example, then every test. What CI runs.
+//! - `cargo xtask ci`: formatting check, clippy with warnings denied, rustdoc (all features,
+//!   `--cfg docsrs`) with warnings denied, `cargo deny` (licences, bans, sources), the uploads
+//!   example, every test, then `cargo package` of every published crate. What CI runs.
 //! - `cargo xtask test`: every test in the workspace.
 //! - `cargo xtask bench [--quick]`: release-mode benchmarks, the outbox beside raw SQL.
 
@@ -83,12 +84,51 @@ fn ci() -> Result<(), String> {
         ],
         &[],
     )?;
+    // As docs.rs builds them: every feature, `--cfg docsrs`.
     cargo(
-        &["doc", "--workspace", "--no-deps", "--locked"],
-        &[("RUSTDOCFLAGS", "-D warnings")],
+        &[
+            "doc",
+            "--workspace",
+            "--all-features",
+            "--no-deps",
+            "--locked",
+        ],
+        &[("RUSTDOCFLAGS", "--cfg docsrs -D warnings")],
     )?;
+    deny()?;
     example()?;
-    test(&[])
+    test(&[])?;
+    package()
+}
+
+/// The dependency tree's licences, banned crates and sources (`deny.toml`). Advisories need the
+/// RustSec database from the network and are checked where it can be reached.
+fn deny() -> Result<(), String> {
+    let args = [
+        "deny",
+        "--all-features",
+        "check",
+        "--hide-inclusion-graph",
+        "licenses",
+        "bans",
+        "sources",
+    ];
+    cargo(&args, &[]).map_err(|e| {
+        format!(
+            "{e} (cargo-deny missing? `cargo install cargo-deny --locked`; .ci/run installs it)"
+        )
+    })
+}
+
+/// Packages every published crate and builds each from its package, in dependency order: what
+/// `cargo publish` would upload, proven to compile on its own.
+fn package() -> Result<(), String> {
+    let unpublished = ["outbox-tests", "outbox-bench", "outbox-examples", "xtask"];
+    let mut args = vec!["package", "--workspace", "--locked", "--allow-dirty"];
+    for crate_name in unpublished {
+        args.extend(["--exclude", crate_name]);
+    }
+    cargo(&args, &[])
 }
 
 /// Runs the README's first command (the zero-setup uploads example) and checks that it

@@ -138,3 +138,8 @@ pub use async_nats::Client;
 pub async fn connect_client(url: &str) -> Result<Client, async_nats::ConnectError> {
     async_nats::connect(url).await
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

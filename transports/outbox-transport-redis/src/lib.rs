@@ -131,3 +131,8 @@ pub use redis::aio::ConnectionManager;
 pub async fn connect_manager(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     redis::Client::open(url)?.get_connection_manager().await
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
