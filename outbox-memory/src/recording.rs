@@ -20,6 +20,8 @@ pub enum Scripted {
     Permanent,
     /// Never answer (to exercise delivery timeouts and shutdown).
     Hang,
+    /// Accept the event after this long (on tokio's clock, so a paused test drives it).
+    DeliverAfter(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,11 @@ impl Transport for RecordingTransport {
             Scripted::RetryAfter(d) => Err(DeliveryError::retry_after("scripted throttling", d)),
             Scripted::Permanent => Err(DeliveryError::permanent("scripted permanent failure")),
             Scripted::Hang => std::future::pending().await,
+            Scripted::DeliverAfter(d) => {
+                tokio::time::sleep(d).await;
+                self.lock().delivered.push(event.clone());
+                Ok(())
+            }
         }
     }
 }

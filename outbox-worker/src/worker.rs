@@ -263,6 +263,7 @@ where
         let mut tasks = JoinSet::new();
         let mut task_events = HashMap::new();
         let mut lifecycles = HashMap::new();
+        let stop = cancel.cloned().unwrap_or_default();
         for event in events {
             let (id, event_type, attempt) =
                 (event.id, event.event_type.clone(), event.attempts() + 1);
@@ -272,9 +273,14 @@ where
             let timeout = self.config.delivery_timeout;
             let span =
                 debug_span!("outbox_deliver", event_id = %id, event_type = %event_type, attempt);
+            let stop = stop.clone();
             let handle = tasks.spawn(
                 async move {
                     let _permit = permits.acquire_owned().await;
+                    // Shutting down: a delivery that has not started stays unstarted (released).
+                    if stop.is_cancelled() {
+                        return (id, None);
+                    }
                     let outcome =
                         match tokio::time::timeout(timeout, transport.deliver(&event)).await {
                             Ok(Ok(())) => Delivery::Delivered,
@@ -283,7 +289,7 @@ where
                                 "delivery timed out after {timeout:?}"
                             ))),
                         };
-                    (id, outcome)
+                    (id, Some(outcome))
                 }
                 .instrument(span),
             );
@@ -302,10 +308,12 @@ where
             tokio::select! {
                 joined = tasks.join_next_with_id() => match joined {
                     None => break,
-                    Some(Ok((task, (id, outcome)))) => {
+                    Some(Ok((task, (id, Some(outcome))))) => {
                         task_events.remove(&task);
                         outcomes.push((id, outcome));
                     }
+                    // Never started (shutting down): left in task_events, so it is released.
+                    Some(Ok((_, (_, None)))) => {}
                     Some(Err(join_error)) => {
                         if let Some(id) = task_events.remove(&join_error.id()) {
                             let message = format!("delivery task failed: {join_error}");
@@ -328,7 +336,7 @@ where
                     tasks.abort_all();
                     // Keep the outcomes of deliveries that finished before the abort landed.
                     while let Some(joined) = tasks.join_next_with_id().await {
-                        if let Ok((task, (id, outcome))) = joined {
+                        if let Ok((task, (id, Some(outcome)))) = joined {
                             task_events.remove(&task);
                             outcomes.push((id, outcome));
                         }
@@ -367,10 +375,13 @@ where
                                 .map_or(0, |l| l.attempts)
                                 .saturating_add(1);
                             let backoff = self.config.retry.delay(failures_so_far, rng.as_mut());
-                            add(
-                                now,
-                                backoff.max(error.retry_after_hint().unwrap_or_default()),
-                            )
+                            // A receiver's Retry-After is honoured up to the policy's cap: a
+                            // peer cannot park an event for years.
+                            let asked = error
+                                .retry_after_hint()
+                                .unwrap_or_default()
+                                .min(self.config.retry.cap());
+                            add(now, backoff.max(asked))
                         });
                         warn!(event_id = %id, %error, retryable = error.is_retryable(), "delivery failed");
                         failures.push(Failure {
@@ -494,6 +505,33 @@ impl RunningWorker {
     /// The token that stops the worker (cancelling it is what [`shutdown`](Self::shutdown) does).
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Stops several workers together: every one stops claiming at once, then each finishes or
+    /// releases its in-flight work within its own grace period, side by side — so the whole
+    /// takes one grace period, not one per worker. Returns their reports added up, or the first
+    /// error.
+    pub async fn shutdown_all(
+        workers: impl IntoIterator<Item = RunningWorker>,
+    ) -> Result<WorkerReport, WorkerError> {
+        let workers: Vec<RunningWorker> = workers.into_iter().collect();
+        for worker in &workers {
+            worker.cancel.cancel();
+        }
+        let mut total = WorkerReport::default();
+        let mut first_error = None;
+        for worker in workers {
+            match worker.task.await {
+                Ok(Ok(report)) => total += report,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(WorkerError::Crashed(e));
+                }
+            }
+        }
+        first_error.map_or(Ok(total), Err)
     }
 
     /// Stops the worker gracefully (see [`Worker::run`]) and returns what it did.

@@ -647,3 +647,89 @@ async fn immediate_retries_finish_within_run_until_idle() {
     assert_eq!((report.retried, report.delivered), (2, 1));
     assert_eq!(f.status(ids[0]).await, (Status::Delivered, 3));
 }
+
+/// On shutdown, deliveries still waiting for a slot are released, not started during the grace
+/// period: with one slot, the first delivery finishes within the grace, the two behind it are
+/// never attempted and come back pending, untried.
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_deliveries_that_have_not_started() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(3)).await;
+    f.transport.script([
+        Scripted::DeliverAfter(Duration::from_secs(2)),
+        Scripted::Deliver,
+        Scripted::Deliver,
+    ]);
+    let running = f
+        .worker()
+        .concurrency(1)
+        .shutdown_grace(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .spawn();
+    // Let the worker claim the batch and start the first delivery.
+    while f.transport.attempts().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let report = running.shutdown().await.unwrap();
+    assert_eq!(
+        f.transport.attempts().len(),
+        1,
+        "only the started delivery ran"
+    );
+    assert_eq!((report.delivered, report.released), (1, 2));
+    for id in &ids[1..] {
+        assert_eq!(f.status(*id).await, (Status::Pending, 0));
+    }
+}
+
+/// Several workers stop together: all stop claiming at once and drain side by side, so with a
+/// transport that never answers the whole shutdown takes one grace period, not one per worker,
+/// and every claimed event is released.
+#[tokio::test(start_paused = true)]
+async fn workers_shut_down_together_within_one_grace_period() {
+    let f = Fixture::new();
+    f.emit(uploads(6)).await;
+    f.transport.otherwise(Scripted::Hang);
+    let running: Vec<_> = (0..3)
+        .map(|i| {
+            f.worker()
+                .worker_id(format!("w{i}"))
+                .batch_size(2)
+                .delivery_timeout(Duration::from_secs(30))
+                .shutdown_grace(Duration::from_secs(10))
+                .build()
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    while f.transport.attempts().len() < 6 {
+        tokio::task::yield_now().await;
+    }
+    let started = tokio::time::Instant::now();
+    let report = outbox_worker::RunningWorker::shutdown_all(running)
+        .await
+        .unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(10),
+        "one grace period"
+    );
+    assert_eq!(report.released, 6);
+    let counts = f.store.count_by_status().await.unwrap();
+    assert_eq!((counts.pending, counts.in_flight), (6, 0));
+}
+
+/// A receiver's Retry-After is honoured up to the retry policy's cap (5 min here): asking for a
+/// year does not park the event for a year.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_capped_by_the_policy() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(1)).await;
+    f.transport
+        .script([Scripted::RetryAfter(Duration::from_secs(365 * 86_400))]);
+    f.worker().build().unwrap().run_until_idle().await.unwrap();
+    let event = f.store.fetch(ids[0]).await.unwrap();
+    let wait = event.lifecycle.next_attempt_at - f.clock.now();
+    assert_eq!(wait, chrono::TimeDelta::seconds(300));
+}

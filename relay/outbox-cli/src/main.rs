@@ -260,10 +260,8 @@ async fn relay(
 
     wait_for_signal().await?;
     info!("stopping: finishing or releasing in-flight deliveries");
-    let mut total = outbox_worker::WorkerReport::default();
-    for worker in running {
-        total += worker.shutdown().await?;
-    }
+    // All workers stop claiming at once and drain side by side: one grace period in all.
+    let total = outbox_worker::RunningWorker::shutdown_all(running).await?;
     if let Some(server) = server {
         server.abort();
     }
