@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use outbox_core::{DeliveryError, EventId, NewEvent, OutboxEvent, Transport};
 use outbox_tests::conformance::Harness;
 use outbox_tests::harness::{PgHarness, relay_committed_and_rolled_back, traceparent};
-use outbox_transport_webhook::{Envelope, SIGNATURE_HEADER, WebhookTransport, verify_signature};
+use outbox_transport_webhook::{
+    Envelope, SIGNATURE_HEADER, Signed, WebhookTransport, verify_signature,
+};
 use serde_json::json;
 
 /// What the server answers next: a status and an optional `Retry-After`; `None` never answers.
@@ -87,10 +89,15 @@ async fn committed_events_arrive_signed() {
     let mut ids = Vec::new();
     for (headers, body) in &received {
         let signature = headers.get(SIGNATURE_HEADER).unwrap().to_str().unwrap();
-        verify_signature(b"s3cret", signature, body, now, Duration::from_secs(300)).unwrap();
-        assert!(
-            verify_signature(b"wrong", signature, body, now, Duration::from_secs(300)).is_err()
-        );
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap();
+        let signed = Signed {
+            event_id: header("Outbox-Event-Id"),
+            event_type: header("Outbox-Event-Type"),
+            body,
+        };
+        let tolerance = Duration::from_secs(300);
+        verify_signature(b"s3cret", signature, signed, now, tolerance).unwrap();
+        assert!(verify_signature(b"wrong", signature, signed, now, tolerance).is_err());
         let envelope: Envelope = serde_json::from_slice(body).unwrap();
         assert_eq!(
             headers.get("Outbox-Event-Id").unwrap().to_str().unwrap(),
@@ -174,5 +181,76 @@ async fn unreachable_and_slow_receivers_are_retryable() {
             assert!(e.to_string().contains("timed out"), "{e}")
         }
         other => panic!("expected a retryable timeout, got {other:?}"),
+    }
+}
+
+/// Every message of an error and its sources, as a log line or `last_error` could show them.
+fn chain(error: &DeliveryError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        text.push_str(&format!(" / {e}"));
+        source = e.source();
+    }
+    text
+}
+
+/// A redirect is never followed: the signed request does not reach the server it points to,
+/// and the delivery fails permanently, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let elsewhere = Arc::new(Receiver::default());
+    let elsewhere_url = serve(elsewhere.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let to = elsewhere_url.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("Location", to)]).into_response() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let transport = WebhookTransport::builder(format!("http://{addr}/hook"))
+        .secret(b"s3cret".to_vec())
+        .build()
+        .unwrap();
+    match transport.deliver(&stored(1)).await {
+        Err(e @ DeliveryError::Permanent { .. }) => {
+            assert!(e.to_string().contains("redirects are not followed"), "{e}")
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+    assert!(
+        elsewhere.received.lock().unwrap().is_empty(),
+        "the signed request reached the redirect's target"
+    );
+}
+
+/// Credentials and query tokens in the receiver's URL appear in no error message or source:
+/// not for a refused status, not for a refused connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_are_redacted_in_every_error() {
+    let receiver = Arc::new(Receiver::default());
+    receiver.script.lock().unwrap().push_back(Some((500, None)));
+    let url = serve(receiver).await;
+    let with_secrets = url.replace("http://", "http://hookuser:R0utePW@") + "?token=TOK3N";
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!(
+            "http://hookuser:R0utePW@{}/hook?token=TOK3N",
+            listener.local_addr().unwrap()
+        )
+    };
+    for url in [with_secrets, closed] {
+        let transport = WebhookTransport::builder(url).build().unwrap();
+        let error = transport.deliver(&stored(1)).await.unwrap_err();
+        let text = chain(&error);
+        assert!(text.contains("/hook?…"), "{text}");
+        assert!(
+            !text.contains("R0utePW") && !text.contains("hookuser") && !text.contains("TOK3N"),
+            "a secret leaked: {text}"
+        );
     }
 }

@@ -4,14 +4,21 @@
 //! headers and payload. The request carries:
 //! - `Content-Type: application/json`;
 //! - `Outbox-Event-Id` and `Outbox-Event-Type`;
-//! - `Outbox-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` when a secret is
-//!   set. A receiver recomputes the MAC over the timestamp and the raw body, compares in constant
-//!   time, and rejects timestamps outside its tolerance, so a captured request cannot be
-//!   replayed later. [`verify_signature`] does exactly that.
+//! - `Outbox-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<event id>.<event type>.<body>">`
+//!   when a secret is set. The MAC covers the headers a receiver acts on (it de-duplicates by the
+//!   event id) as well as the body. A receiver recomputes it, compares in constant time, and
+//!   rejects timestamps outside its tolerance, so a captured request cannot be replayed later;
+//!   during a key rotation a header may carry several `v1=` values, and any one matching is
+//!   enough. [`verify_signature`] does exactly that.
 //!
 //! Status mapping: any 2xx is delivered; 408, 429 and 5xx are retryable, honouring
-//! `Retry-After` (seconds or an HTTP date); every other status is permanent. Connection errors
-//! and timeouts (connect and total, both configurable) are retryable.
+//! `Retry-After` (seconds or an HTTP date; the worker caps it by its retry policy); a redirect is
+//! never followed — it is a permanent error, since following it would send the signed request
+//! to another server; every other status is permanent. Connection errors and timeouts (connect
+//! and total, both configurable) are retryable.
+//!
+//! Nothing this transport prints or stores (errors, `last_error`, logs) contains the URL's
+//! credentials or query string: it shows `https://host/path?…`.
 //!
 //! Delivery is at least once: consumers de-duplicate by `Outbox-Event-Id` (also `id` in the
 //! body).
@@ -88,6 +95,9 @@ pub enum WebhookError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The signing secret is empty: every receiver would accept any signature made with it.
+    #[error("the webhook secret is empty")]
+    EmptySecret,
     /// The HTTP client could not be set up.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -119,27 +129,32 @@ impl WebhookBuilder {
         self.timeout = d;
         self
     }
-    /// Checks the URL and builds the client.
+    /// Checks the URL and the secret, and builds the client.
     pub fn build(self) -> Result<WebhookTransport, WebhookError> {
         let url = reqwest::Url::parse(&self.url).map_err(|e| WebhookError::InvalidUrl {
-            url: self.url.clone(),
+            url: "(not shown: it does not parse, and may hold credentials)".into(),
             reason: e.to_string(),
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(WebhookError::InvalidUrl {
-                url: self.url,
+                url: redact(&url),
                 reason: "scheme must be http or https".into(),
             });
+        }
+        if self.secret.as_ref().is_some_and(Vec::is_empty) {
+            return Err(WebhookError::EmptySecret);
         }
         // TLS uses rustls with the ring provider unless the application installed another.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(WebhookError::Client)?;
         Ok(WebhookTransport {
             client,
+            shown: redact(&url),
             url,
             secret: self.secret,
         })
@@ -151,7 +166,24 @@ impl WebhookBuilder {
 pub struct WebhookTransport {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL as printed: no credentials, no query.
+    shown: String,
     secret: Option<Vec<u8>>,
+}
+
+/// `url` without its credentials and with its query replaced by `?…`: safe to print and store.
+pub fn redact(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if had_query {
+        text.push_str("?…");
+    }
+    text
 }
 
 impl WebhookTransport {
@@ -166,24 +198,43 @@ impl WebhookTransport {
     }
 }
 
-/// The `Outbox-Signature` value for `body` sent at `timestamp` (unix seconds).
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+/// What a signature covers: the request's event id and type headers and its raw body.
+#[derive(Clone, Copy, Debug)]
+pub struct Signed<'a> {
+    /// The `Outbox-Event-Id` header.
+    pub event_id: &'a str,
+    /// The `Outbox-Event-Type` header.
+    pub event_type: &'a str,
+    /// The raw request body.
+    pub body: &'a [u8],
+}
+
+/// The `Outbox-Signature` value for a request sent at `timestamp` (unix seconds).
+pub fn sign(secret: &[u8], timestamp: i64, signed: Signed<'_>) -> String {
     format!(
         "t={timestamp},v1={}",
-        hex::encode(mac(secret, timestamp, body))
+        hex::encode(mac(secret, timestamp, signed).finalize().into_bytes())
     )
 }
 
-fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so this cannot fail.
+/// The MAC over `"<t>.<event id>.<event type>.<body>"`. HMAC accepts keys of any length.
+fn mac(secret: &[u8], timestamp: i64, signed: Signed<'_>) -> Hmac<Sha256> {
     let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(secret) {
         Ok(mac) => mac,
-        Err(_) => return Vec::new(),
+        Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
     };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    for part in [
+        timestamp.to_string().as_bytes(),
+        b".",
+        signed.event_id.as_bytes(),
+        b".",
+        signed.event_type.as_bytes(),
+        b".",
+    ] {
+        mac.update(part);
+    }
+    mac.update(signed.body);
+    mac
 }
 
 /// Why a signature was rejected.
@@ -201,37 +252,40 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// Checks an `Outbox-Signature` header against the raw `body`, accepting timestamps within
-/// `tolerance` of `now` (unix seconds). For receivers.
+/// Checks an `Outbox-Signature` header against what it signs, accepting timestamps within
+/// `tolerance` of `now` (unix seconds) and any one of several `v1=` values (key rotation). For
+/// receivers.
 pub fn verify_signature(
     secret: &[u8],
     header: &str,
-    body: &[u8],
+    signed: Signed<'_>,
     now: i64,
     tolerance: Duration,
 ) -> Result<(), SignatureError> {
     let mut timestamp = None;
-    let mut given = None;
+    let mut given = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-            Some(("v1", v)) => given = hex::decode(v).ok(),
+            Some(("v1", v)) => given.extend(hex::decode(v).ok()),
             _ => {}
         }
     }
-    let (Some(timestamp), Some(given)) = (timestamp, given) else {
+    let Some(timestamp) = timestamp.filter(|_| !given.is_empty()) else {
         return Err(SignatureError::Malformed);
     };
     if now.abs_diff(timestamp) > tolerance.as_secs() {
         return Err(SignatureError::Expired);
     }
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&given)
-        .map_err(|_| SignatureError::Mismatch)
+    let expected = mac(secret, timestamp, signed);
+    if given
+        .iter()
+        .any(|candidate| expected.clone().verify_slice(candidate).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
 /// Reads `Retry-After`: delta seconds or an HTTP date.
@@ -256,15 +310,21 @@ impl Transport for WebhookTransport {
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
         let body = serde_json::to_vec(&Envelope::from(event))
             .map_err(|e| DeliveryError::permanent("event is not serializable").with_source(e))?;
+        let id = event.id.to_string();
         let mut request = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Outbox-Event-Id", event.id.to_string())
+            .header("Outbox-Event-Id", id.as_str())
             .header("Outbox-Event-Type", event.event_type.as_str());
         let now = Utc::now();
         if let Some(secret) = &self.secret {
-            request = request.header(SIGNATURE_HEADER, sign(secret, now.timestamp(), &body));
+            let signed = Signed {
+                event_id: &id,
+                event_type: &event.event_type,
+                body: &body,
+            };
+            request = request.header(SIGNATURE_HEADER, sign(secret, now.timestamp(), signed));
         }
         let response = request.body(body).send().await.map_err(|e| {
             let what = if e.is_timeout() {
@@ -272,13 +332,21 @@ impl Transport for WebhookTransport {
             } else {
                 "failed"
             };
-            DeliveryError::retryable(format!("POST {} {what}", self.url)).with_source(e)
+            // reqwest's error names the full URL: drop it, ours is redacted.
+            DeliveryError::retryable(format!("POST {} {what}", self.shown))
+                .with_source(e.without_url())
         })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
-        let message = format!("POST {} answered {status}", self.url);
+        let message = format!("POST {} answered {status}", self.shown);
+        if status.is_redirection() {
+            return Err(DeliveryError::permanent(format!(
+                "{message}; redirects are not followed (they would send the signed request \
+                 elsewhere): point the route at the final URL"
+            )));
+        }
         if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
             Err(match retry_after(&response, now) {
                 Some(after) => DeliveryError::retry_after(message, after),
@@ -294,26 +362,95 @@ impl Transport for WebhookTransport {
 mod tests {
     use super::*;
 
+    const TOLERANCE: Duration = Duration::from_secs(300);
+
+    fn signed<'a>(event_id: &'a str, event_type: &'a str, body: &'a [u8]) -> Signed<'a> {
+        Signed {
+            event_id,
+            event_type,
+            body,
+        }
+    }
+
     #[test]
     fn signatures_verify_and_reject_tampering_and_replays() {
         let body = br#"{"id":"x"}"#;
-        let header = sign(b"secret", 1_000, body);
-        let ok = verify_signature(b"secret", &header, body, 1_100, Duration::from_secs(300));
-        assert_eq!(ok, Ok(()));
-        let tampered = verify_signature(
-            b"secret",
-            &header,
-            br#"{"id":"y"}"#,
-            1_000,
-            Duration::from_secs(300),
+        let ok_signed = signed("e-1", "file.stored", body);
+        let header = sign(b"secret", 1_000, ok_signed);
+        let check = |secret: &[u8], header: &str, s: Signed<'_>, now| {
+            verify_signature(secret, header, s, now, TOLERANCE)
+        };
+        assert_eq!(check(b"secret", &header, ok_signed, 1_100), Ok(()));
+        let tampered = signed("e-1", "file.stored", br#"{"id":"y"}"#);
+        assert_eq!(
+            check(b"secret", &header, tampered, 1_000),
+            Err(SignatureError::Mismatch)
         );
-        assert_eq!(tampered, Err(SignatureError::Mismatch));
-        let other_key = verify_signature(b"other", &header, body, 1_000, Duration::from_secs(300));
-        assert_eq!(other_key, Err(SignatureError::Mismatch));
-        let replay = verify_signature(b"secret", &header, body, 2_000, Duration::from_secs(300));
-        assert_eq!(replay, Err(SignatureError::Expired));
-        let garbage = verify_signature(b"secret", "v1=zz", body, 1_000, Duration::from_secs(300));
-        assert_eq!(garbage, Err(SignatureError::Malformed));
+        assert_eq!(
+            check(b"other", &header, ok_signed, 1_000),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            check(b"secret", &header, ok_signed, 2_000),
+            Err(SignatureError::Expired)
+        );
+        assert_eq!(
+            check(b"secret", "v1=zz", ok_signed, 1_000),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    /// The event id and type headers are signed: changing either (to dodge a receiver's
+    /// de-duplication, say) breaks the signature.
+    #[test]
+    fn the_id_and_type_headers_are_signed() {
+        let body = b"{}";
+        let header = sign(b"secret", 1_000, signed("e-1", "file.stored", body));
+        for forged in [
+            signed("e-2", "file.stored", body),
+            signed("e-1", "file.deleted", body),
+        ] {
+            let result = verify_signature(b"secret", &header, forged, 1_000, TOLERANCE);
+            assert_eq!(result, Err(SignatureError::Mismatch));
+        }
+    }
+
+    /// With several `v1=` values (a key rotation), any one matching is enough, wherever it
+    /// stands; none matching is a mismatch.
+    #[test]
+    fn every_v1_value_is_checked() {
+        let s = signed("e-1", "file.stored", b"{}");
+        let new = sign(b"new", 1_000, s);
+        let old = sign(b"old", 1_000, s);
+        let old_mac = old.split_once("v1=").map(|(_, m)| m).unwrap_or_default();
+        let both = format!("{new},v1={old_mac}");
+        assert_eq!(verify_signature(b"old", &both, s, 1_000, TOLERANCE), Ok(()));
+        assert_eq!(verify_signature(b"new", &both, s, 1_000, TOLERANCE), Ok(()));
+        assert_eq!(
+            verify_signature(b"other", &both, s, 1_000, TOLERANCE),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        let built = WebhookTransport::builder("https://example.com/hook")
+            .secret(Vec::new())
+            .build();
+        assert!(matches!(built, Err(WebhookError::EmptySecret)), "{built:?}");
+    }
+
+    #[test]
+    fn printed_urls_hold_no_credentials_or_query() {
+        let url = reqwest::Url::parse("http://hookuser:R0utePW@example.com:8080/hook?token=TOK3N")
+            .expect("a URL");
+        assert_eq!(redact(&url), "http://example.com:8080/hook?…");
+        let bad = WebhookTransport::builder("ftp://u:R0utePW@example.com/x?token=TOK3N").build();
+        let text = format!("{}", bad.expect_err("refused"));
+        assert!(
+            !text.contains("R0utePW") && !text.contains("TOK3N"),
+            "{text}"
+        );
     }
 
     #[test]
