@@ -123,6 +123,16 @@ fn deny() -> Result<(), String> {
 /// Packages every published crate and builds each from its package, in dependency order: what
 /// `cargo publish` would upload, proven to compile on its own.
 fn package() -> Result<(), String> {
+    // Packages of the same version from an earlier run are reused from here even when the
+    // sources changed since; start from nothing.
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let packages = target.join("package");
+    if packages.exists() {
+        std::fs::remove_dir_all(&packages)
+            .map_err(|e| format!("cannot clear {}: {e}", packages.display()))?;
+    }
     let unpublished = ["outbox-tests", "outbox-bench", "outbox-examples", "xtask"];
     let mut args = vec!["package", "--workspace", "--locked", "--allow-dirty"];
     for crate_name in unpublished {
