@@ -133,6 +133,38 @@ fn package() -> Result<(), String> {
         std::fs::remove_dir_all(&packages)
             .map_err(|e| format!("cannot clear {}: {e}", packages.display()))?;
     }
+    // Cargo unpacks the packages it verifies against into its registry folders, keyed by that
+    // package directory's path, and reuses an unpacked copy of the same name and version: drop
+    // the copies of ours (anything else of that name is downloaded again when needed).
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    for kind in ["src", "cache"] {
+        let Some(registries) = cargo_home.as_ref().map(|h| h.join("registry").join(kind)) else {
+            break;
+        };
+        for registry in std::fs::read_dir(&registries)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for entry in std::fs::read_dir(registry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with("outbox-") {
+                    let path = entry.path();
+                    let removed = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.map_err(|e| format!("cannot clear {}: {e}", path.display()))?;
+                }
+            }
+        }
+    }
     let unpublished = ["outbox-tests", "outbox-bench", "outbox-examples", "xtask"];
     let mut args = vec!["package", "--workspace", "--locked", "--allow-dirty"];
     for crate_name in unpublished {
