@@ -123,54 +123,62 @@ fn deny() -> Result<(), String> {
 /// Packages every published crate and builds each from its package, in dependency order: what
 /// `cargo publish` would upload, proven to compile on its own.
 fn package() -> Result<(), String> {
-    // Packages of the same version from an earlier run are reused from here even when the
-    // sources changed since; start from nothing.
+    // Verification builds our packages as registry crates, and cargo treats a registry crate of
+    // the same name and version as unchanged: in a target directory of its own, drop every
+    // earlier build of ours (third-party builds stay, so later runs are quick), and cargo's
+    // unpacked copies of our packages, which it reuses by name and version too.
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let packages = target.join("package");
-    if packages.exists() {
-        std::fs::remove_dir_all(&packages)
-            .map_err(|e| format!("cannot clear {}: {e}", packages.display()))?;
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("package-check");
+    let ours = |name: &str| name.starts_with("outbox-") || name.starts_with("liboutbox_");
+    let mut stale: Vec<PathBuf> = vec![target.join("package")];
+    for dir in [".fingerprint", "deps", "build"] {
+        let dir = target.join("debug").join(dir);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if ours(&entry.file_name().to_string_lossy()) {
+                stale.push(entry.path());
+            }
+        }
     }
-    // Cargo unpacks the packages it verifies against into its registry folders, keyed by that
-    // package directory's path, and reuses an unpacked copy of the same name and version: drop
-    // the copies of ours (anything else of that name is downloaded again when needed).
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    for kind in ["src", "cache"] {
-        let Some(registries) = cargo_home.as_ref().map(|h| h.join("registry").join(kind)) else {
-            break;
-        };
-        for registry in std::fs::read_dir(&registries)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for entry in std::fs::read_dir(registry.path())
+    if let Some(home) = cargo_home {
+        for kind in ["src", "cache"] {
+            let registries = home.join("registry").join(kind);
+            for registry in std::fs::read_dir(&registries)
                 .into_iter()
                 .flatten()
                 .flatten()
             {
-                if entry.file_name().to_string_lossy().starts_with("outbox-") {
-                    let path = entry.path();
-                    let removed = if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    removed.map_err(|e| format!("cannot clear {}: {e}", path.display()))?;
+                for entry in std::fs::read_dir(registry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if ours(&entry.file_name().to_string_lossy()) {
+                        stale.push(entry.path());
+                    }
                 }
             }
         }
+    }
+    for path in stale.iter().filter(|p| p.exists()) {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.map_err(|e| format!("cannot clear {}: {e}", path.display()))?;
     }
     let unpublished = ["outbox-tests", "outbox-bench", "outbox-examples", "xtask"];
     let mut args = vec!["package", "--workspace", "--locked", "--allow-dirty"];
     for crate_name in unpublished {
         args.extend(["--exclude", crate_name]);
     }
-    cargo(&args, &[])
+    let target = target.to_string_lossy().into_owned();
+    cargo(&args, &[("CARGO_TARGET_DIR", target.as_str())])
 }
 
 /// Runs the README's first command (the zero-setup uploads example) and checks that it
