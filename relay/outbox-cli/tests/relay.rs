@@ -109,6 +109,17 @@ async fn relay_process_delivers_serves_metrics_and_drains_on_sigterm() {
         .expect("relay delivered nothing")
         .unwrap();
     assert_eq!(seen, committed);
+    // The stdout transport prints an event before the batch's acknowledgement is written: wait
+    // for the acknowledgement (another process's; a bounded guard, not a pace) before reading
+    // the endpoint's counts.
+    let acked = async {
+        while h.store().count_by_status().await.unwrap().delivered < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("the relay never acknowledged what it printed");
 
     let health = tokio::task::spawn_blocking(move || {
         (
