@@ -41,10 +41,12 @@ fn event(n: usize) -> NewEvent {
 }
 
 async fn emit_n<H: Harness>(h: &H, n: usize) -> Vec<EventId> {
-    let emitted = h
-        .emit((0..n).map(event).collect(), true)
-        .await
-        .expect("emit");
+    emit_ids(h, (0..n).map(event).collect()).await
+}
+
+/// Emits and commits `events`; their ids, in order.
+async fn emit_ids<H: Harness>(h: &H, events: Vec<NewEvent>) -> Vec<EventId> {
+    let emitted = h.emit(events, true).await.expect("emit");
     emitted.iter().map(Emitted::id).collect()
 }
 
@@ -629,13 +631,7 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
     };
     let mut events: Vec<NewEvent> = (0..4).map(event).collect();
     events.push(keyed());
-    let ids: Vec<EventId> = h
-        .emit(events, true)
-        .await
-        .expect("emit")
-        .iter()
-        .map(Emitted::id)
-        .collect();
+    let ids = emit_ids(h, events).await;
     let (lease, claimed) = claim(h, "w", 10).await;
     assert_eq!(claimed.len(), 5);
     let now = h.clock().now_utc();
@@ -857,13 +853,7 @@ pub async fn outcomes_say_what_the_store_did<H: Harness>(h: &H) {
                 .expect("valid")
         })
         .collect();
-    let ids: Vec<EventId> = h
-        .emit(events, true)
-        .await
-        .expect("emit")
-        .iter()
-        .map(Emitted::id)
-        .collect();
+    let ids = emit_ids(h, events).await;
     let (lease, _) = claim(h, "w", 4).await;
     let store = h.store();
     let now = h.clock().now_utc();
