@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::OutboxEvent;
-use outbox_router::{Pattern, Router, StdoutTransport, Template};
+use outbox_router::{Pattern, Router, StdoutTransport, Syntax, Template};
 use outbox_worker::WorkerConfig;
 
 /// An example config with every key, its default and its range, and one route per transport.
@@ -216,10 +216,35 @@ impl Config {
 /// Picks a destination (subject, routing key, stream) for an event.
 type DestinationFn = Arc<dyn Fn(&OutboxEvent) -> String + Send + Sync>;
 
-fn template(route: usize, field: &str, text: &str) -> Result<DestinationFn, ConfigError> {
-    let t =
-        Template::parse(text).map_err(|e| ConfigError(format!("routes[{route}].{field}: {e}")))?;
+/// A route's destination template, escaping event values for the transport's `syntax`.
+fn template(
+    route: usize,
+    field: &str,
+    text: &str,
+    syntax: Syntax,
+) -> Result<DestinationFn, ConfigError> {
+    let t = Template::parse(text)
+        .map_err(|e| ConfigError(format!("routes[{route}].{field}: {e}")))?
+        .syntax(syntax);
     Ok(Arc::new(move |e: &OutboxEvent| t.render(e)))
+}
+
+/// The route's destination template (subject, routing key, stream), escaping event values for
+/// its transport; `None` for transports without one.
+fn destination(
+    i: usize,
+    transport: &TransportConfig,
+) -> Result<Option<DestinationFn>, ConfigError> {
+    Ok(Some(match transport {
+        TransportConfig::Nats { subject, .. } => {
+            template(i, "subject", subject, Syntax::NatsSubject)?
+        }
+        TransportConfig::Amqp { routing_key, .. } => {
+            template(i, "routing_key", routing_key, Syntax::AmqpRoutingKey)?
+        }
+        TransportConfig::Redis { stream, .. } => template(i, "stream", stream, Syntax::RedisKey)?,
+        TransportConfig::Stdout | TransportConfig::Webhook { .. } => return Ok(None),
+    }))
 }
 
 /// Connects every route's transport and builds the router. `*` becomes the default route.
@@ -236,38 +261,33 @@ pub async fn build_router(routes: &[RouteConfig]) -> Result<Router, ConfigError>
         let connect_error = |what: &str, e: &dyn std::fmt::Display| {
             ConfigError(format!("routes[{i}]: {what}: {e}"))
         };
+        let destination = || {
+            destination(i, &route.transport)?
+                .ok_or_else(|| ConfigError(format!("routes[{i}]: no destination template")))
+        };
         let transport: Box<dyn outbox_core::Transport> = match &route.transport {
             TransportConfig::Stdout => Box::new(StdoutTransport::new()),
-            TransportConfig::Nats { url, subject } => {
+            TransportConfig::Nats { url, .. } => {
                 let client = outbox_transport_nats_connect(url)
                     .await
                     .map_err(|e| connect_error("NATS", &e))?;
                 Box::new(outbox_transport_nats::NatsTransport::new(
                     client,
-                    template(i, "subject", subject)?,
+                    destination()?,
                 ))
             }
-            TransportConfig::Amqp {
-                url,
-                exchange,
-                routing_key,
-            } => Box::new(outbox_transport_amqp::AmqpTransport::with_routing_key(
-                url.clone(),
-                exchange.clone(),
-                template(i, "routing_key", routing_key)?,
-            )),
-            TransportConfig::Redis {
-                url,
-                stream,
-                max_len,
-            } => {
+            TransportConfig::Amqp { url, exchange, .. } => {
+                Box::new(outbox_transport_amqp::AmqpTransport::with_routing_key(
+                    url.clone(),
+                    exchange.clone(),
+                    destination()?,
+                ))
+            }
+            TransportConfig::Redis { url, max_len, .. } => {
                 let client = redis_connect(url)
                     .await
                     .map_err(|e| connect_error("Redis", &e))?;
-                let mut t = outbox_transport_redis::RedisTransport::new(
-                    client,
-                    template(i, "stream", stream)?,
-                );
+                let mut t = outbox_transport_redis::RedisTransport::new(client, destination()?);
                 if let Some(n) = max_len {
                     t = t.with_max_len(*n);
                 }
@@ -338,6 +358,53 @@ mod tests {
         let config: Config = toml::from_str(EXAMPLE).expect("the example parses");
         config.relay.worker_config().expect("valid settings");
         assert_eq!(config.routes.len(), 5);
+    }
+
+    /// Each transport's template escapes event values for its destination syntax: an aggregate
+    /// id `x.other` stays one token of a NATS subject or AMQP routing key (it used to be
+    /// inserted verbatim and landed on `events.x.other`), and `a:b` one part of a Redis key.
+    #[test]
+    fn route_templates_escape_values_for_their_transport() {
+        let config: Config = toml::from_str(
+            r#"
+            [[routes]]
+            pattern = "a"
+            transport = "nats"
+            url = "nats://127.0.0.1:4222"
+            subject = "events.{aggregate_id}"
+            [[routes]]
+            pattern = "b"
+            transport = "amqp"
+            url = "amqp://127.0.0.1:5672"
+            exchange = "x"
+            routing_key = "{aggregate_type}.{aggregate_id}"
+            [[routes]]
+            pattern = "c"
+            transport = "redis"
+            url = "redis://127.0.0.1:6379"
+            stream = "events:{aggregate_id}"
+            [[routes]]
+            pattern = "*"
+            transport = "stdout"
+            "#,
+        )
+        .expect("parses");
+        let event = |id: &str| {
+            outbox_core::NewEvent::builder("t", "order", id)
+                .build()
+                .expect("valid")
+                .into_event(outbox_core::EventId::new(), chrono::Utc::now(), 3)
+        };
+        let render = |i: usize, id: &str| {
+            destination(i, &config.routes[i].transport)
+                .expect("valid")
+                .map(|d| d(&event(id)))
+        };
+        assert_eq!(render(0, "x.other").as_deref(), Some("events.x%2Eother"));
+        assert_eq!(render(0, "x*").as_deref(), Some("events.x%2A"));
+        assert_eq!(render(1, "x.#").as_deref(), Some("order.x%2E%23"));
+        assert_eq!(render(2, "a:b").as_deref(), Some("events:a%3Ab"));
+        assert_eq!(render(3, "x"), None);
     }
 
     #[test]

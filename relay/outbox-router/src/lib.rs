@@ -6,7 +6,8 @@
 //!   being dropped.
 //! - [`Template`] renders destinations such as `events.{event_type}` or
 //!   `{aggregate_type}.{aggregate_id}` from an event, for transports that take a subject,
-//!   routing key, stream or URL per event.
+//!   routing key or stream per event, with each value escaped for the destination's
+//!   [`Syntax`] so that it cannot reach another subject, key or stream.
 //! - [`StdoutTransport`] prints one JSON line per event, for local runs.
 //!
 //! ```
@@ -32,7 +33,7 @@ use outbox_core::{DeliveryError, OutboxEvent, Transport};
 
 pub use pattern::Pattern;
 pub use stdout::StdoutTransport;
-pub use template::Template;
+pub use template::{Syntax, Template};
 
 /// Sends each event to the first route whose pattern matches its type.
 #[derive(Clone)]
