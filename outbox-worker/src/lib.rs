@@ -6,7 +6,9 @@
 //! renews the lease while they run, and records the outcomes in one call per kind: delivered,
 //! rescheduled with backoff, or dead. A retention sweep deletes old delivered events. On
 //! cancellation it stops claiming, lets in-flight deliveries finish within a grace period and
-//! releases the rest, so nothing is lost.
+//! releases the rest, so nothing is lost. Every worker reports deliveries, their durations and
+//! outcomes through the `metrics` facade ([`metrics`] lists the names), to whatever recorder
+//! the application installed.
 //!
 //! ```
 //! use std::time::Duration;
@@ -41,6 +43,7 @@
 
 mod clock;
 mod config;
+pub mod metrics;
 mod worker;
 
 pub use clock::TokioClock;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::{WorkerBuilder, WorkerConfig};
+use crate::metrics;
 
 /// Why a worker entry point failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,7 @@ where
                     claimed
                 }
                 Err(error) => {
+                    ::metrics::counter!(metrics::STORE_ERRORS).increment(1);
                     warn!(worker = %self.config.worker_id, %error, "store error; retrying after backoff");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -221,6 +223,7 @@ where
             report.reclaimed = reclaimed.pending + reclaimed.dead;
             report.dead += reclaimed.dead;
             if report.reclaimed > 0 {
+                ::metrics::counter!(metrics::RECLAIMED).increment(report.reclaimed);
                 info!(
                     pending = reclaimed.pending,
                     dead = reclaimed.dead,
@@ -242,6 +245,7 @@ where
         }
         let claimed = events.len();
         report.batches = 1;
+        ::metrics::counter!(metrics::BATCHES).increment(1);
         let span =
             info_span!("outbox_batch", worker = %lease.holder, lease = %lease.id, size = claimed);
         report += self
@@ -281,14 +285,23 @@ where
                     if stop.is_cancelled() {
                         return (id, None);
                     }
-                    let outcome =
+                    let started = Instant::now();
+                    let result =
                         match tokio::time::timeout(timeout, transport.deliver(&event)).await {
-                            Ok(Ok(())) => Delivery::Delivered,
-                            Ok(Err(error)) => Delivery::Failed(error),
-                            Err(_) => Delivery::Failed(DeliveryError::retryable(format!(
+                            Ok(result) => result,
+                            Err(_) => Err(DeliveryError::retryable(format!(
                                 "delivery timed out after {timeout:?}"
                             ))),
                         };
+                    metrics::delivery(
+                        &event.event_type,
+                        metrics::delivery_outcome(&result),
+                        started.elapsed(),
+                    );
+                    let outcome = match result {
+                        Ok(()) => Delivery::Delivered,
+                        Err(error) => Delivery::Failed(error),
+                    };
                     (id, Some(outcome))
                 }
                 .instrument(span),
@@ -431,6 +444,7 @@ where
 fn tally(recorded: &[Recorded]) -> WorkerReport {
     let mut report = WorkerReport::default();
     for r in recorded {
+        metrics::recorded(&r.outcome);
         match r.outcome {
             Outcome::Delivered => report.delivered += 1,
             Outcome::Retrying { .. } => report.retried += 1,

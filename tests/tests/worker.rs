@@ -733,3 +733,86 @@ async fn retry_after_is_capped_by_the_policy() {
     let wait = event.lifecycle.next_attempt_at - f.clock.now();
     assert_eq!(wait, chrono::TimeDelta::seconds(300));
 }
+
+/// An embedded worker reports through the `metrics` facade to the application's recorder:
+/// deliveries and their durations by event type and outcome, and what the store recorded.
+#[test]
+fn the_worker_reports_through_the_metrics_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use outbox_worker::metrics as names;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // A current-thread runtime runs every delivery task on this thread, inside the local
+    // recorder's scope.
+    let report = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let f = Fixture::new();
+            f.emit(uploads(3)).await;
+            f.emit([NewEvent::builder("order.paid", "order", "o-1")
+                .build()
+                .unwrap()])
+                .await;
+            f.transport.script([
+                Scripted::DeliverAfter(Duration::from_millis(250)),
+                Scripted::Permanent,
+            ]);
+            f.worker()
+                .concurrency(1)
+                .build()
+                .unwrap()
+                .run_until_idle()
+                .await
+                .unwrap()
+        })
+    });
+    assert_eq!((report.delivered, report.dead), (3, 1));
+
+    let mut counters = std::collections::BTreeMap::new();
+    let mut slow = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(format!("{} {}", key.name(), labels.join(",")), n);
+            }
+            DebugValue::Histogram(values) if key.name() == names::DELIVERY_SECONDS => {
+                let total: f64 = values.iter().map(|v| v.into_inner()).sum();
+                slow.push((labels.join(","), values.len(), total));
+            }
+            _ => {}
+        }
+    }
+    let get = |k: &str| counters.get(k).copied().unwrap_or_default();
+    assert_eq!(
+        get("outbox_deliveries_total event_type=file.stored,outcome=delivered"),
+        2
+    );
+    assert_eq!(
+        get("outbox_deliveries_total event_type=file.stored,outcome=permanent"),
+        1
+    );
+    assert_eq!(
+        get("outbox_deliveries_total event_type=order.paid,outcome=delivered"),
+        1
+    );
+    assert_eq!(get("outbox_recorded_total outcome=delivered"), 3);
+    assert_eq!(get("outbox_recorded_total outcome=dead"), 1);
+    assert!(get("outbox_batches_total ") >= 1, "{counters:?}");
+    // The one slow delivery (250 ms on tokio's paused clock) is in its series' histogram.
+    let delivered = slow
+        .iter()
+        .find(|(labels, _, _)| labels == "event_type=file.stored,outcome=delivered")
+        .unwrap();
+    assert_eq!(delivered.1, 2);
+    assert!((delivered.2 - 0.25).abs() < 0.01, "{slow:?}");
+}
