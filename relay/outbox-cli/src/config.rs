@@ -68,6 +68,9 @@ pub struct RelayConfig {
     pub shutdown_grace_secs: u64,
     /// Retention of delivered events in hours; 0 keeps them.
     pub retention_hours: u64,
+    /// How long start-up waits for the database and the brokers, in seconds, retrying with a
+    /// log line per failed attempt; 0 tries each once.
+    pub startup_timeout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -81,6 +84,7 @@ impl Default for RelayConfig {
             delivery_timeout_secs: 30,
             shutdown_grace_secs: 10,
             retention_hours: 168,
+            startup_timeout_secs: 60,
         }
     }
 }
@@ -88,7 +92,23 @@ impl Default for RelayConfig {
 /// Most workers one relay process runs.
 pub const MAX_WORKERS: usize = 256;
 
+/// Longest start-up wait.
+pub const MAX_STARTUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl RelayConfig {
+    /// `startup_timeout_secs` as a duration, at most [`MAX_STARTUP_TIMEOUT`].
+    pub fn startup_timeout(&self) -> Result<Duration, ConfigError> {
+        let timeout = Duration::from_secs(self.startup_timeout_secs);
+        if timeout > MAX_STARTUP_TIMEOUT {
+            return Err(ConfigError(format!(
+                "relay.startup_timeout_secs = {}: at most {}",
+                self.startup_timeout_secs,
+                MAX_STARTUP_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(timeout)
+    }
+
     /// The worker settings these keys describe, or an error naming the first key that is out
     /// of range (`relay.shutdown_grace_secs: at most 1h`). Every conversion is checked, so no
     /// value can overflow into something else.
@@ -248,7 +268,11 @@ fn destination(
 }
 
 /// Connects every route's transport and builds the router. `*` becomes the default route.
-pub async fn build_router(routes: &[RouteConfig]) -> Result<Router, ConfigError> {
+/// Brokers are connected through `startup`: retried, each failure logged, until its deadline.
+pub async fn build_router(
+    routes: &[RouteConfig],
+    startup: &crate::startup::Startup,
+) -> Result<Router, ConfigError> {
     if routes.is_empty() {
         return Err(ConfigError(
             "no [[routes]]: every event would fail; add at least one".into(),
@@ -268,9 +292,12 @@ pub async fn build_router(routes: &[RouteConfig]) -> Result<Router, ConfigError>
         let transport: Box<dyn outbox_core::Transport> = match &route.transport {
             TransportConfig::Stdout => Box::new(StdoutTransport::new()),
             TransportConfig::Nats { url, .. } => {
-                let client = outbox_transport_nats_connect(url)
+                let client = startup
+                    .retry(&format!("routes[{i}]: NATS"), || {
+                        outbox_transport_nats_connect(url)
+                    })
                     .await
-                    .map_err(|e| connect_error("NATS", &e))?;
+                    .map_err(ConfigError)?;
                 Box::new(outbox_transport_nats::NatsTransport::new(
                     client,
                     destination()?,
@@ -284,9 +311,10 @@ pub async fn build_router(routes: &[RouteConfig]) -> Result<Router, ConfigError>
                 ))
             }
             TransportConfig::Redis { url, max_len, .. } => {
-                let client = redis_connect(url)
+                let client = startup
+                    .retry(&format!("routes[{i}]: Redis"), || redis_connect(url))
                     .await
-                    .map_err(|e| connect_error("Redis", &e))?;
+                    .map_err(ConfigError)?;
                 let mut t = outbox_transport_redis::RedisTransport::new(client, destination()?);
                 if let Some(n) = max_len {
                     t = t.with_max_len(*n);

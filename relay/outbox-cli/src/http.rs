@@ -1,28 +1,62 @@
 //! `/healthz`, `/readyz` and `/metrics` for the relay.
+//!
+//! The process's metrics are the workers' own (`outbox_worker::metrics`), recorded through the
+//! `metrics` facade into a Prometheus exporter; on each scrape the outbox table's gauges (events
+//! by status, oldest pending age) are read from the database and set beside them. Errors go to
+//! the log; the endpoints answer with their status code and a word, never a database message
+//! (which can name hosts, users, schemas and tables).
+
+use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use outbox_core::{Clock, EventFilter, OutboxStore, Status, SystemClock};
 use outbox_postgres::PgStore;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::metered::Meters;
-use std::sync::Arc;
+/// Upper bounds (seconds) of the delivery-duration histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-/// Serves the endpoints on `addr` in a background task.
-pub async fn serve(
-    addr: &str,
+/// Gauge: events in the outbox table, by `status`.
+const EVENTS: &str = "outbox_events";
+/// Gauge: age of the oldest pending event in seconds.
+const OLDEST_PENDING: &str = "outbox_oldest_pending_age_seconds";
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn recorder() -> Result<PrometheusHandle, BuildError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(outbox_worker::metrics::DELIVERY_SECONDS.into()),
+            &BUCKETS,
+        )?
+        .install_recorder()?;
+    metrics::describe_gauge!(EVENTS, "Events in the outbox table by status.");
+    metrics::describe_gauge!(
+        OLDEST_PENDING,
+        "Age of the oldest pending event in seconds (lag)."
+    );
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Serves the endpoints on a bound `listener` in a background task.
+pub fn serve(
+    listener: TcpListener,
     store: PgStore,
-    meters: Arc<Meters>,
+    handle: PrometheusHandle,
 ) -> Result<JoinHandle<()>, std::io::Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "health and metrics endpoint listening");
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state((store, meters));
+        .route("/metrics", get(scrape))
+        .with_state((store, handle));
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health endpoint stopped");
@@ -30,65 +64,51 @@ pub async fn serve(
     }))
 }
 
+type AppState = State<(PgStore, PrometheusHandle)>;
+
 /// Ready when the database answers.
-async fn ready(State((store, _)): State<(PgStore, Arc<Meters>)>) -> (StatusCode, String) {
+async fn ready(State((store, _)): AppState) -> (StatusCode, &'static str) {
     match store.count_by_status().await {
-        Ok(_) => (StatusCode::OK, "ready\n".into()),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {e}\n"),
-        ),
+        Ok(_) => (StatusCode::OK, "ready\n"),
+        Err(error) => {
+            tracing::warn!(%error, "/readyz: the outbox table cannot be read");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
     }
 }
 
-/// Prometheus text: events by status, the age of the oldest pending event, and this process's
-/// delivery counters and duration histogram.
-async fn metrics(State((store, meters)): State<(PgStore, Arc<Meters>)>) -> (StatusCode, String) {
-    let counts = match store.count_by_status().await {
-        Ok(c) => c,
-        Err(e) => {
-            return (
+/// Prometheus text: the table's gauges read now, then everything the process recorded.
+async fn scrape(State((store, handle)): AppState) -> (StatusCode, String) {
+    match table_gauges(&store).await {
+        Ok(()) => (StatusCode::OK, handle.render()),
+        Err(error) => {
+            tracing::warn!(%error, "/metrics: the outbox table cannot be read");
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("# database unavailable: {e}\n"),
-            );
+                "# database unavailable\n".into(),
+            )
         }
-    };
-    let mut out = String::from(
-        "# HELP outbox_events Events in the outbox table by status.\n# TYPE outbox_events gauge\n",
-    );
-    for s in Status::ALL {
-        out.push_str(&format!(
-            "outbox_events{{status=\"{}\"}} {}\n",
-            s.as_str(),
-            counts.get(s)
-        ));
     }
-    let oldest = match store
+}
+
+/// Sets the outbox table's gauges from the database.
+async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
+    let counts = store.count_by_status().await?;
+    let oldest = store
         .list(&EventFilter {
             status: Some(Status::Pending),
             limit: 1,
             ..Default::default()
         })
-        .await
-    {
-        Ok(page) => page
-            .oldest_created_at()
-            .map(|at| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
-            .unwrap_or(0.0),
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("# cannot read the oldest pending event: {e}\n"),
-            );
-        }
-    };
-    out.push_str(
-        "# HELP outbox_oldest_pending_age_seconds Age of the oldest pending event (lag).\n",
-    );
-    out.push_str("# TYPE outbox_oldest_pending_age_seconds gauge\n");
-    out.push_str(&format!("outbox_oldest_pending_age_seconds {oldest}\n"));
-    out.push_str(&meters.render());
-    (StatusCode::OK, out)
+        .await?
+        .oldest_created_at()
+        .map(|at| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    for s in Status::ALL {
+        metrics::gauge!(EVENTS, "status" => s.as_str()).set(counts.get(s) as f64);
+    }
+    metrics::gauge!(OLDEST_PENDING).set(oldest);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -100,14 +120,15 @@ mod tests {
     use outbox_tests::harness::{PgHarness, foreign_row};
 
     /// The oldest pending event's age counts a row no worker can read (it used to be swallowed:
-    /// the gauge read 0 while the row sat there), and a failing query is an error, not a 0.
+    /// the gauge read 0 while the row sat there), and a failing query is an error, not a 0 —
+    /// said without the database's message.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn metrics_report_an_unreadable_oldest_event() {
         let h = PgHarness::new().await;
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         foreign_row(&h, &deep, "{}").await;
-        let meters = Arc::new(Meters::default());
-        let (status, body) = metrics(State((h.store(), meters.clone()))).await;
+        let handle = recorder().unwrap();
+        let (status, body) = scrape(State((h.store(), handle.clone()))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let age: f64 = body
             .lines()
@@ -117,9 +138,35 @@ mod tests {
             .expect("a number");
         let expected = (SystemClock.now() - outbox_core::Clock::now(h.clock())).num_seconds();
         assert!((age - expected as f64).abs() < 60.0, "{age} vs {expected}");
+        assert!(
+            body.contains("outbox_events{status=\"pending\"} 1"),
+            "{body}"
+        );
 
         h.cleanup().await; // the table is gone: the next scrape must say so
-        let (status, body) = metrics(State((h.store(), meters))).await;
+        let (status, body) = scrape(State((h.store(), handle))).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    /// Health endpoints say what is wrong in a word; the database's message (here naming the
+    /// schema and the missing relation) goes to the log only. They used to echo it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_endpoints_keep_internals_to_the_log() {
+        let h = PgHarness::new().await;
+        let schema = h.schema().to_owned();
+        let handle = recorder().unwrap();
+        assert_eq!(
+            ready(State((h.store(), handle.clone()))).await,
+            (StatusCode::OK, "ready\n")
+        );
+        h.cleanup().await;
+        let (status, body) = ready(State((h.store(), handle.clone()))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "database unavailable\n");
+        let (_, body) = scrape(State((h.store(), handle))).await;
+        assert!(
+            !body.contains(&schema) && !body.contains("relation"),
+            "{body}"
+        );
     }
 }

@@ -10,8 +10,9 @@
 
 mod config;
 mod http;
-mod metered;
+mod startup;
 
+use std::io::{Write, stdout};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,9 +25,13 @@ use outbox_core::{
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_worker::Worker;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use std::str::FromStr;
 use tracing::info;
 
 use crate::config::Config;
+use crate::startup::Startup;
 
 /// The transactional outbox's relay and operator tool.
 #[derive(Parser, Debug)]
@@ -193,17 +198,54 @@ fn load(target: &Target) -> Result<Config, CliError> {
     Ok(config)
 }
 
-async fn store(config: &Config, connections: u32) -> Result<PgStore, CliError> {
+/// Longest one connection attempt may take (an unreachable host can hold a TCP connect for
+/// minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database URL, checked: PostgreSQL's scheme only (`postgress://` or `mysql://` used to be
+/// taken as PostgreSQL and fail later, or connect somewhere unexpected).
+fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
     let url = config
         .database_url
         .as_deref()
         .ok_or("no database: set database_url in the config, DATABASE_URL, or --database-url")?;
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("postgres" | "postgresql") => {}
+        Some(other) => {
+            return Err(format!(
+                "database_url: scheme {other:?} is not PostgreSQL's; write postgres://user@host:port/database"
+            )
+            .into());
+        }
+        None => {
+            return Err("database_url: not a URL; write postgres://user@host:port/database".into());
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| format!("database_url: cannot be read: {e}").into())
+}
+
+/// Connects to PostgreSQL (retrying until `startup`'s deadline, each failure logged with its
+/// real cause) and opens a pool of `connections`.
+async fn store(config: &Config, connections: u32, startup: Startup) -> Result<PgStore, CliError> {
+    let options = database_options(config)?;
+    startup
+        .retry("PostgreSQL", || async {
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close().await;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
+            }
+        })
+        .await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
     Ok(PgStore::new(
         pool,
         PgConfig::new()
@@ -227,15 +269,19 @@ async fn relay(
     }
     let r = &config.relay;
     let settings = r.worker_config()?;
-    // Routes first: a mistake in the file is reported before anything connects to the database.
-    let meters = Arc::new(metered::Meters::default());
-    let router = Arc::new(metered::Metered::new(
-        config::build_router(&config.routes).await?,
-        meters.clone(),
-    ));
+    let startup = Startup::within(r.startup_timeout()?);
+    // The endpoint's address first, then the routes: a mistake in the file is reported before
+    // anything connects, and the port is ours before any worker claims an event.
+    let listener = match &config.http.listen {
+        Some(addr) => Some(http_listener(addr).await?),
+        None => None,
+    };
+    let metrics = http::recorder()?;
+    let router = Arc::new(config::build_router(&config.routes, &startup).await?);
     let store = store(
         &config,
         u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
+        startup,
     )
     .await?;
     // The table must be there before workers start, or each would log the same error forever.
@@ -243,6 +289,10 @@ async fn relay(
         .count_by_status()
         .await
         .map_err(|e| explain(e.into(), &target))?;
+    let server = match listener {
+        Some(listener) => Some(http::serve(listener, store.clone(), metrics)?),
+        None => None,
+    };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
     let mut running = Vec::new();
     for i in 0..r.workers {
@@ -252,10 +302,6 @@ async fn relay(
             .build()?;
         running.push(worker.spawn());
     }
-    let server = match &config.http.listen {
-        Some(addr) => Some(http::serve(addr, store.clone(), meters).await?),
-        None => None,
-    };
     info!(workers = r.workers, table = %store.config().qualified_table(), "relay started");
 
     wait_for_signal().await?;
@@ -273,6 +319,20 @@ async fn relay(
         "relay stopped"
     );
     Ok(())
+}
+
+/// Binds `[http] listen`, naming the key and the value when it cannot.
+async fn http_listener(addr: &str) -> Result<tokio::net::TcpListener, CliError> {
+    let not_an_address =
+        || format!("http.listen = {addr:?}: not an address; write host:port, e.g. 127.0.0.1:9090");
+    let parsed = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|_| not_an_address())?
+        .next()
+        .ok_or_else(not_an_address)?;
+    tokio::net::TcpListener::bind(parsed)
+        .await
+        .map_err(|e| format!("http.listen = {addr:?}: cannot listen there: {e}").into())
 }
 
 async fn wait_for_signal() -> Result<(), CliError> {
@@ -293,28 +353,29 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
         );
     }
     let config = load(&target)?;
-    let store = store(&config, 2).await?;
+    let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     let table = store.config().qualified_table();
     if down {
         let n = store.migrate_down().await?;
-        println!("reverted {n} migration(s); {table} is gone");
+        writeln!(stdout(), "reverted {n} migration(s); {table} is gone")?;
     } else {
         let n = store.migrate().await?;
-        println!(
+        writeln!(
+            stdout(),
             "applied {n} migration(s); {table} is at version {}",
             outbox_postgres::LATEST_VERSION
-        );
+        )?;
     }
     Ok(())
 }
 
 async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     let config = load(&target)?;
-    let store = store(&config, 2).await?;
+    let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     let counts = store.count_by_status().await?;
-    println!("{:<10} {:>12}", "status", "events");
+    writeln!(stdout(), "{:<10} {:>12}", "status", "events")?;
     for s in Status::ALL {
-        println!("{:<10} {:>12}", s.as_str(), counts.get(s));
+        writeln!(stdout(), "{:<10} {:>12}", s.as_str(), counts.get(s))?;
     }
     let oldest = store
         .list(&EventFilter {
@@ -324,15 +385,16 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         })
         .await?;
     match oldest.oldest_created_at() {
-        Some(at) => println!(
+        Some(at) => writeln!(
+            stdout(),
             "oldest pending: {} ({}s old)",
             oldest
                 .last_id()
                 .map(|id| id.to_string())
                 .unwrap_or_default(),
             (SystemClock.now() - at).num_seconds()
-        ),
-        None => println!("oldest pending: none"),
+        )?,
+        None => writeln!(stdout(), "oldest pending: none")?,
     }
     let dead_events = store
         .list(&EventFilter {
@@ -342,43 +404,51 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         })
         .await?;
     if !dead_events.is_empty() {
-        println!();
-        print_dead(&dead_events);
+        writeln!(stdout())?;
+        print_dead(&dead_events)?;
     }
     Ok(())
 }
 
 /// A table of dead events, and of rows no worker could read (marked dead when claimed).
-fn print_dead(page: &EventPage) {
+fn print_dead(page: &EventPage) -> std::io::Result<()> {
     if !page.events.is_empty() {
-        println!(
+        writeln!(
+            stdout(),
             "{:<36}  {:<24} {:>8}  last error",
-            "dead event", "type", "attempts"
-        );
+            "dead event",
+            "type",
+            "attempts"
+        )?;
         for e in &page.events {
-            println!(
+            writeln!(
+                stdout(),
                 "{:<36}  {:<24} {:>8}  {}",
                 e.id.to_string(),
                 e.event_type,
                 e.attempts(),
                 e.lifecycle.last_error.as_deref().unwrap_or_default()
-            );
+            )?;
         }
     }
     if !page.undecodable.is_empty() {
-        println!(
+        writeln!(
+            stdout(),
             "{:<36}  {:<10}  why it cannot be read",
-            "unreadable row", "status"
-        );
+            "unreadable row",
+            "status"
+        )?;
         for u in &page.undecodable {
-            println!(
+            writeln!(
+                stdout(),
                 "{:<36}  {:<10}  {}",
                 u.id.to_string(),
                 u.status.as_str(),
                 u.error
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 fn dead_filter(event_type: Option<String>, limit: usize) -> EventFilter {
@@ -397,17 +467,17 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
             event_type,
             limit,
         } => {
-            let store = store(&load(&target)?, 2).await?;
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let page = store.list(&dead_filter(event_type, limit)).await?;
             if page.is_empty() {
-                println!("no dead events");
+                writeln!(stdout(), "no dead events")?;
             }
-            print_dead(&page);
+            print_dead(&page)?;
         }
         DeadAction::Show { target, id } => {
-            let store = store(&load(&target)?, 2).await?;
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let event: OutboxEvent = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
-            println!("{}", serde_json::to_string_pretty(&event)?);
+            writeln!(stdout(), "{}", serde_json::to_string_pretty(&event)?)?;
         }
         DeadAction::Revive {
             target,
@@ -419,7 +489,7 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
             if ids.is_empty() && event_type.is_none() && !all {
                 return Err("name the events to revive, or use --type TYPE or --all".into());
             }
-            let store = store(&load(&target)?, 2).await?;
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let mut revived = 0u64;
             for id in ids {
                 store.retry_dead(id, attempts, SystemClock.now()).await?;
@@ -438,7 +508,10 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
                     }
                 }
             }
-            println!("revived {revived} event(s) with {attempts} more attempt(s) each");
+            writeln!(
+                stdout(),
+                "revived {revived} event(s) with {attempts} more attempt(s) each"
+            )?;
         }
     }
     Ok(())
@@ -465,6 +538,20 @@ fn explain(error: CliError, target: &Target) -> CliError {
         cause = e.source();
     }
     error
+}
+
+/// Whether `error` is (or wraps) a write to a closed pipe.
+fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn main() -> ExitCode {
@@ -515,13 +602,15 @@ fn main() -> ExitCode {
             Command::Config {
                 action: ConfigAction::Example,
             } => {
-                print!("{}", config::EXAMPLE);
+                write!(stdout(), "{}", config::EXAMPLE)?;
                 Ok(())
             }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`outbox status | head -1`): nothing more to say to anyone.
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             // Once, on standard error; not also as a log line.
             eprintln!("outbox: {e}");

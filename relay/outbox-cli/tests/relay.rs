@@ -382,3 +382,224 @@ fn the_config_format_is_printed() {
         "relay --help lacks the example:\n{help}"
     );
 }
+
+/// Writes a config file in a directory of its own; returns (directory, file).
+fn config_file(name: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("outbox-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
+/// A database that is not there at start-up is tried again with a log line per attempt naming
+/// the real cause (it used to wait silently and report "pool timed out"), then, after the
+/// start-up timeout, the relay exits naming the cause and the key that sets the wait.
+#[test]
+fn startup_names_the_real_error_of_each_attempt() {
+    let port = free_port(); // nothing listens there
+    let (dir, file) = config_file(
+        "startup",
+        "[relay]\nstartup_timeout_secs = 1\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://root@127.0.0.1:{port}/test"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let attempts = stderr
+        .lines()
+        .filter(|l| l.contains("PostgreSQL: not reachable yet"))
+        .count();
+    assert!(attempts >= 2, "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.contains("relay.startup_timeout_secs") && last.contains("tried"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A broker that comes up during start-up is waited for: the relay logs each failed attempt,
+/// connects once it is there, and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_waits_for_a_broker_that_comes_up() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    h.emit((0..2).map(traced_event).collect(), true)
+        .await
+        .unwrap();
+    let nats_port = free_port();
+    let (dir, file) = config_file(
+        "startup-broker",
+        &format!(
+            "schema = \"{}\"\n[relay]\npoll_interval_ms = 100\nstartup_timeout_secs = 60\n\
+             [[routes]]\npattern = \"never.*\"\ntransport = \"nats\"\nurl = \"nats://127.0.0.1:{nats_port}\"\nsubject = \"x\"\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+            h.schema()
+        ),
+    );
+    let mut relay = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first failed attempt in the log, then start the broker.
+    let stderr = relay.stderr.take().unwrap();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("NATS: not reachable yet"))
+    {
+        log.push(
+            log_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no retry line"),
+        );
+    }
+    let nats_server = which("nats-server");
+    let mut nats = Command::new(nats_server)
+        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = relay.stdout.take().unwrap();
+    let delivered = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(2)
+            .count()
+    });
+    let delivered = tokio::time::timeout(Duration::from_secs(60), delivered)
+        .await
+        .expect("nothing delivered after the broker came up")
+        .unwrap();
+    assert_eq!(delivered, 2);
+    while let Ok(line) = log_rx.try_recv() {
+        log.push(line);
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    assert!(
+        log.iter().any(|l| l.contains("NATS: connected")),
+        "{}",
+        log.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    h.cleanup().await;
+}
+
+/// The first of `name` on PATH or in the system directories.
+fn which(name: &str) -> std::path::PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install nats-server"))
+}
+
+/// `[http] listen` problems name the key and the value, and are found before any worker
+/// starts: the port is bound first (workers used to start, then the bind failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_taken_listen_address_is_named_before_workers_start() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for listen in ["nonsense", taken_addr.as_str()] {
+        let (dir, file) = config_file(
+            "listen",
+            &format!(
+                "schema = \"{}\"\n[http]\nlisten = \"{listen}\"\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+                h.schema()
+            ),
+        );
+        let out = Command::new(BIN)
+            .args(["relay", "--config"])
+            .arg(&file)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("http.listen = \"{listen}\"")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("worker started"), "{stderr}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    drop(taken);
+    h.cleanup().await;
+}
+
+/// Only PostgreSQL URLs are taken: a misspelt scheme or another database's URL is refused by
+/// name, without connecting (both used to be taken as PostgreSQL).
+#[test]
+fn database_urls_of_other_schemes_are_refused() {
+    for (url, scheme) in [
+        ("postgress://root@127.0.0.1:5432/test", "postgress"),
+        ("mysql://root@127.0.0.1:3306/test", "mysql"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["status", "--database-url", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("database_url") && stderr.contains(&format!("{scheme:?}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// A reader that stops early (`outbox status | head -1`) ends the command quietly; it used to
+/// panic on the broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_output_quietly() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let schema = h.schema().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(["status", "--database-url", &url, "--schema", &schema])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    h.cleanup().await;
+}
