@@ -260,7 +260,48 @@ async fn relay(
     workers: Option<usize>,
     listen: Option<String>,
 ) -> Result<(), CliError> {
-    let mut config = load(&target)?;
+    // Signals are ours from the first moment: a SIGTERM while start-up still waits for the
+    // database or a broker ends the process cleanly (it used to kill it mid-start-up).
+    let mut signals = Signals::new()?;
+    let started = tokio::select! {
+        started = start(&target, workers, listen) => started?,
+        signal = signals.recv() => {
+            info!("{signal} during start-up: nothing was claimed; stopped");
+            return Ok(());
+        }
+    };
+    let (running, server) = started;
+
+    let signal = signals.recv().await;
+    info!("{signal}: stopping, finishing or releasing in-flight deliveries");
+    // All workers stop claiming at once and drain side by side: one grace period in all.
+    let total = outbox_worker::RunningWorker::shutdown_all(running).await?;
+    if let Some(server) = server {
+        server.abort();
+    }
+    info!(
+        delivered = total.delivered,
+        retried = total.retried,
+        dead = total.dead,
+        released = total.released,
+        "relay stopped"
+    );
+    Ok(())
+}
+
+/// Everything before delivering: config, endpoint, brokers, database, then the workers.
+async fn start(
+    target: &Target,
+    workers: Option<usize>,
+    listen: Option<String>,
+) -> Result<
+    (
+        Vec<outbox_worker::RunningWorker>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    CliError,
+> {
+    let mut config = load(target)?;
     if let Some(n) = workers {
         config.relay.workers = n;
     }
@@ -288,7 +329,7 @@ async fn relay(
     store
         .count_by_status()
         .await
-        .map_err(|e| explain(e.into(), &target))?;
+        .map_err(|e| explain(e.into(), target))?;
     let server = match listener {
         Some(listener) => Some(http::serve(listener, store.clone(), metrics)?),
         None => None,
@@ -303,22 +344,7 @@ async fn relay(
         running.push(worker.spawn());
     }
     info!(workers = r.workers, table = %store.config().qualified_table(), "relay started");
-
-    wait_for_signal().await?;
-    info!("stopping: finishing or releasing in-flight deliveries");
-    // All workers stop claiming at once and drain side by side: one grace period in all.
-    let total = outbox_worker::RunningWorker::shutdown_all(running).await?;
-    if let Some(server) = server {
-        server.abort();
-    }
-    info!(
-        delivered = total.delivered,
-        retried = total.retried,
-        dead = total.dead,
-        released = total.released,
-        "relay stopped"
-    );
-    Ok(())
+    Ok((running, server))
 }
 
 /// Binds `[http] listen`, naming the key and the value when it cannot.
@@ -335,13 +361,28 @@ async fn http_listener(addr: &str) -> Result<tokio::net::TcpListener, CliError> 
         .map_err(|e| format!("http.listen = {addr:?}: cannot listen there: {e}").into())
 }
 
-async fn wait_for_signal() -> Result<(), CliError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        result = tokio::signal::ctrl_c() => { result?; info!("SIGINT") }
+/// SIGTERM and SIGINT, listened for from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> {

@@ -603,3 +603,46 @@ async fn a_closed_pipe_ends_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     h.cleanup().await;
 }
+
+/// SIGTERM while start-up still waits for the database ends the relay cleanly (exit 0, said
+/// in the log); it used to be killed by the signal mid-start-up.
+#[test]
+fn sigterm_during_startup_exits_cleanly() {
+    let port = free_port(); // nothing listens there
+    let (dir, file) = config_file(
+        "startup-term",
+        "[relay]\nstartup_timeout_secs = 120\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+    );
+    let mut relay = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://root@127.0.0.1:{port}/test"),
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(relay.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let retrying = line.contains("not reachable yet");
+        log.push(line);
+        if retrying {
+            break;
+        }
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &relay.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    log.extend(lines.map_while(Result::ok));
+    let status = relay.wait().unwrap();
+    let log = log.join("\n");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("SIGTERM during start-up"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
+}

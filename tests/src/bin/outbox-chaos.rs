@@ -1,0 +1,684 @@
+//! The chaos test: several `outbox relay` processes deliver to NATS JetStream while events are
+//! emitted (some in transactions that roll back), relays are killed with SIGKILL at random, the
+//! database is crashed and restarted once and the broker is stopped and restarted once. Then
+//! what the broker stored is checked against what was committed:
+//!
+//! - lost = 0: every committed event reached the stream;
+//! - rolled-back delivered = 0: no event of a rolled-back transaction did;
+//! - duplicates counted, and at most what the faults can explain (each kill or restart can
+//!   repeat at most the batches in flight at the time);
+//! - every row's final state is delivered, with no lease left.
+//!
+//! It starts everything it uses on spare loopback ports: its own PostgreSQL cluster
+//! (`pg_createcluster`, dropped at the end) and its own `nats-server`, so the shared services
+//! are never restarted. Run it through `cargo xtask chaos [--quick]`; it needs root (for
+//! `pg_createcluster`), PostgreSQL's server packages and `nats-server`.
+//!
+//! ```text
+//! outbox-chaos --outbox target/debug/outbox [--quick] [--events N] [--seed S]
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use outbox_core::{Emit, EventId, NewEvent, OutboxStore};
+use outbox_postgres::{PgConfig, PgStore};
+
+/// The run's shape.
+#[derive(Clone, Debug)]
+struct Plan {
+    events: usize,
+    relays: usize,
+    workers: usize,
+    batch: usize,
+    /// How long emitting takes; the faults happen meanwhile.
+    emit_for: Duration,
+    broker_down: Duration,
+    seed: u64,
+}
+
+impl Plan {
+    fn from_args() -> Result<(Self, PathBuf), String> {
+        let mut args = std::env::args().skip(1);
+        let mut outbox = None;
+        let mut quick = false;
+        let mut events = None;
+        let mut seed = None;
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--outbox" => outbox = args.next().map(PathBuf::from),
+                "--quick" => quick = true,
+                "--events" => events = args.next().and_then(|n| n.parse().ok()),
+                "--seed" => seed = args.next().and_then(|n| n.parse().ok()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        let outbox = outbox.ok_or("--outbox PATH (the outbox binary) is required")?;
+        let seed = seed.unwrap_or_else(|| fastrand::u64(..));
+        let plan = if quick {
+            Plan {
+                events: events.unwrap_or(5_000),
+                relays: 3,
+                workers: 2,
+                batch: 50,
+                emit_for: Duration::from_secs(25),
+                broker_down: Duration::from_secs(3),
+                seed,
+            }
+        } else {
+            Plan {
+                events: events.unwrap_or(100_000),
+                relays: 4,
+                workers: 2,
+                batch: 100,
+                emit_for: Duration::from_secs(120),
+                broker_down: Duration::from_secs(10),
+                seed,
+            }
+        };
+        Ok((plan, outbox))
+    }
+}
+
+fn main() -> ExitCode {
+    let (plan, outbox) = match Plan::from_args() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("outbox-chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match runtime.block_on(run(plan, outbox)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outbox-chaos: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A PostgreSQL cluster of the run's own, dropped when this is.
+struct Cluster {
+    version: String,
+    name: String,
+    port: u16,
+}
+
+impl Cluster {
+    fn create() -> Result<Self, String> {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(Result::ok).map(|e| e.file_name()).max())
+            .map(|v| v.to_string_lossy().into_owned())
+            .ok_or("PostgreSQL's server is not installed: apt-get install postgresql")?;
+        let port = free_port();
+        let name = format!("chaos{}", std::process::id());
+        let port_text = port.to_string();
+        sh(
+            "pg_createcluster",
+            &[
+                &version,
+                &name,
+                "-p",
+                &port_text,
+                "-o",
+                "max_connections=200",
+                "--",
+                "--auth=trust",
+            ],
+        )
+        .map_err(|e| format!("{e} (the chaos test needs root and postgresql-common)"))?;
+        let cluster = Self {
+            version,
+            name,
+            port,
+        };
+        cluster.ctl(&["start"])?;
+        Ok(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, action: &[&str]) -> Result<(), String> {
+        let mut args = vec!["--skip-systemctl-redirect", &self.version, &self.name];
+        args.extend(action);
+        sh("pg_ctlcluster", &args)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = sh("pg_dropcluster", &["--stop", &self.version, &self.name]);
+    }
+}
+
+/// The run's own `nats-server` with JetStream, its store in a directory of the run's.
+struct Nats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Result<Self, String> {
+        let mut nats = Self {
+            port: free_port(),
+            dir: dir.join("nats"),
+            child: None,
+        };
+        nats.up()?;
+        Ok(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> Result<(), String> {
+        let program = [
+            "/usr/sbin/nats-server",
+            "/usr/local/bin/nats-server",
+            "/usr/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("nats-server is not installed: apt-get install nats-server")?;
+        let child = Command::new(program)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start nats-server: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server gracefully (SIGTERM): what it acknowledged is on disk.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = sh("kill", &["-TERM", &child.id().to_string()]);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The relay processes, each restartable in its slot.
+struct Relays {
+    outbox: PathBuf,
+    config: PathBuf,
+    database_url: String,
+    logs: PathBuf,
+    slots: Vec<Option<Child>>,
+    started: usize,
+}
+
+impl Relays {
+    fn start(&mut self, slot: usize) -> Result<(), String> {
+        self.started += 1;
+        let log = std::fs::File::create(self.logs.join(format!("relay-{}.log", self.started)))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&self.outbox)
+            .args(["relay", "--config"])
+            .arg(&self.config)
+            .env("DATABASE_URL", &self.database_url)
+            .env("HOSTNAME", format!("chaos-{slot}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.outbox.display()))?;
+        self.slots[slot] = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self, slot: usize) {
+        if let Some(mut child) = self.slots[slot].take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to every relay, then waits for each to exit.
+    fn stop_all(&mut self) -> Vec<(usize, bool)> {
+        for child in self.slots.iter().flatten() {
+            let _ = sh("kill", &["-TERM", &child.id().to_string()]);
+        }
+        let mut exits = Vec::new();
+        for (slot, child) in self.slots.iter_mut().enumerate() {
+            if let Some(mut child) = child.take() {
+                exits.push((slot, child.wait().map(|s| s.success()).unwrap_or(false)));
+            }
+        }
+        exits
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.kill(slot);
+        }
+    }
+}
+
+/// What the producer did.
+#[derive(Default)]
+struct Emitted {
+    committed: HashSet<EventId>,
+    rolled_back: HashSet<EventId>,
+    /// The commit call failed (the database went away during it): committed or not.
+    uncertain: HashSet<EventId>,
+    failed_transactions: u64,
+}
+
+async fn emit_all(store: PgStore, plan: Plan) -> Emitted {
+    let mut rng = fastrand::Rng::with_seed(plan.seed ^ 0x5eed);
+    let mut out = Emitted::default();
+    let start = Instant::now();
+    let mut made = 0usize;
+    while made < plan.events {
+        // Paced so that emitting spans the faults.
+        let due = plan.emit_for.mul_f64(made as f64 / plan.events as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let size = rng.usize(1..=20).min(plan.events - made);
+        let roll_back = rng.u8(..10) == 0;
+        let mut ids = Vec::with_capacity(size);
+        let result: Result<(), outbox_core::StoreError> = async {
+            let mut tx = store.begin().await?;
+            for i in 0..size {
+                let event = NewEvent::builder("chaos.tick", "chaos", format!("{}", made + i))
+                    .payload(serde_json::json!({ "n": made + i }))
+                    .max_attempts(1_000)
+                    .build()
+                    .expect("a valid event");
+                ids.push(tx.emit(event).await?.id());
+            }
+            if roll_back {
+                tx.rollback().await
+            } else {
+                match tx.commit().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        out.uncertain.extend(ids.drain(..));
+                        Err(e)
+                    }
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) if roll_back => out.rolled_back.extend(ids),
+            Ok(()) => out.committed.extend(ids),
+            Err(_) => {
+                // Failed before the commit: the transaction is gone, nothing of it committed.
+                out.rolled_back.extend(ids);
+                out.failed_transactions += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue; // the same events again
+            }
+        }
+        made += size;
+    }
+    out
+}
+
+async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
+    let began = Instant::now();
+    eprintln!("outbox-chaos: {plan:?}");
+    let dir = std::env::temp_dir().join(format!("outbox-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let cluster = Cluster::create()?;
+    let mut nats = Nats::start(&dir)?;
+
+    // The database, migrated.
+    let pool = connect(&cluster.url()).await?;
+    let store = PgStore::new(pool.clone(), PgConfig::new()).map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+
+    // The stream that receives everything, keeping duplicates: JetStream would drop a repeat of
+    // a message id inside its duplicate window, which would hide what the relays sent.
+    let client = connect_nats(&nats.url()).await?;
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "CHAOS".into(),
+        subjects: vec!["chaos.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create the stream: {e}"))?;
+
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\nworkers = {}\nbatch_size = {}\nconcurrency = 16\npoll_interval_ms = 200\n\
+             lease_secs = 5\ndelivery_timeout_secs = 2\nshutdown_grace_secs = 3\nstartup_timeout_secs = 120\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"nats\"\nurl = \"{}\"\nsubject = \"chaos.{{event_type}}\"\n",
+            plan.workers,
+            plan.batch,
+            nats.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut relays = Relays {
+        outbox,
+        config,
+        database_url: cluster.url(),
+        logs: dir.clone(),
+        slots: (0..plan.relays).map(|_| None).collect(),
+        started: 0,
+    };
+    for slot in 0..plan.relays {
+        relays.start(slot)?;
+    }
+
+    let producer = tokio::spawn(emit_all(store.clone(), plan.clone()));
+
+    // Faults while the producer runs: a relay killed every 1–2 s, the database crashed once
+    // (at 30%), the broker stopped once (at 60%).
+    let mut rng = fastrand::Rng::with_seed(plan.seed);
+    let mut kills = 0u64;
+    let (mut db_restarted, mut broker_restarted) = (false, false);
+    let chaos_start = Instant::now();
+    while !producer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(rng.u64(1000..2000))).await;
+        let slot = rng.usize(..plan.relays);
+        relays.kill(slot);
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+        relays.start(slot)?;
+        let progress = chaos_start.elapsed().as_secs_f64() / plan.emit_for.as_secs_f64();
+        if !db_restarted && progress >= 0.3 {
+            eprintln!("outbox-chaos: crashing the database (immediate stop), 2 s down");
+            cluster.ctl(&["stop", "-m", "immediate"])?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.ctl(&["start"])?;
+            db_restarted = true;
+        }
+        if !broker_restarted && progress >= 0.6 {
+            eprintln!(
+                "outbox-chaos: stopping the broker for {}s",
+                plan.broker_down.as_secs()
+            );
+            nats.down();
+            tokio::time::sleep(plan.broker_down).await;
+            nats.up()?;
+            broker_restarted = true;
+        }
+    }
+    let emitted = producer.await.map_err(|e| e.to_string())?;
+    eprintln!(
+        "outbox-chaos: emitted {} committed, {} rolled back, {} uncertain, {} transactions failed; {kills} kills",
+        emitted.committed.len(),
+        emitted.rolled_back.len(),
+        emitted.uncertain.len(),
+        emitted.failed_transactions
+    );
+
+    // Drain: every row leaves pending and in-flight (bounded; a stuck run fails).
+    let drain_start = Instant::now();
+    loop {
+        match store.count_by_status().await {
+            Ok(c) if c.pending == 0 && c.in_flight == 0 => break,
+            _ if drain_start.elapsed() > Duration::from_secs(300) => {
+                return Err("the relays did not drain the outbox within 300 s".into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let drained_in = drain_start.elapsed();
+    let exits = relays.stop_all();
+
+    // What the broker stored.
+    let received = read_stream(&js).await?;
+    let mut copies: HashMap<EventId, u64> = HashMap::new();
+    for id in &received {
+        *copies.entry(*id).or_default() += 1;
+    }
+    let rows: HashMap<EventId, (String, u32, bool)> =
+        sqlx::query_as::<_, (uuid::Uuid, String, i32, bool)>(
+            "SELECT id, status::text, attempts, locked_by IS NOT NULL FROM outbox_event",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(id, status, attempts, locked)| {
+            (EventId::from(id), (status, attempts.max(0) as u32, locked))
+        })
+        .collect();
+
+    let lost: Vec<&EventId> = emitted
+        .committed
+        .iter()
+        .filter(|id| !copies.contains_key(id))
+        .collect();
+    let rolled_back_delivered = emitted
+        .rolled_back
+        .iter()
+        .filter(|id| copies.contains_key(id))
+        .count();
+    let uncertain_committed = emitted
+        .uncertain
+        .iter()
+        .filter(|id| rows.contains_key(id))
+        .count();
+    let uncertain_inconsistent = emitted
+        .uncertain
+        .iter()
+        .filter(|id| rows.contains_key(id) != copies.contains_key(id))
+        .count();
+    let foreign = copies.keys().filter(|id| !rows.contains_key(id)).count();
+    let bad_rows: Vec<_> = rows
+        .iter()
+        .filter(|(_, (status, _, locked))| status != "delivered" || *locked)
+        .take(5)
+        .collect();
+    let duplicates = received.len() as u64 - copies.len() as u64;
+    // Each fault can repeat at most what was in flight then: every worker's batch.
+    let faults = kills + 2;
+    let bound = faults * (plan.workers * plan.batch) as u64;
+    let unclean_exits: Vec<usize> = exits
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(slot, _)| *slot)
+        .collect();
+
+    let summary = serde_json::json!({
+        "events": plan.events,
+        "committed": emitted.committed.len(),
+        "rolled_back": emitted.rolled_back.len(),
+        "uncertain_commits": emitted.uncertain.len(),
+        "uncertain_committed": uncertain_committed,
+        "relays": plan.relays,
+        "kills": kills,
+        "database_restarts": u8::from(db_restarted),
+        "broker_restarts": u8::from(broker_restarted),
+        "received": received.len(),
+        "lost": lost.len(),
+        "rolled_back_delivered": rolled_back_delivered,
+        "duplicates": duplicates,
+        "duplicate_bound": bound,
+        "drain_seconds": drained_in.as_secs_f64(),
+        "total_seconds": began.elapsed().as_secs_f64(),
+        "seed": plan.seed,
+    });
+    println!("{summary}");
+    if let Some(out) = std::env::var_os("OUTBOX_CHAOS_SUMMARY") {
+        let _ = std::fs::write(out, format!("{summary:#}\n"));
+    }
+
+    let mut failures = Vec::new();
+    if !lost.is_empty() {
+        failures.push(format!(
+            "{} committed events lost, e.g. {}",
+            lost.len(),
+            lost[0]
+        ));
+    }
+    if rolled_back_delivered > 0 {
+        failures.push(format!(
+            "{rolled_back_delivered} rolled-back events delivered"
+        ));
+    }
+    if uncertain_inconsistent > 0 {
+        failures.push(format!(
+            "{uncertain_inconsistent} events of commits with an unknown outcome are in the table but not delivered, or delivered but not in the table"
+        ));
+    }
+    if foreign > 0 {
+        failures.push(format!("{foreign} delivered ids are not in the table"));
+    }
+    if !bad_rows.is_empty() {
+        failures.push(format!("rows not cleanly delivered: {bad_rows:?}"));
+    }
+    if rows.len() != emitted.committed.len() + uncertain_committed {
+        failures.push(format!(
+            "{} rows, expected {} committed",
+            rows.len(),
+            emitted.committed.len() + uncertain_committed
+        ));
+    }
+    if duplicates > bound {
+        failures.push(format!(
+            "{duplicates} duplicates, more than {faults} faults × {} in flight can explain",
+            plan.workers * plan.batch
+        ));
+    }
+    if !db_restarted || !broker_restarted {
+        failures.push("the run ended before both restarts happened".into());
+    }
+    if !unclean_exits.is_empty() {
+        failures.push(format!(
+            "relays in slots {unclean_exits:?} did not exit cleanly on SIGTERM (logs in {})",
+            dir.display()
+        ));
+    }
+    drop(relays);
+    drop(nats);
+    drop(cluster);
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "outbox-chaos: passed: {} committed events delivered, 0 lost, 0 rolled back delivered, {duplicates} duplicates ({kills} kills, 1 database crash, 1 broker outage) in {:.0}s",
+            emitted.committed.len() + uncertain_committed,
+            began.elapsed().as_secs_f64()
+        );
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+async fn connect(url: &str) -> Result<sqlx::PgPool, String> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to the run's database: {e}"))
+}
+
+async fn connect_nats(url: &str) -> Result<async_nats::Client, String> {
+    for _ in 0..100 {
+        if let Ok(client) = async_nats::connect(url).await {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the run's nats-server at {url} did not come up"))
+}
+
+/// Every message in the stream, as event ids (from the `Outbox-Event-Id` header).
+async fn read_stream(js: &jetstream::Context) -> Result<Vec<EventId>, String> {
+    let mut stream = js
+        .get_stream("CHAOS")
+        .await
+        .map_err(|e| format!("the stream is gone: {e}"))?;
+    let total = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut ids = Vec::with_capacity(total as usize);
+    while (ids.len() as u64) < total {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| format!("read {} of {total} messages, then nothing", ids.len()))?;
+        let message = next
+            .ok_or("the stream ended early")?
+            .map_err(|e| e.to_string())?;
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Outbox-Event-Id"))
+            .and_then(|v| v.as_str().parse::<EventId>().ok())
+            .ok_or("a message without an Outbox-Event-Id header")?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
