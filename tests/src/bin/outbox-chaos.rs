@@ -63,11 +63,11 @@ impl Plan {
         let seed = seed.unwrap_or_else(|| fastrand::u64(..));
         let plan = if quick {
             Plan {
-                events: events.unwrap_or(5_000),
+                events: events.unwrap_or(20_000),
                 relays: 3,
                 workers: 2,
                 batch: 50,
-                emit_for: Duration::from_secs(25),
+                emit_for: Duration::from_secs(20),
                 broker_down: Duration::from_secs(3),
                 seed,
             }
@@ -77,7 +77,7 @@ impl Plan {
                 relays: 4,
                 workers: 2,
                 batch: 100,
-                emit_for: Duration::from_secs(120),
+                emit_for: Duration::from_secs(100),
                 broker_down: Duration::from_secs(10),
                 seed,
             }
