@@ -6,13 +6,15 @@
 //!  Pending ─────────────────────────▶ InFlight ─────────▶ Delivered ──(retention)──▶ purged
 //!    ▲   ▲                              │  │
 //!    │   └── nack retryable, release, ──┘  │ nack permanent, or attempts reach max
+//!    │       defer,
 //!    │       lease expired (backoff)       ▼
 //!    └──────── operator retry ──────────  Dead
 //! ```
 //!
 //! `attempts` counts *finished* attempts: an ack, a nack, or a lease that expired while the
 //! event was in flight (the holder presumably died mid-delivery). A release (the worker gives the
-//! event back without trying it, for example on shutdown) does not count.
+//! event back without trying it, for example on shutdown) does not count, nor does a deferral (a
+//! release that is due only later, for a destination that is paused).
 
 use std::fmt;
 use std::str::FromStr;
@@ -194,6 +196,16 @@ pub enum Transition {
         /// The holder's lease id.
         lease: LeaseId,
     },
+    /// The lease holder gives the event back untried, not due before `until`, keeping `reason`
+    /// as its last error; the attempt does not count.
+    Defer {
+        /// The holder's lease id.
+        lease: LeaseId,
+        /// The earliest time it is due again.
+        until: DateTime<Utc>,
+        /// Why it was not tried.
+        reason: String,
+    },
     /// The lease ran out without an outcome; the attempt counts.
     Expire,
     /// An operator gives a dead event `extra_attempts` more attempts.
@@ -212,6 +224,7 @@ impl Transition {
             Transition::Ack { .. } => "ack",
             Transition::Nack { .. } => "nack",
             Transition::Release { .. } => "release",
+            Transition::Defer { .. } => "defer",
             Transition::Expire => "expire",
             Transition::Revive { .. } => "revive",
         }
@@ -327,6 +340,17 @@ pub fn transition(
             next.status = Status::Pending;
             next.lease = None;
             next.next_attempt_at = now;
+        }
+        Transition::Defer {
+            lease,
+            until,
+            reason,
+        } => {
+            held_by(lease)?;
+            next.status = Status::Pending;
+            next.lease = None;
+            next.next_attempt_at = (*until).max(now);
+            next.last_error = Some(reason.clone());
         }
         Transition::Expire => {
             let Some(held) = current
@@ -489,6 +513,27 @@ mod tests {
     }
 
     #[test]
+    fn defer_returns_the_event_for_later_without_counting() {
+        let (l, id) = in_flight(3, 1);
+        let later = t0() + TimeDelta::seconds(30);
+        let defer = |until| Transition::Defer {
+            lease: id,
+            until,
+            reason: "paused".into(),
+        };
+        let next = transition(&l, &defer(later), t0()).unwrap();
+        assert_eq!(
+            (next.status, next.attempts, next.next_attempt_at),
+            (Status::Pending, 1, later)
+        );
+        assert_eq!(next.last_error.as_deref(), Some("paused"));
+        assert!(next.lease.is_none());
+        // A time in the past means now.
+        let next = transition(&l, &defer(t0() - TimeDelta::seconds(5)), t0()).unwrap();
+        assert_eq!(next.next_attempt_at, t0());
+    }
+
+    #[test]
     fn expire_counts_the_attempt_and_may_kill() {
         let (l, _) = in_flight(3, 1);
         let early = transition(&l, &Transition::Expire, t0());
@@ -578,6 +623,11 @@ mod tests {
                 retry_at: Some(late),
             },
             Transition::Release { lease: lease_id },
+            Transition::Defer {
+                lease: lease_id,
+                until: late,
+                reason: "paused".into(),
+            },
             Transition::Expire,
             Transition::Revive { extra_attempts: 1 },
         ];
@@ -589,6 +639,7 @@ mod tests {
                     | (Status::InFlight, Transition::Ack { .. })
                     | (Status::InFlight, Transition::Nack { .. })
                     | (Status::InFlight, Transition::Release { .. })
+                    | (Status::InFlight, Transition::Defer { .. })
                     | (Status::InFlight, Transition::Expire)
                     | (Status::Dead, Transition::Revive { .. })
             )

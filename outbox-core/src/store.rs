@@ -119,6 +119,12 @@ pub enum Outcome {
     Dead,
     /// Given back untried, due now.
     Released,
+    /// Given back untried, due at this time of the store's clock: the destination was paused
+    /// (see [`OutboxStore::defer`]); the attempt does not count.
+    Deferred {
+        /// When the event is due again.
+        at: DateTime<Utc>,
+    },
     /// Not held under the caller's lease any more (it expired, and the event was reclaimed or
     /// claimed by another worker since); left unchanged.
     LeaseLost,
@@ -368,6 +374,9 @@ impl Wakeups {
 ///     async fn release(&self, lease: LeaseId, ids: &[EventId], now: DateTime<Utc>) -> Result<Vec<Recorded>, StoreError> {
 ///         self.inner.release(lease, ids, now).await
 ///     }
+///     async fn defer(&self, lease: LeaseId, ids: &[EventId], until: DateTime<Utc>, reason: &str, now: DateTime<Utc>) -> Result<Vec<Recorded>, StoreError> {
+///         self.inner.defer(lease, ids, until, reason, now).await
+///     }
 ///     async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
 ///         self.inner.reclaim_expired(now).await
 ///     }
@@ -433,6 +442,21 @@ pub trait OutboxStore: Send + Sync {
         &self,
         lease: LeaseId,
         ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError>;
+
+    /// Gives events back untried, not due before `until` (a time on the caller's clock, read
+    /// relatively like every other), keeping `reason` as their last error
+    /// ([`Outcome::Deferred`]); the attempt does not count. For deliveries that were never
+    /// tried because their destination as a whole is unavailable (a circuit breaker is open):
+    /// unlike a failure, an outage spends none of the event's attempts, and unlike a release
+    /// the event does not come straight back to be claimed again.
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError>;
 
@@ -518,6 +542,16 @@ macro_rules! forward_store {
                 now: DateTime<Utc>,
             ) -> Result<Vec<Recorded>, StoreError> {
                 (**self).release(lease, ids, now).await
+            }
+            async fn defer(
+                &self,
+                lease: LeaseId,
+                ids: &[EventId],
+                until: DateTime<Utc>,
+                reason: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<Recorded>, StoreError> {
+                (**self).defer(lease, ids, until, reason, now).await
             }
             async fn reclaim_expired(&self, now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
                 (**self).reclaim_expired(now).await

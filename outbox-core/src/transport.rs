@@ -10,7 +10,8 @@ use crate::event::OutboxEvent;
 /// Why a delivery failed, and whether trying again may help.
 ///
 /// The worker maps [`DeliveryError::Retryable`] onto a reschedule with backoff (at least
-/// `retry_after`, if given) and [`DeliveryError::Permanent`] onto `Dead` at once.
+/// `retry_after`, if given), [`DeliveryError::Permanent`] onto `Dead` at once, and
+/// [`DeliveryError::Unavailable`] onto a deferral that spends no attempt.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeliveryError {
@@ -24,6 +25,16 @@ pub enum DeliveryError {
         /// The underlying error.
         #[source]
         source: Option<BoxError>,
+    },
+    /// Not tried: the destination as a whole is unavailable (a circuit breaker in front of it is
+    /// open after consecutive failures). The worker gives the event back untried, due after
+    /// `retry_in`, without spending one of its attempts.
+    #[error("{message}")]
+    Unavailable {
+        /// Why the destination is paused.
+        message: String,
+        /// When to try again.
+        retry_in: Duration,
     },
     /// A failure that no retry will fix (no route, rejected as malformed).
     #[error("{message}")]
@@ -55,6 +66,14 @@ impl DeliveryError {
         }
     }
 
+    /// The delivery was not tried: the destination is paused for `retry_in`.
+    pub fn unavailable(message: impl Into<String>, retry_in: Duration) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_in,
+        }
+    }
+
     /// A permanent failure.
     pub fn permanent(message: impl Into<String>) -> Self {
         Self::Permanent {
@@ -69,19 +88,26 @@ impl DeliveryError {
             Self::Retryable { source, .. } | Self::Permanent { source, .. } => {
                 *source = Some(error.into())
             }
+            Self::Unavailable { .. } => {}
         }
         self
     }
 
-    /// Whether a retry may succeed.
+    /// Whether a retry may succeed (true of [`Unavailable`](Self::Unavailable) too).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
+        matches!(self, Self::Retryable { .. } | Self::Unavailable { .. })
+    }
+
+    /// Whether the delivery was never tried because the destination is paused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
     }
 
     /// The retry-after hint, if any.
     pub fn retry_after_hint(&self) -> Option<Duration> {
         match self {
             Self::Retryable { retry_after, .. } => *retry_after,
+            Self::Unavailable { retry_in, .. } => Some(*retry_in),
             Self::Permanent { .. } => None,
         }
     }

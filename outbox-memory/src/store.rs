@@ -132,6 +132,9 @@ impl State {
                     Err(_) => Outcome::LeaseLost,
                     Ok(e) => match (&t, e.status()) {
                         (Transition::Release { .. }, _) => Outcome::Released,
+                        (Transition::Defer { .. }, _) => Outcome::Deferred {
+                            at: e.lifecycle.next_attempt_at,
+                        },
                         (_, Status::Delivered) => Outcome::Delivered,
                         (_, Status::Dead) => Outcome::Dead,
                         _ => Outcome::Retrying {
@@ -419,6 +422,31 @@ impl OutboxStore for MemoryStore {
             .collect();
         let recorded = self.lock().apply_fenced(items, at)?;
         self.wake();
+        Ok(recorded)
+    }
+
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let at = self.now();
+        let until = translate(until, now, at);
+        let items = ids
+            .iter()
+            .map(|id| {
+                let t = Transition::Defer {
+                    lease,
+                    until,
+                    reason: reason.to_owned(),
+                };
+                (*id, t)
+            })
+            .collect();
+        let recorded = self.lock().apply_fenced(items, at)?;
         Ok(recorded)
     }
 

@@ -34,6 +34,7 @@ pub(crate) struct Statements {
     pub ack: Arc<str>,
     pub nack: Arc<str>,
     pub release: Arc<str>,
+    pub defer: Arc<str>,
     pub reclaim: Arc<str>,
     pub purge: Arc<str>,
     pub get: Arc<str>,
@@ -148,6 +149,16 @@ impl Statements {
                 "UPDATE {t} SET status = 'pending', {clear_lease}, next_attempt_at = {n}, updated_at = {n} \
                  WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id",
                 n = now(3)
+            )),
+            // $3 now on the caller's clock, $4 the time it is due on it, $5 the reason, $6 the
+            // injected time.
+            defer: s(format!(
+                "UPDATE {t} SET status = 'pending', {clear_lease}, \
+                 next_attempt_at = GREATEST({until}, {n6}), last_error = $5, updated_at = {n6} \
+                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' \
+                 RETURNING id, next_attempt_at",
+                until = on_store_clock("$4", 3, 6),
+                n6 = now(6),
             )),
             // $1 the injected time.
             reclaim: s(format!(

@@ -281,6 +281,33 @@ impl OutboxStore for PgStore {
         .await
     }
 
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(self.sql.defer.clone()))
+            .bind(lease.as_uuid())
+            .bind(uuids(ids))
+            .bind(now)
+            .bind(until)
+            .bind(reason)
+            .bind(self.injected_now());
+        self.fenced(query, ids, |row| {
+            Ok(Outcome::Deferred {
+                at: row.try_get(1)?,
+            })
+        })
+        .await
+    }
+
     async fn release(
         &self,
         lease: LeaseId,

@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub delivery_timeout: Duration,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
+    /// At most this many attempts per event, whatever the event allows (each event still
+    /// stops at its own `max_attempts` if that is fewer); `None` leaves it to the event.
+    pub max_attempts: Option<u32>,
     /// Delivered events older than this are deleted by the retention sweep; `None` keeps them.
     pub retention: Option<Duration>,
     /// How often the retention sweep runs.
@@ -48,6 +51,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            max_attempts: None,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_interval: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
@@ -105,6 +109,9 @@ impl WorkerConfig {
         }
         if self.worker_id.trim().is_empty() {
             return Err(ValidationError::new("worker_id", "must not be empty"));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(ValidationError::new("max_attempts", "must be at least 1"));
         }
         if self.batch_size == 0 {
             return Err(ValidationError::new("batch_size", "must be at least 1"));
@@ -193,6 +200,12 @@ impl<S, T> WorkerBuilder<S, T> {
     /// Backoff between attempts.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
+        self
+    }
+    /// At most this many attempts per event, whatever the event allows (default: the event's
+    /// own `max_attempts`).
+    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.config.max_attempts = attempts;
         self
     }
     /// Age after which delivered events are deleted (default 7 days); `None` keeps them.

@@ -7,9 +7,9 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | [`DELIVERIES`] | counter | `event_type`, `outcome` | deliveries tried; `outcome` is `delivered`, `retryable` or `permanent` (a timeout is `retryable`) |
+//! | [`DELIVERIES`] | counter | `event_type`, `outcome` | deliveries tried; `outcome` is `delivered`, `retryable`, `permanent` (a timeout is `retryable`) or `unavailable` (not tried: the destination is paused) |
 //! | [`DELIVERY_SECONDS`] | histogram | `event_type`, `outcome` | how long each delivery took, in seconds |
-//! | [`RECORDED`] | counter | `outcome` | outcomes the store recorded: `delivered`, `retrying`, `dead`, `released`, `lease_lost` |
+//! | [`RECORDED`] | counter | `outcome` | outcomes the store recorded: `delivered`, `retrying`, `dead`, `released`, `deferred`, `lease_lost` |
 //! | [`BATCHES`] | counter | — | batches claimed |
 //! | [`RECLAIMED`] | counter | — | expired leases taken back from other workers |
 //! | [`STORE_ERRORS`] | counter | — | store calls that failed (the worker backs off and tries again) |
@@ -35,6 +35,7 @@ pub const STORE_ERRORS: &str = "outbox_store_errors_total";
 pub(crate) fn delivery_outcome(result: &Result<(), DeliveryError>) -> &'static str {
     match result {
         Ok(()) => "delivered",
+        Err(e) if e.is_unavailable() => "unavailable",
         Err(e) if e.is_retryable() => "retryable",
         Err(_) => "permanent",
     }
@@ -57,6 +58,7 @@ pub(crate) fn recorded(outcome: &Outcome) {
         Outcome::Retrying { .. } => "retrying",
         Outcome::Dead => "dead",
         Outcome::Released => "released",
+        Outcome::Deferred { .. } => "deferred",
         Outcome::LeaseLost => "lease_lost",
     };
     metrics::counter!(RECORDED, "outcome" => name).increment(1);

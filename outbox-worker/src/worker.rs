@@ -45,6 +45,8 @@ pub struct WorkerReport {
     pub dead: u64,
     /// Events given back untried (shutdown).
     pub released: u64,
+    /// Events given back untried for later, their destination paused (no attempt spent).
+    pub deferred: u64,
     /// Outcomes refused because the lease had been lost to another worker.
     pub lease_lost: u64,
     /// Expired leases taken back from other (presumably dead) workers.
@@ -60,6 +62,7 @@ impl AddAssign for WorkerReport {
         self.retried += o.retried;
         self.dead += o.dead;
         self.released += o.released;
+        self.deferred += o.deferred;
         self.lease_lost += o.lease_lost;
         self.reclaimed += o.reclaimed;
         self.purged += o.purged;
@@ -376,17 +379,40 @@ where
         let now = self.clock.now();
         let mut delivered = Vec::new();
         let mut failures = Vec::new();
+        // Never tried, their destination paused: back for later, no attempt spent.
+        let mut deferred = Vec::new();
+        let mut defer_for = Duration::ZERO;
+        let mut defer_reason = String::new();
         {
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, outcome) in outcomes {
                 match outcome {
                     Delivery::Delivered => delivered.push(id),
+                    Delivery::Failed(error) if error.is_unavailable() => {
+                        // Bounded both ways: never straight back (a pause of 0 would have the
+                        // event claimed again at once, forever), never parked past an hour.
+                        let retry_in = error
+                            .retry_after_hint()
+                            .unwrap_or_default()
+                            .clamp(MIN_DEFERRAL, crate::bounds::MAX_INTERVAL);
+                        if retry_in >= defer_for {
+                            defer_for = retry_in;
+                            defer_reason = error.to_string();
+                        }
+                        deferred.push(id);
+                    }
                     Delivery::Failed(error) => {
-                        let retry_at = error.is_retryable().then(|| {
-                            let failures_so_far = lifecycles
-                                .get(&id)
-                                .map_or(0, |l| l.attempts)
-                                .saturating_add(1);
+                        let failures_so_far = lifecycles
+                            .get(&id)
+                            .map_or(0, |l| l.attempts)
+                            .saturating_add(1);
+                        // The worker's own cap on attempts, if set, ends retries sooner than
+                        // the event's.
+                        let out_of_attempts = self
+                            .config
+                            .max_attempts
+                            .is_some_and(|cap| failures_so_far >= cap);
+                        let retry_at = (error.is_retryable() && !out_of_attempts).then(|| {
                             let backoff = self.config.retry.delay(failures_so_far, rng.as_mut());
                             // A receiver's Retry-After is honoured up to the policy's cap: a
                             // peer cannot park an event for years.
@@ -427,6 +453,16 @@ where
                     .await,
             );
         }
+        if !deferred.is_empty() {
+            let until = add(now, defer_for);
+            count(
+                self.persist(|| {
+                    self.store
+                        .defer(lease, &deferred, until, &defer_reason, now)
+                })
+                .await,
+            );
+        }
         if !unfinished.is_empty() {
             count(
                 self.persist(|| self.store.release(lease, &unfinished, now))
@@ -450,6 +486,7 @@ fn tally(recorded: &[Recorded]) -> WorkerReport {
             Outcome::Retrying { .. } => report.retried += 1,
             Outcome::Dead => report.dead += 1,
             Outcome::Released => report.released += 1,
+            Outcome::Deferred { .. } => report.deferred += 1,
             Outcome::LeaseLost => report.lease_lost += 1,
         }
     }
@@ -468,6 +505,9 @@ fn later(after: Duration) -> Instant {
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
+
+/// The shortest time a deferred event waits before it is due again.
+const MIN_DEFERRAL: Duration = Duration::from_millis(100);
 
 /// How often recording a batch's outcomes is tried when the store is unavailable.
 const PERSIST_TRIES: u32 = 5;

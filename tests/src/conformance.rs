@@ -372,6 +372,52 @@ pub async fn release_returns_events_untried<H: Harness>(h: &H) {
     assert_eq!(claim(h, "w2", 1).await.1, ids);
 }
 
+/// A deferral gives events back untried for later: pending, due at the time asked (read on the
+/// store's clock), the attempt not counted, the reason kept; not claimable before then; a
+/// stale lease is fenced.
+pub async fn defer_returns_events_untried_for_later<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let (lease, _) = claim(h, "w", 2).await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let until = now + TimeDelta::seconds(30);
+    let recorded = store
+        .defer(lease.id, &ids[..1], until, "route paused", now)
+        .await
+        .expect("defer");
+    assert_eq!(
+        recorded,
+        vec![Recorded {
+            id: ids[0],
+            outcome: Outcome::Deferred { at: until }
+        }]
+    );
+    let e = store.fetch(ids[0]).await.expect("get");
+    assert_eq!(
+        (e.status(), e.attempts(), e.lifecycle.next_attempt_at),
+        (Status::Pending, 0, until)
+    );
+    assert_eq!(e.lifecycle.last_error.as_deref(), Some("route paused"));
+    assert!(e.lifecycle.lease.is_none());
+    // Not before its time; then claimable again.
+    h.clock().advance(Duration::from_secs(29));
+    assert!(claim(h, "w2", 1).await.1.is_empty());
+    h.clock().advance(Duration::from_secs(1));
+    assert_eq!(claim(h, "w2", 1).await.1, vec![ids[0]]);
+    // The first lease no longer holds it: fenced.
+    let now = h.clock().now_utc();
+    assert_eq!(
+        store
+            .defer(lease.id, &ids[..1], now, "again", now)
+            .await
+            .expect("defer"),
+        vec![Recorded {
+            id: ids[0],
+            outcome: Outcome::LeaseLost
+        }]
+    );
+}
+
 /// Renewing a lease keeps its events from being reclaimed at the old expiry.
 pub async fn renew_extends_the_lease<H: Harness>(h: &H) {
     let ids = emit_n(h, 2).await;
@@ -998,6 +1044,7 @@ macro_rules! conformance_tests {
             commit_stores_exactly_what_was_emitted, rollback_stores_nothing,
             idempotency_key_stores_one_event, claim_takes_due_events_in_order, ack_marks_delivered,
             nack_reschedules_or_kills, stale_lease_is_fenced, release_returns_events_untried,
+            defer_returns_events_untried_for_later,
             renew_extends_the_lease, reclaim_expired_counts_the_attempt, purge_deletes_only_old_delivered,
             list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
             claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,

@@ -50,6 +50,12 @@ enum Op {
         worker: usize,
         pick: Vec<u8>,
     },
+    Defer {
+        worker: usize,
+        pick: Vec<u8>,
+        /// Seconds from now; negative ones ask for a time in the past.
+        secs: i8,
+    },
     Renew {
         worker: usize,
         secs: u8,
@@ -79,7 +85,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (worker.clone(), pick.clone()).prop_map(|(worker, pick)| Op::Ack { worker, pick }),
         2 => (worker.clone(), pick.clone(), proptest::option::of(-30i8..90))
             .prop_map(|(worker, pick, retry_in)| Op::Nack { worker, pick, retry_in }),
-        1 => (worker.clone(), pick).prop_map(|(worker, pick)| Op::Release { worker, pick }),
+        1 => (worker.clone(), pick.clone()).prop_map(|(worker, pick)| Op::Release { worker, pick }),
+        1 => (worker.clone(), pick, -30i8..90)
+            .prop_map(|(worker, pick, secs)| Op::Defer { worker, pick, secs }),
         1 => (worker, 0u8..90).prop_map(|(worker, secs)| Op::Renew { worker, secs }),
         2 => (0u8..90).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Reclaim),
@@ -229,6 +237,22 @@ impl<H: Harness> Side<H> {
                 };
                 let r = store
                     .release(lease.id, &self.picked(pick, &held[*worker]), now)
+                    .await;
+                outcomes(r, self)
+            }
+            Op::Defer { worker, pick, secs } => {
+                let Some(lease) = &leases[*worker] else {
+                    return Answer::Nothing;
+                };
+                let until = now + TimeDelta::seconds(i64::from(*secs));
+                let r = store
+                    .defer(
+                        lease.id,
+                        &self.picked(pick, &held[*worker]),
+                        until,
+                        "paused",
+                        now,
+                    )
                     .await;
                 outcomes(r, self)
             }

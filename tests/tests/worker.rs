@@ -484,6 +484,16 @@ impl OutboxStore for AckFails {
     ) -> Result<Vec<Recorded>, StoreError> {
         self.0.release(lease, ids, now).await
     }
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: Time,
+        reason: &str,
+        now: Time,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.0.defer(lease, ids, until, reason, now).await
+    }
     async fn reclaim_expired(&self, now: Time) -> Result<Reclaimed, StoreError> {
         self.0.reclaim_expired(now).await
     }
@@ -815,4 +825,66 @@ fn the_worker_reports_through_the_metrics_facade() {
         .unwrap();
     assert_eq!(delivered.1, 2);
     assert!((delivered.2 - 0.25).abs() < 0.01, "{slow:?}");
+}
+
+/// A transport that says its destination is paused.
+struct Paused;
+
+#[outbox_core::async_trait]
+impl outbox_core::Transport for Paused {
+    async fn deliver(&self, _: &OutboxEvent) -> Result<(), outbox_core::DeliveryError> {
+        Err(outbox_core::DeliveryError::unavailable(
+            "route r paused",
+            Duration::from_secs(30),
+        ))
+    }
+}
+
+/// A delivery that was not tried because its destination is paused is deferred: pending, due
+/// when the pause ends, no attempt spent — however many times it happens, the event does not
+/// die (with a retryable failure instead, 5 rounds would have killed it).
+#[tokio::test(start_paused = true)]
+async fn a_paused_destination_spends_no_attempts() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(2)).await;
+    let worker = Worker::builder(f.store.clone(), Paused)
+        .clock(f.clock.clone())
+        .retry_policy(RetryPolicy::immediate())
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        let report = worker.run_until_idle().await.unwrap();
+        assert_eq!((report.deferred, report.retried, report.dead), (2, 0, 0));
+        let e = f.store.fetch(ids[0]).await.unwrap();
+        assert_eq!(
+            (e.status(), e.attempts()),
+            (Status::Pending, 0),
+            "round {round}"
+        );
+        assert_eq!(
+            e.lifecycle.next_attempt_at,
+            f.clock.now() + chrono::TimeDelta::seconds(30)
+        );
+        assert_eq!(e.lifecycle.last_error.as_deref(), Some("route r paused"));
+        tokio::time::advance(Duration::from_secs(30)).await;
+    }
+}
+
+/// The worker's own attempt cap ends retries before the event's larger `max_attempts`.
+#[tokio::test(start_paused = true)]
+async fn the_workers_attempt_cap_ends_retries_sooner() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(1)).await; // 10 attempts allowed by the event
+    f.transport.otherwise(Scripted::Retryable);
+    let report = f
+        .worker()
+        .retry_policy(RetryPolicy::immediate())
+        .max_attempts(Some(3))
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!((report.retried, report.dead), (2, 1));
+    assert_eq!(f.status(ids[0]).await, (Status::Dead, 3));
 }

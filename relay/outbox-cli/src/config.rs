@@ -71,6 +71,64 @@ pub struct RelayConfig {
     /// How long start-up waits for the database and the brokers, in seconds, retrying with a
     /// log line per failed attempt; 0 tries each once.
     pub startup_timeout_secs: u64,
+    /// Backoff between attempts, and a cap on attempts.
+    pub retry: RetryConfig,
+}
+
+/// `[relay.retry]`: the backoff after a failed delivery, and an optional cap on attempts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// The first retry's delay in milliseconds.
+    pub base_ms: u64,
+    /// Each further retry waits this many times longer.
+    pub factor: f64,
+    /// The longest delay, in seconds.
+    pub cap_secs: u64,
+    /// `full`, `equal` or `none`.
+    pub jitter: outbox_core::Jitter,
+    /// At most this many attempts per event (fewer if the event allows fewer); unset leaves it
+    /// to each event's own `max_attempts`.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            base_ms: 1000,
+            factor: 2.0,
+            cap_secs: 600,
+            jitter: outbox_core::Jitter::Full,
+            max_attempts: None,
+        }
+    }
+}
+
+/// `[routes.breaker]`: when a route's destination counts as down, and for how long its
+/// deliveries are paused (no attempts spent meanwhile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// `false` turns the breaker off for this route.
+    pub enabled: bool,
+    /// Consecutive retryable failures (timeouts included) that pause the route.
+    pub failures: u32,
+    /// The first pause in milliseconds; it doubles while trials fail.
+    pub pause_ms: u64,
+    /// The longest pause in seconds.
+    pub max_pause_secs: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        let d = outbox_router::BreakerConfig::default();
+        Self {
+            enabled: true,
+            failures: d.failures,
+            pause_ms: d.pause.as_millis() as u64,
+            max_pause_secs: d.max_pause.as_secs(),
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -85,6 +143,7 @@ impl Default for RelayConfig {
             shutdown_grace_secs: 10,
             retention_hours: 168,
             startup_timeout_secs: 60,
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -125,7 +184,30 @@ impl RelayConfig {
                     .ok_or_else(|| key("retention_hours", &"far too large"))?,
             )),
         };
+        let r = &self.retry;
+        let retry = outbox_core::RetryPolicy::builder()
+            .base(Duration::from_millis(r.base_ms))
+            .factor(r.factor)
+            .cap(Duration::from_secs(r.cap_secs))
+            .jitter(r.jitter)
+            .build()
+            .map_err(|e| {
+                let name = match e.field() {
+                    "base" => "base_ms",
+                    "cap" => "cap_secs",
+                    other => other,
+                };
+                key(&format!("retry.{name}"), &e.reason())
+            })?;
+        if r.max_attempts == Some(0) {
+            return Err(key("retry.max_attempts", &"must be at least 1"));
+        }
+        if r.cap_secs > 30 * 24 * 3600 {
+            return Err(key("retry.cap_secs", &"at most 30 days"));
+        }
         let config = WorkerConfig {
+            retry,
+            max_attempts: r.max_attempts,
             batch_size: self.batch_size,
             concurrency: self.concurrency,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
@@ -163,6 +245,9 @@ pub struct HttpConfig {
 pub struct RouteConfig {
     /// `file.stored`, `file.*` or `*`.
     pub pattern: String,
+    /// The route's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
     /// The transport and its settings.
     #[serde(flatten)]
     pub transport: TransportConfig,
@@ -272,6 +357,7 @@ fn destination(
 pub async fn build_router(
     routes: &[RouteConfig],
     startup: &crate::startup::Startup,
+    delivery_timeout: Duration,
 ) -> Result<Router, ConfigError> {
     if routes.is_empty() {
         return Err(ConfigError(
@@ -343,6 +429,28 @@ pub async fn build_router(
                 }
                 Box::new(b.build().map_err(|e| connect_error("webhook", &e))?)
             }
+        };
+        let b = &route.breaker;
+        let transport: Box<dyn outbox_core::Transport> = if b.enabled {
+            let config = outbox_router::BreakerConfig {
+                failures: b.failures,
+                pause: Duration::from_millis(b.pause_ms),
+                max_pause: Duration::from_secs(b.max_pause_secs),
+                // A little under the worker's timeout, so the breaker sees a hang first.
+                timeout: Some(delivery_timeout.mul_f64(0.95)),
+            };
+            let guarded = outbox_router::Breaker::new(route.pattern.clone(), transport, config)
+                .map_err(|e| {
+                    let name = match e.field() {
+                        "pause" => "pause_ms",
+                        "max_pause" => "max_pause_secs",
+                        other => other,
+                    };
+                    ConfigError(format!("routes[{i}].breaker.{name}: {}", e.reason()))
+                })?;
+            Box::new(guarded)
+        } else {
+            transport
         };
         builder = if pattern == Pattern::Any {
             builder.default_route(transport)
@@ -435,6 +543,52 @@ mod tests {
         assert_eq!(render(3, "x"), None);
     }
 
+    /// `[relay.retry]` reaches the worker: backoff and the attempt cap.
+    #[test]
+    fn retry_settings_reach_the_worker() {
+        let c = relay("[relay.retry]\nbase_ms = 250\nfactor = 3.0\ncap_secs = 60\njitter = \"none\"\nmax_attempts = 4")
+            .worker_config()
+            .expect("valid");
+        assert_eq!(c.max_attempts, Some(4));
+        assert_eq!(c.retry.raw_delay(1), Duration::from_millis(250));
+        assert_eq!(c.retry.raw_delay(2), Duration::from_millis(750));
+        assert_eq!(c.retry.cap(), Duration::from_secs(60));
+        assert_eq!(c.retry.jitter(), outbox_core::Jitter::None);
+    }
+
+    /// A route's breaker settings are checked with the key named.
+    #[tokio::test]
+    async fn breaker_settings_are_checked() {
+        let startup = crate::startup::Startup::within(Duration::ZERO);
+        for (breaker, key) in [
+            ("failures = 0", "routes[0].breaker.failures"),
+            ("pause_ms = 0", "routes[0].breaker.pause_ms"),
+            (
+                "max_pause_secs = 100000",
+                "routes[0].breaker.max_pause_secs",
+            ),
+        ] {
+            let config: Config = toml::from_str(&format!(
+                "[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n[routes.breaker]\n{breaker}\n"
+            ))
+            .expect("parses");
+            let error = build_router(&config.routes, &startup, Duration::from_secs(30))
+                .await
+                .unwrap_err()
+                .0;
+            assert!(error.starts_with(key), "{breaker}: {error}");
+        }
+        let config: Config = toml::from_str(
+            "[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n[routes.breaker]\nenabled = false\n",
+        )
+        .expect("parses");
+        assert!(
+            build_router(&config.routes, &startup, Duration::from_secs(30))
+                .await
+                .is_ok()
+        );
+    }
+
     #[test]
     fn defaults_make_a_valid_worker() {
         let c = RelayConfig::default().worker_config().expect("valid");
@@ -466,6 +620,22 @@ mod tests {
             ),
             ("batch_size = 100000000000".to_owned(), "relay.batch_size"),
             ("concurrency = 0".to_owned(), "relay.concurrency"),
+            (
+                "[relay.retry]\nfactor = 0.5".to_owned(),
+                "relay.retry.factor",
+            ),
+            (
+                "[relay.retry]\nbase_ms = 5000\ncap_secs = 1".to_owned(),
+                "relay.retry.cap_secs",
+            ),
+            (
+                "[relay.retry]\nmax_attempts = 0".to_owned(),
+                "relay.retry.max_attempts",
+            ),
+            (
+                "[relay.retry]\ncap_secs = 100000000".to_owned(),
+                "relay.retry.cap_secs",
+            ),
         ] {
             let error = refused(&toml);
             assert!(error.starts_with(key), "{toml}: {error} ({max})");

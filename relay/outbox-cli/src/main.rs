@@ -318,7 +318,8 @@ async fn start(
         None => None,
     };
     let metrics = http::recorder()?;
-    let router = Arc::new(config::build_router(&config.routes, &startup).await?);
+    let router =
+        Arc::new(config::build_router(&config.routes, &startup, settings.delivery_timeout).await?);
     let store = store(
         &config,
         u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),

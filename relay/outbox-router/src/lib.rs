@@ -9,6 +9,8 @@
 //!   routing key or stream per event, with each value escaped for the destination's
 //!   [`Syntax`] so that it cannot reach another subject, key or stream.
 //! - [`StdoutTransport`] prints one JSON line per event, for local runs.
+//! - [`Breaker`] pauses a destination that keeps failing: its events are given back untried,
+//!   spending no attempts, until a trial delivery succeeds.
 //!
 //! ```
 //! use outbox_router::{Pattern, Router, StdoutTransport};
@@ -22,6 +24,7 @@
 //! # Ok::<(), outbox_core::ValidationError>(())
 //! ```
 
+mod breaker;
 mod pattern;
 mod stdout;
 mod template;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use outbox_core::{DeliveryError, OutboxEvent, Transport};
 
+pub use breaker::{Breaker, BreakerConfig, PAUSED, PAUSES};
 pub use pattern::Pattern;
 pub use stdout::StdoutTransport;
 pub use template::{Syntax, Template};
