@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::{EventId, OutboxStore};
+use outbox_core::{EventId, NewEvent, OutboxStore, OutboxStoreExt, Status};
 use outbox_tests::conformance::Harness;
 use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
@@ -513,6 +513,16 @@ async fn startup_waits_for_a_broker_that_comes_up() {
     h.cleanup().await;
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, also when a test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The first of `name` on PATH or in the system directories.
 fn which(name: &str) -> std::path::PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -645,4 +655,134 @@ fn sigterm_during_startup_exits_cleanly() {
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("SIGTERM during start-up"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A broker outage longer than every event's retries kills nothing: after the failures that
+/// open the route's breaker, its events go back untried (no attempts spent) until the broker
+/// answers again, and then all are delivered. Without the breaker these events (3 attempts,
+/// about one per second) were dead within a few seconds of the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_broker_outage_kills_no_event() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let dir = std::env::temp_dir().join(format!("outbox-outage-{}", h.schema()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let start_nats = || {
+        Command::new(which("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut nats = Killed(start_nats());
+    let client = {
+        let mut tries = 0;
+        loop {
+            match async_nats::connect(&nats_url).await {
+                Ok(c) => break c,
+                Err(e) if tries > 100 => panic!("nats-server did not start: {e}"),
+                Err(_) => tries += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OUTAGE".into(),
+            subjects: vec!["outage.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "schema = \"{}\"\n[relay]\npoll_interval_ms = 100\ndelivery_timeout_secs = 1\n\
+             [relay.retry]\nbase_ms = 100\nfactor = 1.0\ncap_secs = 1\njitter = \"none\"\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"nats\"\nurl = \"{nats_url}\"\nsubject = \"outage.{{event_type}}\"\n\
+             [routes.breaker]\nfailures = 2\npause_ms = 200\nmax_pause_secs = 1\n",
+            h.schema()
+        ),
+    )
+    .unwrap();
+    let mut relay = Killed(
+        Command::new(BIN)
+            .args(["relay", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = relay.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let mut wait_for = |what: &str, times: usize, log: &mut Vec<String>| {
+        while log.iter().filter(|l| l.contains(what)).count() < times {
+            match log_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => log.push(line),
+                Err(_) => panic!("no {what:?} ×{times} in the log:\n{}", log.join("\n")),
+            }
+        }
+    };
+    wait_for("relay started", 1, &mut log);
+
+    // The broker goes away; then events arrive, each allowed 3 attempts.
+    drop(nats);
+    let events: Vec<_> = (0..5)
+        .map(|n| {
+            NewEvent::builder("file.stored", "upload", n.to_string())
+                .max_attempts(3)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<EventId> = h
+        .emit(events, true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    // Four pauses: the opening one and three failed trials, several seconds of outage.
+    wait_for("deliveries paused", 4, &mut log);
+    let store = h.store();
+    for id in &ids {
+        let e = store.fetch(*id).await.unwrap();
+        assert_ne!(e.status(), Status::Dead, "{e:?}\n{}", log.join("\n"));
+        assert!(e.attempts() <= 1, "{e:?}");
+    }
+
+    // The broker is back: everything is delivered, nothing died.
+    let nats = Killed(start_nats());
+    let delivered = async {
+        loop {
+            let counts = store.count_by_status().await.unwrap();
+            if counts.delivered == 5 || counts.dead > 0 {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let counts = tokio::time::timeout(Duration::from_secs(60), delivered)
+        .await
+        .expect("not delivered after the broker came back");
+    assert_eq!((counts.delivered, counts.dead), (5, 0));
+    drop(relay);
+    drop(nats);
+    let _ = std::fs::remove_dir_all(dir);
+    h.cleanup().await;
 }
