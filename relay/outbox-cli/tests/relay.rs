@@ -678,7 +678,7 @@ async fn a_long_broker_outage_kills_no_event() {
             .spawn()
             .unwrap()
     };
-    let mut nats = Killed(start_nats());
+    let nats = Killed(start_nats());
     let client = {
         let mut tries = 0;
         loop {
@@ -730,7 +730,7 @@ async fn a_long_broker_outage_kills_no_event() {
         }
     });
     let mut log = Vec::new();
-    let mut wait_for = |what: &str, times: usize, log: &mut Vec<String>| {
+    let wait_for = |what: &str, times: usize, log: &mut Vec<String>| {
         while log.iter().filter(|l| l.contains(what)).count() < times {
             match log_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => log.push(line),
