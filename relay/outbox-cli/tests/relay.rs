@@ -459,31 +459,10 @@ async fn startup_waits_for_a_broker_that_comes_up() {
         .spawn()
         .unwrap();
     // Wait for the first failed attempt in the log, then start the broker.
-    let stderr = relay.stderr.take().unwrap();
-    let (log_tx, log_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
+    let log_rx = log_lines(&mut relay);
     let mut log = Vec::new();
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("NATS: not reachable yet"))
-    {
-        log.push(
-            log_rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("no retry line"),
-        );
-    }
-    let nats_server = which("nats-server");
-    let mut nats = Command::new(nats_server)
-        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    wait_for(&log_rx, "NATS: not reachable yet", 1, &mut log);
+    let nats = nats_server(nats_port, None);
     let stdout = relay.stdout.take().unwrap();
     let delivered = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
@@ -502,8 +481,7 @@ async fn startup_waits_for_a_broker_that_comes_up() {
     }
     let _ = relay.kill();
     let _ = relay.wait();
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
     assert!(
         log.iter().any(|l| l.contains("NATS: connected")),
         "{}",
@@ -511,6 +489,49 @@ async fn startup_waits_for_a_broker_that_comes_up() {
     );
     let _ = std::fs::remove_dir_all(dir);
     h.cleanup().await;
+}
+
+/// A `nats-server` on loopback `port` (with JetStream storing in `store` when given).
+fn nats_server(port: u16, store: Option<&std::path::Path>) -> Killed {
+    let mut command = Command::new(which("nats-server"));
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(dir) = store {
+        command.arg("-js").arg("-sd").arg(dir);
+    }
+    Killed(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The lines of a child's standard error, as they come.
+fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Reads `rx` into `log` until a line containing `what` has come `times` times (bounded).
+fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    times: usize,
+    log: &mut Vec<String>,
+) {
+    while log.iter().filter(|l| l.contains(what)).count() < times {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no {what:?} ×{times} in the log:\n{}", log.join("\n")),
+        }
+    }
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, also when a test fails.
@@ -669,16 +690,8 @@ async fn a_long_broker_outage_kills_no_event() {
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let start_nats = || {
-        Command::new(which("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let nats = Killed(start_nats());
+    let start_nats = || nats_server(port, Some(&dir.join("nats")));
+    let nats = start_nats();
     let client = {
         let mut tries = 0;
         loop {
@@ -722,23 +735,9 @@ async fn a_long_broker_outage_kills_no_event() {
             .spawn()
             .unwrap(),
     );
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = relay.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
+    let log_rx = log_lines(&mut relay.0);
     let mut log = Vec::new();
-    let wait_for = |what: &str, times: usize, log: &mut Vec<String>| {
-        while log.iter().filter(|l| l.contains(what)).count() < times {
-            match log_rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => log.push(line),
-                Err(_) => panic!("no {what:?} ×{times} in the log:\n{}", log.join("\n")),
-            }
-        }
-    };
-    wait_for("relay started", 1, &mut log);
+    wait_for(&log_rx, "relay started", 1, &mut log);
 
     // The broker goes away; then events arrive, each allowed 3 attempts.
     drop(nats);
@@ -758,7 +757,7 @@ async fn a_long_broker_outage_kills_no_event() {
         .map(|e| e.id())
         .collect();
     // Four pauses: the opening one and three failed trials, several seconds of outage.
-    wait_for("deliveries paused", 4, &mut log);
+    wait_for(&log_rx, "deliveries paused", 4, &mut log);
     let store = h.store();
     for id in &ids {
         let e = store.fetch(*id).await.unwrap();
@@ -767,7 +766,7 @@ async fn a_long_broker_outage_kills_no_event() {
     }
 
     // The broker is back: everything is delivered, nothing died.
-    let nats = Killed(start_nats());
+    let nats = start_nats();
     let delivered = async {
         loop {
             let counts = store.count_by_status().await.unwrap();
