@@ -253,7 +253,8 @@ where
 /// A URL for the server [`connect_options`] found, for programs run as child processes:
 /// `DATABASE_URL` itself when set, otherwise one rebuilt from the options (without a password).
 pub async fn database_url() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
+    let container = std::env::var("OUTBOX_TEST_DATABASE").is_ok_and(|v| v == "container");
+    if !container && let Ok(url) = std::env::var("DATABASE_URL") {
         return url;
     }
     let o = connect_options().await;
@@ -266,7 +267,12 @@ pub async fn database_url() -> String {
             o.get_port()
         )
     } else {
-        format!("postgres://{user}@{host}:{}/{database}", o.get_port())
+        // A container's user has the password `postgres` (images with trust auth ignore it).
+        let password = if container { ":postgres" } else { "" };
+        format!(
+            "postgres://{user}{password}@{host}:{}/{database}",
+            o.get_port()
+        )
     }
 }
 

@@ -71,7 +71,7 @@ async fn no_server_is_one_clear_line() {
         .host("127.0.0.1")
         .port(1)
         .username("nobody");
-    let error = find_server_from(None, nowhere).await.unwrap_err();
+    let error = find_server_from(None, nowhere, false).await.unwrap_err();
     assert!(
         matches!(error, TestDatabaseError::NoServer { .. }),
         "{error:?}"
@@ -83,6 +83,107 @@ async fn no_server_is_one_clear_line() {
         "{line}"
     );
 
-    let bad = find_server_from(Some("mysql://x"), PgConnectOptions::new()).await;
+    let bad = find_server_from(Some("mysql://x"), PgConnectOptions::new(), true).await;
     assert!(matches!(bad, Err(TestDatabaseError::BadUrl(_))), "{bad:?}");
+}
+
+/// Whether the Docker engine still has a container with this id.
+fn container_exists(id: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")])
+        .output()
+        .expect("docker is installed (apt-get install docker.io)");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// Waits (bounded) until the engine has removed the container.
+async fn removed(id: &str) -> bool {
+    for _ in 0..300 {
+        if !container_exists(id) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Two containers at once, each with a migrated outbox of its own, and each removed when its
+/// `TestContainer` is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_separate_and_removed_when_dropped() {
+    use outbox_postgres::testing::TestContainer;
+    let (a, b) = tokio::join!(TestContainer::start(), TestContainer::start());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.id(), b.id());
+    assert_ne!(
+        a.connect_options().get_port(),
+        b.connect_options().get_port()
+    );
+    let (db_a, db_b) = (a.database().await.unwrap(), b.database().await.unwrap());
+    let mut tx = db_a.store().begin().await.unwrap();
+    outbox_core::Emit::emit(
+        &mut tx,
+        NewEvent::builder("file.stored", "upload", "1")
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db_a.store().count_by_status().await.unwrap().pending, 1);
+    assert_eq!(db_b.store().count_by_status().await.unwrap().pending, 0);
+    let ids = [a.id().to_owned(), b.id().to_owned()];
+    assert!(ids.iter().all(|id| container_exists(id)));
+    drop((db_a, db_b));
+    drop((a, b));
+    for id in ids {
+        assert!(removed(&id).await, "container {id} is still there");
+    }
+}
+
+/// A test that panics while holding a container leaves none behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_test_leaves_no_container() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let test = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let container = outbox_postgres::testing::TestContainer::start()
+                .await
+                .unwrap();
+            tx.send(container.id().to_owned()).unwrap();
+            panic!("the test failed while its container ran");
+        })
+    });
+    let id = rx.recv().expect("the container started");
+    assert!(test.join().is_err(), "the thread panicked");
+    assert!(
+        removed(&id).await,
+        "container {id} outlived its panicking test"
+    );
+}
+
+/// An image the engine does not have is one line naming it and how to provide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_one_clear_line() {
+    let error = outbox_postgres::testing::TestContainer::builder()
+        .image("outbox-local/no-such-image:1")
+        .start()
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, TestDatabaseError::Container { .. }),
+        "{error:?}"
+    );
+    assert!(
+        text.contains("outbox-local/no-such-image:1")
+            && text.contains("scripts/postgres-image.sh")
+            && !text.contains('\n'),
+        "{text}"
+    );
 }

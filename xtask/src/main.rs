@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask ci`: formatting check, clippy with warnings denied, rustdoc (all features,
 //!   `--cfg docsrs`) with warnings denied, `cargo deny` (licences, bans, sources), the uploads
-//!   example, every test, then `cargo package` of every published crate. What CI runs.
+//!   example, every test, the PostgreSQL suites again on throwaway containers (testcontainers),
+//!   the quick chaos test, then `cargo package` of every published crate. What CI runs.
 //! - `cargo xtask test`: every test in the workspace.
 //! - `cargo xtask bench [--quick]`: release-mode benchmarks, the outbox beside raw SQL.
 //! - `cargo xtask chaos [--quick]`: relays killed at random, the database crashed and the broker
@@ -113,8 +114,44 @@ fn ci() -> Result<(), String> {
     deny()?;
     example()?;
     test(&[])?;
+    containers()?;
     chaos(true, &[])?;
     package()
+}
+
+/// The PostgreSQL suites once more, each test process on a throwaway container
+/// (`OUTBOX_TEST_DATABASE=container`; the image is `OUTBOX_TEST_IMAGE`, which `.ci/run` builds
+/// locally), then removes the containers the test processes kept.
+fn containers() -> Result<(), String> {
+    let result = cargo(
+        &[
+            "test",
+            "--locked",
+            "-p",
+            "outbox-tests",
+            "--test",
+            "conformance_postgres",
+            "--test",
+            "postgres",
+            "--test",
+            "differential",
+        ],
+        &[("OUTBOX_TEST_DATABASE", "container")],
+    );
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=org.outbox.test"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ids: Vec<&str> = leftovers.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
+    }
+    result
 }
 
 /// Builds the `outbox` binary, then runs the chaos program against it.
