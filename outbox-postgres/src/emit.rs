@@ -30,11 +30,19 @@ impl PgStore {
 
     /// Begins a transaction on the store's pool; emit through it, run your own statements on
     /// it (it dereferences to a [`PgConnection`]), then [`commit`](PgTransaction::commit).
+    ///
+    /// Its commit wakes the workers afterwards, not from inside the transaction (the table's
+    /// trigger stays quiet for it): see the migration notes in `docs/postgres.md`.
     pub async fn begin(&self) -> Result<PgTransaction, StoreError> {
-        let tx = self.pool.begin().await.map_err(db_error)?;
+        let tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL outbox.notify = 'off'")
+            .await
+            .map_err(db_error)?;
         Ok(PgTransaction {
             store: self.clone(),
             tx,
+            emitted: false,
         })
     }
 
@@ -244,12 +252,20 @@ impl Emit for PgEmitter<'_> {
 pub struct PgTransaction {
     store: PgStore,
     tx: sqlx::Transaction<'static, Postgres>,
+    /// Whether an event was emitted through it (only then does its commit wake the workers).
+    emitted: bool,
 }
 
 impl PgTransaction {
     /// Commits the business rows and the events together.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db_error)
+        self.tx.commit().await.map_err(db_error)?;
+        if self.emitted {
+            self.store
+                .notifier
+                .poke(&self.store.pool, &self.store.config.channel());
+        }
+        Ok(())
     }
 
     /// Rolls back: no event, no business row.
@@ -274,9 +290,11 @@ impl DerefMut for PgTransaction {
 #[async_trait]
 impl Emit for PgTransaction {
     async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
+        self.emitted = true;
         self.store.emit(&mut self.tx, event).await
     }
     async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
+        self.emitted = true;
         self.store.emit_all(&mut self.tx, events).await
     }
 }

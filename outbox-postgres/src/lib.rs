@@ -33,6 +33,7 @@ mod config;
 mod emit;
 mod error;
 mod listen;
+mod notify;
 mod row;
 mod schema;
 mod sql;

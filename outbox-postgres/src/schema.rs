@@ -21,10 +21,11 @@ struct Migration {
 }
 
 /// The steps, in order. Placeholders: `{schema}`, `{table}`, `{qualified}`, `{channel}`.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "create outbox table",
-    up: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "create outbox table",
+        up: r#"
 CREATE TABLE {qualified} (
     id              uuid        PRIMARY KEY,
     event_type      text        NOT NULL,
@@ -62,11 +63,38 @@ $fn$;
 CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}."{table}_notify"();
 "#,
-    down: r#"
+        down: r#"
 DROP TABLE IF EXISTS {qualified};
 DROP FUNCTION IF EXISTS {schema}."{table}_notify"();
 "#,
-}];
+    },
+    // Transactions begun by the store (`PgStore::begin`) set `outbox.notify = off` and wake
+    // the workers after their commit instead (debounced, off the commit path): a NOTIFY inside
+    // a transaction serialises its commit with every other notifying transaction's.
+    // Transactions of the application's own (`PgStore::emitter`) keep the trigger's wake-up.
+    Migration {
+        version: 2,
+        name: "notify only when the transaction does not wake the workers itself",
+        up: r#"
+CREATE OR REPLACE FUNCTION {schema}."{table}_notify"() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF current_setting('outbox.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"#,
+        down: r#"
+CREATE OR REPLACE FUNCTION {schema}."{table}_notify"() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END
+$fn$;
+"#,
+    },
+];
 
 fn render(template: &str, config: &PgConfig) -> String {
     template
@@ -177,4 +205,4 @@ async fn current_version(
 }
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i32 = 1;
+pub const LATEST_VERSION: i32 = 2;

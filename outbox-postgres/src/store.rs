@@ -45,6 +45,7 @@ pub struct PgStore {
     /// The injected clock; `None` for the database's.
     pub(crate) clock: Option<Arc<dyn Clock>>,
     listener: Arc<Listener>,
+    pub(crate) notifier: Arc<crate::notify::Notifier>,
 }
 
 impl PgStore {
@@ -58,6 +59,7 @@ impl PgStore {
             config: Arc::new(config),
             clock: None,
             listener: Arc::new(Listener::default()),
+            notifier: Arc::default(),
         })
     }
 

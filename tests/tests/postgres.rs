@@ -419,6 +419,46 @@ async fn listen_notify_wakes_an_idle_worker_promptly() {
     h.cleanup().await;
 }
 
+/// The payload of the next notification (bounded wait).
+async fn next_payload(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(GUARD, listener.recv())
+        .await
+        .expect("no wake-up")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
+/// A transaction the store began does not notify from inside itself (which would serialise
+/// its commit with every other notifying transaction's): the table's trigger stays quiet and
+/// the wake-up comes after the commit, payload `commit`. A transaction of the application's own
+/// (`PgStore::emitter`) keeps the trigger's wake-up, payload empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_transactions_wake_the_workers_after_commit() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    // A pool of its own: the listener keeps its connection.
+    let listening = pool(&format!("{}_listen", h.schema()), 1).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
+        .await
+        .unwrap();
+    listener
+        .listen(&store.config().channel())
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.emit(upload(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Notifications arrive in commit order: a trigger's NOTIFY would come first.
+    assert_eq!(next_payload(&mut listener).await, "commit");
+
+    let mut own = store.pool().begin().await.unwrap();
+    store.emitter(&mut own).emit(upload(2)).await.unwrap();
+    own.commit().await.unwrap();
+    assert_eq!(next_payload(&mut listener).await, "");
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_anything_is_written() {
     let h = PgHarness::new().await;
@@ -576,7 +616,10 @@ async fn migrations_apply_once_and_roll_back() {
     );
     other.begin().await.unwrap().emit(upload(1)).await.unwrap();
 
-    assert_eq!(other.migrate_down().await.unwrap(), 1);
+    assert_eq!(
+        other.migrate_down().await.unwrap(),
+        outbox_postgres::LATEST_VERSION as usize
+    );
     let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
         .bind(format!("{}.second_outbox", h.schema()))
         .fetch_one(store.pool())
@@ -589,7 +632,7 @@ async fn migrations_apply_once_and_roll_back() {
     );
     assert_eq!(
         other.migrate().await.unwrap(),
-        1,
+        outbox_postgres::LATEST_VERSION as usize,
         "and can be created again"
     );
     h.cleanup().await;

@@ -126,13 +126,13 @@ async fn produce(
     base: usize,
 ) -> Result<(), BenchError> {
     for t in 0..txs {
-        let mut tx = s.pool.begin().await?;
-        sqlx::query(BUSINESS)
-            .bind("upload")
-            .execute(&mut *tx)
-            .await?;
         let first = base + t * per_tx;
         if raw {
+            let mut tx = s.pool.begin().await?;
+            sqlx::query(BUSINESS)
+                .bind("upload")
+                .execute(&mut *tx)
+                .await?;
             if per_tx == 1 {
                 sqlx::query(RAW_INSERT)
                     .bind(Uuid::now_v7())
@@ -146,13 +146,20 @@ async fn produce(
             } else {
                 raw_insert_many(&mut tx, first..first + per_tx, bytes).await?;
             }
+            tx.commit().await?;
         } else {
+            // The store's transaction boundary, as applications use it.
+            let mut tx = s.store.begin().await?;
+            sqlx::query(BUSINESS)
+                .bind("upload")
+                .execute(&mut *tx)
+                .await?;
             let events = (first..first + per_tx)
                 .map(|n| event(n, bytes))
                 .collect::<Result<Vec<_>, _>>()?;
-            s.store.emitter(&mut tx).emit_all(events).await?;
+            tx.emit_all(events).await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
     }
     Ok(())
 }
