@@ -442,10 +442,7 @@ async fn store_transactions_wake_the_workers_after_commit() {
     let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
         .await
         .unwrap();
-    listener
-        .listen(&store.config().channel())
-        .await
-        .unwrap();
+    listener.listen(&store.config().channel()).await.unwrap();
     let mut tx = store.begin().await.unwrap();
     tx.emit(upload(1)).await.unwrap();
     tx.commit().await.unwrap();
