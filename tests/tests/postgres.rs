@@ -830,7 +830,10 @@ async fn keyword_schema_names_work() {
             .await
             .unwrap();
         assert_eq!(store.count_by_status().await.unwrap().delivered, 1);
-        assert_eq!(store.migrate_down().await.unwrap(), 1);
+        assert_eq!(
+            store.migrate_down().await.unwrap(),
+            outbox_postgres::LATEST_VERSION as usize
+        );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{schema}\" CASCADE"
         )))

@@ -3,9 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use outbox_core::{NewEvent, OutboxStore, Transaction};
+use outbox_core::{Emit, NewEvent, OutboxStore, Transaction};
 use outbox_postgres::testing::{TestDatabase, TestDatabaseError, find_server_from};
 use sqlx::postgres::PgConnectOptions;
+
+/// The event these tests emit.
+fn stored() -> NewEvent {
+    NewEvent::builder("file.stored", "upload", "1")
+        .build()
+        .unwrap()
+}
 
 async fn schema_exists(db: &TestDatabase, schema: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
@@ -33,14 +40,7 @@ async fn each_test_gets_its_own_migrated_schema_and_leaves_nothing() {
         .execute(tx.conn())
         .await
         .unwrap();
-    outbox_core::Emit::emit(
-        &mut tx,
-        NewEvent::builder("file.stored", "upload", "1")
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    tx.emit(stored()).await.unwrap();
     tx.commit().await.unwrap();
 
     let rows = |db: &TestDatabase| {
@@ -121,14 +121,7 @@ async fn containers_are_separate_and_removed_when_dropped() {
     );
     let (db_a, db_b) = (a.database().await.unwrap(), b.database().await.unwrap());
     let mut tx = db_a.store().begin().await.unwrap();
-    outbox_core::Emit::emit(
-        &mut tx,
-        NewEvent::builder("file.stored", "upload", "1")
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    tx.emit(stored()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db_a.store().count_by_status().await.unwrap().pending, 1);
     assert_eq!(db_b.store().count_by_status().await.unwrap().pending, 0);
