@@ -6,7 +6,7 @@
 //! the log; the endpoints answer with their status code and a word, never a database message
 //! (which can name hosts, users, schemas and tables).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,10 +25,12 @@ const EVENTS: &str = "outbox_events";
 /// Gauge: age of the oldest pending event in seconds.
 const OLDEST_PENDING: &str = "outbox_oldest_pending_age_seconds";
 
-/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+/// Installs the process-wide Prometheus recorder (once, also when called from several threads
+/// at the same time) and returns its handle.
 pub fn recorder() -> Result<PrometheusHandle, BuildError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -42,7 +44,8 @@ pub fn recorder() -> Result<PrometheusHandle, BuildError> {
         OLDEST_PENDING,
         "Age of the oldest pending event in seconds (lag)."
     );
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 /// Serves the endpoints on a bound `listener` in a background task.
@@ -150,6 +153,26 @@ mod tests {
 
     /// Health endpoints say what is wrong in a word; the database's message (here naming the
     /// schema and the missing relation) goes to the log only. They used to echo it.
+    /// Installing the recorder from several threads at once gives each the one handle (two
+    /// tests doing it at the same moment used to fail: the second install was refused).
+    #[test]
+    fn the_recorder_is_installed_once_from_any_thread() {
+        let handles: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(recorder))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(
+            handles.iter().all(Result::is_ok),
+            "{:?}",
+            handles
+                .iter()
+                .filter_map(|h| h.as_ref().err())
+                .collect::<Vec<_>>()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_endpoints_keep_internals_to_the_log() {
         let h = PgHarness::new().await;
