@@ -438,6 +438,7 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         )?,
         None => writeln!(stdout(), "oldest pending: none")?,
     }
+    print_paused(&store).await?;
     let dead_events = store
         .list(&EventFilter {
             status: Some(Status::Dead),
@@ -448,6 +449,35 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     if !dead_events.is_empty() {
         writeln!(stdout())?;
         print_dead(&dead_events)?;
+    }
+    Ok(())
+}
+
+/// Routes a relay has paused (their circuit breaker is open): the pending events they gave back
+/// untried, by route, from the events' last error.
+async fn print_paused(store: &PgStore) -> Result<(), CliError> {
+    let prefix = outbox_router::PAUSED_PREFIX;
+    let sql = format!(
+        "SELECT split_part(substr(last_error, {}), ': ', 1), count(*), max(updated_at)::text \
+         FROM {} WHERE status = 'pending' AND starts_with(last_error, $1) GROUP BY 1 ORDER BY 1",
+        prefix.len() + 1,
+        store.config().qualified_table()
+    );
+    let paused: Vec<(String, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(prefix)
+        .fetch_all(store.pool())
+        .await?;
+    if !paused.is_empty() {
+        writeln!(stdout())?;
+        writeln!(
+            stdout(),
+            "{:<24} {:>12}  last deferred (events wait untried, no attempts spent)",
+            "paused route",
+            "events"
+        )?;
+        for (route, events, last) in paused {
+            writeln!(stdout(), "{route:<24} {events:>12}  {last}")?;
+        }
     }
     Ok(())
 }

@@ -764,6 +764,15 @@ async fn a_long_broker_outage_kills_no_event() {
         assert_ne!(e.status(), Status::Dead, "{e:?}\n{}", log.join("\n"));
         assert!(e.attempts() <= 1, "{e:?}");
     }
+    // `outbox status` names the paused route and the events it holds back.
+    let status = outbox(&["status"], &url, h.schema());
+    let held_back = status.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some("*"))
+            .then(|| words.next().and_then(|n| n.parse::<u32>().ok()))
+            .flatten()
+    });
+    assert!(held_back.is_some_and(|n| (1..=5).contains(&n)), "{status}");
 
     // The broker is back: everything is delivered, nothing died.
     let nats = start_nats();

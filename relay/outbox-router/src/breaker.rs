@@ -7,6 +7,10 @@ use async_trait::async_trait;
 use outbox_core::{DeliveryError, OutboxEvent, Transport, ValidationError};
 use tokio::time::Instant;
 
+/// How every message of a paused route begins (`route paused: <name>: …`); it is kept as the
+/// deferred events' last error, so `outbox status` can say which routes hold events back.
+pub const PAUSED_PREFIX: &str = "route paused: ";
+
 /// Counter: times a route was paused, by `route`.
 pub const PAUSES: &str = "outbox_route_pauses_total";
 /// Gauge: 1 while a route is paused, by `route`.
@@ -235,7 +239,7 @@ impl<T: Transport> Transport for Breaker<T> {
                 let last = self.lock().last_error.clone();
                 return Err(DeliveryError::unavailable(
                     format!(
-                        "route {} paused after {} consecutive failures (last: {last}); not tried",
+                        "{PAUSED_PREFIX}{}: {} consecutive failures (last: {last}); not tried",
                         self.name,
                         self.lock().consecutive
                     ),
@@ -266,7 +270,7 @@ impl<T: Transport> Transport for Breaker<T> {
                     // ones that were not tried, so an outage of any length costs each event at
                     // most the failures that opened the breaker.
                     Some(pause) if trial => Err(DeliveryError::unavailable(
-                        format!("route {} still unavailable: {e}; paused", self.name),
+                        format!("{PAUSED_PREFIX}{}: still unavailable: {e}", self.name),
                         pause,
                     )),
                     _ => Err(e),

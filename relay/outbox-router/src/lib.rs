@@ -34,7 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use outbox_core::{DeliveryError, OutboxEvent, Transport};
 
-pub use breaker::{Breaker, BreakerConfig, PAUSED, PAUSES};
+pub use breaker::{Breaker, BreakerConfig, PAUSED, PAUSED_PREFIX, PAUSES};
 pub use pattern::Pattern;
 pub use stdout::StdoutTransport;
 pub use template::{Syntax, Template};
