@@ -115,7 +115,7 @@ impl<T> std::fmt::Debug for Breaker<T> {
 /// What the breaker lets a delivery do.
 enum Admission {
     Go { trial: bool },
-    Paused(Duration),
+    Paused { retry_in: Duration, message: String },
 }
 
 impl<T> Breaker<T> {
@@ -158,12 +158,19 @@ impl<T> Breaker<T> {
             return Admission::Go { trial: false };
         };
         let now = Instant::now();
+        let paused = |retry_in| Admission::Paused {
+            retry_in,
+            message: format!(
+                "{PAUSED_PREFIX}{}: {} consecutive failures (last: {}); not tried",
+                self.name, state.consecutive, state.last_error
+            ),
+        };
         if now < until {
-            return Admission::Paused(until - now);
+            return paused(until - now);
         }
         if state.trial {
             // Someone else's trial is deciding; ask again after a short while.
-            return Admission::Paused(self.config.pause);
+            return paused(self.config.pause);
         }
         state.trial = true;
         Admission::Go { trial: true }
@@ -235,16 +242,8 @@ impl<T: Transport> Transport for Breaker<T> {
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
         let trial = match self.admit() {
             Admission::Go { trial } => trial,
-            Admission::Paused(retry_in) => {
-                let last = self.lock().last_error.clone();
-                return Err(DeliveryError::unavailable(
-                    format!(
-                        "{PAUSED_PREFIX}{}: {} consecutive failures (last: {last}); not tried",
-                        self.name,
-                        self.lock().consecutive
-                    ),
-                    retry_in,
-                ));
+            Admission::Paused { retry_in, message } => {
+                return Err(DeliveryError::unavailable(message, retry_in));
             }
         };
         let mut pending = Pending {
