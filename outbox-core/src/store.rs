@@ -1,11 +1,12 @@
 //! The store contract: [`OutboxStore`] (what a worker and an operator need), [`Emit`] (what
 //! application code writes through, inside its own transaction), and the types they exchange.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, NewEvent, OutboxEvent};
@@ -288,22 +289,41 @@ impl EventFilter {
     }
 }
 
-/// Sends wake-ups from a store to the workers waiting on it.
+/// Sends wake-ups from a store to the workers waiting on it, and tells the store when one of
+/// them has run out of work.
+///
+/// The second half lets a backend wake workers only when one is waiting: a worker that keeps
+/// finding events needs no wake-up, and sending one per commit costs the producers (see
+/// `outbox-postgres`, whose producers notify only while a worker has said it is idle).
 #[derive(Debug)]
-pub struct WakeupSender(watch::Sender<u64>);
+pub struct WakeupSender {
+    wake: watch::Sender<u64>,
+    idle: Arc<Notify>,
+}
 
 impl WakeupSender {
     /// A new sender with no receivers yet.
     pub fn new() -> Self {
-        Self(watch::Sender::new(0))
+        Self {
+            wake: watch::Sender::new(0),
+            idle: Arc::new(Notify::new()),
+        }
     }
     /// Wakes every receiver (once, however many times this is called before they look).
     pub fn wake(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
     /// A new receiver.
     pub fn subscribe(&self) -> Wakeups {
-        Wakeups(self.0.subscribe())
+        Wakeups {
+            wake: self.wake.subscribe(),
+            idle: Arc::clone(&self.idle),
+        }
+    }
+    /// Completes once a receiver has started waiting with no wake-up unseen since this last
+    /// completed (at once if one did meanwhile): "a worker ran out of work".
+    pub async fn idle(&self) {
+        self.idle.notified().await;
     }
 }
 
@@ -315,12 +335,23 @@ impl Default for WakeupSender {
 
 /// Receives wake-ups: "events may have been committed".
 #[derive(Debug, Clone)]
-pub struct Wakeups(watch::Receiver<u64>);
+pub struct Wakeups {
+    wake: watch::Receiver<u64>,
+    idle: Arc<Notify>,
+}
 
 impl Wakeups {
     /// Waits for the next wake-up. Returns `false` once the sender is gone and none will come.
+    ///
+    /// Call it when out of work: unless a wake-up is already waiting to be seen, it first tells
+    /// the sender that this receiver is idle ([`WakeupSender::idle`]).
     pub async fn wait(&mut self) -> bool {
-        self.0.changed().await.is_ok()
+        match self.wake.has_changed() {
+            Ok(true) => {}
+            Ok(false) => self.idle.notify_one(),
+            Err(_) => return false,
+        }
+        self.wake.changed().await.is_ok()
     }
 }
 
@@ -587,7 +618,6 @@ macro_rules! forward_store {
     };
 }
 
-use std::sync::Arc;
 forward_store!(Arc);
 forward_store!(Box);
 
@@ -619,3 +649,40 @@ pub trait OutboxStoreExt: OutboxStore {
 }
 
 impl<S: OutboxStore + ?Sized> OutboxStoreExt for S {}
+
+#[cfg(test)]
+mod tests {
+    use super::WakeupSender;
+
+    /// Whether the sender heard an idle signal (one is stored until taken).
+    async fn heard_idle(sender: &WakeupSender) -> bool {
+        tokio::select! {
+            biased;
+            () = sender.idle() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_waits_with_nothing_unseen_says_it_is_idle() {
+        let sender = WakeupSender::new();
+        let mut wakeups = sender.subscribe();
+        assert!(!heard_idle(&sender).await);
+        tokio::select! {
+            biased;
+            _ = wakeups.wait() => panic!("no wake-up was sent"),
+            () = std::future::ready(()) => {}
+        }
+        assert!(heard_idle(&sender).await);
+        assert!(!heard_idle(&sender).await, "one signal, taken once");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_with_a_wake_up_unseen_is_not_idle() {
+        let sender = WakeupSender::new();
+        let mut wakeups = sender.subscribe();
+        sender.wake();
+        assert!(wakeups.wait().await, "the wake-up sent before waiting is seen");
+        assert!(!heard_idle(&sender).await);
+    }
+}

@@ -32,8 +32,11 @@ impl PgStore {
     /// it (it dereferences to a [`PgConnection`]), then [`commit`](PgTransaction::commit).
     ///
     /// Its commit wakes the workers afterwards, not from inside the transaction (the table's
-    /// trigger stays quiet for it): see the migration notes in `docs/postgres.md`.
+    /// trigger stays quiet for it), and only if one of them is waiting for work: see
+    /// "Wake-ups" in `docs/postgres.md`. The first call starts the store's listener (one
+    /// connection of its own), through which it hears the workers say so.
     pub async fn begin(&self) -> Result<PgTransaction, StoreError> {
+        self.start_listener();
         let tx = self
             .pool
             .begin_with("BEGIN; SET LOCAL outbox.notify = 'off'")
@@ -263,7 +266,7 @@ impl PgTransaction {
         if self.emitted {
             self.store
                 .notifier
-                .poke(&self.store.pool, &self.store.config.channel());
+                .committed(&self.store.pool, &self.store.config.channel());
         }
         Ok(())
     }

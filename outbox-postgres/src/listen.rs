@@ -1,7 +1,9 @@
-//! Wake-up on commit: one LISTEN connection per store, outside the store's pool, feeds every
-//! worker's [`Wakeups`].
+//! One LISTEN connection per store, outside the store's pool: it feeds every worker's
+//! [`Wakeups`], announces when this process's workers run out of work, and tells the store's
+//! producer side ([`Notifier`]) when a worker anywhere did (see [`crate::notify`]).
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use outbox_core::{WakeupSender, Wakeups};
@@ -10,66 +12,107 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::notify::{self, IDLE, Notifier};
+
 /// Pause before reconnecting a listener whose connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// Owns the LISTEN task; started on the first subscription, restarted if it ended.
+/// Owns the listening and announcing tasks; started on first use, restarted if they ended, and
+/// stopped when the last clone of the store is dropped.
 #[derive(Debug, Default)]
 pub(crate) struct Listener {
     sender: Arc<WakeupSender>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the tasks need of the store.
+#[derive(Clone)]
+pub(crate) struct Context {
+    /// The store's pool, for announcements and wake-ups.
+    pub(crate) pool: PgPool,
+    pub(crate) channel: String,
+    pub(crate) notifier: Arc<Notifier>,
 }
 
 impl Listener {
-    /// A receiver of wake-ups; starts the LISTEN task if none is running (needs a tokio runtime;
-    /// outside one, the receiver simply never fires and workers poll).
-    pub(crate) fn subscribe(&self, pool: &PgPool, channel: &str) -> Wakeups {
+    /// A receiver of wake-ups; starts the tasks if they are not running.
+    pub(crate) fn subscribe(&self, context: &Context) -> Wakeups {
         let wakeups = self.sender.subscribe();
-        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        let runtime = tokio::runtime::Handle::try_current();
-        if let (true, Ok(runtime)) = (task.as_ref().is_none_or(JoinHandle::is_finished), runtime) {
-            // A pool of its own, so the long-lived LISTEN connection never takes one of the
-            // application's connections (a pool of one would starve otherwise).
-            let options = pool.connect_options().as_ref().clone();
-            let own = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_lazy_with(options);
-            let sender = Arc::downgrade(&self.sender);
-            *task = Some(runtime.spawn(listen(own, channel.to_owned(), sender)));
-        }
+        self.start(context);
         wakeups
+    }
+
+    /// Starts the tasks if they are not running (needs a tokio runtime; outside one, nothing
+    /// starts: receivers never fire, workers poll, producers wake after every commit).
+    pub(crate) fn start(&self, context: &Context) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if !tasks.is_empty() && !tasks.iter().any(JoinHandle::is_finished) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+        // A pool of its own, so the long-lived LISTEN connection never takes one of the
+        // application's connections (a pool of one would starve otherwise).
+        let options = context.pool.connect_options().as_ref().clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        let announced = Arc::new(AtomicBool::new(false));
+        tasks.push(runtime.spawn(listen(
+            own,
+            context.clone(),
+            Arc::clone(&self.sender),
+            Arc::clone(&announced),
+        )));
+        tasks.push(runtime.spawn(announce(
+            context.clone(),
+            Arc::clone(&self.sender),
+            announced,
+        )));
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .task
+        for task in self
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .drain(..)
         {
             task.abort();
         }
     }
 }
 
-/// Listens on `channel` and wakes subscribers on every notification, reconnecting on its own.
-/// After any reconnect it wakes them once too, since commits may have been missed meanwhile.
-/// Ends when the store is gone or its pool is closed.
-async fn listen(pool: PgPool, channel: String, sender: Weak<WakeupSender>) {
-    let wake = || match sender.upgrade() {
-        Some(sender) => {
-            sender.wake();
-            true
-        }
-        None => false,
+/// Listens on the channel: wakes subscribers on every wake-up, passes idle announcements to the
+/// producer side, reconnects on its own. After any reconnect it wakes subscribers once, since
+/// commits may have been missed meanwhile. Ends when the store's pool is closed.
+async fn listen(
+    own: PgPool,
+    context: Context,
+    sender: Arc<WakeupSender>,
+    announced: Arc<AtomicBool>,
+) {
+    let Context {
+        pool,
+        channel,
+        notifier,
+    } = &context;
+    let wake = || {
+        // Our workers may be woken: they announce again if they find nothing.
+        announced.store(false, Ordering::SeqCst);
+        sender.wake();
     };
     loop {
-        if pool.is_closed() {
+        if own.is_closed() || pool.is_closed() {
             return;
         }
-        let mut listener = match PgListener::connect_with(&pool).await {
+        let mut listener = match PgListener::connect_with(&own).await {
             Ok(listener) => listener,
             Err(error) => {
                 warn!(%error, %channel, "outbox listener could not connect; retrying");
@@ -77,36 +120,57 @@ async fn listen(pool: PgPool, channel: String, sender: Weak<WakeupSender>) {
                 continue;
             }
         };
-        if let Err(error) = listener.listen(&channel).await {
+        if let Err(error) = listener.listen(channel).await {
             warn!(%error, %channel, "outbox listener could not LISTEN; retrying");
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         }
         debug!(%channel, "outbox listener connected");
-        if !wake() {
-            return;
-        }
+        notifier.listening(true, pool, channel);
+        wake();
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => {
-                    if !wake() {
-                        return;
-                    }
+                Ok(Some(message)) if message.payload() == IDLE => {
+                    notifier.worker_idle(pool, channel);
                 }
-                // The connection was lost; the next call reconnects and re-subscribes.
+                Ok(Some(_)) => wake(),
+                // The connection was lost and made anew (notifications meanwhile are lost).
                 Ok(None) => {
-                    debug!(%channel, "outbox listener lost its connection; reconnecting");
-                    if !wake() {
-                        return;
-                    }
+                    debug!(%channel, "outbox listener lost its connection; reconnected");
+                    notifier.listening(true, pool, channel);
+                    wake();
                 }
-                Err(sqlx::Error::PoolClosed) => return,
+                Err(sqlx::Error::PoolClosed) => {
+                    notifier.listening(false, pool, channel);
+                    return;
+                }
                 Err(error) => {
                     warn!(%error, %channel, "outbox listener failed; reconnecting");
+                    notifier.listening(false, pool, channel);
                     tokio::time::sleep(RECONNECT_DELAY).await;
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Announces on the channel that this process's workers ran out of work: once per idle spell
+/// (until a wake-up arrives), however many of them wait.
+async fn announce(context: Context, sender: Arc<WakeupSender>, announced: Arc<AtomicBool>) {
+    loop {
+        sender.idle().await;
+        if context.pool.is_closed() {
+            return;
+        }
+        if announced.swap(true, Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(error) = notify::send(&context.pool, &context.channel, IDLE).await {
+            // Announce again next time; meanwhile producers may not wake this worker, which
+            // then finds their events at its next poll.
+            announced.store(false, Ordering::SeqCst);
+            debug!(%error, channel = %context.channel, "announcing idle workers failed");
         }
     }
 }

@@ -1,32 +1,119 @@
-//! Waking the workers after the commit of a transaction the store began: one `NOTIFY` at a time
-//! per store, in its own tiny transaction, coalescing the commits that happen meanwhile.
+//! Waking the workers after the commit of a transaction the store began — and only when a
+//! worker is waiting.
 //!
 //! A `NOTIFY` inside a writing transaction makes PostgreSQL serialise its commit with every
 //! other notifying transaction's (a database-wide lock held until the commit record is
-//! flushed), so producers that notify cannot share WAL flushes. Sent afterwards, from a
-//! transaction that writes nothing, it holds that lock only for a moment, and a burst of
-//! commits costs one notification.
+//! flushed), so producers that notify cannot share WAL flushes. Transactions begun by
+//! [`PgStore::begin`](crate::PgStore::begin) therefore switch the table's trigger off and wake
+//! the workers afterwards, from a transaction that writes nothing, one notification at a time
+//! per store.
+//!
+//! Even that is wasted while the workers are busy: a worker that keeps finding events claims
+//! again at once and needs no wake-up. So workers announce on the channel when they run out of
+//! work (payload [`IDLE`]), every store's listener hears it, and a producer sends a wake-up only
+//! while some worker has announced itself idle since the last one. A commit made while no
+//! worker was idle is remembered; if a worker announces itself idle afterwards, it is woken at
+//! once for it (it may have looked just before that commit). Without a listener connection the
+//! producer cannot hear announcements and wakes the workers after every commit, as the trigger
+//! would. Whatever is lost, the workers' poll interval bounds the delay.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::PgPool;
 
 /// The payload of a post-commit wake-up (the trigger's is empty).
 pub(crate) const PAYLOAD: &str = "commit";
+/// The payload of a worker's announcement that it ran out of work; not a wake-up.
+pub(crate) const IDLE: &str = "idle";
 
+/// What a producer knows of the workers: whether to wake them after a commit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Producer {
+    /// Announcements can be heard (the store's listener is connected).
+    listening: bool,
+    /// A worker announced itself idle and has not been woken since.
+    idle: bool,
+    /// A commit happened that no wake-up covers (no worker was idle then).
+    unannounced: bool,
+}
+
+impl Producer {
+    /// Events were committed: whether to wake the workers now.
+    pub(crate) fn committed(&mut self) -> bool {
+        if !self.listening || self.idle {
+            self.idle = false;
+            self.unannounced = false;
+            true
+        } else {
+            self.unannounced = true;
+            false
+        }
+    }
+
+    /// A worker announced that it ran out of work: whether to wake the workers now (for a
+    /// commit it may not have seen).
+    pub(crate) fn worker_idle(&mut self) -> bool {
+        if std::mem::take(&mut self.unannounced) {
+            true
+        } else {
+            self.idle = true;
+            false
+        }
+    }
+
+    /// The listener connected (`true`) or lost its connection (`false`): whether to wake the
+    /// workers now. Announcements may have been missed meanwhile, so a fresh connection counts
+    /// as one; a lost one no longer hears the announcement an unannounced commit waits for.
+    pub(crate) fn listening(&mut self, on: bool) -> bool {
+        self.listening = on;
+        if on {
+            self.worker_idle()
+        } else {
+            std::mem::take(&mut self.unannounced)
+        }
+    }
+}
+
+/// A store's producer side: decides when to wake the workers and sends the wake-ups.
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
-    /// A commit happened that no notification sent so far covers.
+    producer: Mutex<Producer>,
+    /// A wake-up was asked for that no notification sent so far covers.
     pending: AtomicBool,
     /// A task is sending notifications.
     running: AtomicBool,
 }
 
 impl Notifier {
-    /// Asks for a wake-up on `channel`; returns at once. At most one notification is in flight
-    /// per store; commits made while it is become one more after it.
-    pub(crate) fn poke(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+    /// Events were committed through the store; wakes the workers if one is waiting.
+    pub(crate) fn committed(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+        if self.update(Producer::committed) {
+            self.poke(pool, channel);
+        }
+    }
+
+    /// A worker announced that it is idle.
+    pub(crate) fn worker_idle(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+        if self.update(Producer::worker_idle) {
+            self.poke(pool, channel);
+        }
+    }
+
+    /// The store's listener connected or lost its connection.
+    pub(crate) fn listening(self: &Arc<Self>, on: bool, pool: &PgPool, channel: &str) {
+        if self.update(|p| p.listening(on)) {
+            self.poke(pool, channel);
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Producer) -> bool) -> bool {
+        f(&mut self.producer.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Sends a wake-up on `channel`; returns at once. At most one notification is in flight
+    /// per store; wake-ups asked for while it is become one more after it.
+    fn poke(self: &Arc<Self>, pool: &PgPool, channel: &str) {
         self.pending.store(true, Ordering::SeqCst);
         if self
             .running
@@ -41,12 +128,7 @@ impl Notifier {
         tokio::spawn(async move {
             loop {
                 me.pending.store(false, Ordering::SeqCst);
-                if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(PAYLOAD)
-                    .execute(&pool)
-                    .await
-                {
+                if let Err(error) = send(&pool, &channel, PAYLOAD).await {
                     // The workers still poll: a lost wake-up delays, never loses, an event.
                     tracing::warn!(%error, "waking the workers after a commit failed");
                 }
@@ -61,5 +143,86 @@ impl Notifier {
                 }
             }
         });
+    }
+}
+
+/// `pg_notify(channel, payload)` in a transaction of its own.
+pub(crate) async fn send(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Producer;
+
+    fn listening() -> Producer {
+        let mut p = Producer::default();
+        p.listening(true);
+        p
+    }
+
+    #[test]
+    fn without_a_listener_every_commit_wakes() {
+        let mut p = Producer::default();
+        assert!(p.committed());
+        assert!(p.committed());
+        assert!(!p.listening(false));
+        assert!(p.committed());
+    }
+
+    #[test]
+    fn losing_the_listener_wakes_for_an_unannounced_commit() {
+        let mut p = listening();
+        p.committed();
+        assert!(!p.committed());
+        assert!(p.listening(false));
+        assert!(p.committed(), "deaf again: every commit wakes");
+    }
+
+    #[test]
+    fn a_fresh_connection_counts_as_an_idle_worker() {
+        let mut p = listening();
+        assert!(p.committed(), "the first commit after connecting wakes");
+        assert!(!p.committed(), "no worker said it is idle since");
+    }
+
+    #[test]
+    fn busy_workers_are_not_woken() {
+        let mut p = listening();
+        p.committed();
+        for _ in 0..100 {
+            assert!(!p.committed());
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_is_woken_by_the_next_commit_once() {
+        let mut p = listening();
+        p.committed();
+        assert!(!p.worker_idle(), "nothing committed since the last wake-up");
+        assert!(p.committed());
+        assert!(!p.committed());
+    }
+
+    #[test]
+    fn a_commit_unseen_by_a_worker_that_then_idles_wakes_it_at_once() {
+        let mut p = listening();
+        p.committed();
+        assert!(!p.committed(), "no worker idle: remembered, not sent");
+        assert!(p.worker_idle(), "the idle worker may have looked before that commit");
+        assert!(!p.committed(), "that wake-up covered the idle worker");
+    }
+
+    #[test]
+    fn a_reconnect_wakes_for_commits_made_while_announcements_could_be_missed() {
+        let mut p = listening();
+        p.committed();
+        assert!(!p.committed());
+        assert!(p.listening(true));
     }
 }

@@ -103,6 +103,23 @@ impl PgStore {
         schema::migrate_down(&self.pool, &self.config).await
     }
 
+    /// What the listener's tasks need.
+    fn listen_context(&self) -> crate::listen::Context {
+        crate::listen::Context {
+            pool: self.pool.clone(),
+            channel: self.config.channel(),
+            notifier: Arc::clone(&self.notifier),
+        }
+    }
+
+    /// Starts the listener, unless the store does not listen (then producers wake the workers
+    /// after every commit).
+    pub(crate) fn start_listener(&self) {
+        if self.config.listen {
+            self.listener.start(&self.listen_context());
+        }
+    }
+
     /// Sends a wake-up to every listening worker, as a commit of new events does.
     async fn notify(&self) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(self.sql.notify.clone()))
@@ -498,7 +515,7 @@ impl OutboxStore for PgStore {
     fn wakeups(&self) -> Option<Wakeups> {
         self.config
             .listen
-            .then(|| self.listener.subscribe(&self.pool, &self.config.channel()))
+            .then(|| self.listener.subscribe(&self.listen_context()))
     }
 }
 

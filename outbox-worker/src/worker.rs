@@ -157,8 +157,10 @@ where
                     }
                 }
             };
-            if claimed >= self.config.batch_size {
-                continue; // a full batch: there is probably more
+            if claimed > 0 {
+                // There may be more: look again before calling this worker idle (waiting tells
+                // the store so, and a store may wake only workers that said they are idle).
+                continue;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -456,6 +456,95 @@ async fn store_transactions_wake_the_workers_after_commit() {
     h.cleanup().await;
 }
 
+/// Producers wake the workers only while one has said it is idle. Commits made while none has
+/// (the workers are busy, or absent) send no wake-up; a worker announcing itself idle after such
+/// commits is answered at once, since it may have looked before them; an idle worker is woken
+/// by the next commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_wake_the_workers_only_when_one_is_idle() {
+    let h = PgHarness::new().await;
+    let name = format!("{}_producer", h.schema());
+    let store = PgStore::new(pool(&name, 2).await, PgConfig::new().with_schema(h.schema())).unwrap();
+    let channel = store.config().channel();
+    let listening = pool(&format!("{}_listen", h.schema()), 1).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
+        .await
+        .unwrap();
+    listener.listen(&channel).await.unwrap();
+    let commit = |n: usize| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.emit(upload(n)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let admin = pool("admin", 1).await;
+    let announce = |payload: &'static str| {
+        let pool = admin.clone();
+        let channel = channel.clone();
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    // The first transaction starts the store's listener; wait until it listens.
+    commit(0).await;
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            )
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the store's listener never connected");
+    // A fresh connection may have missed announcements: the next commit wakes; then no worker
+    // said it is idle, so the next hundred are silent.
+    for n in 1..=100 {
+        commit(n).await;
+    }
+    announce("idle").await;
+    let mut wakes_before = 0;
+    loop {
+        match next_payload(&mut listener).await.as_str() {
+            "commit" => wakes_before += 1,
+            "idle" => break,
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&wakes_before),
+        "{wakes_before} wake-ups for 101 commits with no idle worker"
+    );
+    assert_eq!(
+        next_payload(&mut listener).await,
+        "commit",
+        "an idle worker hears of the commits it may have missed"
+    );
+    // Announced idle with nothing unseen: the next commit wakes it, and nothing else does.
+    announce("idle").await;
+    commit(101).await;
+    assert_eq!(next_payload(&mut listener).await, "idle");
+    assert_eq!(next_payload(&mut listener).await, "commit");
+    announce("end").await;
+    assert_eq!(next_payload(&mut listener).await, "end", "one wake-up only");
+    admin.close().await;
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_anything_is_written() {
     let h = PgHarness::new().await;
