@@ -682,7 +682,10 @@ mod tests {
         let sender = WakeupSender::new();
         let mut wakeups = sender.subscribe();
         sender.wake();
-        assert!(wakeups.wait().await, "the wake-up sent before waiting is seen");
+        assert!(
+            wakeups.wait().await,
+            "the wake-up sent before waiting is seen"
+        );
         assert!(!heard_idle(&sender).await);
     }
 }

@@ -214,7 +214,10 @@ mod tests {
         let mut p = listening();
         p.committed();
         assert!(!p.committed(), "no worker idle: remembered, not sent");
-        assert!(p.worker_idle(), "the idle worker may have looked before that commit");
+        assert!(
+            p.worker_idle(),
+            "the idle worker may have looked before that commit"
+        );
         assert!(!p.committed(), "that wake-up covered the idle worker");
     }
 

@@ -464,7 +464,11 @@ async fn store_transactions_wake_the_workers_after_commit() {
 async fn producers_wake_the_workers_only_when_one_is_idle() {
     let h = PgHarness::new().await;
     let name = format!("{}_producer", h.schema());
-    let store = PgStore::new(pool(&name, 2).await, PgConfig::new().with_schema(h.schema())).unwrap();
+    let store = PgStore::new(
+        pool(&name, 2).await,
+        PgConfig::new().with_schema(h.schema()),
+    )
+    .unwrap();
     let channel = store.config().channel();
     let listening = pool(&format!("{}_listen", h.schema()), 1).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&listening)

@@ -88,6 +88,17 @@ fn main() -> ExitCode {
 
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    // The pgmq benchmark peer lives outside the workspace (`cargo xtask bench` builds it).
+    cargo(
+        &[
+            "fmt",
+            "--manifest-path",
+            "bench/pgmq-peer/Cargo.toml",
+            "--",
+            "--check",
+        ],
+        &[],
+    )?;
     cargo(
         &[
             "clippy",
@@ -304,6 +315,25 @@ fn run_example(args: &[&str], database_url: Option<std::ffi::OsString>) -> Resul
 fn bench(quick: bool, transports: bool, only: Option<&str>) -> Result<(), String> {
     let out = workspace_root().join("target").join("outbox-bench");
     let out = out.to_string_lossy();
+    // pgmq's side of the workloads: a program of its own (bench/pgmq-peer, outside the
+    // workspace), built into the same target directory.
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let manifest = workspace_root().join("bench/pgmq-peer/Cargo.toml");
+    let target_env = target.to_string_lossy().into_owned();
+    cargo(
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            &manifest.to_string_lossy(),
+        ],
+        &[("CARGO_TARGET_DIR", &target_env)],
+    )?;
+    let peer = target.join("release").join("pgmq-peer");
+    let peer = peer.to_string_lossy();
     let mut args = vec![
         "run",
         "--release",
@@ -313,6 +343,8 @@ fn bench(quick: bool, transports: bool, only: Option<&str>) -> Result<(), String
         "--",
         "--out",
         &out,
+        "--pgmq-peer",
+        &peer,
     ];
     if quick {
         args.push("--quick");

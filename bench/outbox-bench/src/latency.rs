@@ -123,13 +123,18 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// How long each latency run offers its load.
+pub fn seconds(quick: bool) -> u64 {
+    if quick { 4 } else { 15 }
+}
+
 pub async fn run(
     pool: &PgPool,
     schema: &str,
     quick: bool,
     summary: &mut Summary,
 ) -> Result<(), BenchError> {
-    let seconds = if quick { 4 } else { 15 };
+    let seconds = seconds(quick);
     let config = PgConfig::new().with_schema(schema);
     let notify = measure(pool, config.clone(), Duration::from_secs(1), 1000, seconds).await?;
     summary.put("latency.notify_p50_ms", ms(&notify, 0.50), "ms");

@@ -7,6 +7,7 @@
 mod growth;
 mod latency;
 mod memory;
+mod peers;
 mod pg;
 mod plot;
 mod transports;
@@ -39,6 +40,10 @@ struct Args {
     /// memory (run as a child process, so the figure is the worker's alone).
     #[arg(long, hide = true)]
     drain_rss_child: bool,
+    /// The `pgmq-peer` program (bench/pgmq-peer), to run pgmq's side of each workload in the
+    /// same run; `cargo xtask bench` builds and passes it. Without it, no `peers.*` figures.
+    #[arg(long)]
+    pgmq_peer: Option<PathBuf>,
     /// Where to write summary.json.
     #[arg(long, default_value = "target/outbox-bench")]
     out: PathBuf,

@@ -13,6 +13,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use crate::memory::{NoopTransport, payload};
+use crate::peers::Pgmq;
 use crate::{Args, BenchError, Summary, Workload, per_second};
 
 const SCHEMA: &str = "outbox_bench";
@@ -323,6 +324,13 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
         (2_000, 200, 100_000)
     };
     let sizes: &[usize] = if args.quick { &[256] } else { &[256, 4096] };
+    let pgmq = match &args.pgmq_peer {
+        Some(program) => Some(Pgmq::setup(program, url)?),
+        None => {
+            println!("note: no --pgmq-peer given (cargo xtask bench passes it): no pgmq figures");
+            None
+        }
+    };
 
     for &bytes in sizes.iter().filter(|_| args.runs(Workload::Emit)) {
         for producers in [1, 4, 16, 64] {
@@ -343,6 +351,18 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
                 summary.put(&format!("emit.p{producers}_ratio"), o / r, "outbox/raw");
             }
         }
+        if let (Some(pgmq), 256) = (&pgmq, bytes) {
+            // The same transactions as the outbox's 4 producers: one business row, one message.
+            let txs = ((txs_each / 4) / ROUNDS).max(1) * ROUNDS;
+            let rate = pgmq.figure(
+                &["enqueue", "--producers", "4", "--txs", &txs.to_string()],
+                "tx_per_s",
+            )?;
+            summary.put("peers.pgmq_enqueue_tx_per_s", rate, "tx/s");
+            if let Some(o) = summary.get("emit.outbox_tx_per_s") {
+                summary.put("emit.vs_pgmq", o / rate, "outbox/pgmq");
+            }
+        }
         truncate(&s.pool).await?;
         let (outbox, raw) = emit_pair(&s, 4, batch_txs, 100, bytes).await?;
         let total = ((batch_txs / ROUNDS).max(1) * ROUNDS * 4 * 100) as u64;
@@ -360,6 +380,23 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
         if bytes == 256 {
             summary.put("emit.batch_events_per_s", o, "events/s");
             summary.put("emit.batch_raw_events_per_s", r, "events/s");
+            if let Some(pgmq) = &pgmq {
+                let txs = ((batch_txs / ROUNDS).max(1) * ROUNDS).to_string();
+                let rate = pgmq.figure(
+                    &[
+                        "batch",
+                        "--producers",
+                        "4",
+                        "--txs",
+                        &txs,
+                        "--per-tx",
+                        "100",
+                    ],
+                    "events_per_s",
+                )?;
+                summary.put("peers.pgmq_batch_per_s", rate, "events/s");
+                summary.put("emit.batch_vs_pgmq", o / rate, "outbox/pgmq");
+            }
         }
     }
 
@@ -390,6 +427,18 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
                 summary.put(&format!("{key}_delete_raw_events_per_s"), r, "events/s");
                 if workers == 4 {
                     summary.put("relay.delete_ratio", o / r, "outbox/raw");
+                    if let Some(pgmq) = &pgmq {
+                        // 4 consumers × 100, read then delete on ack, the same backlog.
+                        let rate = pgmq.figure(
+                            &["drain", "--backlog", &backlog.to_string()],
+                            "events_per_s",
+                        )?;
+                        summary.put("peers.pgmq_drain_per_s", rate, "events/s");
+                        if let Some(kept) = summary.get("relay.outbox_events_per_s") {
+                            summary.put("relay.vs_pgmq", kept / rate, "outbox/pgmq");
+                        }
+                        summary.put("relay.delete_vs_pgmq", o / rate, "outbox/pgmq");
+                    }
                 }
             }
         }
@@ -407,6 +456,13 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     }
     if args.runs(Workload::Latency) {
         crate::latency::run(&s.pool, SCHEMA, args.quick, summary).await?;
+        if let Some(pgmq) = &pgmq {
+            let seconds = crate::latency::seconds(args.quick).to_string();
+            let figures = pgmq.run(&["latency", "--rate", "1000", "--seconds", &seconds])?;
+            for (name, value) in figures {
+                summary.put(&format!("peers.pgmq_{name}"), value, "ms");
+            }
+        }
     }
     // The worker's peak memory is measured draining the growth workload's largest backlog.
     if args.runs(Workload::Growth) || args.runs(Workload::Rss) {
@@ -428,6 +484,9 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     )))
     .execute(&s.pool)
     .await?;
+    if let Some(pgmq) = pgmq {
+        pgmq.teardown()?;
+    }
     Ok(())
 }
 
