@@ -94,6 +94,26 @@ END
 $fn$;
 "#,
     },
+    // The same rule as migration 2, decided by the trigger's WHEN condition: a transaction
+    // that switched the wake-up off no longer calls the PL/pgSQL function at all (measured with
+    // pgbench at 16 clients: ~3.5% of an emitting transaction's throughput for the call, ~1%
+    // for the condition).
+    Migration {
+        version: 3,
+        name: "skip the notification trigger by its WHEN condition",
+        up: r#"
+DROP TRIGGER "{table}_notify" ON {qualified};
+CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
+    FOR EACH STATEMENT
+    WHEN (current_setting('outbox.notify', true) IS DISTINCT FROM 'off')
+    EXECUTE FUNCTION {schema}."{table}_notify"();
+"#,
+        down: r#"
+DROP TRIGGER "{table}_notify" ON {qualified};
+CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}."{table}_notify"();
+"#,
+    },
 ];
 
 fn render(template: &str, config: &PgConfig) -> String {
@@ -205,4 +225,4 @@ async fn current_version(
 }
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i32 = 2;
+pub const LATEST_VERSION: i32 = 3;

@@ -456,6 +456,49 @@ async fn store_transactions_wake_the_workers_after_commit() {
     h.cleanup().await;
 }
 
+/// A transaction the store began does not even call the trigger's function (its WHEN condition
+/// reads the setting), while one of the application's own does: counted by PostgreSQL's
+/// per-transaction function statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_transactions_do_not_call_the_trigger_function() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let function = format!("{}_notify", store.config().table());
+    let calls = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions \
+             WHERE schemaname = $1 AND funcname = $2",
+        )
+        .bind(h.schema())
+        .bind(&function)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    };
+    let mut tx = store.begin().await.unwrap();
+    sqlx::query("SET LOCAL track_functions = 'pl'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.emit(upload(1)).await.unwrap();
+    assert_eq!(calls(&mut tx).await, 0, "the store's own transaction");
+    tx.rollback().await.unwrap();
+
+    let mut own = store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL track_functions = 'pl'")
+        .execute(&mut *own)
+        .await
+        .unwrap();
+    store.emitter(&mut own).emit(upload(2)).await.unwrap();
+    assert_eq!(
+        calls(&mut own).await,
+        1,
+        "the application's own transaction"
+    );
+    own.rollback().await.unwrap();
+    h.cleanup().await;
+}
+
 /// Producers wake the workers only while one has said it is idle. Commits made while none has
 /// (the workers are busy, or absent) send no wake-up; a worker announcing itself idle after such
 /// commits is answered at once, since it may have looked before them; an idle worker is woken
