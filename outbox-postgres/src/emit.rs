@@ -15,6 +15,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
+use crate::notify::{self, Wake};
 use crate::store::{PgStore, keyed_ids};
 
 impl PgStore {
@@ -261,12 +262,28 @@ pub struct PgTransaction {
 
 impl PgTransaction {
     /// Commits the business rows and the events together.
-    pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db_error)?;
-        if self.emitted {
-            self.store
-                .notifier
-                .committed(&self.store.pool, &self.store.config.channel());
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        let notifier = &self.store.notifier;
+        let wake = if self.emitted {
+            notifier.committing()
+        } else {
+            Wake::No
+        };
+        let channel = self.store.config.channel();
+        let committed = async {
+            if wake == Wake::Inside {
+                notify::send(&mut *self.tx, &channel, notify::PAYLOAD).await?;
+            }
+            self.tx.commit().await
+        };
+        if let Err(error) = committed.await {
+            if wake == Wake::Inside {
+                notifier.wake_failed();
+            }
+            return Err(db_error(error));
+        }
+        if wake == Wake::After {
+            notifier.after_commit(&self.store.pool, &channel);
         }
         Ok(())
     }

@@ -3,19 +3,21 @@
 //!
 //! A `NOTIFY` inside a writing transaction makes PostgreSQL serialise its commit with every
 //! other notifying transaction's (a database-wide lock held until the commit record is
-//! flushed), so producers that notify cannot share WAL flushes. Transactions begun by
-//! [`PgStore::begin`](crate::PgStore::begin) therefore switch the table's trigger off and wake
-//! the workers afterwards, from a transaction that writes nothing, one notification at a time
-//! per store.
+//! flushed), so producers that notify on every commit cannot share WAL flushes. Transactions
+//! begun by [`PgStore::begin`](crate::PgStore::begin) therefore switch the table's trigger off
+//! and leave the wake-up to the store.
 //!
-//! Even that is wasted while the workers are busy: a worker that keeps finding events claims
-//! again at once and needs no wake-up. So workers announce on the channel when they run out of
-//! work (payload [`IDLE`]), every store's listener hears it, and a producer sends a wake-up only
-//! while some worker has announced itself idle since the last one. A commit made while no
-//! worker was idle is remembered; if a worker announces itself idle afterwards, it is woken at
-//! once for it (it may have looked just before that commit). Without a listener connection the
-//! producer cannot hear announcements and wakes the workers after every commit, as the trigger
-//! would. Whatever is lost, the workers' poll interval bounds the delay.
+//! A worker that keeps finding events claims again at once and needs no wake-up. So workers
+//! announce on the channel when they run out of work (payload [`IDLE`]), every store's listener
+//! hears it, and a producer wakes the workers only while some worker has announced itself idle
+//! since its last wake-up: by a `NOTIFY` inside the next committing transaction, delivered with
+//! its commit (one transaction per idle spell: the load is light and nothing contends). A
+//! commit made while no worker was idle is remembered; if a worker announces itself idle
+//! afterwards, it is woken at once for it (it may have looked just before that commit), from a
+//! transaction of its own. Without a listener connection the producer cannot hear
+//! announcements and wakes the workers after every commit, from a transaction of its own in the
+//! background, one at a time per store, a burst of commits folded into one more. Whatever is
+//! lost, the workers' poll interval bounds the delay.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,6 +28,19 @@ use sqlx::PgPool;
 pub(crate) const PAYLOAD: &str = "commit";
 /// The payload of a worker's announcement that it ran out of work; not a wake-up.
 pub(crate) const IDLE: &str = "idle";
+
+/// How a commit of new events wakes the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Not at all: no worker is waiting (they are busy, or absent).
+    No,
+    /// By a `NOTIFY` inside the committing transaction, delivered with its commit: a worker
+    /// said it is idle, so the load is light and nothing contends for the lock it takes.
+    Inside,
+    /// By a notification after the commit, folded with other commits': announcements cannot be
+    /// heard, so every commit wakes, and one inside each would serialise the commits.
+    After,
+}
 
 /// What a producer knows of the workers: whether to wake them after a commit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,16 +54,31 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    /// Events were committed: whether to wake the workers now.
-    pub(crate) fn committed(&mut self) -> bool {
-        if !self.listening || self.idle {
+    /// Events are about to be committed: how to wake the workers.
+    pub(crate) fn committing(&mut self) -> Wake {
+        if !self.listening {
             self.idle = false;
             self.unannounced = false;
-            true
+            Wake::After
+        } else if self.idle {
+            self.idle = false;
+            self.unannounced = false;
+            Wake::Inside
         } else {
             self.unannounced = true;
-            false
+            Wake::No
         }
+    }
+
+    /// The commit that was to wake an idle worker from inside failed: the worker still waits.
+    pub(crate) fn wake_failed(&mut self) {
+        self.idle = true;
+    }
+
+    /// Whether a commit would wake the workers from a transaction of its own (for tests).
+    #[cfg(test)]
+    fn committed(&mut self) -> bool {
+        self.committing() != Wake::No
     }
 
     /// A worker announced that it ran out of work: whether to wake the workers now (for a
@@ -86,11 +116,21 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    /// Events were committed through the store; wakes the workers if one is waiting.
-    pub(crate) fn committed(self: &Arc<Self>, pool: &PgPool, channel: &str) {
-        if self.update(Producer::committed) {
-            self.poke(pool, channel);
-        }
+    /// Events are about to be committed through the store: how to wake the workers. Pass
+    /// [`Wake::After`] on to [`after_commit`](Self::after_commit), and report a failed commit
+    /// that was to wake them from inside to [`wake_failed`](Self::wake_failed).
+    pub(crate) fn committing(&self) -> Wake {
+        self.lock().committing()
+    }
+
+    /// The commit that was to wake an idle worker from inside failed.
+    pub(crate) fn wake_failed(&self) {
+        self.lock().wake_failed();
+    }
+
+    /// Wakes the workers after a commit, in the background.
+    pub(crate) fn after_commit(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+        self.poke(pool, channel);
     }
 
     /// A worker announced that it is idle.
@@ -108,7 +148,11 @@ impl Notifier {
     }
 
     fn update(&self, f: impl FnOnce(&mut Producer) -> bool) -> bool {
-        f(&mut self.producer.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Producer> {
+        self.producer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends a wake-up on `channel`; returns at once. At most one notification is in flight
@@ -146,19 +190,24 @@ impl Notifier {
     }
 }
 
-/// `pg_notify(channel, payload)` in a transaction of its own.
-pub(crate) async fn send(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+/// `pg_notify(channel, payload)` on `executor`: a pool (a transaction of its own) or a
+/// connection in a transaction (sent with its commit).
+pub(crate) async fn send<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(channel)
         .bind(payload)
-        .execute(pool)
+        .execute(executor)
         .await
         .map(drop)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Producer;
+    use super::{Producer, Wake};
 
     fn listening() -> Producer {
         let mut p = Producer::default();
@@ -189,6 +238,27 @@ mod tests {
         let mut p = listening();
         assert!(p.committed(), "the first commit after connecting wakes");
         assert!(!p.committed(), "no worker said it is idle since");
+    }
+
+    #[test]
+    fn an_idle_worker_is_woken_from_inside_the_commit_a_deaf_producer_after_it() {
+        let mut p = Producer::default();
+        assert_eq!(p.committing(), Wake::After, "announcements cannot be heard");
+        p.listening(true);
+        assert_eq!(
+            p.committing(),
+            Wake::Inside,
+            "a fresh connection counts as idle"
+        );
+        assert_eq!(p.committing(), Wake::No);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_idle_worker_to_the_next() {
+        let mut p = listening();
+        assert_eq!(p.committing(), Wake::Inside);
+        p.wake_failed();
+        assert_eq!(p.committing(), Wake::Inside);
     }
 
     #[test]
