@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::notify::{self, Wake};
+use crate::notify;
 use crate::store::{PgStore, keyed_ids};
 
 impl PgStore {
@@ -263,27 +264,23 @@ pub struct PgTransaction {
 impl PgTransaction {
     /// Commits the business rows and the events together.
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        let notifier = &self.store.notifier;
-        let wake = if self.emitted {
-            notifier.committing()
-        } else {
-            Wake::No
-        };
+        let notifier = Arc::clone(&self.store.notifier);
+        let inside = self.emitted && notifier.committing();
         let channel = self.store.config.channel();
         let committed = async {
-            if wake == Wake::Inside {
+            if inside {
                 notify::send(&mut *self.tx, &channel, notify::PAYLOAD).await?;
             }
             self.tx.commit().await
         };
         if let Err(error) = committed.await {
-            if wake == Wake::Inside {
+            if inside {
                 notifier.wake_failed();
             }
             return Err(db_error(error));
         }
-        if wake == Wake::After {
-            notifier.after_commit(&self.store.pool, &channel);
+        if self.emitted && !inside {
+            notifier.committed(&self.store.pool, &channel);
         }
         Ok(())
     }

@@ -29,16 +29,14 @@ pub(crate) const PAYLOAD: &str = "commit";
 /// The payload of a worker's announcement that it ran out of work; not a wake-up.
 pub(crate) const IDLE: &str = "idle";
 
-/// How a commit of new events wakes the workers.
+/// Whether a commit of new events that did not wake the workers from inside wakes them after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// Not at all: no worker is waiting (they are busy, or absent).
     No,
-    /// By a `NOTIFY` inside the committing transaction, delivered with its commit: a worker
-    /// said it is idle, so the load is light and nothing contends for the lock it takes.
-    Inside,
-    /// By a notification after the commit, folded with other commits': announcements cannot be
-    /// heard, so every commit wakes, and one inside each would serialise the commits.
+    /// By a notification after the commit, from a transaction of its own, folded with other
+    /// commits': a worker turned idle during the commit, or announcements cannot be heard (then
+    /// every commit wakes, and a `NOTIFY` inside each would serialise the commits).
     After,
 }
 
@@ -54,19 +52,15 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    /// Events are about to be committed: how to wake the workers.
-    pub(crate) fn committing(&mut self) -> Wake {
-        if !self.listening {
+    /// Events are about to be committed: whether to wake the workers from inside the
+    /// transaction (a worker said it is idle, and announcements can be heard).
+    pub(crate) fn committing(&mut self) -> bool {
+        if self.listening && self.idle {
             self.idle = false;
             self.unannounced = false;
-            Wake::After
-        } else if self.idle {
-            self.idle = false;
-            self.unannounced = false;
-            Wake::Inside
+            true
         } else {
-            self.unannounced = true;
-            Wake::No
+            false
         }
     }
 
@@ -75,10 +69,18 @@ impl Producer {
         self.idle = true;
     }
 
-    /// Whether a commit would wake the workers from a transaction of its own (for tests).
-    #[cfg(test)]
-    fn committed(&mut self) -> bool {
-        self.committing() != Wake::No
+    /// Events were committed without a wake-up inside: whether to wake the workers now. Only
+    /// once committed may a commit count as unannounced: an idle worker answered before the
+    /// commit would look too early and find nothing.
+    pub(crate) fn committed(&mut self) -> Wake {
+        if !self.listening || self.idle {
+            self.idle = false;
+            self.unannounced = false;
+            Wake::After
+        } else {
+            self.unannounced = true;
+            Wake::No
+        }
     }
 
     /// A worker announced that it ran out of work: whether to wake the workers now (for a
@@ -116,10 +118,11 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    /// Events are about to be committed through the store: how to wake the workers. Pass
-    /// [`Wake::After`] on to [`after_commit`](Self::after_commit), and report a failed commit
-    /// that was to wake them from inside to [`wake_failed`](Self::wake_failed).
-    pub(crate) fn committing(&self) -> Wake {
+    /// Events are about to be committed through the store: whether to wake the workers from
+    /// inside the transaction. Then report a failed commit to
+    /// [`wake_failed`](Self::wake_failed); otherwise report the commit to
+    /// [`committed`](Self::committed).
+    pub(crate) fn committing(&self) -> bool {
         self.lock().committing()
     }
 
@@ -128,9 +131,13 @@ impl Notifier {
         self.lock().wake_failed();
     }
 
-    /// Wakes the workers after a commit, in the background.
-    pub(crate) fn after_commit(self: &Arc<Self>, pool: &PgPool, channel: &str) {
-        self.poke(pool, channel);
+    /// Events were committed without a wake-up inside; wakes the workers in the background if
+    /// one is waiting (or announcements cannot be heard).
+    pub(crate) fn committed(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+        let wake = self.lock().committed();
+        if wake == Wake::After {
+            self.poke(pool, channel);
+        }
     }
 
     /// A worker announced that it is idle.
@@ -215,87 +222,98 @@ mod tests {
         p
     }
 
+    /// One commit through the store: `Some(true)` woken inside, `Some(false)` after, `None` not.
+    fn commit(p: &mut Producer) -> Option<bool> {
+        if p.committing() {
+            return Some(true);
+        }
+        (p.committed() == Wake::After).then_some(false)
+    }
+
     #[test]
-    fn without_a_listener_every_commit_wakes() {
+    fn without_a_listener_every_commit_wakes_after_it() {
         let mut p = Producer::default();
-        assert!(p.committed());
-        assert!(p.committed());
+        assert_eq!(commit(&mut p), Some(false));
+        assert_eq!(commit(&mut p), Some(false));
         assert!(!p.listening(false));
-        assert!(p.committed());
+        assert_eq!(commit(&mut p), Some(false));
     }
 
     #[test]
-    fn losing_the_listener_wakes_for_an_unannounced_commit() {
+    fn a_fresh_connection_counts_as_an_idle_worker_woken_from_inside() {
         let mut p = listening();
-        p.committed();
-        assert!(!p.committed());
-        assert!(p.listening(false));
-        assert!(p.committed(), "deaf again: every commit wakes");
-    }
-
-    #[test]
-    fn a_fresh_connection_counts_as_an_idle_worker() {
-        let mut p = listening();
-        assert!(p.committed(), "the first commit after connecting wakes");
-        assert!(!p.committed(), "no worker said it is idle since");
-    }
-
-    #[test]
-    fn an_idle_worker_is_woken_from_inside_the_commit_a_deaf_producer_after_it() {
-        let mut p = Producer::default();
-        assert_eq!(p.committing(), Wake::After, "announcements cannot be heard");
-        p.listening(true);
-        assert_eq!(
-            p.committing(),
-            Wake::Inside,
-            "a fresh connection counts as idle"
-        );
-        assert_eq!(p.committing(), Wake::No);
-    }
-
-    #[test]
-    fn a_failed_commit_leaves_the_idle_worker_to_the_next() {
-        let mut p = listening();
-        assert_eq!(p.committing(), Wake::Inside);
-        p.wake_failed();
-        assert_eq!(p.committing(), Wake::Inside);
+        assert_eq!(commit(&mut p), Some(true));
+        assert_eq!(commit(&mut p), None, "no worker said it is idle since");
     }
 
     #[test]
     fn busy_workers_are_not_woken() {
         let mut p = listening();
-        p.committed();
+        commit(&mut p);
         for _ in 0..100 {
-            assert!(!p.committed());
+            assert_eq!(commit(&mut p), None);
         }
     }
 
     #[test]
     fn an_idle_worker_is_woken_by_the_next_commit_once() {
         let mut p = listening();
-        p.committed();
+        commit(&mut p);
         assert!(!p.worker_idle(), "nothing committed since the last wake-up");
-        assert!(p.committed());
-        assert!(!p.committed());
+        assert_eq!(commit(&mut p), Some(true));
+        assert_eq!(commit(&mut p), None);
     }
 
     #[test]
     fn a_commit_unseen_by_a_worker_that_then_idles_wakes_it_at_once() {
         let mut p = listening();
-        p.committed();
-        assert!(!p.committed(), "no worker idle: remembered, not sent");
+        commit(&mut p);
+        assert_eq!(commit(&mut p), None, "no worker idle: remembered, not sent");
         assert!(
             p.worker_idle(),
             "the idle worker may have looked before that commit"
         );
-        assert!(!p.committed(), "that wake-up covered the idle worker");
+        assert_eq!(commit(&mut p), None, "that wake-up covered the idle worker");
+    }
+
+    #[test]
+    fn a_worker_idle_during_a_commit_is_woken_after_it_not_before() {
+        let mut p = listening();
+        commit(&mut p);
+        assert!(!p.committing(), "no worker idle as the commit starts");
+        assert!(
+            !p.worker_idle(),
+            "announced mid-commit: a wake-up now would come before the events are visible"
+        );
+        assert_eq!(p.committed(), Wake::After, "so it comes after the commit");
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_idle_worker_to_the_next() {
+        let mut p = listening();
+        assert!(p.committing());
+        p.wake_failed();
+        assert_eq!(commit(&mut p), Some(true));
+    }
+
+    #[test]
+    fn losing_the_listener_wakes_for_an_unannounced_commit() {
+        let mut p = listening();
+        commit(&mut p);
+        assert_eq!(commit(&mut p), None);
+        assert!(p.listening(false));
+        assert_eq!(
+            commit(&mut p),
+            Some(false),
+            "deaf again: every commit wakes"
+        );
     }
 
     #[test]
     fn a_reconnect_wakes_for_commits_made_while_announcements_could_be_missed() {
         let mut p = listening();
-        p.committed();
-        assert!(!p.committed());
+        commit(&mut p);
+        assert_eq!(commit(&mut p), None);
         assert!(p.listening(true));
     }
 }

@@ -408,7 +408,7 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
             let key = format!("relay.w{workers}_b{batch}");
             summary.put(&format!("{key}_outbox_events_per_s"), o, "events/s");
             summary.put(&format!("{key}_raw_events_per_s"), r, "events/s");
-            plot.push((workers, batch, o, r));
+            plot.push((workers, batch, o, r, None));
             if batch == 100 && workers == 4 {
                 summary.put("relay.outbox_events_per_s", o, "events/s");
                 summary.put("relay.raw_events_per_s", r, "events/s");
@@ -434,6 +434,9 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
                             "events_per_s",
                         )?;
                         summary.put("peers.pgmq_drain_per_s", rate, "events/s");
+                        if let Some(row) = plot.last_mut() {
+                            row.4 = Some(rate);
+                        }
                         if let Some(kept) = summary.get("relay.outbox_events_per_s") {
                             summary.put("relay.vs_pgmq", kept / rate, "outbox/pgmq");
                         }
