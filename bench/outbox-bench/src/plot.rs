@@ -83,8 +83,8 @@ pub fn relay_svg(rows: &[Row]) -> String {
         ty = height - 6.0,
         lx2 = left + 250.0,
         tx2 = left + 266.0,
-        lx3 = left + 520.0,
-        tx3 = left + 536.0,
+        lx3 = left + 545.0,
+        tx3 = left + 561.0,
         cx = width / 2.0,
         by = height - bottom + 34.0
     );
