@@ -211,8 +211,9 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The store's clock reading: the one time every decision is made on.
-    pub(crate) fn now(&self) -> DateTime<Utc> {
+    /// The store's clock reading: the one time every decision is made on (and the time a
+    /// consumer's inbox stamps its records with).
+    pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }
 

@@ -83,6 +83,11 @@ impl UnitOfWork {
         self.hooks.push(Box::new(hook));
     }
 
+    /// The store's clock reading ([`MemoryStore::now`]).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.store.now()
+    }
+
     /// Events staged so far.
     pub fn staged(&self) -> &[OutboxEvent] {
         &self.staged

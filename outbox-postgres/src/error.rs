@@ -2,8 +2,11 @@
 
 use outbox_core::StoreError;
 
-/// Classifies a sqlx error.
-pub(crate) fn db_error(error: sqlx::Error) -> StoreError {
+/// Classifies a sqlx error as the stores do: lost connections, an exhausted or closed pool,
+/// a server shutting down, serialization failures and deadlocks are
+/// [`StoreError::Unavailable`] (retryable); the rest [`StoreError::Backend`]. For code that
+/// runs its own statements beside the store's (the inbox, for one).
+pub fn db_error(error: sqlx::Error) -> StoreError {
     if is_transient(&error) {
         StoreError::Unavailable {
             source: Box::new(error),

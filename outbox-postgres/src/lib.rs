@@ -43,6 +43,7 @@ pub mod testing;
 
 pub use config::{MAX_TABLE_LEN, PgConfig, validate_identifier};
 pub use emit::{PgEmitter, PgTransaction};
+pub use error::db_error;
 pub use schema::LATEST_VERSION;
 pub use store::PgStore;
 

@@ -78,6 +78,7 @@ async fn committed_events_arrive_persistent_with_their_id_and_headers() {
             .as_str()
             .parse()
             .unwrap();
+        assert_eq!(outbox_transport_amqp::event_id(props), Some(id));
         let headers = props.headers().as_ref().unwrap();
         assert_eq!(header(headers, "outbox-event-type"), "file.stored");
         let n: usize = header(headers, "outbox-aggregate-id").parse().unwrap();

@@ -55,6 +55,11 @@ async fn committed_events_arrive_once_with_their_id_and_headers() {
             .to_owned();
         assert_eq!(message.headers.get("Outbox-Event-Id").unwrap().as_str(), id);
         assert_eq!(
+            outbox_transport_nats::event_id(Some(&message.headers)).map(|e| e.to_string()),
+            Some(id.clone()),
+            "the consumer's helper reads the id back"
+        );
+        assert_eq!(
             message.headers.get("Outbox-Event-Type").unwrap().as_str(),
             "file.stored"
         );

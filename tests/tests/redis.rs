@@ -62,6 +62,20 @@ async fn committed_events_arrive_with_their_id_and_headers() {
         seen.insert(fields["event_id"].parse::<EventId>().unwrap());
     }
     assert_eq!(seen, committed.iter().copied().collect::<HashSet<_>>());
+    // A consumer reading the entries as redis-rs stream entries gets the ids back by the helper.
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: HashSet<EventId> = reply
+        .ids
+        .iter()
+        .map(|entry| outbox_transport_redis::event_id(entry).unwrap())
+        .collect();
+    assert_eq!(ids, seen);
 
     let _: () = redis::cmd("DEL")
         .arg(&stream)

@@ -103,6 +103,13 @@ async fn committed_events_arrive_signed() {
             headers.get("Outbox-Event-Id").unwrap().to_str().unwrap(),
             envelope.id.to_string()
         );
+        let header = headers
+            .get(outbox_transport_webhook::EVENT_ID_HEADER)
+            .unwrap();
+        assert_eq!(
+            outbox_transport_webhook::event_id(header.to_str().unwrap()),
+            Some(envelope.id)
+        );
         assert_eq!(headers.get("content-type").unwrap(), "application/json");
         let n: usize = envelope.aggregate_id.parse().unwrap();
         assert_eq!(envelope.payload, json!({ "n": n }));

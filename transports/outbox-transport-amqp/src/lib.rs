@@ -132,6 +132,13 @@ pub fn properties_for(event: &OutboxEvent) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// The id of the event a received message carries (its AMQP `message-id` property), for the
+/// consumer's de-duplication (the `outbox-inbox` crate). `None` if the message did not come
+/// from this transport.
+pub fn event_id(properties: &BasicProperties) -> Option<outbox_core::EventId> {
+    properties.message_id().as_ref()?.as_str().parse().ok()
+}
+
 #[async_trait]
 impl Transport for AmqpTransport {
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
@@ -186,3 +193,19 @@ impl Transport for AmqpTransport {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod event_id_tests {
+    use super::{event_id, properties_for};
+    use outbox_core::NewEvent;
+
+    #[test]
+    fn a_received_message_gives_back_its_event_id() {
+        let event = NewEvent::builder("file.stored", "upload", "1")
+            .build()
+            .unwrap()
+            .into_event(outbox_core::EventId::new(), chrono::Utc::now(), 3);
+        assert_eq!(event_id(&properties_for(&event)), Some(event.id));
+        assert_eq!(event_id(&lapin::BasicProperties::default()), None);
+    }
+}

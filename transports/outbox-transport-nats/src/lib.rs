@@ -92,6 +92,17 @@ pub fn headers_for(event: &OutboxEvent) -> HeaderMap {
     headers
 }
 
+/// The id of the event a received message carries (its `Outbox-Event-Id` header, or else the
+/// `Nats-Msg-Id` the transport sets to the same value), for the consumer's de-duplication (the
+/// `outbox-inbox` crate). `None` if the message did not come from this transport.
+pub fn event_id(headers: Option<&HeaderMap>) -> Option<outbox_core::EventId> {
+    let headers = headers?;
+    headers
+        .get("Outbox-Event-Id")
+        .or_else(|| headers.get(header::NATS_MESSAGE_ID))
+        .and_then(|v| v.as_str().parse().ok())
+}
+
 fn classify(
     subject: &str,
     kind: PublishErrorKind,
@@ -143,3 +154,26 @@ pub async fn connect_client(url: &str) -> Result<Client, async_nats::ConnectErro
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod event_id_tests {
+    use super::{event_id, headers_for};
+    use outbox_core::{NewEvent, OutboxEvent};
+
+    fn event() -> OutboxEvent {
+        NewEvent::builder("file.stored", "upload", "1")
+            .build()
+            .unwrap()
+            .into_event(outbox_core::EventId::new(), chrono::Utc::now(), 3)
+    }
+
+    #[test]
+    fn a_received_message_gives_back_its_event_id() {
+        let event = event();
+        assert_eq!(event_id(Some(&headers_for(&event))), Some(event.id));
+        assert_eq!(event_id(None), None);
+        let mut foreign = async_nats::HeaderMap::new();
+        foreign.insert("Outbox-Event-Id", "not-an-id");
+        assert_eq!(event_id(Some(&foreign)), None);
+    }
+}

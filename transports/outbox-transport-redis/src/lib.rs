@@ -90,6 +90,13 @@ pub fn fields_for(event: &OutboxEvent) -> Result<Vec<(&'static str, String)>, se
     Ok(fields)
 }
 
+/// The id of the event a stream entry carries (its `event_id` field), for the consumer's
+/// de-duplication (the `outbox-inbox` crate). `None` if the entry did not come from this
+/// transport.
+pub fn event_id(entry: &redis::streams::StreamId) -> Option<outbox_core::EventId> {
+    entry.get::<String>("event_id")?.parse().ok()
+}
+
 fn classify(stream: &str, error: redis::RedisError) -> DeliveryError {
     if error.code() == Some("WRONGTYPE") {
         return DeliveryError::permanent(format!(
@@ -136,3 +143,26 @@ pub async fn connect_manager(url: &str) -> Result<ConnectionManager, redis::Redi
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod event_id_tests {
+    use super::{event_id, fields_for};
+    use outbox_core::NewEvent;
+
+    #[test]
+    fn a_stream_entry_gives_back_its_event_id() {
+        let event = NewEvent::builder("file.stored", "upload", "1")
+            .build()
+            .unwrap()
+            .into_event(outbox_core::EventId::new(), chrono::Utc::now(), 3);
+        let mut entry = redis::streams::StreamId::default();
+        for (name, value) in fields_for(&event).unwrap() {
+            entry.map.insert(
+                name.to_owned(),
+                redis::Value::BulkString(value.into_bytes()),
+            );
+        }
+        assert_eq!(event_id(&entry), Some(event.id));
+        assert_eq!(event_id(&redis::streams::StreamId::default()), None);
+    }
+}

@@ -252,6 +252,16 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// The header carrying the event's id.
+pub const EVENT_ID_HEADER: &str = "Outbox-Event-Id";
+
+/// The id of the event a request carries, from its [`EVENT_ID_HEADER`] value, for the
+/// receiver's de-duplication (the `outbox-inbox` crate); verify the signature first, since the
+/// id is signed. `None` if the value is not an event id.
+pub fn event_id(header: &str) -> Option<EventId> {
+    header.trim().parse().ok()
+}
+
 /// Checks an `Outbox-Signature` header against what it signs, accepting timestamps within
 /// `tolerance` of `now` (unix seconds) and any one of several `v1=` values (key rotation). For
 /// receivers.
@@ -315,7 +325,7 @@ impl Transport for WebhookTransport {
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Outbox-Event-Id", id.as_str())
+            .header(EVENT_ID_HEADER, id.as_str())
             .header("Outbox-Event-Type", event.event_type.as_str());
         let now = Utc::now();
         if let Some(secret) = &self.secret {
@@ -430,6 +440,14 @@ mod tests {
             verify_signature(b"other", &both, s, 1_000, TOLERANCE),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn a_request_gives_back_its_event_id() {
+        let id = EventId::new();
+        assert_eq!(event_id(&id.to_string()), Some(id));
+        assert_eq!(event_id(&format!(" {id} ")), Some(id));
+        assert_eq!(event_id("e-1"), None);
     }
 
     #[test]
