@@ -49,7 +49,6 @@
 //! Backends: `memory` (feature `memory`) and PostgreSQL (feature `postgres`, table
 //! `outbox_inbox` in the inbox's schema, created by [`InboxStore::migrate_inbox`]).
 
-
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "postgres")]
