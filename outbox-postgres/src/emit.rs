@@ -266,10 +266,10 @@ impl PgTransaction {
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let notifier = Arc::clone(&self.store.notifier);
         let inside = self.emitted && notifier.committing();
-        let channel = self.store.config.channel();
+        let channel = &self.store.sql.channel;
         let committed = async {
             if inside {
-                notify::send(&mut *self.tx, &channel, notify::PAYLOAD).await?;
+                notify::send(&mut *self.tx, channel, notify::PAYLOAD).await?;
             }
             self.tx.commit().await
         };
@@ -280,7 +280,7 @@ impl PgTransaction {
             return Err(db_error(error));
         }
         if self.emitted && !inside {
-            notifier.committed(&self.store.pool, &channel);
+            notifier.committed(&self.store.pool, channel);
         }
         Ok(())
     }

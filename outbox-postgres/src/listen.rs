@@ -36,7 +36,7 @@ pub(crate) struct Context {
 
 impl Listener {
     /// A receiver of wake-ups; starts the tasks if they are not running.
-    pub(crate) fn subscribe(&self, context: &Context) -> Wakeups {
+    pub(crate) fn subscribe(&self, context: impl FnOnce() -> Context) -> Wakeups {
         let wakeups = self.sender.subscribe();
         self.start(context);
         wakeups
@@ -44,7 +44,9 @@ impl Listener {
 
     /// Starts the tasks if they are not running (needs a tokio runtime; outside one, nothing
     /// starts: receivers never fire, workers poll, producers wake after every commit).
-    pub(crate) fn start(&self, context: &Context) {
+    /// `context` is only built when they start (this runs for every transaction the store
+    /// begins).
+    pub(crate) fn start(&self, context: impl FnOnce() -> Context) {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         if !tasks.is_empty() && !tasks.iter().any(JoinHandle::is_finished) {
             return;
@@ -55,6 +57,7 @@ impl Listener {
         for task in tasks.drain(..) {
             task.abort();
         }
+        let context = &context();
         // A pool of its own, so the long-lived LISTEN connection never takes one of the
         // application's connections (a pool of one would starve otherwise).
         let options = context.pool.connect_options().as_ref().clone();

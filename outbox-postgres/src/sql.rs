@@ -41,6 +41,8 @@ pub(crate) struct Statements {
     pub count: Arc<str>,
     pub revive: Arc<str>,
     pub notify: Arc<str>,
+    /// The LISTEN/NOTIFY channel, computed once.
+    pub channel: Arc<str>,
 }
 
 /// The store's `now` in a statement whose parameter `$n` carries the injected time, or NULL to
@@ -188,6 +190,7 @@ impl Statements {
                 n = now(3)
             )),
             notify: s(format!("SELECT pg_notify('{}', '')", config.channel())),
+            channel: config.channel().into(),
         }
     }
 }

@@ -107,7 +107,7 @@ impl PgStore {
     fn listen_context(&self) -> crate::listen::Context {
         crate::listen::Context {
             pool: self.pool.clone(),
-            channel: self.config.channel(),
+            channel: self.sql.channel.to_string(),
             notifier: Arc::clone(&self.notifier),
         }
     }
@@ -116,7 +116,7 @@ impl PgStore {
     /// after every commit).
     pub(crate) fn start_listener(&self) {
         if self.config.listen {
-            self.listener.start(&self.listen_context());
+            self.listener.start(|| self.listen_context());
         }
     }
 
@@ -515,7 +515,7 @@ impl OutboxStore for PgStore {
     fn wakeups(&self) -> Option<Wakeups> {
         self.config
             .listen
-            .then(|| self.listener.subscribe(&self.listen_context()))
+            .then(|| self.listener.subscribe(|| self.listen_context()))
     }
 }
 
