@@ -111,6 +111,22 @@ fn ci() -> Result<(), String> {
         ],
         &[],
     )?;
+    // The examples behind features (the consumer needs PostgreSQL and NATS to run, not to lint).
+    cargo(
+        &[
+            "clippy",
+            "-p",
+            "outbox-examples",
+            "--features",
+            "consumer",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     // As docs.rs builds them: every feature, `--cfg docsrs`.
     cargo(
         &[
@@ -279,6 +295,38 @@ fn example() -> Result<(), String> {
     if let Some(url) = env::var_os("DATABASE_URL") {
         let postgres = [&memory[..], &["--features", "outbox-examples/postgres"]].concat();
         run_example(&postgres, Some(url))?;
+        consumer_example()?;
+    }
+    Ok(())
+}
+
+/// Runs the consumer example (PostgreSQL and NATS): three events relayed to JetStream, each
+/// handled once through the inbox, one redelivery skipped.
+fn consumer_example() -> Result<(), String> {
+    let args = [
+        "run",
+        "--quiet",
+        "--locked",
+        "--example",
+        "consumer",
+        "--features",
+        "outbox-examples/consumer",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let output = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    let expected = "thumbnailer: 3 handled, 1 redelivery skipped, 3 thumbnails";
+    if !output.status.success() || !stdout.lines().any(|l| l == expected) {
+        return Err(format!(
+            "the consumer example did not print {expected:?} ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(())
 }

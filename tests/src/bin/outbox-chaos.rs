@@ -672,11 +672,7 @@ async fn read_stream(js: &jetstream::Context) -> Result<Vec<EventId>, String> {
         let message = next
             .ok_or("the stream ended early")?
             .map_err(|e| e.to_string())?;
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Outbox-Event-Id"))
-            .and_then(|v| v.as_str().parse::<EventId>().ok())
+        let id = outbox_transport_nats::event_id(message.headers.as_ref())
             .ok_or("a message without an Outbox-Event-Id header")?;
         ids.push(id);
     }
