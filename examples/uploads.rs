@@ -12,7 +12,8 @@
 //! ```
 //!
 //! On PostgreSQL it creates the outbox table (`public.outbox_event`) and an `uploads` table, and
-//! leaves the delivered rows there for inspection with psql.
+//! leaves the delivered rows there for inspection with psql. `examples/consumer.rs` is the other
+//! side: a thumbnailer that receives `file.stored` from NATS and handles each event once.
 
 use outbox_core::{
     DeliveryError, EventId, NewEvent, OutboxEvent, OutboxStore, Transaction, Transactional,
