@@ -275,7 +275,12 @@ impl NewEventBuilder {
     ///
     /// A refused payload is taken apart without recursion, so even one nested far too deep to
     /// drop the ordinary way is refused cleanly.
-    pub fn build(self) -> Result<NewEvent, ValidationError> {
+    ///
+    /// With the `trace-context` feature, an event without a `traceparent` header gets the
+    /// current `tracing` span's OpenTelemetry context ([`trace_context`](crate::trace_context)).
+    pub fn build(mut self) -> Result<NewEvent, ValidationError> {
+        #[cfg(feature = "trace-context")]
+        crate::trace_context::inject_current(&mut self.event.headers);
         match self.event.validate() {
             Ok(()) => Ok(self.event),
             Err(error) => {

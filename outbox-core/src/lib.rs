@@ -34,6 +34,8 @@ pub mod event;
 pub mod limits;
 pub mod status;
 pub mod store;
+#[cfg(feature = "trace-context")]
+pub mod trace_context;
 pub mod transaction;
 pub mod transport;
 

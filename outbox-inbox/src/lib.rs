@@ -49,6 +49,11 @@
 //! Backends: `memory` (feature `memory`) and PostgreSQL (feature `postgres`, table
 //! `outbox_inbox` in the inbox's schema, created by [`InboxStore::migrate_inbox`]).
 
+/// Makes a handler span continue the trace a received event carries (feature `trace-context`);
+/// create the span, call this, then run [`Inbox::handle_once`] inside it.
+#[cfg(feature = "trace-context")]
+pub use outbox_core::trace_context::continue_trace;
+
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "postgres")]

@@ -282,6 +282,8 @@ where
             let timeout = self.config.delivery_timeout;
             let span =
                 debug_span!("outbox_deliver", event_id = %id, event_type = %event_type, attempt);
+            #[cfg(feature = "trace-context")]
+            outbox_core::trace_context::link(&span, &event.headers);
             let stop = stop.clone();
             let handle = tasks.spawn(
                 async move {

@@ -87,6 +87,12 @@ pub fn fields_for(event: &OutboxEvent) -> Result<Vec<(&'static str, String)>, se
     if let Some(key) = &event.ordering_key {
         fields.push(("ordering_key", key.clone()));
     }
+    // Trace context also as fields of their own, for consumers that continue the trace.
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = event.headers.get(name) {
+            fields.push((name, value.clone()));
+        }
+    }
     Ok(fields)
 }
 

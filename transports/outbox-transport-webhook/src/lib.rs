@@ -327,6 +327,12 @@ impl Transport for WebhookTransport {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(EVENT_ID_HEADER, id.as_str())
             .header("Outbox-Event-Type", event.event_type.as_str());
+        // Trace context also as HTTP headers, where tracing middleware looks for it.
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = event.headers.get(name) {
+                request = request.header(name, value.as_str());
+            }
+        }
         let now = Utc::now();
         if let Some(secret) = &self.secret {
             let signed = Signed {
