@@ -57,6 +57,11 @@ async fn committed_events_arrive_with_their_id_and_headers() {
         assert_eq!(fields["aggregate_type"], "upload");
         let headers: BTreeMap<String, String> = serde_json::from_str(&fields["headers"]).unwrap();
         assert_eq!(headers["traceparent"], traceparent(n));
+        assert_eq!(
+            fields["traceparent"],
+            traceparent(n),
+            "and as a field of its own"
+        );
         let payload: serde_json::Value = serde_json::from_str(&fields["payload"]).unwrap();
         assert_eq!(payload, json!({ "n": n }));
         seen.insert(fields["event_id"].parse::<EventId>().unwrap());

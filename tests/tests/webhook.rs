@@ -114,6 +114,11 @@ async fn committed_events_arrive_signed() {
         let n: usize = envelope.aggregate_id.parse().unwrap();
         assert_eq!(envelope.payload, json!({ "n": n }));
         assert_eq!(envelope.headers["traceparent"], traceparent(n));
+        assert_eq!(
+            headers.get("traceparent").unwrap().to_str().unwrap(),
+            traceparent(n),
+            "trace context as an HTTP header too"
+        );
         ids.push(envelope.id);
     }
     ids.sort();
