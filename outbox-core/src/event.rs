@@ -193,13 +193,18 @@ impl NewEvent {
 
     /// Turns the validated event into a stored, pending [`OutboxEvent`] created at `now`.
     ///
-    /// Stores call this so that every backend fills the fields the same way.
+    /// Stores call this so that every backend fills the fields the same way. With the
+    /// `trace-context` feature, this is where an event without a `traceparent` header gets the
+    /// emitting span's OpenTelemetry context ([`trace_context`](crate::trace_context)).
+    #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
     pub fn into_event(
-        self,
+        mut self,
         id: EventId,
         now: DateTime<Utc>,
         default_max_attempts: u32,
     ) -> OutboxEvent {
+        #[cfg(feature = "trace-context")]
+        crate::trace_context::inject_current(&mut self.headers);
         let max_attempts = self.max_attempts.unwrap_or(default_max_attempts).max(1);
         OutboxEvent {
             id,
@@ -275,12 +280,7 @@ impl NewEventBuilder {
     ///
     /// A refused payload is taken apart without recursion, so even one nested far too deep to
     /// drop the ordinary way is refused cleanly.
-    ///
-    /// With the `trace-context` feature, an event without a `traceparent` header gets the
-    /// current `tracing` span's OpenTelemetry context ([`trace_context`](crate::trace_context)).
-    pub fn build(mut self) -> Result<NewEvent, ValidationError> {
-        #[cfg(feature = "trace-context")]
-        crate::trace_context::inject_current(&mut self.event.headers);
+    pub fn build(self) -> Result<NewEvent, ValidationError> {
         match self.event.validate() {
             Ok(()) => Ok(self.event),
             Err(error) => {

@@ -1,9 +1,10 @@
 //! W3C trace context carried by events (feature `trace-context`): one trace from the request
 //! that emits an event to the consumer that handles it.
 //!
-//! - [`NewEventBuilder::build`](crate::NewEventBuilder::build) writes the current `tracing`
-//!   span's OpenTelemetry context into the event's `traceparent` (and `tracestate`) headers,
-//!   unless the caller set a `traceparent` or no span is being traced.
+//! - On emit (every store turns the event into its row with
+//!   [`NewEvent::into_event`](crate::NewEvent::into_event)), the current `tracing` span's
+//!   OpenTelemetry context is written into the event's `traceparent` (and `tracestate`)
+//!   headers, unless the caller set a `traceparent` or no span is being traced.
 //! - The worker links each delivery's span to it ([`link`]); every transport carries the
 //!   headers in its native place (NATS and AMQP headers, HTTP headers, Redis stream fields).
 //! - A consumer's handler span continues it ([`continue_trace`]).
