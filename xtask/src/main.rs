@@ -99,34 +99,17 @@ fn ci() -> Result<(), String> {
         ],
         &[],
     )?;
-    cargo(
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
-    // The examples behind features (the consumer needs PostgreSQL and NATS to run, not to lint).
-    cargo(
-        &[
-            "clippy",
-            "-p",
-            "outbox-examples",
-            "--features",
-            "consumer",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
+    // The workspace, then the examples behind features (the consumer needs PostgreSQL and NATS
+    // to run, not to lint).
+    for selection in [
+        &["--workspace"][..],
+        &["-p", "outbox-examples", "--features", "consumer"],
+    ] {
+        let mut args = vec!["clippy"];
+        args.extend(selection);
+        args.extend(["--all-targets", "--locked", "--", "-D", "warnings"]);
+        cargo(&args, &[])?;
+    }
     // As docs.rs builds them: every feature, `--cfg docsrs`.
     cargo(
         &[
