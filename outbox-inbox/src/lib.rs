@@ -5,9 +5,9 @@
 //! redelivery, a consumer can receive the same event again. The inbox records "consumer C
 //! handled event E" **in the consumer's own transaction, together with the effect**. A
 //! redelivered event finds the record and skips the effect; two deliveries of one event at the
-//! same moment cannot both commit it (a unique key on PostgreSQL, where the second waits for the
-//! first; an optimistic conflict on the memory store, where the second is retried and then finds
-//! the record). Either the effect and the record commit together or neither does, so a crash
+//! same moment cannot both run it: the second waits until the first's transaction ends (on
+//! PostgreSQL on the records' primary key, on the memory store on a claim of the same shape),
+//! then finds the record — or records it itself, if the first rolled back. Either the effect and the record commit together or neither does, so a crash
 //! between the effect and the broker's acknowledgement only leads to a redelivery that is
 //! skipped.
 //!
@@ -64,8 +64,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::{EventId, StoreError, Transaction, Transactional, ValidationError};
 
-/// How many times [`Inbox::handle_once`] runs a handler whose commit met a conflicting
-/// transaction (the memory store's optimistic check) before giving up.
+/// How many times [`Inbox::handle_once`] runs a handler again whose commit met a conflicting
+/// transaction (the memory store's optimistic check on the effect's own tables) before giving
+/// up.
 const CONFLICT_RETRIES: usize = 16;
 
 /// Longest consumer name, in bytes.
@@ -181,9 +182,10 @@ impl Inbox {
 
     /// Runs `effect` for `event` in a transaction of `store` that also records it, unless it was
     /// recorded before: begins, records, runs the effect, commits. A handler error rolls back
-    /// (nothing recorded, so the next delivery runs it again). A commit that conflicts with a
-    /// concurrent transaction (the memory store) is run again from the start, so the effect
-    /// must only touch the transaction.
+    /// (nothing recorded, so the next delivery runs it again). A concurrent delivery of the same
+    /// event waits here until this one's transaction ends. On the memory store a commit that
+    /// conflicts with another transaction on the effect's own tables is run again from the
+    /// start, so the effect must only touch the transaction.
     pub async fn handle_once<S, F, R, E>(
         &self,
         store: &S,

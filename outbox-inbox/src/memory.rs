@@ -1,32 +1,91 @@
 //! The inbox on the memory store: records in a typed in-memory table of the unit of work, so
-//! they commit (or vanish) with the effect's own tables. Two units recording at once both
-//! proceed; the second to commit fails with a conflict and [`Inbox::handle_once`] runs it
-//! again, when it finds the record.
+//! they commit (or vanish) with the effect's own tables. A second unit recording an event that
+//! an open unit is recording waits until that one ends, as on PostgreSQL (where it waits on the
+//! primary key): then it finds the record, or records it itself if the first rolled back.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{EventId, StoreError, Transaction};
 use outbox_memory::{MemoryStore, UnitOfWork};
+use tokio::sync::watch;
 
 use crate::{Inbox, InboxStore, InboxTransaction};
 
+type Key = (String, EventId);
+
 /// The inbox's table: when each (consumer, event) was handled.
 #[derive(Clone, Debug, Default)]
-struct Records(HashMap<(String, EventId), DateTime<Utc>>);
+struct Records(HashMap<Key, DateTime<Utc>>);
+
+/// Events being recorded by open units, each with a signal sent when its unit ends (the
+/// memory store's stand-in for the row lock PostgreSQL takes on the key).
+#[derive(Debug, Default)]
+struct Claims(Mutex<HashMap<Key, watch::Receiver<bool>>>);
+
+/// Held by the recording unit until it ends.
+struct Claim {
+    claims: Arc<Claims>,
+    key: Key,
+    ended: watch::Sender<bool>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+        self.ended.send_replace(true);
+    }
+}
 
 #[async_trait]
 impl InboxTransaction for UnitOfWork {
     async fn mark_handled(&mut self, inbox: &Inbox, event: EventId) -> Result<bool, StoreError> {
-        let now = self.now();
-        let records = &mut self.conn().state::<Records>().0;
         let key = (inbox.consumer().to_owned(), event);
-        if records.contains_key(&key) {
-            return Ok(false);
+        if self
+            .conn()
+            .peek::<Records>()
+            .is_some_and(|records| records.0.contains_key(&key))
+        {
+            return Ok(false); // recorded by this unit
         }
-        records.insert(key, now);
+        let claims = self.store().extension::<Claims>();
+        loop {
+            if self.store().state::<Records>().0.contains_key(&key) {
+                return Ok(false); // committed by another unit
+            }
+            let other = {
+                let mut open = claims.0.lock().unwrap_or_else(PoisonError::into_inner);
+                match open.get(&key) {
+                    Some(ended) => Some(ended.clone()),
+                    None => {
+                        let (ended, watching) = watch::channel(false);
+                        open.insert(key.clone(), watching);
+                        self.hold(Claim {
+                            claims: Arc::clone(&claims),
+                            key: key.clone(),
+                            ended,
+                        });
+                        None
+                    }
+                }
+            };
+            match other {
+                // Another unit is recording it: wait until it ends, then look again.
+                Some(mut ended) => {
+                    let _ = ended.wait_for(|ended| *ended).await;
+                }
+                None => break,
+            }
+        }
+        let now = self.now();
+        self.conn().state::<Records>().0.insert(key, now);
         Ok(true)
     }
 }

@@ -56,6 +56,14 @@ impl MemoryConn {
         }
     }
 
+    /// This transaction's copy of the table of type `T`, if it took one already (without taking
+    /// one).
+    pub fn peek<T: Clone + Default + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.copies
+            .get(&TypeId::of::<T>())
+            .and_then(|(_, value)| value.downcast_ref::<T>())
+    }
+
     /// This transaction's copy of the table of type `T` (empty, `T::default()`, until some
     /// transaction commits one).
     pub fn state<T: Clone + Default + Send + Sync + 'static>(&mut self) -> &mut T {

@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// The application's committed tables (see [`MemoryConn`](crate::MemoryConn)), by type.
     tables: Mutex<HashMap<std::any::TypeId, Table>>,
+    /// Values shared outside transactions, by type (see [`MemoryStore::extension`]).
+    extensions: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
     wake: Option<WakeupSender>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_max_attempts: u32,
@@ -192,6 +194,25 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    /// The one value of type `T` that every clone of this store shares, outside any
+    /// transaction (created as `T::default()` on first use). For coordination a database does
+    /// with row locks, such as the inbox making a second delivery of an event wait for the
+    /// first.
+    pub fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut extensions = self
+            .inner
+            .extensions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let value = extensions
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        match Arc::clone(value).downcast::<T>() {
+            Ok(value) => value,
+            Err(_) => unreachable!("the extension was stored as a T"),
+        }
+    }
+
     pub(crate) fn tables(&self) -> MutexGuard<'_, HashMap<std::any::TypeId, Table>> {
         self.inner
             .tables
@@ -280,6 +301,7 @@ impl MemoryStoreBuilder {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 tables: Mutex::new(HashMap::new()),
+                extensions: Mutex::new(HashMap::new()),
                 wake: self.wakeups.then(WakeupSender::new),
                 clock: self.clock,
                 default_max_attempts: self.default_max_attempts,

@@ -46,6 +46,9 @@ pub struct UnitOfWork {
     staged: Vec<OutboxEvent>,
     conn: MemoryConn,
     hooks: Vec<Hook>,
+    /// Values kept until the unit ends (see [`UnitOfWork::hold`]); declared last, so they are
+    /// dropped after everything else.
+    held: Vec<Box<dyn Send>>,
 }
 
 /// What a commit stored.
@@ -64,6 +67,7 @@ impl fmt::Debug for UnitOfWork {
             .field("staged", &self.staged)
             .field("tables", &self.conn.copies.len())
             .field("hooks", &self.hooks.len())
+            .field("held", &self.held.len())
             .finish()
     }
 }
@@ -75,7 +79,20 @@ impl UnitOfWork {
             store,
             staged: Vec::new(),
             hooks: Vec::new(),
+            held: Vec::new(),
         }
+    }
+
+    /// The store this unit belongs to.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// Keeps `guard` until this unit ends — after its commit has stored everything, or on
+    /// rollback or drop — and then drops it: a lock of the application's that lasts as long as
+    /// the transaction, as a database's row lock does.
+    pub fn hold(&mut self, guard: impl Send + 'static) {
+        self.held.push(Box::new(guard));
     }
 
     /// Runs `hook` when (and only if) this unit commits, together with storing its events.

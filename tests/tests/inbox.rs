@@ -150,20 +150,56 @@ async fn a_redelivered_event_is_skipped<F: Fixture>(f: F) {
     f.cleanup().await;
 }
 
-async fn concurrent_duplicates_commit_one_effect<F: Fixture>(f: F) {
-    let f = Arc::new(f);
+async fn concurrent_duplicates_run_one_effect<F: Fixture>(f: F) {
     let inbox = f.inbox("billing");
     let event = EventId::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let (f, inbox) = (Arc::clone(&f), inbox.clone());
-        tasks.spawn(async move { deliver(&*f, &inbox, event).await });
-    }
-    let mut done = 0;
-    while let Some(handled) = tasks.join_next().await {
-        done += usize::from(handled.unwrap().is_done());
-    }
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let store = f.store();
+    // Eight deliveries at once, interleaved at every await (on PostgreSQL each on a connection
+    // of its own).
+    let deliveries = (0..8).map(|_| {
+        inbox.handle_once(&store, event, async |tx| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await; // let the others reach the inbox meanwhile
+            F::bump(tx).await;
+            Ok::<(), std::convert::Infallible>(())
+        })
+    });
+    let handled = futures_util::future::join_all(deliveries).await;
+    let done = handled
+        .iter()
+        .filter(|h| h.as_ref().unwrap().is_done())
+        .count();
     assert_eq!(done, 1, "exactly one delivery ran the effect");
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the duplicates waited for the first and never ran the handler"
+    );
+    assert_eq!(f.effects().await, 1);
+    f.cleanup().await;
+}
+
+async fn a_delivery_waiting_on_one_that_rolls_back_handles_the_event<F: Fixture>(f: F) {
+    let inbox = f.inbox("mailer");
+    let event = EventId::new();
+    let store = f.store();
+    // The first delivery records the event and holds its transaction open …
+    let mut first = store.begin().await.unwrap();
+    assert!(inbox.mark(&mut first, event).await.unwrap());
+    // … while a second arrives; then the first gives up.
+    let second = inbox.handle_once(&store, event, async |tx| {
+        F::bump(tx).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let give_up = async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await; // the second reaches the inbox and waits
+        }
+        first.rollback().await.unwrap();
+    };
+    let ((), handled) = tokio::join!(give_up, second);
+    assert_eq!(handled.unwrap(), Handled::Done(()), "the second handles it");
     assert_eq!(f.effects().await, 1);
     f.cleanup().await;
 }
@@ -261,7 +297,8 @@ macro_rules! suite {
 
 suite!(
     a_redelivered_event_is_skipped,
-    concurrent_duplicates_commit_one_effect,
+    concurrent_duplicates_run_one_effect,
+    a_delivery_waiting_on_one_that_rolls_back_handles_the_event,
     a_crash_before_commit_leaves_the_event_to_the_next_delivery,
     a_failed_handler_records_nothing,
     each_consumer_handles_an_event_once,
