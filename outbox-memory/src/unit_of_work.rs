@@ -205,3 +205,69 @@ impl Emit for UnitOfWork {
         Ok(Emitted::Created(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use outbox_core::Transaction;
+
+    use crate::MemoryStore;
+
+    #[derive(Clone, Default)]
+    struct Count(u32);
+
+    /// Notes, when dropped, what the store's committed `Count` was then.
+    struct Witness {
+        store: MemoryStore,
+        seen: Arc<Mutex<Option<u32>>>,
+    }
+
+    impl Drop for Witness {
+        fn drop(&mut self) {
+            *self.seen.lock().unwrap() = Some(self.store.state::<Count>().0);
+        }
+    }
+
+    #[tokio::test]
+    async fn held_values_are_dropped_after_the_commit_stored_everything() {
+        let store = MemoryStore::new();
+        let seen = Arc::new(Mutex::new(None));
+        let mut tx = store.begin().await.unwrap();
+        tx.conn().state::<Count>().0 = 7;
+        tx.hold(Witness {
+            store: store.clone(),
+            seen: Arc::clone(&seen),
+        });
+        assert_eq!(*seen.lock().unwrap(), None, "held while the unit is open");
+        tx.commit().await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(7),
+            "the commit was visible when it let go"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_values_are_dropped_on_rollback_and_drop() {
+        let store = MemoryStore::new();
+        for roll_back in [true, false] {
+            let seen = Arc::new(Mutex::new(None));
+            let mut tx = store.begin().await.unwrap();
+            tx.hold(Witness {
+                store: store.clone(),
+                seen: Arc::clone(&seen),
+            });
+            if roll_back {
+                tx.rollback().await.unwrap();
+            } else {
+                drop(tx);
+            }
+            assert_eq!(*seen.lock().unwrap(), Some(0));
+        }
+        assert!(Arc::ptr_eq(
+            &store.extension::<Mutex<u8>>(),
+            &store.clone().extension::<Mutex<u8>>()
+        ));
+    }
+}
