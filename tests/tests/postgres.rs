@@ -592,6 +592,83 @@ async fn producers_wake_the_workers_only_when_one_is_idle() {
     h.cleanup().await;
 }
 
+/// A commit that was to wake an idle worker from inside, and failed, leaves the worker to the
+/// next commit: the failed transaction's `NOTIFY` is discarded with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_leaves_the_idle_worker_to_the_next_one() {
+    let h = PgHarness::new().await;
+    let name = format!("{}_failing", h.schema());
+    let store = PgStore::new(
+        pool(&name, 2).await,
+        PgConfig::new().with_schema(h.schema()),
+    )
+    .unwrap();
+    let channel = store.config().channel();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE \"{}\".once (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        h.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let listening = pool(&format!("{}_listen", h.schema()), 1).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
+        .await
+        .unwrap();
+    listener.listen(&channel).await.unwrap();
+    let admin = pool("admin", 1).await;
+    let marker = async |payload: &str| {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&channel)
+            .bind(payload)
+            .execute(&admin)
+            .await
+            .unwrap();
+    };
+    // Start the store's listener (as a worker does) and wait until it listens: a fresh
+    // connection counts as an idle worker, so the next commit is to wake it from inside.
+    let _wakeups = outbox_core::OutboxStore::wakeups(&store);
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            )
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the store's listener never connected");
+    // A transaction whose commit fails (a deferred unique constraint).
+    let mut failing = store.begin().await.unwrap();
+    for _ in 0..2 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{}\".once VALUES (1)",
+            h.schema()
+        )))
+        .execute(&mut *failing)
+        .await
+        .unwrap();
+    }
+    failing.emit(upload(1)).await.unwrap();
+    assert!(failing.commit().await.is_err());
+    // The next commit wakes the worker, which is still waiting.
+    let mut tx = store.begin().await.unwrap();
+    tx.emit(upload(2)).await.unwrap();
+    tx.commit().await.unwrap();
+    marker("m2").await;
+    assert_eq!(next_payload(&mut listener).await, "commit");
+    assert_eq!(next_payload(&mut listener).await, "m2");
+    admin.close().await;
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_anything_is_written() {
     let h = PgHarness::new().await;
