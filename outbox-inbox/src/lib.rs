@@ -75,6 +75,10 @@ pub const MAX_CONSUMER_BYTES: usize = 200;
 /// The default retention window: seven days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The longest retention window: a hundred years (longer ones are taken as this, so that
+/// "now minus the window" stays a time every store can represent).
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// One consumer's inbox: its name (events are handled once *per consumer*) and where its
 /// records live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,9 +151,9 @@ impl Inbox {
         self
     }
 
-    /// How long records are kept by [`purge`](Self::purge).
+    /// How long records are kept by [`purge`](Self::purge); at most [`MAX_RETENTION`].
     pub fn with_retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
+        self.retention = retention.min(MAX_RETENTION);
         self
     }
 
@@ -243,7 +247,8 @@ pub trait InboxStore: Send + Sync {
     /// Creates the records' table if it is missing (PostgreSQL; nothing to do in memory).
     async fn migrate_inbox(&self, inbox: &Inbox) -> Result<(), StoreError>;
 
-    /// Deletes `inbox`'s records older than `keep` on the store's clock; returns how many.
+    /// Deletes `inbox`'s records older than `keep` on the store's clock (at most
+    /// [`MAX_RETENTION`]); returns how many.
     async fn purge_handled(&self, inbox: &Inbox, keep: Duration) -> Result<u64, StoreError>;
 
     /// Whether `inbox`'s consumer has a committed record of `event`.

@@ -77,7 +77,7 @@ impl InboxStore for PgStore {
         loop {
             let done = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(inbox.consumer())
-                .bind(keep.as_secs_f64())
+                .bind(keep.min(crate::MAX_RETENTION).as_secs_f64())
                 .bind(PURGE_CHUNK)
                 .execute(self.pool())
                 .await

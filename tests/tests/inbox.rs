@@ -261,6 +261,8 @@ async fn records_are_purged_after_the_retention_window<F: Fixture>(f: F) {
         0,
         "within seven days"
     );
+    let forever = inbox.clone().with_retention(Duration::MAX);
+    assert_eq!(forever.purge(&f.store()).await.unwrap(), 0, "kept for ever");
     f.advance(Duration::from_secs(1));
     let short = inbox.clone().with_retention(Duration::ZERO);
     assert_eq!(short.purge(&f.store()).await.unwrap(), 1);
