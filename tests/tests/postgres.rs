@@ -499,6 +499,84 @@ async fn store_transactions_do_not_call_the_trigger_function() {
     h.cleanup().await;
 }
 
+/// A store with a pool of its own (named `<schema>_<role>`, to find its listener in
+/// `pg_stat_activity`), and a listener of the test's on its channel.
+struct Watched {
+    store: PgStore,
+    name: String,
+    channel: String,
+    listener: sqlx::postgres::PgListener,
+    admin: sqlx::PgPool,
+}
+
+impl Watched {
+    async fn new(h: &PgHarness, role: &str) -> Self {
+        let name = format!("{}_{role}", h.schema());
+        let store = PgStore::new(
+            pool(&name, 2).await,
+            PgConfig::new().with_schema(h.schema()),
+        )
+        .unwrap();
+        let channel = store.config().channel();
+        let listening = pool(&format!("{}_listen", h.schema()), 1).await;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
+            .await
+            .unwrap();
+        listener.listen(&channel).await.unwrap();
+        let admin = pool("admin", 1).await;
+        Self {
+            store,
+            name,
+            channel,
+            listener,
+            admin,
+        }
+    }
+
+    /// Sends `payload` on the channel, as a worker's announcement or a marker.
+    async fn send(&self, payload: &str) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(payload)
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+
+    /// The payload of the next notification on the channel.
+    async fn next(&mut self) -> String {
+        next_payload(&mut self.listener).await
+    }
+
+    /// Commits one event through the store.
+    async fn commit(&self, n: usize) {
+        let mut tx = self.store.begin().await.unwrap();
+        tx.emit(upload(n)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Waits until the store's own listener has sent its `LISTEN`.
+    async fn until_listening(&self) {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+                )
+                .bind(&self.name)
+                .fetch_one(&self.admin)
+                .await
+                .unwrap();
+                if n > 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the store's listener never connected");
+    }
+}
+
 /// Producers wake the workers only while one has said it is idle. Commits made while none has
 /// (the workers are busy, or absent) send no wake-up; a worker announcing itself idle after such
 /// commits is answered at once, since it may have looked before them; an idle worker is woken
@@ -506,67 +584,19 @@ async fn store_transactions_do_not_call_the_trigger_function() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_wake_the_workers_only_when_one_is_idle() {
     let h = PgHarness::new().await;
-    let name = format!("{}_producer", h.schema());
-    let store = PgStore::new(
-        pool(&name, 2).await,
-        PgConfig::new().with_schema(h.schema()),
-    )
-    .unwrap();
-    let channel = store.config().channel();
-    let listening = pool(&format!("{}_listen", h.schema()), 1).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
-        .await
-        .unwrap();
-    listener.listen(&channel).await.unwrap();
-    let commit = |n: usize| {
-        let store = store.clone();
-        async move {
-            let mut tx = store.begin().await.unwrap();
-            tx.emit(upload(n)).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-    };
-    let admin = pool("admin", 1).await;
-    let announce = |payload: &'static str| {
-        let pool = admin.clone();
-        let channel = channel.clone();
-        async move {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(payload)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    };
+    let mut w = Watched::new(&h, "producer").await;
     // The first transaction starts the store's listener; wait until it listens.
-    commit(0).await;
-    tokio::time::timeout(GUARD, async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-            )
-            .bind(&name)
-            .fetch_one(&admin)
-            .await
-            .unwrap();
-            if n > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the store's listener never connected");
+    w.commit(0).await;
+    w.until_listening().await;
     // A fresh connection may have missed announcements: the next commit wakes; then no worker
     // said it is idle, so the next hundred are silent.
     for n in 1..=100 {
-        commit(n).await;
+        w.commit(n).await;
     }
-    announce("idle").await;
+    w.send("idle").await;
     let mut wakes_before = 0;
     loop {
-        match next_payload(&mut listener).await.as_str() {
+        match w.next().await.as_str() {
             "commit" => wakes_before += 1,
             "idle" => break,
             other => panic!("unexpected payload {other:?}"),
@@ -577,18 +607,18 @@ async fn producers_wake_the_workers_only_when_one_is_idle() {
         "{wakes_before} wake-ups for 101 commits with no idle worker"
     );
     assert_eq!(
-        next_payload(&mut listener).await,
+        w.next().await,
         "commit",
         "an idle worker hears of the commits it may have missed"
     );
     // Announced idle with nothing unseen: the next commit wakes it, and nothing else does.
-    announce("idle").await;
-    commit(101).await;
-    assert_eq!(next_payload(&mut listener).await, "idle");
-    assert_eq!(next_payload(&mut listener).await, "commit");
-    announce("end").await;
-    assert_eq!(next_payload(&mut listener).await, "end", "one wake-up only");
-    admin.close().await;
+    w.send("idle").await;
+    w.commit(101).await;
+    assert_eq!(w.next().await, "idle");
+    assert_eq!(w.next().await, "commit");
+    w.send("end").await;
+    assert_eq!(w.next().await, "end", "one wake-up only");
+    w.admin.close().await;
     h.cleanup().await;
 }
 
@@ -597,56 +627,21 @@ async fn producers_wake_the_workers_only_when_one_is_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_leaves_the_idle_worker_to_the_next_one() {
     let h = PgHarness::new().await;
-    let name = format!("{}_failing", h.schema());
-    let store = PgStore::new(
-        pool(&name, 2).await,
-        PgConfig::new().with_schema(h.schema()),
-    )
-    .unwrap();
-    let channel = store.config().channel();
+    let mut w = Watched::new(&h, "failing").await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE \"{}\".once (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
         h.schema()
     )))
-    .execute(store.pool())
+    .execute(w.store.pool())
     .await
     .unwrap();
-    let listening = pool(&format!("{}_listen", h.schema()), 1).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&listening)
-        .await
-        .unwrap();
-    listener.listen(&channel).await.unwrap();
-    let admin = pool("admin", 1).await;
-    let marker = async |payload: &str| {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&channel)
-            .bind(payload)
-            .execute(&admin)
-            .await
-            .unwrap();
-    };
     // Start the store's listener (as a worker does) and wait until it listens: a fresh
     // connection counts as an idle worker, so the next commit is to wake it from inside.
-    let _wakeups = outbox_core::OutboxStore::wakeups(&store);
-    tokio::time::timeout(GUARD, async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-            )
-            .bind(&name)
-            .fetch_one(&admin)
-            .await
-            .unwrap();
-            if n > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the store's listener never connected");
+    let _wakeups = outbox_core::OutboxStore::wakeups(&w.store);
+    w.until_listening().await;
+
     // A transaction whose commit fails (a deferred unique constraint).
-    let mut failing = store.begin().await.unwrap();
+    let mut failing = w.store.begin().await.unwrap();
     for _ in 0..2 {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO \"{}\".once VALUES (1)",
@@ -659,13 +654,11 @@ async fn a_failed_commit_leaves_the_idle_worker_to_the_next_one() {
     failing.emit(upload(1)).await.unwrap();
     assert!(failing.commit().await.is_err());
     // The next commit wakes the worker, which is still waiting.
-    let mut tx = store.begin().await.unwrap();
-    tx.emit(upload(2)).await.unwrap();
-    tx.commit().await.unwrap();
-    marker("m2").await;
-    assert_eq!(next_payload(&mut listener).await, "commit");
-    assert_eq!(next_payload(&mut listener).await, "m2");
-    admin.close().await;
+    w.commit(2).await;
+    w.send("m2").await;
+    assert_eq!(w.next().await, "commit");
+    assert_eq!(w.next().await, "m2");
+    w.admin.close().await;
     h.cleanup().await;
 }
 
