@@ -28,6 +28,9 @@ pub(crate) struct Statements {
     pub emit_one_plain: Arc<str>,
     pub emit_many: Arc<str>,
     pub emit_many_plain: Arc<str>,
+    /// A batch whose events differ only in id, type, aggregate and payload (no key, header,
+    /// delay or own attempt limit): the rest are constants, five arrays instead of ten.
+    pub emit_many_uniform: Arc<str>,
     pub find_keys: Arc<str>,
     pub claim: Arc<str>,
     pub renew: Arc<str>,
@@ -91,6 +94,18 @@ impl Statements {
                 "{insert_many} WITH ORDINALITY AS u({alias}, n) ORDER BY u.n {on_conflict} RETURNING id"
             )),
             emit_many_plain: s(format!("{insert_many} AS u({alias})")),
+            // $6 the attempt limit, $7 the injected time (NULL: the database's).
+            emit_many_uniform: s({
+                let at = now(7);
+                format!(
+                    "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+                     status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+                     SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, '{{}}'::jsonb, \
+                     'pending', 0, $6, {at}, {at}, {at} \
+                     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+                     AS u(id, event_type, aggregate_type, aggregate_id, payload)"
+                )
+            }),
             find_keys: s(format!(
                 "SELECT id, idempotency_key FROM {t} WHERE idempotency_key = ANY($1)"
             )),

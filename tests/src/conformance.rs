@@ -1034,6 +1034,74 @@ pub async fn a_skewed_clock_cannot_take_a_live_lease<H: Harness>(h: &H) {
     );
 }
 
+/// A batch whose events differ only in type, aggregate and payload (which a store may write with
+/// a leaner statement) is stored exactly as any other: every field, each event's own attempt
+/// limit when they differ, the store's default when none is given.
+pub async fn a_uniform_batch_is_stored_like_any_other<H: Harness>(h: &H) {
+    let now = h.clock().now_utc();
+    let limited = |n: usize, attempts: u32| {
+        NewEvent::builder("file.stored", "upload", format!("u-{n}"))
+            .payload(json!({ "n": n }))
+            .max_attempts(attempts)
+            .build()
+            .expect("valid")
+    };
+    let store = h.store();
+    let same = emit_ids(h, (0..3).map(|n| limited(n, 4)).collect()).await;
+    for (n, id) in same.iter().enumerate() {
+        let stored = store.fetch(*id).await.expect("stored");
+        assert_eq!(
+            (stored.event_type.as_str(), stored.aggregate_type.as_str()),
+            ("file.stored", "upload")
+        );
+        assert_eq!(stored.aggregate_id, format!("u-{n}"));
+        assert_eq!(stored.payload, json!({ "n": n }));
+        assert!(stored.headers.is_empty());
+        assert!(stored.idempotency_key.is_none() && stored.ordering_key.is_none());
+        assert_eq!(stored.status(), Status::Pending);
+        assert_eq!((stored.attempts(), stored.lifecycle.max_attempts), (0, 4));
+        assert_eq!(
+            (stored.lifecycle.next_attempt_at, stored.created_at),
+            (now, now)
+        );
+    }
+    let mixed = emit_ids(h, vec![limited(10, 4), limited(11, 5)]).await;
+    let limits = [
+        store
+            .fetch(mixed[0])
+            .await
+            .expect("stored")
+            .lifecycle
+            .max_attempts,
+        store
+            .fetch(mixed[1])
+            .await
+            .expect("stored")
+            .lifecycle
+            .max_attempts,
+    ];
+    assert_eq!(limits, [4, 5], "each event keeps its own limit");
+    let defaults = emit_ids(h, vec![event(20), event(21)]).await;
+    let single = emit_ids(h, vec![event(22)]).await;
+    let default = store
+        .fetch(single[0])
+        .await
+        .expect("stored")
+        .lifecycle
+        .max_attempts;
+    for id in defaults {
+        assert_eq!(
+            store
+                .fetch(id)
+                .await
+                .expect("stored")
+                .lifecycle
+                .max_attempts,
+            default
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
@@ -1049,7 +1117,7 @@ macro_rules! conformance_tests {
             list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
             claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,
             an_event_is_named_once_per_call, outcomes_say_what_the_store_did, revive_is_bounded,
-            a_skewed_clock_cannot_take_a_live_lease);
+            a_skewed_clock_cannot_take_a_live_lease, a_uniform_batch_is_stored_like_any_other);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
