@@ -130,37 +130,14 @@ impl PgStore {
             && rows
                 .iter()
                 .all(|r| r.headers.is_empty() && r.ordering_key.is_none());
-        if uniform {
-            sqlx::query(AssertSqlSafe(self.sql.emit_many_uniform.clone()))
-                .bind(rows.iter().map(|r| *r.id.as_uuid()).collect::<Vec<Uuid>>())
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event_type.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|r| r.aggregate_type.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|r| r.aggregate_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-                .bind(max_attempts.first().copied().unwrap_or(1))
-                .bind(self.injected_now())
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
-            return Ok(rows.iter().map(|r| Emitted::Created(r.id)).collect());
-        }
-        let sql = if keyed {
+        let sql = if uniform {
+            &self.sql.emit_many_uniform
+        } else if keyed {
             &self.sql.emit_many
         } else {
             &self.sql.emit_many_plain
         };
+        // The columns every statement binds first, in this order.
         let query = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(rows.iter().map(|r| *r.id.as_uuid()).collect::<Vec<Uuid>>())
             .bind(
@@ -178,21 +155,28 @@ impl PgStore {
                     .map(|r| r.aggregate_id.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| Json(&r.headers)).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.ordering_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(max_attempts)
-            .bind(deliver_after)
-            .bind(self.injected_now());
+            .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>());
+        let query = if uniform {
+            query
+                .bind(max_attempts.first().copied().unwrap_or(1))
+                .bind(self.injected_now())
+        } else {
+            query
+                .bind(rows.iter().map(|r| Json(&r.headers)).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|r| r.idempotency_key.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|r| r.ordering_key.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(max_attempts)
+                .bind(deliver_after)
+                .bind(self.injected_now())
+        };
         if !keyed {
             query.execute(&mut *conn).await.map_err(db_error)?;
             return Ok(rows.iter().map(|r| Emitted::Created(r.id)).collect());
