@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -281,24 +280,28 @@ pub struct PgTransaction {
 
 impl PgTransaction {
     /// Commits the business rows and the events together.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
-        let notifier = Arc::clone(&self.store.notifier);
-        let inside = self.emitted && notifier.committing();
-        let channel = &self.store.sql.channel;
+    pub async fn commit(self) -> Result<(), StoreError> {
+        let Self {
+            store,
+            mut tx,
+            emitted,
+        } = self;
+        let inside = emitted && store.notifier.committing();
+        let channel = &store.sql.channel;
         let committed = async {
             if inside {
-                notify::send(&mut *self.tx, channel, notify::PAYLOAD).await?;
+                notify::send(&mut *tx, channel, notify::PAYLOAD).await?;
             }
-            self.tx.commit().await
+            tx.commit().await
         };
         if let Err(error) = committed.await {
             if inside {
-                notifier.wake_failed();
+                store.notifier.wake_failed();
             }
             return Err(db_error(error));
         }
-        if self.emitted && !inside {
-            notifier.committed(&self.store.pool, channel);
+        if emitted && !inside {
+            store.notifier.committed(&store.pool, channel);
         }
         Ok(())
     }
