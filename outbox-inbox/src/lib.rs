@@ -145,7 +145,9 @@ impl Inbox {
         })
     }
 
-    /// Keeps the records in `schema` (PostgreSQL; usually the outbox's schema).
+    /// Keeps the records in `schema` (PostgreSQL; usually the outbox's schema). Like every
+    /// identifier the PostgreSQL store takes, it must be a plain SQL identifier
+    /// (`[a-z_][a-z0-9_]*`); the store refuses any other with `StoreError::InvalidInput`.
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::{EventId, StoreError};
-use outbox_postgres::{PgStore, PgTransaction, db_error as db};
+use outbox_postgres::{PgStore, PgTransaction, db_error as db, validate_identifier};
 use sqlx::AssertSqlSafe;
 
 use crate::{Inbox, InboxStore, InboxTransaction};
@@ -15,12 +15,11 @@ use crate::{Inbox, InboxStore, InboxTransaction};
 /// Rows deleted per statement by the purge, so it never holds an unbounded number of locks.
 const PURGE_CHUNK: i64 = 10_000;
 
-/// `"schema"."outbox_inbox"`, quoted.
-fn table(inbox: &Inbox) -> String {
-    format!(
-        "\"{}\".\"outbox_inbox\"",
-        inbox.schema().replace('"', "\"\"")
-    )
+/// `"schema"."outbox_inbox"`, after checking the schema by the rule the stores use for every
+/// identifier (a plain SQL identifier, so quoting is only a formality).
+fn table(inbox: &Inbox) -> Result<String, StoreError> {
+    validate_identifier("schema", inbox.schema())?;
+    Ok(format!("\"{}\".\"outbox_inbox\"", inbox.schema()))
 }
 
 #[async_trait]
@@ -29,7 +28,7 @@ impl InboxTransaction for PgTransaction {
         let sql = format!(
             "INSERT INTO {} (consumer, event_id, handled_at) VALUES ($1, $2, statement_timestamp()) \
              ON CONFLICT (consumer, event_id) DO NOTHING",
-            table(inbox)
+            table(inbox)?
         );
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(inbox.consumer())
@@ -44,8 +43,8 @@ impl InboxTransaction for PgTransaction {
 #[async_trait]
 impl InboxStore for PgStore {
     async fn migrate_inbox(&self, inbox: &Inbox) -> Result<(), StoreError> {
-        let t = table(inbox);
-        let schema = format!("\"{}\"", inbox.schema().replace('"', "\"\""));
+        let t = table(inbox)?;
+        let schema = format!("\"{}\"", inbox.schema());
         let mut tx = self.pool().begin().await.map_err(db)?;
         // One migrating process at a time (two `CREATE TABLE IF NOT EXISTS` can still collide).
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('outbox_inbox'))")
@@ -68,7 +67,7 @@ impl InboxStore for PgStore {
     }
 
     async fn purge_handled(&self, inbox: &Inbox, keep: Duration) -> Result<u64, StoreError> {
-        let t = table(inbox);
+        let t = table(inbox)?;
         let sql = format!(
             "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE consumer = $1 \
              AND handled_at < statement_timestamp() - make_interval(secs => $2) LIMIT $3)"
@@ -92,7 +91,7 @@ impl InboxStore for PgStore {
     async fn was_handled(&self, inbox: &Inbox, event: EventId) -> Result<bool, StoreError> {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE consumer = $1 AND event_id = $2)",
-            table(inbox)
+            table(inbox)?
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(inbox.consumer())
