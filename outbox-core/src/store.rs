@@ -10,6 +10,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, NewEvent, OutboxEvent};
+use crate::locked::LockedClaim;
 use crate::status::{Lease, LeaseId, Status};
 
 /// What emitting an event did.
@@ -379,8 +380,8 @@ impl Wakeups {
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use chrono::{DateTime, Utc};
 /// use outbox_core::{
-///     EventFilter, EventId, EventPage, Failure, Lease, LeaseId, OutboxEvent, OutboxStore,
-///     Reclaimed, Recorded, StatusCounts, StoreError, Wakeups,
+///     EventFilter, EventId, EventPage, Failure, Lease, LeaseId, LockedClaim, OutboxEvent,
+///     OutboxStore, Reclaimed, Recorded, StatusCounts, StoreError, Wakeups,
 /// };
 ///
 /// /// Counts claimed events, forwarding everything to the store it wraps.
@@ -428,6 +429,9 @@ impl Wakeups {
 ///     }
 ///     fn wakeups(&self) -> Option<Wakeups> {
 ///         self.inner.wakeups() // forward this one too, or workers fall back to polling
+///     }
+///     async fn claim_locked(&self, limit: usize, hold: std::time::Duration, now: DateTime<Utc>) -> Result<LockedClaim, StoreError> {
+///         self.inner.claim_locked(limit, hold, now).await // and this one, or locked claims are refused
 ///     }
 /// }
 /// ```
@@ -525,6 +529,26 @@ pub trait OutboxStore: Send + Sync {
     fn wakeups(&self) -> Option<Wakeups> {
         None
     }
+
+    /// Claims up to `limit` due pending events (oldest due first) under locks held until the
+    /// returned batch is finished or dropped, instead of under a lease: nothing is written until
+    /// [`LockedBatch::finish`](crate::LockedBatch::finish) records every outcome in one commit
+    /// (see [`locked`](crate::locked)). Events locked or in flight elsewhere are skipped, never
+    /// waited on. If the batch is neither finished nor kept within `hold`, the store ends the
+    /// hold and the events are claimable again, untried.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn claim_locked(
+        &self,
+        limit: usize,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<LockedClaim, StoreError> {
+        let _ = (limit, hold, now);
+        Err(StoreError::Unsupported {
+            operation: "claim_locked",
+        })
+    }
 }
 
 /// The store as a trait object.
@@ -613,6 +637,14 @@ macro_rules! forward_store {
             }
             fn wakeups(&self) -> Option<Wakeups> {
                 (**self).wakeups()
+            }
+            async fn claim_locked(
+                &self,
+                limit: usize,
+                hold: Duration,
+                now: DateTime<Utc>,
+            ) -> Result<LockedClaim, StoreError> {
+                (**self).claim_locked(limit, hold, now).await
             }
         }
     };

@@ -5,12 +5,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_core::clock::translate;
+use std::time::Duration;
+
+use outbox_core::clock::{add, translate};
+use outbox_core::locked::validate_hold;
 use outbox_core::{
     Clock, DEFAULT_MAX_ATTEMPTS, EmitLimits, EventFilter, EventId, EventPage, Failure, Lease,
-    LeaseId, OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded, Status, StatusCounts,
-    StoreError, SystemClock, Transition, ValidationError, WakeupSender, Wakeups, distinct_ids,
-    transition,
+    LeaseId, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded,
+    Settlement, Status, StatusCounts, StoreError, SystemClock, Transition, ValidationError,
+    WakeupSender, Wakeups, distinct_ids, transition,
 };
 
 use crate::conn::Table;
@@ -52,6 +55,12 @@ pub(crate) struct State {
     due: BTreeSet<(DateTime<Utc>, EventId)>,
     /// In-flight events by (lease expiry, id).
     leased: BTreeSet<(DateTime<Utc>, EventId)>,
+    /// Pending events held by a locked claim, and by which.
+    locked: HashMap<EventId, u64>,
+    /// Open locked claims and when their hold ends, on the store's clock.
+    holds: HashMap<u64, DateTime<Utc>>,
+    /// The next locked claim's number.
+    next_hold: u64,
 }
 
 impl State {
@@ -119,6 +128,53 @@ impl State {
         Ok(next)
     }
 
+    /// Ends the locked claims whose hold ran out at `at`: their events are claimable again,
+    /// untried, and finishing them fails (as a database ends an idle transaction).
+    fn end_expired_holds(&mut self, at: DateTime<Utc>) {
+        let ended: Vec<u64> = self
+            .holds
+            .iter()
+            .filter(|(_, until)| **until <= at)
+            .map(|(hold, _)| *hold)
+            .collect();
+        for hold in ended {
+            self.end_hold(hold);
+        }
+    }
+
+    /// Drops a locked claim's locks (a rollback).
+    fn end_hold(&mut self, hold: u64) {
+        if self.holds.remove(&hold).is_some() {
+            self.locked.retain(|_, held_by| *held_by != hold);
+        }
+    }
+
+    /// Up to `limit` events due at `at`, oldest due first, skipping those a locked claim holds.
+    fn due_unlocked(&self, limit: usize, at: DateTime<Utc>) -> Vec<EventId> {
+        self.due
+            .iter()
+            .take_while(|(due, _)| *due <= at)
+            .map(|(_, id)| *id)
+            .filter(|id| !self.locked.contains_key(id))
+            .take(limit)
+            .collect()
+    }
+
+    /// In a store that deletes acknowledged events: deletes those `recorded` says were just
+    /// delivered, unless an idempotency key keeps them.
+    fn forget_delivered(&mut self, recorded: &[Recorded]) {
+        // In this mode a delivered event without a key exists only if this call delivered it.
+        for r in recorded.iter().filter(|r| r.outcome == Outcome::Delivered) {
+            let keyless = self
+                .events
+                .get(&r.id)
+                .is_some_and(|e| e.idempotency_key.is_none());
+            if keyless {
+                self.remove(r.id);
+            }
+        }
+    }
+
     /// Applies a lease-holder transition to each id and reports what became of each; ids not
     /// held under the lease are left alone and reported lost.
     fn apply_fenced(
@@ -132,21 +188,26 @@ impl State {
             .map(|(id, t)| {
                 let outcome = match self.apply(id, &t, now) {
                     Err(_) => Outcome::LeaseLost,
-                    Ok(e) => match (&t, e.status()) {
-                        (Transition::Release { .. }, _) => Outcome::Released,
-                        (Transition::Defer { .. }, _) => Outcome::Deferred {
-                            at: e.lifecycle.next_attempt_at,
-                        },
-                        (_, Status::Delivered) => Outcome::Delivered,
-                        (_, Status::Dead) => Outcome::Dead,
-                        _ => Outcome::Retrying {
-                            at: e.lifecycle.next_attempt_at,
-                        },
-                    },
+                    Ok(e) => outcome_of(&t, &e),
                 };
                 Recorded { id, outcome }
             })
             .collect())
+    }
+}
+
+/// What a lease-holder transition that was applied did to `event`, as reported to the caller.
+fn outcome_of(t: &Transition, event: &OutboxEvent) -> Outcome {
+    match (t, event.status()) {
+        (Transition::Release { .. }, _) => Outcome::Released,
+        (Transition::Defer { .. }, _) => Outcome::Deferred {
+            at: event.lifecycle.next_attempt_at,
+        },
+        (_, Status::Delivered) => Outcome::Delivered,
+        (_, Status::Dead) => Outcome::Dead,
+        _ => Outcome::Retrying {
+            at: event.lifecycle.next_attempt_at,
+        },
     }
 }
 
@@ -331,13 +392,8 @@ impl OutboxStore for MemoryStore {
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         let at = self.now();
         let mut state = self.lock();
-        let due: Vec<EventId> = state
-            .due
-            .iter()
-            .take_while(|(due, _)| *due <= at)
-            .map(|(_, id)| *id)
-            .take(limit)
-            .collect();
+        state.end_expired_holds(at);
+        let due = state.due_unlocked(limit, at);
         let claim = Transition::Claim {
             lease: Lease {
                 until: translate(lease.until, now, at),
@@ -395,16 +451,7 @@ impl OutboxStore for MemoryStore {
             .collect();
         let recorded = state.apply_fenced(items, at)?;
         if self.inner.delete_delivered {
-            // In this mode a delivered event without a key exists only if this ack delivered it.
-            for r in recorded.iter().filter(|r| r.outcome == Outcome::Delivered) {
-                let keyless = state
-                    .events
-                    .get(&r.id)
-                    .is_some_and(|e| e.idempotency_key.is_none());
-                if keyless {
-                    state.remove(r.id);
-                }
-            }
+            state.forget_delivered(&recorded);
         }
         Ok(recorded)
     }
@@ -562,5 +609,154 @@ impl OutboxStore for MemoryStore {
 
     fn wakeups(&self) -> Option<Wakeups> {
         self.inner.wake.as_ref().map(WakeupSender::subscribe)
+    }
+
+    async fn claim_locked(
+        &self,
+        limit: usize,
+        hold: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<LockedClaim, StoreError> {
+        validate_hold(hold)?;
+        let at = self.now();
+        let mut state = self.lock();
+        state.end_expired_holds(at);
+        let ids = state.due_unlocked(limit, at);
+        let number = state.next_hold;
+        state.next_hold = number.wrapping_add(1);
+        state.holds.insert(number, add(at, hold));
+        let mut events = Vec::with_capacity(ids.len());
+        for id in &ids {
+            state.locked.insert(*id, number);
+            events.extend(state.events.get(id).cloned());
+        }
+        let batch = Box::new(MemoryLockedBatch {
+            store: self.clone(),
+            number,
+            hold,
+            ids,
+            open: true,
+        });
+        Ok(LockedClaim { events, batch })
+    }
+}
+
+/// A locked claim on the memory store: the events stay pending, skipped by other claims, until
+/// it is finished, dropped, or its hold runs out on the store's clock.
+struct MemoryLockedBatch {
+    store: MemoryStore,
+    number: u64,
+    hold: Duration,
+    ids: Vec<EventId>,
+    /// Whether dropping still has to give the events back.
+    open: bool,
+}
+
+impl MemoryLockedBatch {
+    /// Whether the hold is still in force at `at` (ending it, and every other run-out one, if
+    /// not).
+    fn held(&self, state: &mut State, at: DateTime<Utc>) -> Result<(), StoreError> {
+        state.end_expired_holds(at);
+        if state.holds.contains_key(&self.number) {
+            Ok(())
+        } else {
+            Err(hold_ended())
+        }
+    }
+}
+
+fn hold_ended() -> StoreError {
+    StoreError::Unavailable {
+        source: "the locked claim's hold ran out; its events were given back untried".into(),
+    }
+}
+
+#[async_trait]
+impl LockedBatch for MemoryLockedBatch {
+    async fn keep(&mut self) -> Result<(), StoreError> {
+        let at = self.store.now();
+        let mut state = self.store.lock();
+        self.held(&mut state, at)?;
+        state.holds.insert(self.number, add(at, self.hold));
+        Ok(())
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        settlement: &Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        settlement.validate()?;
+        let at = self.store.now();
+        let recorded =
+            {
+                let mut state = self.store.lock();
+                self.held(&mut state, at)?;
+                let lease = Settlement::lease_for_lock("locked-claim", add(at, self.hold));
+                let claim = Transition::Claim {
+                    lease: lease.clone(),
+                };
+                let mine: BTreeSet<EventId> = self.ids.iter().copied().collect();
+                // Decided in full before anything changes: the settlement is one commit.
+                let mut recorded = Vec::with_capacity(self.ids.len());
+                let mut settled = Vec::new();
+                for (id, change) in settlement.transitions(lease.id, |t| translate(t, now, at)) {
+                    let outcome = match (mine.contains(&id), change) {
+                        (false, _) => Outcome::LeaseLost,
+                        (true, None) => Outcome::Released,
+                        (true, Some(t)) => {
+                            // Settling a locked event is its claim and its outcome at once.
+                            let mut event = state
+                                .events
+                                .get(&id)
+                                .cloned()
+                                .ok_or(StoreError::NotFound(id))?;
+                            let refused = |source| StoreError::Transition { id, source };
+                            let claimed =
+                                transition(&event.lifecycle, &claim, at).map_err(refused)?;
+                            event.lifecycle = transition(&claimed, &t, at).map_err(refused)?;
+                            event.updated_at = at;
+                            let outcome = outcome_of(&t, &event);
+                            settled.push(event);
+                            outcome
+                        }
+                    };
+                    recorded.push(Recorded { id, outcome });
+                }
+                for event in settled {
+                    state.put(event);
+                }
+                let named: BTreeSet<EventId> = settlement.ids().collect();
+                recorded.extend(self.ids.iter().filter(|id| !named.contains(id)).map(|id| {
+                    Recorded {
+                        id: *id,
+                        outcome: Outcome::Released,
+                    }
+                }));
+                if self.store.inner.delete_delivered {
+                    state.forget_delivered(&recorded);
+                }
+                state.end_hold(self.number);
+                recorded
+            };
+        self.open = false;
+        if recorded.iter().any(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Delivered | Outcome::Deferred { .. } | Outcome::LeaseLost
+            )
+        }) {
+            self.store.wake();
+        }
+        Ok(recorded)
+    }
+}
+
+impl Drop for MemoryLockedBatch {
+    fn drop(&mut self) {
+        if self.open {
+            self.store.lock().end_hold(self.number);
+            self.store.wake();
+        }
     }
 }

@@ -43,9 +43,31 @@ pub(crate) struct Statements {
     pub get: Arc<str>,
     pub count: Arc<str>,
     pub revive: Arc<str>,
+    /// Statements of locked claims (see [`outbox_core::locked`]).
+    pub locked: Locked,
     pub notify: Arc<str>,
     /// The LISTEN/NOTIFY channel, computed once.
     pub channel: Arc<str>,
+}
+
+/// The statements of a locked claim: the claim, and the outcome statements of a leased claim
+/// with the lease fence replaced by the lock (the rows are still `pending`; `$1` is NULL).
+#[derive(Debug)]
+pub(crate) struct Locked {
+    pub claim: Arc<str>,
+    pub ack: Arc<str>,
+    pub nack: Arc<str>,
+    pub defer: Arc<str>,
+}
+
+/// Which rows an outcome statement may change, `$1` being the lease (NULL for a locked claim,
+/// whose transaction holds the rows' locks): `p` prefixes the columns.
+fn fence(locked: bool, p: &str) -> String {
+    if locked {
+        format!("$1::uuid IS NULL AND {p}status = 'pending'")
+    } else {
+        format!("{p}lease_id = $1 AND {p}status = 'in_flight'")
+    }
 }
 
 /// The store's `now` in a statement whose parameter `$n` carries the injected time, or NULL to
@@ -62,7 +84,6 @@ fn on_store_clock(t: &str, c: u8, n: u8) -> String {
 impl Statements {
     pub(crate) fn new(config: &PgConfig) -> Self {
         let t = config.qualified_table();
-        let clear_lease = "lease_id = NULL, locked_by = NULL, locked_until = NULL";
         let s = |sql: String| -> Arc<str> { sql.into() };
         // Events without an idempotency key cannot conflict: they take the plain statements,
         // which skip the conflict check and send nothing back, as a hand-written INSERT would.
@@ -126,57 +147,18 @@ impl Statements {
                 now(4)
             )),
             // $3 the injected time.
-            ack: s({
-                let n = now(3);
-                let mark = format!(
-                    "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
-                     {clear_lease}, delivered_at = {n}, last_error = NULL, updated_at = {n} \
-                     WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight'"
-                );
-                if config.delete_delivered {
-                    // Events with an idempotency key are kept (until the retention sweep), so the
-                    // key goes on refusing duplicates; the others go at once. The two parts touch
-                    // disjoint rows under the same fence.
-                    format!(
-                        "WITH gone AS (DELETE FROM {t} WHERE id = ANY($2) AND lease_id = $1 \
-                         AND status = 'in_flight' AND idempotency_key IS NULL RETURNING id), \
-                         kept AS ({mark} AND idempotency_key IS NOT NULL RETURNING id) \
-                         SELECT id FROM gone UNION ALL SELECT id FROM kept"
-                    )
-                } else {
-                    format!("{mark} RETURNING id")
-                }
-            }),
+            ack: s(ack(&t, config, false)),
             // $3 now on the caller's clock, $5 retry times on it, $6 the injected time.
-            nack: s(format!(
-                "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
-                 status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
-                     THEN 'pending' ELSE 'dead' END, \
-                 next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
-                     THEN GREATEST({retry_at}, {n6}) ELSE e.next_attempt_at END, \
-                 last_error = f.error, {clear_lease}, updated_at = {n6} \
-                 FROM UNNEST($2::uuid[], $4::text[], $5::timestamptz[]) AS f(id, error, retry_at) \
-                 WHERE e.id = f.id AND e.lease_id = $1 AND e.status = 'in_flight' \
-                 RETURNING e.id, e.status, e.next_attempt_at",
-                retry_at = on_store_clock("f.retry_at", 3, 6),
-                n6 = now(6),
-            )),
+            nack: s(nack(&t, false)),
             // $3 the injected time.
             release: s(format!(
-                "UPDATE {t} SET status = 'pending', {clear_lease}, next_attempt_at = {n}, updated_at = {n} \
+                "UPDATE {t} SET status = 'pending', {CLEAR_LEASE}, next_attempt_at = {n}, updated_at = {n} \
                  WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' RETURNING id",
                 n = now(3)
             )),
             // $3 now on the caller's clock, $4 the time it is due on it, $5 the reason, $6 the
             // injected time.
-            defer: s(format!(
-                "UPDATE {t} SET status = 'pending', {clear_lease}, \
-                 next_attempt_at = GREATEST({until}, {n6}), last_error = $5, updated_at = {n6} \
-                 WHERE id = ANY($2) AND lease_id = $1 AND status = 'in_flight' \
-                 RETURNING id, next_attempt_at",
-                until = on_store_clock("$4", 3, 6),
-                n6 = now(6),
-            )),
+            defer: s(defer(&t, false)),
             // $1 the injected time.
             reclaim: s(format!(
                 "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
@@ -184,7 +166,7 @@ impl Statements {
                  next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
                  last_error = 'lease held by ' || locked_by || ' expired at ' \
                      || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
-                 {clear_lease}, updated_at = {n} \
+                 {CLEAR_LEASE}, updated_at = {n} \
                  WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
                  ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  RETURNING status",
@@ -204,8 +186,82 @@ impl Statements {
                  updated_at = {n} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
                 n = now(3)
             )),
+            locked: Locked {
+                // $1 the limit, $2 the injected time, $3 the hold in milliseconds: the database
+                // ends the transaction (and with it the locks) once it has been idle that long.
+                claim: s(format!(
+                    "SELECT {COLUMNS} FROM {t} AS e, \
+                     set_config('idle_in_transaction_session_timeout', $3, true) AS hold \
+                     WHERE e.status = 'pending' AND e.next_attempt_at <= {n2} AND e.attempts < e.max_attempts \
+                     ORDER BY e.next_attempt_at, e.id LIMIT $1 FOR UPDATE OF e SKIP LOCKED",
+                    n2 = now(2)
+                )),
+                ack: s(ack(&t, config, true)),
+                nack: s(nack(&t, true)),
+                defer: s(defer(&t, true)),
+            },
             notify: s(format!("SELECT pg_notify('{}', '')", config.channel())),
             channel: config.channel().into(),
         }
     }
+}
+
+/// Clears the lease columns.
+const CLEAR_LEASE: &str = "lease_id = NULL, locked_by = NULL, locked_until = NULL";
+
+/// `($1 lease, $2 ids, $3 injected time)`: marks delivered (or deletes, if so configured).
+fn ack(t: &str, config: &PgConfig, locked: bool) -> String {
+    let n = now(3);
+    let fence = fence(locked, "");
+    let mark = format!(
+        "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
+         {CLEAR_LEASE}, delivered_at = {n}, last_error = NULL, updated_at = {n} \
+         WHERE id = ANY($2) AND {fence}"
+    );
+    if config.delete_delivered {
+        // Events with an idempotency key are kept (until the retention sweep), so the key goes
+        // on refusing duplicates; the others go at once. The two parts touch disjoint rows
+        // under the same fence.
+        format!(
+            "WITH gone AS (DELETE FROM {t} WHERE id = ANY($2) AND {fence} \
+             AND idempotency_key IS NULL RETURNING id), \
+             kept AS ({mark} AND idempotency_key IS NOT NULL RETURNING id) \
+             SELECT id FROM gone UNION ALL SELECT id FROM kept"
+        )
+    } else {
+        format!("{mark} RETURNING id")
+    }
+}
+
+/// `($1 lease, $2 ids, $3 caller's now, $4 errors, $5 retry times, $6 injected time)`: records
+/// failures, each retried or dead.
+fn nack(t: &str, locked: bool) -> String {
+    format!(
+        "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
+         status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+             THEN 'pending' ELSE 'dead' END, \
+         next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+             THEN GREATEST({retry_at}, {n6}) ELSE e.next_attempt_at END, \
+         last_error = f.error, {CLEAR_LEASE}, updated_at = {n6} \
+         FROM UNNEST($2::uuid[], $4::text[], $5::timestamptz[]) AS f(id, error, retry_at) \
+         WHERE e.id = f.id AND {fence} \
+         RETURNING e.id, e.status, e.next_attempt_at",
+        retry_at = on_store_clock("f.retry_at", 3, 6),
+        n6 = now(6),
+        fence = fence(locked, "e."),
+    )
+}
+
+/// `($1 lease, $2 ids, $3 caller's now, $4 due time, $5 reason, $6 injected time)`: gives
+/// events back untried, due later.
+fn defer(t: &str, locked: bool) -> String {
+    format!(
+        "UPDATE {t} SET status = 'pending', {CLEAR_LEASE}, \
+         next_attempt_at = GREATEST({until}, {n6}), last_error = $5, updated_at = {n6} \
+         WHERE id = ANY($2) AND {fence} \
+         RETURNING id, next_attempt_at",
+        until = on_store_clock("$4", 3, 6),
+        n6 = now(6),
+        fence = fence(locked, ""),
+    )
 }

@@ -1,14 +1,16 @@
 //! [`PgStore`]: the outbox contract on PostgreSQL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::locked::validate_hold;
 use outbox_core::{
-    Clock, EventFilter, EventId, EventPage, Failure, Lease, LeaseId, OutboxEvent, OutboxStore,
-    Outcome, Reclaimed, Recorded, Status, StatusCounts, StoreError, SystemClock, Transition,
-    ValidationError, Wakeups, distinct_ids, transition,
+    Clock, EventFilter, EventId, EventPage, Failure, Lease, LeaseId, LockedBatch, LockedClaim,
+    OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded, Settlement, Status, StatusCounts,
+    StoreError, SystemClock, Transition, ValidationError, Wakeups, distinct_ids, transition,
 };
 use sea_query::{Alias, Expr, ExprTrait, Order, PostgresQueryBuilder, Query};
 use sea_query_sqlx::SqlxBinder;
@@ -129,38 +131,13 @@ impl PgStore {
         Ok(())
     }
 
-    /// Runs a fenced statement returning the ids it changed, each with the outcome `changed`
-    /// reads off its row; the ids it did not change were not held under the lease.
-    async fn fenced(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        asked: &[EventId],
-        changed: impl Fn(&sqlx::postgres::PgRow) -> Result<Outcome, sqlx::Error>,
-    ) -> Result<Vec<Recorded>, StoreError> {
-        let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
-        let mut outcomes = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let id: Uuid = row.try_get(0).map_err(db_error)?;
-            outcomes.insert(id, changed(row).map_err(db_error)?);
-        }
-        Ok(asked
-            .iter()
-            .map(|id| Recorded {
-                id: *id,
-                outcome: outcomes
-                    .get(id.as_uuid())
-                    .copied()
-                    .unwrap_or(Outcome::LeaseLost),
-            })
-            .collect())
-    }
-
     /// Runs a fenced `($1 lease, $2 ids, $3 injected time)` statement that gives every event it
-    /// changes the same `outcome` (ack, release).
-    async fn mark(
+    /// changes the same `outcome` (ack, release), on the pool or a locked claim's transaction.
+    async fn mark<'c>(
         &self,
+        exec: impl sqlx::PgExecutor<'c>,
         sql: &Arc<str>,
-        lease: LeaseId,
+        lease: Option<LeaseId>,
         ids: &[EventId],
         outcome: Outcome,
     ) -> Result<Vec<Recorded>, StoreError> {
@@ -169,10 +146,78 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let query = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(lease.as_uuid())
+            .bind(lease.map(|l| *l.as_uuid()))
             .bind(uuids(ids))
             .bind(self.injected_now());
-        self.fenced(query, ids, |_| Ok(outcome)).await
+        fenced(exec, query, ids, |_| Ok(outcome)).await
+    }
+
+    /// Records failures with `sql` (the nack of a leased or a locked claim).
+    async fn record_failures<'c>(
+        &self,
+        exec: impl sqlx::PgExecutor<'c>,
+        sql: &Arc<str>,
+        lease: Option<LeaseId>,
+        failures: &[Failure],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(failures.iter().map(|f| f.id))?;
+        if failures.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let retry_at: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.retry_at).collect();
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.map(|l| *l.as_uuid()))
+            .bind(uuids(&ids))
+            .bind(now)
+            .bind(errors)
+            .bind(retry_at)
+            .bind(self.injected_now());
+        fenced(exec, query, &ids, |row| {
+            let status: String = row.try_get(1)?;
+            Ok(if status == Status::Dead.as_str() {
+                Outcome::Dead
+            } else {
+                Outcome::Retrying {
+                    at: row.try_get(2)?,
+                }
+            })
+        })
+        .await
+    }
+
+    /// Gives events back untried until `until` with `sql` (the defer of a leased or a locked
+    /// claim).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_deferral<'c>(
+        &self,
+        exec: impl sqlx::PgExecutor<'c>,
+        sql: &Arc<str>,
+        lease: Option<LeaseId>,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.map(|l| *l.as_uuid()))
+            .bind(uuids(ids))
+            .bind(now)
+            .bind(until)
+            .bind(reason)
+            .bind(self.injected_now());
+        fenced(exec, query, ids, |row| {
+            Ok(Outcome::Deferred {
+                at: row.try_get(1)?,
+            })
+        })
+        .await
     }
 
     /// Decodes claimed rows one by one. A row that cannot be read is marked dead at once, with
@@ -183,27 +228,60 @@ impl PgStore {
         rows: &[sqlx::postgres::PgRow],
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let mut events = Vec::with_capacity(rows.len());
-        let mut bad = Vec::new();
-        for row in rows {
-            match decode(row)? {
-                Ok(event) => events.push(event),
-                Err(undecodable) => {
-                    tracing::warn!(event_id = %undecodable.id, error = %undecodable.error,
-                        "outbox row cannot be read; marked dead");
-                    bad.push(Failure {
-                        id: undecodable.id,
-                        error: format!("cannot be read: {}", undecodable.error),
-                        retry_at: None,
-                    });
-                }
-            }
-        }
+        let (events, bad) = decode_rows(rows)?;
         if !bad.is_empty() {
             self.nack(lease.id, &bad, now).await?;
         }
         Ok(events)
     }
+}
+
+/// Claimed rows as events, and the rows that cannot be read as permanent failures naming why.
+fn decode_rows(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<(Vec<OutboxEvent>, Vec<Failure>), StoreError> {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        match decode(row)? {
+            Ok(event) => events.push(event),
+            Err(undecodable) => {
+                tracing::warn!(event_id = %undecodable.id, error = %undecodable.error,
+                    "outbox row cannot be read; marked dead");
+                bad.push(Failure::permanent(
+                    undecodable.id,
+                    format!("cannot be read: {}", undecodable.error),
+                ));
+            }
+        }
+    }
+    Ok((events, bad))
+}
+
+/// Runs a fenced statement returning the ids it changed, each with the outcome `changed` reads
+/// off its row; the ids it did not change were not held under the lease.
+async fn fenced<'c>(
+    exec: impl sqlx::PgExecutor<'c>,
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    asked: &[EventId],
+    changed: impl Fn(&sqlx::postgres::PgRow) -> Result<Outcome, sqlx::Error>,
+) -> Result<Vec<Recorded>, StoreError> {
+    let rows = query.fetch_all(exec).await.map_err(db_error)?;
+    let mut outcomes = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get(0).map_err(db_error)?;
+        outcomes.insert(id, changed(row).map_err(db_error)?);
+    }
+    Ok(asked
+        .iter()
+        .map(|id| Recorded {
+            id: *id,
+            outcome: outcomes
+                .get(id.as_uuid())
+                .copied()
+                .unwrap_or(Outcome::LeaseLost),
+        })
+        .collect())
 }
 
 fn uuids(ids: &[EventId]) -> Vec<Uuid> {
@@ -263,8 +341,14 @@ impl OutboxStore for PgStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        self.mark(&self.sql.ack, lease, ids, Outcome::Delivered)
-            .await
+        self.mark(
+            &self.pool,
+            &self.sql.ack,
+            Some(lease),
+            ids,
+            Outcome::Delivered,
+        )
+        .await
     }
 
     async fn nack(
@@ -273,31 +357,8 @@ impl OutboxStore for PgStore {
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(failures.iter().map(|f| f.id))?;
-        if failures.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let retry_at: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.retry_at).collect();
-        let query = sqlx::query(AssertSqlSafe(self.sql.nack.clone()))
-            .bind(lease.as_uuid())
-            .bind(uuids(&ids))
-            .bind(now)
-            .bind(errors)
-            .bind(retry_at)
-            .bind(self.injected_now());
-        self.fenced(query, &ids, |row| {
-            let status: String = row.try_get(1)?;
-            Ok(if status == Status::Dead.as_str() {
-                Outcome::Dead
-            } else {
-                Outcome::Retrying {
-                    at: row.try_get(2)?,
-                }
-            })
-        })
-        .await
+        self.record_failures(&self.pool, &self.sql.nack, Some(lease), failures, now)
+            .await
     }
 
     async fn defer(
@@ -308,23 +369,9 @@ impl OutboxStore for PgStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let query = sqlx::query(AssertSqlSafe(self.sql.defer.clone()))
-            .bind(lease.as_uuid())
-            .bind(uuids(ids))
-            .bind(now)
-            .bind(until)
-            .bind(reason)
-            .bind(self.injected_now());
-        self.fenced(query, ids, |row| {
-            Ok(Outcome::Deferred {
-                at: row.try_get(1)?,
-            })
-        })
-        .await
+        let sql = &self.sql.defer;
+        self.record_deferral(&self.pool, sql, Some(lease), ids, until, reason, now)
+            .await
     }
 
     async fn release(
@@ -334,7 +381,13 @@ impl OutboxStore for PgStore {
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
         let recorded = self
-            .mark(&self.sql.release, lease, ids, Outcome::Released)
+            .mark(
+                &self.pool,
+                &self.sql.release,
+                Some(lease),
+                ids,
+                Outcome::Released,
+            )
             .await?;
         if !ids.is_empty() {
             // Released events are due now: let idle workers know.
@@ -516,6 +569,165 @@ impl OutboxStore for PgStore {
         self.config
             .listen
             .then(|| self.listener.subscribe(|| self.listen_context()))
+    }
+
+    async fn claim_locked(
+        &self,
+        limit_to: usize,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<LockedClaim, StoreError> {
+        validate_hold(hold)?;
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql.locked.claim.clone()))
+            .bind(limit(limit_to))
+            .bind(self.injected_now())
+            .bind(hold_millis(hold))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let (mut events, bad) = decode_rows(&rows)?;
+        if !bad.is_empty() {
+            // Dead with the settlement (or claimed and marked again, if it never comes).
+            self.record_failures(&mut *tx, &self.sql.locked.nack, None, &bad, now)
+                .await?;
+        }
+        events.sort_by_key(|e| (e.lifecycle.next_attempt_at, e.id));
+        let tx = if rows.is_empty() {
+            // Nothing locked: end the transaction now rather than hold a connection for it.
+            tx.rollback().await.map_err(db_error)?;
+            None
+        } else {
+            Some(tx)
+        };
+        let ids = events.iter().map(|e| e.id).collect();
+        let batch = Box::new(PgLockedBatch {
+            store: self.clone(),
+            tx,
+            ids,
+        });
+        Ok(LockedClaim { events, batch })
+    }
+}
+
+/// The hold as `idle_in_transaction_session_timeout` takes it: whole milliseconds, at least 1
+/// (0 would mean no limit), at most what the setting holds.
+fn hold_millis(hold: Duration) -> String {
+    hold.as_millis().clamp(1, i32::MAX as u128).to_string()
+}
+
+/// A locked claim on PostgreSQL: the transaction that locked the rows (`FOR UPDATE SKIP
+/// LOCKED`), kept open while the events are delivered. The database ends it, locks and all, if
+/// it stays idle longer than the hold, or when the connection drops.
+struct PgLockedBatch {
+    store: PgStore,
+    /// `None` once finished, or when nothing was claimed.
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    ids: Vec<EventId>,
+}
+
+impl Drop for PgLockedBatch {
+    fn drop(&mut self) {
+        // Dropped unfinished: roll back now, so the events are free at once rather than when
+        // the pool next uses the connection (or the hold runs out).
+        if let Some(tx) = self.tx.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(error) = tx.rollback().await {
+                        tracing::warn!(%error, "rolling back an abandoned locked claim failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockedBatch for PgLockedBatch {
+    async fn keep(&mut self) -> Result<(), StoreError> {
+        // Any statement restarts the database's idle timer.
+        if let Some(tx) = self.tx.as_mut() {
+            sqlx::query("SELECT 1")
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        settlement: &Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        settlement.validate()?;
+        let mut this = *self;
+        let (store, ids) = (this.store.clone(), std::mem::take(&mut this.ids));
+        let sql = &store.sql.locked;
+        let mine: HashSet<EventId> = ids.iter().copied().collect();
+        let held = |ids: &[EventId]| -> Vec<EventId> {
+            ids.iter().copied().filter(|id| mine.contains(id)).collect()
+        };
+        let mut outcomes: HashMap<EventId, Outcome> = HashMap::new();
+        let mut note = |recorded: Vec<Recorded>| {
+            outcomes.extend(recorded.into_iter().map(|r| (r.id, r.outcome)));
+        };
+        let delivered = held(&settlement.delivered);
+        let Some(mut tx) = this.tx.take() else {
+            // Nothing was claimed: nothing is held.
+            return Ok(settlement
+                .ids()
+                .map(|id| Recorded {
+                    id,
+                    outcome: Outcome::LeaseLost,
+                })
+                .collect());
+        };
+        note(
+            store
+                .mark(&mut *tx, &sql.ack, None, &delivered, Outcome::Delivered)
+                .await?,
+        );
+        let failures: Vec<Failure> = settlement
+            .failures
+            .iter()
+            .filter(|f| mine.contains(&f.id))
+            .cloned()
+            .collect();
+        note(
+            store
+                .record_failures(&mut *tx, &sql.nack, None, &failures, now)
+                .await?,
+        );
+        if let Some(d) = &settlement.deferred {
+            let deferred = held(&d.ids);
+            note(
+                store
+                    .record_deferral(
+                        &mut *tx, &sql.defer, None, &deferred, d.until, &d.reason, now,
+                    )
+                    .await?,
+            );
+        }
+        tx.commit().await.map_err(db_error)?;
+        let named: HashSet<EventId> = settlement.ids().collect();
+        let recorded: Vec<Recorded> = settlement
+            .ids()
+            .chain(ids.iter().copied().filter(|id| !named.contains(id)))
+            .map(|id| Recorded {
+                id,
+                outcome: match outcomes.get(&id) {
+                    Some(outcome) => *outcome,
+                    None if mine.contains(&id) => Outcome::Released,
+                    None => Outcome::LeaseLost,
+                },
+            })
+            .collect();
+        if recorded.iter().any(|r| r.outcome == Outcome::Released) {
+            // Given back untried and due now: let idle workers know.
+            store.notify().await?;
+        }
+        Ok(recorded)
     }
 }
 

@@ -39,6 +39,28 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Pause after a store error before trying again.
     pub error_backoff: Duration,
+    /// How claimed events are held while they are delivered.
+    pub claim_mode: ClaimMode,
+}
+
+/// How a worker holds the events it claims while delivering them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimMode {
+    /// Under a lease written to each event (`in_flight`), renewed while deliveries run; the
+    /// outcomes are written after. Two writes and two commits per batch besides the deliveries;
+    /// nothing held open in between, so any delivery time is fine. Every store offers it.
+    #[default]
+    Lease,
+    /// Under row locks held by a transaction left open while the batch is delivered; every
+    /// outcome is written at the end, in one commit ([`outbox_core::locked`]). Half the writes
+    /// of a lease, and a worker that dies gives its events back at once instead of when a
+    /// lease runs out; in exchange each worker keeps a database connection and a transaction
+    /// open for as long as its batch takes, which suits fast transports (brokers), not slow
+    /// receivers. The `lease` setting bounds the hold: the store ends a batch not heard from
+    /// for that long. An attempt cut short by a crash is not counted. The store must support
+    /// it ([`OutboxStore::claim_locked`](outbox_core::OutboxStore::claim_locked)).
+    Locked,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +78,7 @@ impl Default for WorkerConfig {
             retention_interval: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
             error_backoff: Duration::from_secs(1),
+            claim_mode: ClaimMode::Lease,
         }
     }
 }
@@ -226,6 +249,11 @@ impl<S, T> WorkerBuilder<S, T> {
     /// Pause after a store error (default 1 s).
     pub fn error_backoff(mut self, d: Duration) -> Self {
         self.config.error_backoff = d;
+        self
+    }
+    /// How claimed events are held (default [`ClaimMode::Lease`]).
+    pub fn claim_mode(mut self, mode: ClaimMode) -> Self {
+        self.config.claim_mode = mode;
         self
     }
     /// The clock for stored timestamps (default: system time).

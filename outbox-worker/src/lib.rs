@@ -47,7 +47,7 @@ pub mod metrics;
 mod worker;
 
 pub use clock::TokioClock;
-pub use config::{WorkerBuilder, WorkerConfig, bounds};
+pub use config::{ClaimMode, WorkerBuilder, WorkerConfig, bounds};
 pub use worker::{RunningWorker, Worker, WorkerError, WorkerReport};
 
 /// The README's examples, compiled and run as doctests.

@@ -5,10 +5,12 @@ use std::ops::AddAssign;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use outbox_core::clock::{add, sub};
 use outbox_core::{
-    Clock, DeliveryError, EventId, Failure, Lease, LeaseId, Lifecycle, OutboxEvent, OutboxStore,
-    Outcome, RandomSource, Recorded, StoreError, Transport, Wakeups,
+    Clock, Deferral, DeliveryError, EventId, Failure, Lease, LeaseId, Lifecycle, LockedBatch,
+    OutboxEvent, OutboxStore, Outcome, RandomSource, Recorded, Settlement, StoreError, Transport,
+    Wakeups,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
-use crate::config::{WorkerBuilder, WorkerConfig};
+use crate::config::{ClaimMode, WorkerBuilder, WorkerConfig};
 use crate::metrics;
 
 /// Why a worker entry point failed.
@@ -80,6 +82,12 @@ pub struct Worker<S, T> {
     config: WorkerConfig,
     clock: Arc<dyn Clock>,
     rng: Mutex<Box<dyn RandomSource>>,
+}
+
+/// How a claimed batch is held while it is delivered.
+enum Hold {
+    Lease(Lease),
+    Locked(Box<dyn LockedBatch>),
 }
 
 /// How one delivery ended.
@@ -236,35 +244,54 @@ where
                 );
             }
         }
-        let lease = Lease {
-            id: LeaseId::new(),
-            holder: self.config.worker_id.clone(),
-            until: add(now, self.config.lease),
+        let (events, hold) = match self.config.claim_mode {
+            ClaimMode::Lease => {
+                let lease = Lease {
+                    id: LeaseId::new(),
+                    holder: self.config.worker_id.clone(),
+                    until: add(now, self.config.lease),
+                };
+                let events = self
+                    .store
+                    .claim(&lease, self.config.batch_size, now)
+                    .await?;
+                (events, Hold::Lease(lease))
+            }
+            ClaimMode::Locked => {
+                let claim = self
+                    .store
+                    .claim_locked(self.config.batch_size, self.config.lease, now)
+                    .await?;
+                (claim.events, Hold::Locked(claim.batch))
+            }
         };
-        let events = self
-            .store
-            .claim(&lease, self.config.batch_size, now)
-            .await?;
         if events.is_empty() {
+            // A locked claim of nothing ends here, as a rollback.
             return Ok((0, report));
         }
         let claimed = events.len();
         report.batches = 1;
         ::metrics::counter!(metrics::BATCHES).increment(1);
-        let span =
-            info_span!("outbox_batch", worker = %lease.holder, lease = %lease.id, size = claimed);
+        let span = match &hold {
+            Hold::Lease(lease) => {
+                info_span!("outbox_batch", worker = %lease.holder, lease = %lease.id, size = claimed)
+            }
+            Hold::Locked(_) => {
+                info_span!("outbox_batch", worker = %self.config.worker_id, locked = true, size = claimed)
+            }
+        };
         report += self
-            .deliver_batch(&lease, events, cancel)
+            .deliver_batch(hold, events, cancel)
             .instrument(span)
             .await?;
         Ok((claimed, report))
     }
 
-    /// Delivers a claimed batch with bounded concurrency, renewing the lease while it runs, and
-    /// records the outcomes in one call per kind.
+    /// Delivers a claimed batch with bounded concurrency, renewing its hold while it runs, and
+    /// records the outcomes.
     async fn deliver_batch(
         &self,
-        lease: &Lease,
+        mut hold: Hold,
         events: Vec<OutboxEvent>,
         cancel: Option<&CancellationToken>,
     ) -> Result<WorkerReport, StoreError> {
@@ -343,8 +370,16 @@ where
                 },
                 _ = renew.tick() => {
                     let now = self.clock.now();
-                    if let Err(error) = self.store.renew(lease.id, add(now, self.config.lease), now).await {
-                        warn!(%error, "lease renewal failed");
+                    let renewed = match &mut hold {
+                        Hold::Lease(lease) => self
+                            .store
+                            .renew(lease.id, add(now, self.config.lease), now)
+                            .await
+                            .map(drop),
+                        Hold::Locked(batch) => batch.keep().await,
+                    };
+                    if let Err(error) = renewed {
+                        warn!(%error, "renewing the batch's hold failed");
                     }
                 }
                 _ = cancel.cancelled(), if !draining => {
@@ -366,21 +401,29 @@ where
             }
         }
         let unfinished: Vec<EventId> = task_events.into_values().collect();
-        self.record(lease.id, outcomes, &lifecycles, unfinished)
-            .await
+        let now = self.clock.now();
+        let settlement = self.settle(outcomes, &lifecycles, unfinished, now);
+        match hold {
+            Hold::Lease(lease) => self.record(lease.id, settlement, now).await,
+            Hold::Locked(batch) => match batch.finish(&settlement, now).await {
+                Ok(recorded) => Ok(tally(&recorded)),
+                Err(error) => {
+                    warn!(%error, "recording outcomes failed; the events come back untried");
+                    Err(error)
+                }
+            },
+        }
     }
 
-    /// Writes a batch's outcomes: one ack, one nack and one release call at most, each tried
-    /// even when another failed (the first error is returned after all three), and counts what
-    /// the store reports it did.
-    async fn record(
+    /// Decides what becomes of each event of a batch: delivered, failed (retried with backoff,
+    /// or dead), deferred (its destination paused) or released (never started).
+    fn settle(
         &self,
-        lease: LeaseId,
         outcomes: Vec<(EventId, Delivery)>,
         lifecycles: &HashMap<EventId, Lifecycle>,
         unfinished: Vec<EventId>,
-    ) -> Result<WorkerReport, StoreError> {
-        let now = self.clock.now();
+        now: DateTime<Utc>,
+    ) -> Settlement {
         let mut delivered = Vec::new();
         let mut failures = Vec::new();
         // Never tried, their destination paused: back for later, no attempt spent.
@@ -436,6 +479,27 @@ where
                 }
             }
         }
+        Settlement {
+            delivered,
+            failures,
+            deferred: (!deferred.is_empty()).then(|| Deferral {
+                ids: deferred,
+                until: add(now, defer_for),
+                reason: defer_reason,
+            }),
+            released: unfinished,
+        }
+    }
+
+    /// Writes a leased batch's outcomes: one ack, one nack, one defer and one release call at
+    /// most, each tried even when another failed (the first error is returned after all), and
+    /// counts what the store reports it did.
+    async fn record(
+        &self,
+        lease: LeaseId,
+        settlement: Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<WorkerReport, StoreError> {
         let mut report = WorkerReport::default();
         let mut first_error = None;
         let mut count = |result: Result<Vec<Recorded>, StoreError>| match result {
@@ -445,6 +509,12 @@ where
                 first_error.get_or_insert(error);
             }
         };
+        let Settlement {
+            delivered,
+            failures,
+            deferred,
+            released,
+        } = settlement;
         if !delivered.is_empty() {
             count(
                 self.persist(|| self.store.ack(lease, &delivered, now))
@@ -457,19 +527,15 @@ where
                     .await,
             );
         }
-        if !deferred.is_empty() {
-            let until = add(now, defer_for);
+        if let Some(d) = deferred {
             count(
-                self.persist(|| {
-                    self.store
-                        .defer(lease, &deferred, until, &defer_reason, now)
-                })
-                .await,
+                self.persist(|| self.store.defer(lease, &d.ids, d.until, &d.reason, now))
+                    .await,
             );
         }
-        if !unfinished.is_empty() {
+        if !released.is_empty() {
             count(
-                self.persist(|| self.store.release(lease, &unfinished, now))
+                self.persist(|| self.store.release(lease, &released, now))
                     .await,
             );
         }

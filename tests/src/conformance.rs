@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::TimeDelta;
+use outbox_core::{Deferral, LockedBatch, Settlement};
 use outbox_core::{
     Emitted, EventFilter, EventId, Failure, Lease, LeaseId, ManualClock, NewEvent, OutboxStore,
     OutboxStoreExt, Outcome, Recorded, Status, StoreError, TransitionError,
@@ -728,6 +729,282 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
     assert_eq!(again, vec![Emitted::Duplicate(ids[4])]);
 }
 
+/// Claims under locks for `HOLD`.
+async fn claim_locked<H: Harness>(h: &H, limit: usize) -> (Box<dyn LockedBatch>, Vec<EventId>) {
+    let claim = h
+        .store()
+        .claim_locked(limit, HOLD, h.clock().now_utc())
+        .await
+        .expect("locked claim");
+    let ids = claim.events.iter().map(|e| e.id).collect();
+    (claim.batch, ids)
+}
+
+const HOLD: Duration = Duration::from_secs(30);
+
+/// A locked claim takes due events oldest first and leaves them pending to every reader, while
+/// every other claim, locked or leased, skips them; settling them all delivered writes what an
+/// ack under a lease would.
+pub async fn a_locked_claim_is_skipped_by_every_other_claim<H: Harness>(h: &H) {
+    let ids = emit_n(h, 3).await;
+    let (batch, claimed) = claim_locked(h, 2).await;
+    assert_eq!(claimed, ids[..2].to_vec());
+    let c = h.store().count_by_status().await.expect("count");
+    assert_eq!((c.pending, c.in_flight), (3, 0), "still pending to readers");
+    let (other, rest) = claim_locked(h, 10).await;
+    assert_eq!(
+        rest,
+        vec![ids[2]],
+        "a second locked claim skips the locked events"
+    );
+    drop(other);
+    let (lease, leased) = claim(h, "w", 10).await;
+    assert_eq!(leased, vec![ids[2]], "a leased claim skips them too");
+    h.store()
+        .release(lease.id, &leased, h.clock().now_utc())
+        .await
+        .expect("release");
+
+    h.clock().advance(Duration::from_secs(1));
+    let now = h.clock().now_utc();
+    let settlement = Settlement {
+        delivered: claimed.clone(),
+        ..Settlement::default()
+    };
+    let recorded = batch.finish(&settlement, now).await.expect("finish");
+    assert_eq!(
+        recorded
+            .iter()
+            .map(|r| (r.id, r.outcome))
+            .collect::<Vec<_>>(),
+        claimed
+            .iter()
+            .map(|id| (*id, Outcome::Delivered))
+            .collect::<Vec<_>>()
+    );
+    for id in &claimed {
+        let e = h.store().fetch(*id).await.expect("get");
+        assert_eq!((e.status(), e.attempts()), (Status::Delivered, 1));
+        assert_eq!(e.lifecycle.delivered_at, Some(now));
+        assert_eq!(e.updated_at, now);
+        assert!(e.lifecycle.lease.is_none() && e.lifecycle.last_error.is_none());
+    }
+    let (_, last) = claim_locked(h, 10).await;
+    assert_eq!(last, vec![ids[2]], "the settled events do not come back");
+}
+
+/// A locked claim dropped unfinished (its holder gone) gives every event back untouched:
+/// pending, due, no attempt counted. The store lets go without waiting for the hold to run out
+/// (PostgreSQL rolls back on a connection of its pool, so the test waits for that, bounded).
+pub async fn a_dropped_locked_claim_gives_its_events_back_untried<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let before = h.store().fetch(ids[0]).await.expect("get");
+    let (batch, claimed) = claim_locked(h, 10).await;
+    assert_eq!(claimed, ids);
+    drop(batch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (again, got) = claim_locked(h, 10).await;
+        if got == ids {
+            drop(again);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped claim's events did not come back within 10 s (the hold is {HOLD:?})"
+        );
+        drop(again);
+        tokio::task::yield_now().await;
+    }
+    let after = h.store().fetch(ids[0]).await.expect("get");
+    assert_eq!(after, before, "untouched");
+}
+
+/// Settling a locked claim records each outcome as the lease transitions would: a retry is
+/// rescheduled with the attempt counted, a permanent failure or the last attempt kills, a
+/// deferral comes back later with no attempt spent, a release (named or not) leaves the event
+/// as it was, and an event the claim does not hold is reported lost and left alone.
+pub async fn a_locked_settlement_records_every_outcome<H: Harness>(h: &H) {
+    let last = NewEvent::builder("file.stored", "upload", "last")
+        .max_attempts(1)
+        .build()
+        .expect("valid");
+    let mut events: Vec<NewEvent> = (0..6).map(event).collect();
+    events.push(last);
+    let ids = emit_ids(h, events).await;
+    let outsider = emit_n(h, 1).await[0];
+    let (batch, claimed) = claim_locked(h, 7).await;
+    assert_eq!(claimed, ids);
+    h.clock().advance(Duration::from_secs(1));
+    let now = h.clock().now_utc();
+    let retry_at = now + TimeDelta::seconds(30);
+    let until = now + TimeDelta::seconds(60);
+    let settlement = Settlement {
+        delivered: vec![ids[0], outsider],
+        failures: vec![
+            Failure::retry(ids[1], "broker down", retry_at),
+            Failure::permanent(ids[2], "no route"),
+            Failure::retry(ids[6], "broker down", retry_at),
+        ],
+        deferred: Some(Deferral {
+            ids: vec![ids[3]],
+            until,
+            reason: "paused".into(),
+        }),
+        released: vec![ids[4]],
+    };
+    let recorded = batch.finish(&settlement, now).await.expect("finish");
+    let got: Vec<(EventId, Outcome)> = recorded.iter().map(|r| (r.id, r.outcome)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0], Outcome::Delivered),
+            (outsider, Outcome::LeaseLost),
+            (ids[1], Outcome::Retrying { at: retry_at }),
+            (ids[2], Outcome::Dead),
+            (ids[6], Outcome::Dead),
+            (ids[3], Outcome::Deferred { at: until }),
+            (ids[4], Outcome::Released),
+            (ids[5], Outcome::Released),
+        ]
+    );
+    let get = |id| async move { h.store().fetch(id).await.expect("get") };
+    let e = get(outsider).await;
+    assert_eq!(
+        (e.status(), e.attempts()),
+        (Status::Pending, 0),
+        "not held: unchanged"
+    );
+    let e = get(ids[1]).await;
+    assert_eq!((e.status(), e.attempts()), (Status::Pending, 1));
+    assert_eq!(e.lifecycle.next_attempt_at, retry_at);
+    assert_eq!(e.lifecycle.last_error.as_deref(), Some("broker down"));
+    let e = get(ids[2]).await;
+    assert_eq!((e.status(), e.attempts()), (Status::Dead, 1));
+    let e = get(ids[6]).await;
+    assert_eq!(
+        (e.status(), e.attempts()),
+        (Status::Dead, 1),
+        "the last attempt kills"
+    );
+    let e = get(ids[3]).await;
+    assert_eq!((e.status(), e.attempts()), (Status::Pending, 0));
+    assert_eq!(e.lifecycle.next_attempt_at, until);
+    assert_eq!(e.lifecycle.last_error.as_deref(), Some("paused"));
+    for id in [ids[4], ids[5]] {
+        let e = get(id).await;
+        assert_eq!((e.status(), e.attempts()), (Status::Pending, 0));
+        assert!(e.lifecycle.next_attempt_at < now, "left as it was");
+    }
+    let (_, again) = claim_locked(h, 10).await;
+    assert_eq!(
+        again,
+        vec![ids[4], ids[5], outsider],
+        "released ones are due at once"
+    );
+}
+
+/// A settlement that names an event twice is refused whole; a hold of zero or beyond the
+/// bound is refused before anything is locked.
+pub async fn a_locked_claim_refuses_bad_input<H: Harness>(h: &H) {
+    let ids = emit_n(h, 1).await;
+    let (batch, _) = claim_locked(h, 10).await;
+    let twice = Settlement {
+        delivered: ids.clone(),
+        released: ids.clone(),
+        ..Settlement::default()
+    };
+    match batch.finish(&twice, h.clock().now_utc()).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "ids"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(
+        h.store().fetch(ids[0]).await.expect("get").status(),
+        Status::Pending
+    );
+    for hold in [
+        Duration::ZERO,
+        outbox_core::locked::MAX_HOLD + Duration::from_secs(1),
+    ] {
+        match h.store().claim_locked(10, hold, h.clock().now_utc()).await {
+            Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "hold"),
+            other => panic!("hold {hold:?}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    let (_, again) = claim_locked(h, 10).await;
+    assert_eq!(again, ids, "nothing stayed locked");
+}
+
+/// A locked claim neither finished nor kept within its hold is ended by the store: its events
+/// are claimable again, untried, and its finish fails without recording anything. The hold runs
+/// on the store's clock; not in the default list, since PostgreSQL's is the server's idle
+/// timeout on the wall clock (`tests/tests/postgres.rs` covers it there).
+pub async fn a_locked_claim_past_its_hold_is_ended<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let (mut kept, first) = claim_locked(h, 1).await;
+    let (stalled, second) = claim_locked(h, 1).await;
+    assert_eq!((first, second), (vec![ids[0]], vec![ids[1]]));
+    h.clock().advance(HOLD - Duration::from_secs(1));
+    kept.keep().await.expect("kept within its hold");
+    h.clock().advance(Duration::from_secs(2));
+    let (_, free) = claim_locked(h, 10).await;
+    assert_eq!(
+        free,
+        vec![ids[1]],
+        "only the stalled claim's event is free again"
+    );
+    let settlement = Settlement {
+        delivered: vec![ids[1]],
+        ..Settlement::default()
+    };
+    assert!(
+        stalled
+            .finish(&settlement, h.clock().now_utc())
+            .await
+            .is_err(),
+        "a finish after the hold ended must fail"
+    );
+    let e = h.store().fetch(ids[1]).await.expect("get");
+    assert_eq!((e.status(), e.attempts()), (Status::Pending, 0));
+    let done = Settlement {
+        delivered: vec![ids[0]],
+        ..Settlement::default()
+    };
+    kept.finish(&done, h.clock().now_utc())
+        .await
+        .expect("the kept claim still finishes");
+}
+
+/// For a store set to delete delivered events: a locked settlement deletes keyless delivered
+/// events and keeps keyed and failed ones, as an ack does.
+pub async fn a_locked_settlement_deletes_as_an_ack_does<H: Harness>(h: &H) {
+    let keyed = NewEvent::builder("file.stored", "upload", "keyed")
+        .idempotency_key("locked-keyed")
+        .build()
+        .expect("valid event");
+    let ids = emit_ids(h, vec![event(0), keyed, event(2)]).await;
+    let (batch, claimed) = claim_locked(h, 10).await;
+    assert_eq!(claimed, ids);
+    let settlement = Settlement {
+        delivered: vec![ids[0], ids[1]],
+        failures: vec![Failure::permanent(ids[2], "refused")],
+        ..Settlement::default()
+    };
+    batch
+        .finish(&settlement, h.clock().now_utc())
+        .await
+        .expect("finish");
+    assert!(h.store().get(ids[0]).await.expect("get").is_none());
+    assert_eq!(
+        h.store().fetch(ids[1]).await.expect("kept").status(),
+        Status::Delivered
+    );
+    assert_eq!(
+        h.store().fetch(ids[2]).await.expect("dead").status(),
+        Status::Dead
+    );
+}
+
 /// Builds a [`NewEvent`] the way one arrives deserialized (from a queue, an API), without the
 /// builder's checks: the store must refuse what the builder would.
 fn unchecked(fields: serde_json::Value) -> NewEvent {
@@ -1117,7 +1394,10 @@ macro_rules! conformance_tests {
             list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
             claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,
             an_event_is_named_once_per_call, outcomes_say_what_the_store_did, revive_is_bounded,
-            a_skewed_clock_cannot_take_a_live_lease, a_uniform_batch_is_stored_like_any_other);
+            a_skewed_clock_cannot_take_a_live_lease, a_uniform_batch_is_stored_like_any_other,
+            a_locked_claim_is_skipped_by_every_other_claim,
+            a_dropped_locked_claim_gives_its_events_back_untried,
+            a_locked_settlement_records_every_outcome, a_locked_claim_refuses_bad_input);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -3,4 +3,7 @@
 outbox_tests::conformance_tests!(outbox_tests::harness::MemoryHarness::new());
 
 outbox_tests::conformance_tests!(@cases outbox_tests::harness::MemoryHarness::deleting_delivered();
-    deleting_delivered_keeps_keys_and_the_dead);
+    deleting_delivered_keeps_keys_and_the_dead, a_locked_settlement_deletes_as_an_ack_does);
+
+outbox_tests::conformance_tests!(@cases outbox_tests::harness::MemoryHarness::new();
+    a_locked_claim_past_its_hold_is_ended);
