@@ -630,14 +630,14 @@ impl Drop for PgLockedBatch {
     fn drop(&mut self) {
         // Dropped unfinished: roll back now, so the events are free at once rather than when
         // the pool next uses the connection (or the hold runs out).
-        if let Some(tx) = self.tx.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(error) = tx.rollback().await {
-                        tracing::warn!(%error, "rolling back an abandoned locked claim failed");
-                    }
-                });
-            }
+        if let Some(tx) = self.tx.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(error) = tx.rollback().await {
+                    tracing::warn!(%error, "rolling back an abandoned locked claim failed");
+                }
+            });
         }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use outbox_core::{
-    Emitted, EventFilter, EventId, Failure, Lease, LeaseId, NewEvent, OutboxEvent, OutboxStore,
-    Outcome, StoreError, TransitionError,
+    Deferral, Emitted, EventFilter, EventId, Failure, Lease, LeaseId, LockedBatch, NewEvent,
+    OutboxEvent, OutboxStore, Outcome, Settlement, StoreError, TransitionError,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{MemoryHarness, PgHarness};
@@ -71,7 +71,25 @@ enum Op {
         pick: u8,
         extra: u8,
     },
+    /// Opens a locked claim in `slot` (settling the one open there first, giving its events
+    /// back).
+    LockClaim {
+        slot: usize,
+        limit: usize,
+    },
+    /// Settles the locked claim in `slot`: each picked event (mostly its own, some foreign)
+    /// named once, its outcome chosen by `kinds`.
+    LockFinish {
+        slot: usize,
+        pick: Vec<u8>,
+        kinds: Vec<u8>,
+        retry_in: Option<i8>,
+        secs: i8,
+    },
 }
+
+/// Where the open locked claims' events are kept in `held`: slots 4 and 5.
+const LOCK_SLOTS: usize = 2;
 
 fn op() -> impl Strategy<Value = Op> {
     let worker = 0usize..3;
@@ -93,6 +111,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reclaim),
         1 => (0u8..120).prop_map(|age_secs| Op::Purge { age_secs }),
         2 => (any::<u8>(), 0u8..3).prop_map(|(pick, extra)| Op::RetryDead { pick, extra }),
+        2 => (0..LOCK_SLOTS, 1usize..4).prop_map(|(slot, limit)| Op::LockClaim { slot, limit }),
+        2 => (0..LOCK_SLOTS, proptest::collection::vec(any::<u8>(), 0..5),
+              proptest::collection::vec(0u8..4, 5), proptest::option::of(-30i8..90), -30i8..90)
+            .prop_map(|(slot, pick, kinds, retry_in, secs)| Op::LockFinish { slot, pick, kinds, retry_in, secs }),
     ]
 }
 
@@ -105,6 +127,8 @@ enum Answer {
     Count(u64),
     Reclaimed(u64, u64),
     Revived(usize),
+    /// What settling the slot's previous claim did, and what the new one took.
+    Locked(Box<Answer>, Vec<usize>),
     Refused(String),
     Nothing,
 }
@@ -121,12 +145,17 @@ fn refused(e: StoreError) -> Answer {
     })
 }
 
-/// One store under test, with its ids in emission order.
+/// One store under test, with its ids in emission order and its open locked claims.
 struct Side<H: Harness> {
     h: H,
     ids: Vec<EventId>,
     index: HashMap<EventId, usize>,
+    locked: Vec<Option<Box<dyn LockedBatch>>>,
 }
+
+/// A locked claim's hold: longer than every run's clock moves, so that it never runs out on the
+/// memory store's clock while PostgreSQL's (the wall clock) has not moved.
+const HOLD: Duration = outbox_core::locked::MAX_HOLD;
 
 impl<H: Harness> Side<H> {
     fn new(h: H) -> Self {
@@ -134,6 +163,19 @@ impl<H: Harness> Side<H> {
             h,
             ids: Vec::new(),
             index: HashMap::new(),
+            locked: (0..LOCK_SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// Settles the locked claim open in `slot`, if any, giving all its events back.
+    async fn give_back(&mut self, slot: usize) -> Answer {
+        let Some(batch) = self.locked[slot].take() else {
+            return Answer::Nothing;
+        };
+        let now = self.h.clock().now_utc();
+        match batch.finish(&Settlement::default(), now).await {
+            Ok(rs) => Answer::Outcomes(rs.iter().map(|r| (self.idx(r.id), r.outcome)).collect()),
+            Err(e) => refused(e),
         }
     }
 
@@ -277,6 +319,51 @@ impl<H: Harness> Side<H> {
                 let before = now - TimeDelta::seconds(i64::from(*age_secs));
                 Answer::Count(store.purge_delivered(before, now).await.unwrap())
             }
+            Op::LockClaim { slot, limit } => {
+                let given_back = self.give_back(*slot).await;
+                let claim = store.claim_locked(*limit, HOLD, now).await.unwrap();
+                let taken = claim.events.iter().map(|e| self.idx(e.id)).collect();
+                self.locked[*slot] = Some(claim.batch);
+                Answer::Locked(Box::new(given_back), taken)
+            }
+            Op::LockFinish {
+                slot,
+                pick,
+                kinds,
+                retry_in,
+                secs,
+            } => {
+                let Some(batch) = self.locked[*slot].take() else {
+                    return Answer::Nothing;
+                };
+                let mut settlement = Settlement::default();
+                let mut named = std::collections::HashSet::new();
+                let picked = self.picked(pick, &held[4 + *slot]);
+                for (id, kind) in picked.into_iter().zip(kinds.iter().cycle()) {
+                    if !named.insert(id) {
+                        continue;
+                    }
+                    match kind {
+                        0 => settlement.delivered.push(id),
+                        1 => settlement.failures.push(Failure {
+                            id,
+                            error: "boom".into(),
+                            retry_at: retry_in.map(|s| now + TimeDelta::seconds(i64::from(s))),
+                        }),
+                        2 => settlement
+                            .deferred
+                            .get_or_insert_with(|| Deferral {
+                                ids: Vec::new(),
+                                until: now + TimeDelta::seconds(i64::from(*secs)),
+                                reason: "paused".into(),
+                            })
+                            .ids
+                            .push(id),
+                        _ => settlement.released.push(id),
+                    }
+                }
+                outcomes(batch.finish(&settlement, now).await, self)
+            }
             Op::RetryDead { pick, extra } => {
                 // Mostly a dead event (the last slot of `held`), else any.
                 let Some(id) = self.picked(&[*pick], &held[3]).first().copied() else {
@@ -332,7 +419,7 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut pg = Side::new(PgHarness::new().await);
     let mut leases: Vec<Option<Lease>> = vec![None; 3];
     // What each worker's last claim took, and (last) the dead events.
-    let mut held: Vec<Vec<usize>> = vec![Vec::new(); 4];
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); 4 + LOCK_SLOTS];
     let mut result = Ok(());
     for (step, op) in ops.iter().enumerate() {
         if let Op::Claim {
@@ -350,6 +437,9 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let p = pg.run(op, &leases, &held).await;
         if let (Op::Claim { worker, .. }, Answer::Claimed(taken)) = (op, &m) {
             held[*worker].clone_from(taken);
+        }
+        if let (Op::LockClaim { slot, .. }, Answer::Locked(_, taken)) = (op, &m) {
+            held[4 + *slot].clone_from(taken);
         }
         if m != p {
             result = Err(TestCaseError::fail(format!(
@@ -385,6 +475,11 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
             )));
             break;
         }
+    }
+    // Open locked claims hold row locks that dropping the schema would wait for.
+    for slot in 0..LOCK_SLOTS {
+        memory.give_back(slot).await;
+        pg.give_back(slot).await;
     }
     pg.h.cleanup().await;
     result
