@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use outbox_core::OutboxEvent;
 use outbox_router::{Pattern, Router, StdoutTransport, Syntax, Template};
-use outbox_worker::WorkerConfig;
+use outbox_worker::{ClaimMode, WorkerConfig};
 
 /// An example config with every key, its default and its range, and one route per transport.
 pub const EXAMPLE: &str = include_str!("example.toml");
@@ -71,8 +71,32 @@ pub struct RelayConfig {
     /// How long start-up waits for the database and the brokers, in seconds, retrying with a
     /// log line per failed attempt; 0 tries each once.
     pub startup_timeout_secs: u64,
+    /// How claimed events are held while delivered: `locked` or `lease`.
+    pub claim: Claim,
     /// Backoff between attempts, and a cap on attempts.
     pub retry: RetryConfig,
+}
+
+/// `relay.claim`: how a worker holds the events it claims (see `outbox_worker::ClaimMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Claim {
+    /// Row locks held by a transaction open while the batch is delivered; one write and one
+    /// commit per batch. For deliveries that take milliseconds (brokers).
+    #[default]
+    Locked,
+    /// A lease written to each event, renewed while deliveries run. For deliveries that can
+    /// take seconds (webhooks to slow receivers): nothing is held open meanwhile.
+    Lease,
+}
+
+impl From<Claim> for ClaimMode {
+    fn from(claim: Claim) -> Self {
+        match claim {
+            Claim::Locked => ClaimMode::Locked,
+            Claim::Lease => ClaimMode::Lease,
+        }
+    }
 }
 
 /// `[relay.retry]`: the backoff after a failed delivery, and an optional cap on attempts.
@@ -143,6 +167,7 @@ impl Default for RelayConfig {
             shutdown_grace_secs: 10,
             retention_hours: 168,
             startup_timeout_secs: 60,
+            claim: Claim::default(),
             retry: RetryConfig::default(),
         }
     }
@@ -215,6 +240,7 @@ impl RelayConfig {
             delivery_timeout: Duration::from_secs(self.delivery_timeout_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             retention,
+            claim_mode: self.claim.into(),
             ..WorkerConfig::default()
         };
         config.validate().map_err(|e| {
@@ -593,6 +619,22 @@ mod tests {
     fn defaults_make_a_valid_worker() {
         let c = RelayConfig::default().worker_config().expect("valid");
         assert_eq!(c.retention, Some(Duration::from_secs(168 * 3600)));
+        assert_eq!(c.claim_mode, ClaimMode::Locked);
+    }
+
+    #[test]
+    fn the_claim_mode_is_chosen_by_name() {
+        let lease = relay("claim = \"lease\"").worker_config().expect("valid");
+        assert_eq!(lease.claim_mode, ClaimMode::Lease);
+        let locked = relay("claim = \"locked\"").worker_config().expect("valid");
+        assert_eq!(locked.claim_mode, ClaimMode::Locked);
+        let error = toml::from_str::<Config>("[relay]\nclaim = \"borrowed\"")
+            .expect_err("an unknown mode is refused")
+            .to_string();
+        assert!(
+            error.contains("claim") && error.contains("locked"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The chaos test: several `outbox relay` processes deliver to NATS JetStream while events are
-//! emitted (some in transactions that roll back), relays are killed with SIGKILL at random, the
+//! The chaos test: several `outbox relay` processes deliver to NATS JetStream (half of them
+//! holding their batches under locked claims, half under leases) while events are emitted (some in transactions that roll back), relays are killed with SIGKILL at random, the
 //! database is crashed and restarted once and the broker is stopped and restarted once. Then
 //! what the broker stored is checked against what was committed:
 //!
@@ -255,7 +255,9 @@ impl Drop for Nats {
 /// The relay processes, each restartable in its slot.
 struct Relays {
     outbox: PathBuf,
-    config: PathBuf,
+    /// One configuration per claim mode; slot `i` runs `configs[i % 2]`, so locked and leased
+    /// workers share the table through every fault.
+    configs: Vec<PathBuf>,
     database_url: String,
     logs: PathBuf,
     slots: Vec<Option<Child>>,
@@ -269,7 +271,7 @@ impl Relays {
             .map_err(|e| e.to_string())?;
         let child = Command::new(&self.outbox)
             .args(["relay", "--config"])
-            .arg(&self.config)
+            .arg(&self.configs[slot % self.configs.len()])
             .env("DATABASE_URL", &self.database_url)
             .env("HOSTNAME", format!("chaos-{slot}"))
             .env("RUST_LOG", "warn")
@@ -401,22 +403,27 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot create the stream: {e}"))?;
 
-    let config = dir.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[relay]\nworkers = {}\nbatch_size = {}\nconcurrency = 16\npoll_interval_ms = 200\n\
-             lease_secs = 5\ndelivery_timeout_secs = 2\nshutdown_grace_secs = 3\nstartup_timeout_secs = 120\n\
-             [[routes]]\npattern = \"*\"\ntransport = \"nats\"\nurl = \"{}\"\nsubject = \"chaos.{{event_type}}\"\n",
-            plan.workers,
-            plan.batch,
-            nats.url()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut configs = Vec::new();
+    for claim in ["locked", "lease"] {
+        let config = dir.join(format!("relay-{claim}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[relay]\nworkers = {}\nbatch_size = {}\nconcurrency = 16\npoll_interval_ms = 200\n\
+                 claim = \"{claim}\"\nlease_secs = 5\ndelivery_timeout_secs = 2\nshutdown_grace_secs = 3\n\
+                 startup_timeout_secs = 120\n\
+                 [[routes]]\npattern = \"*\"\ntransport = \"nats\"\nurl = \"{}\"\nsubject = \"chaos.{{event_type}}\"\n",
+                plan.workers,
+                plan.batch,
+                nats.url()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        configs.push(config);
+    }
     let mut relays = Relays {
         outbox,
-        config,
+        configs,
         database_url: cluster.url(),
         logs: dir.clone(),
         slots: (0..plan.relays).map(|_| None).collect(),
