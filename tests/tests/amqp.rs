@@ -27,6 +27,21 @@ async fn broker() -> lapin::Channel {
     connection.create_channel().await.unwrap()
 }
 
+/// Runs a test against the broker within two minutes. A broker that accepts connections but
+/// stops answering (queue operations hanging) then fails the test, saying how to fix it,
+/// instead of holding up the whole run.
+async fn bounded(test: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(std::time::Duration::from_secs(120), test)
+        .await
+        .is_err()
+    {
+        panic!(
+            "RabbitMQ at {} stopped answering for 120 s; restart it: rabbitmqctl stop; rabbitmq-server -detached",
+            url()
+        );
+    }
+}
+
 fn header(headers: &FieldTable, name: &str) -> String {
     match headers.inner().get(name) {
         Some(AMQPValue::LongString(s)) => s.to_string(),
@@ -43,6 +58,10 @@ fn stored(t: &str) -> OutboxEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_events_arrive_persistent_with_their_id_and_headers() {
+    bounded(committed_events_arrive_persistent_with_their_id_and_headers_body()).await;
+}
+
+async fn committed_events_arrive_persistent_with_their_id_and_headers_body() {
     let channel = broker().await;
     let queue = format!("q{}", uuid::Uuid::now_v7().simple());
     channel
@@ -103,6 +122,10 @@ async fn committed_events_arrive_persistent_with_their_id_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_is_permanent_and_an_unreachable_broker_is_retryable() {
+    bounded(unroutable_is_permanent_and_an_unreachable_broker_is_retryable_body()).await;
+}
+
+async fn unroutable_is_permanent_and_an_unreachable_broker_is_retryable_body() {
     let nowhere = format!("nobody-listens-{}", uuid::Uuid::now_v7().simple());
     let key = nowhere.clone();
     let transport =

@@ -15,7 +15,7 @@ use outbox_core::{
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{PgHarness, foreign_row, pool, pool_with};
-use outbox_worker::Worker;
+use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -231,6 +231,15 @@ impl Transport for Exclusive {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_drain_ten_thousand_events_without_overlap() {
+    four_workers_drain(ClaimMode::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_locked_workers_drain_ten_thousand_events_without_overlap() {
+    four_workers_drain(ClaimMode::Locked).await;
+}
+
+async fn four_workers_drain(mode: ClaimMode) {
     let h = PgHarness::with_pool_size(10).await;
     let store = h.store().with_clock(Arc::new(SystemClock));
     for chunk in 0..10 {
@@ -244,6 +253,7 @@ async fn four_workers_drain_ten_thousand_events_without_overlap() {
     for w in 0..4 {
         let worker = Worker::builder(store.clone(), transport.clone())
             .worker_id(format!("w{w}"))
+            .claim_mode(mode)
             .batch_size(100)
             .concurrency(8)
             .build()
@@ -901,6 +911,15 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
 /// it instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_row_is_isolated_and_reported() {
+    unreadable_rows_isolated(ClaimMode::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_is_isolated_by_a_locked_claim_too() {
+    unreadable_rows_isolated(ClaimMode::Locked).await;
+}
+
+async fn unreadable_rows_isolated(mode: ClaimMode) {
     let h = PgHarness::new().await;
     let store = h.store();
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
@@ -926,6 +945,7 @@ async fn an_unreadable_row_is_isolated_and_reported() {
     let transport = outbox_memory::RecordingTransport::new();
     let report = Worker::builder(store.clone(), transport.clone())
         .clock(Arc::new(h.clock().clone()))
+        .claim_mode(mode)
         .build()
         .unwrap()
         .run_until_idle()
@@ -1052,5 +1072,57 @@ async fn keyword_schema_names_work() {
         PgConfig::new().with_schema("pg_x"),
     );
     assert_eq!(reserved.unwrap_err().field(), "schema");
+    h.cleanup().await;
+}
+
+/// A locked claim whose holder goes quiet for longer than its hold is ended by the database
+/// (`idle_in_transaction_session_timeout`, set for that transaction only): its events are
+/// claimable again, untried, and the late settlement fails, recording nothing. The hold runs on
+/// the server's wall clock, so this waits for it (bounded by `GUARD`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_ends_a_locked_claim_past_its_hold() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
+    let now = h.clock().now_utc();
+    let stalled = store
+        .claim_locked(10, Duration::from_millis(200), now)
+        .await
+        .unwrap();
+    assert_eq!(stalled.events.len(), 1);
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let again = store.claim_locked(10, GUARD, now).await.unwrap();
+        if again.events.iter().any(|e| e.id == id) {
+            again
+                .batch
+                .finish(&outbox_core::Settlement::default(), now)
+                .await
+                .unwrap();
+            break;
+        }
+        drop(again);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled claim still held its event after {GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = outbox_core::Settlement {
+        delivered: vec![id],
+        ..Default::default()
+    };
+    assert!(
+        stalled.batch.finish(&late, now).await.is_err(),
+        "a settlement after the hold ended must fail"
+    );
+    let event = store.fetch(id).await.unwrap();
+    assert_eq!((event.status(), event.attempts()), (Status::Pending, 0));
+    // The setting was the claim's transaction's alone: the pool's sessions keep no limit.
+    let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(limit, "0");
     h.cleanup().await;
 }

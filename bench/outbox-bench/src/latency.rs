@@ -53,6 +53,7 @@ async fn measure(
     let store = PgStore::new(pool.clone(), config)?;
     let delivered = Stamps::default();
     let worker = Worker::builder(store.clone(), StampTransport(delivered.clone()))
+        .claim_mode(outbox_worker::ClaimMode::Locked)
         .poll_interval(poll)
         .batch_size(100)
         .concurrency(16)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use outbox_core::{Emit, NewEvent, Transport};
 use outbox_postgres::{PgConfig, PgStore};
-use outbox_worker::Worker;
+use outbox_worker::{ClaimMode, Worker};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
@@ -227,6 +227,7 @@ pub(crate) async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
 async fn relay_pair(
     s: &Setup,
     store: &PgStore,
+    mode: ClaimMode,
     workers: usize,
     batch: usize,
     backlog: usize,
@@ -240,7 +241,7 @@ async fn relay_pair(
             let (n, t) = if raw {
                 drain_raw(s, workers, batch).await?
             } else {
-                drain_outbox(store, workers, batch).await?
+                drain_with(store, NoopTransport, mode, workers, batch, 32).await?
             };
             counts[usize::from(raw)] += n;
             times[usize::from(raw)] += t;
@@ -255,19 +256,12 @@ async fn relay_pair(
     ))
 }
 
-async fn drain_outbox(
-    store: &PgStore,
-    workers: usize,
-    batch: usize,
-) -> Result<(u64, Duration), BenchError> {
-    drain_with(store, NoopTransport, workers, batch, 32).await
-}
-
-/// Drains the store's backlog with `workers` workers delivering through `transport`; returns
-/// how many events were delivered and how long it took.
+/// Drains the store's backlog with `workers` workers delivering through `transport`, claiming
+/// in `mode`; returns how many events were delivered and how long it took.
 pub(crate) async fn drain_with<T: Transport + Clone + 'static>(
     store: &PgStore,
     transport: T,
+    mode: ClaimMode,
     workers: usize,
     batch: usize,
     concurrency: usize,
@@ -279,6 +273,7 @@ pub(crate) async fn drain_with<T: Transport + Clone + 'static>(
             .worker_id(format!("bench-{w}"))
             .batch_size(batch)
             .concurrency(concurrency)
+            .claim_mode(mode)
             .retention(None)
             .build()?;
         tasks.spawn(async move { worker.run_until_idle().await });
@@ -402,47 +397,60 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
 
     let batches: &[usize] = if args.quick { &[100] } else { &[10, 100, 1000] };
     let mut plot = Vec::new();
+    // The relay's default claim mode (locked) is the headline; leases beside it at batch 100.
+    let deleting = PgStore::new(
+        s.pool.clone(),
+        PgConfig::new()
+            .with_schema(SCHEMA)
+            .with_delete_delivered(true),
+    )?;
     for &batch in batches.iter().filter(|_| args.runs(Workload::Relay)) {
         for workers in [1, 4] {
-            let (o, r) = relay_pair(&s, &s.store, workers, batch, backlog).await?;
             let key = format!("relay.w{workers}_b{batch}");
+            let (o, r) =
+                relay_pair(&s, &s.store, ClaimMode::Locked, workers, batch, backlog).await?;
             summary.put(&format!("{key}_outbox_events_per_s"), o, "events/s");
             summary.put(&format!("{key}_raw_events_per_s"), r, "events/s");
             plot.push((workers, batch, o, r, None));
-            if batch == 100 && workers == 4 {
-                summary.put("relay.outbox_events_per_s", o, "events/s");
-                summary.put("relay.raw_events_per_s", r, "events/s");
-                summary.put("relay.ratio", o / r, "outbox/raw");
+            if batch != 100 {
+                continue;
             }
-            if batch == 100 {
-                // The same with acknowledged events deleted instead of kept as delivered.
-                let deleting = PgStore::new(
-                    s.pool.clone(),
-                    PgConfig::new()
-                        .with_schema(SCHEMA)
-                        .with_delete_delivered(true),
+            let (lo, lr) =
+                relay_pair(&s, &s.store, ClaimMode::Lease, workers, batch, backlog).await?;
+            summary.put(&format!("{key}_lease_events_per_s"), lo, "events/s");
+            summary.put(&format!("{key}_lease_raw_events_per_s"), lr, "events/s");
+            // The same with acknowledged events deleted instead of kept as delivered.
+            let (d, dr) =
+                relay_pair(&s, &deleting, ClaimMode::Locked, workers, batch, backlog).await?;
+            summary.put(&format!("{key}_delete_events_per_s"), d, "events/s");
+            summary.put(&format!("{key}_delete_raw_events_per_s"), dr, "events/s");
+            if workers != 4 {
+                continue;
+            }
+            summary.put("relay.outbox_events_per_s", o, "events/s");
+            summary.put("relay.raw_events_per_s", r, "events/s");
+            summary.put("relay.ratio", o / r, "outbox/raw");
+            summary.put("relay.lease_events_per_s", lo, "events/s");
+            summary.put("relay.lease_ratio", lo / lr, "outbox/raw");
+            summary.put("relay.delete_events_per_s", d, "events/s");
+            summary.put("relay.delete_ratio", d / dr, "outbox/raw");
+            let (ld, ldr) =
+                relay_pair(&s, &deleting, ClaimMode::Lease, workers, batch, backlog).await?;
+            summary.put("relay.lease_delete_events_per_s", ld, "events/s");
+            summary.put("relay.lease_delete_ratio", ld / ldr, "outbox/raw");
+            if let Some(pgmq) = &pgmq {
+                // 4 consumers × 100, read then delete on ack, the same backlog.
+                let rate = pgmq.figure(
+                    &["drain", "--backlog", &backlog.to_string()],
+                    "events_per_s",
                 )?;
-                let (o, r) = relay_pair(&s, &deleting, workers, batch, backlog).await?;
-                summary.put(&format!("{key}_delete_events_per_s"), o, "events/s");
-                summary.put(&format!("{key}_delete_raw_events_per_s"), r, "events/s");
-                if workers == 4 {
-                    summary.put("relay.delete_ratio", o / r, "outbox/raw");
-                    if let Some(pgmq) = &pgmq {
-                        // 4 consumers × 100, read then delete on ack, the same backlog.
-                        let rate = pgmq.figure(
-                            &["drain", "--backlog", &backlog.to_string()],
-                            "events_per_s",
-                        )?;
-                        summary.put("peers.pgmq_drain_per_s", rate, "events/s");
-                        if let Some(row) = plot.last_mut() {
-                            row.4 = Some(rate);
-                        }
-                        if let Some(kept) = summary.get("relay.outbox_events_per_s") {
-                            summary.put("relay.vs_pgmq", kept / rate, "outbox/pgmq");
-                        }
-                        summary.put("relay.delete_vs_pgmq", o / rate, "outbox/pgmq");
-                    }
+                summary.put("peers.pgmq_drain_per_s", rate, "events/s");
+                if let Some(row) = plot.last_mut() {
+                    row.4 = Some(rate);
                 }
+                summary.put("relay.vs_pgmq", o / rate, "outbox/pgmq");
+                summary.put("relay.lease_vs_pgmq", lo / rate, "outbox/pgmq");
+                summary.put("relay.delete_vs_pgmq", d / rate, "outbox/pgmq");
             }
         }
     }
@@ -532,6 +540,7 @@ pub fn drain_rss_child(args: &Args) -> std::process::ExitCode {
             .await?;
         let store = PgStore::new(pool, PgConfig::new().with_schema(SCHEMA))?;
         let worker = Worker::builder(store, NoopTransport)
+            .claim_mode(ClaimMode::Locked)
             .batch_size(100)
             .concurrency(32)
             .retention(None)

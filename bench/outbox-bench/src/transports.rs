@@ -6,9 +6,11 @@ use outbox_core::{OutboxEvent, Transport};
 
 use crate::pg::{Setup, fill, setup, truncate};
 use crate::{BenchError, Summary, per_second};
+use outbox_worker::ClaimMode;
 
 async fn drain<T: Transport + Clone + 'static>(s: &Setup, transport: T) -> Result<f64, BenchError> {
-    let (delivered, took) = crate::pg::drain_with(&s.store, transport, 4, 100, 64).await?;
+    let (delivered, took) =
+        crate::pg::drain_with(&s.store, transport, ClaimMode::Locked, 4, 100, 64).await?;
     Ok(per_second(delivered, took))
 }
 
