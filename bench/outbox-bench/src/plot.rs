@@ -71,7 +71,7 @@ pub fn relay_svg(rows: &[Row]) -> String {
     }
     let _ = write!(
         svg,
-        r##"<rect x="{lx}" y="{ly}" width="12" height="12" fill="#2b6cb0"/><text x="{tx}" y="{ty}">outbox (claim + batched ack)</text>
+        r##"<rect x="{lx}" y="{ly}" width="12" height="12" fill="#2b6cb0"/><text x="{tx}" y="{ty}">outbox (locked claim, one settlement per batch)</text>
 <rect x="{lx2}" y="{ly}" width="12" height="12" fill="#a0aec0"/><text x="{tx2}" y="{ty}">raw SQL (claim-and-mark in one statement)</text>
 <rect x="{lx3}" y="{ly}" width="12" height="12" fill="#dd6b20"/><text x="{tx3}" y="{ty}">pgmq (read + delete)</text>
 <text x="{cx}" y="{by}" text-anchor="middle">workers × batch size</text>
