@@ -4,7 +4,8 @@
 //! A worker waits for a wake-up from the store (or its poll interval), claims a batch of due
 //! events under a lease, delivers them with bounded concurrency and a per-delivery timeout,
 //! renews the lease while they run, and records the outcomes in one call per kind: delivered,
-//! rescheduled with backoff, or dead. A retention sweep deletes old delivered events. On
+//! rescheduled with backoff, or dead. With [`ClaimMode::Locked`] it holds the batch under row
+//! locks instead and records every outcome in one commit (fewer writes, for fast transports). A retention sweep deletes old delivered events. On
 //! cancellation it stops claiming, lets in-flight deliveries finish within a grace period and
 //! releases the rest, so nothing is lost. Every worker reports deliveries, their durations and
 //! outcomes through the `metrics` facade ([`metrics`] lists the names), to whatever recorder
