@@ -141,14 +141,10 @@ impl PgStore {
         ids: &[EventId],
         outcome: Outcome,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        if ids.is_empty() {
+        let Some(query) = fenced_statement(sql, lease, ids)? else {
             return Ok(Vec::new());
-        }
-        let query = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(lease.map(|l| *l.as_uuid()))
-            .bind(uuids(ids))
-            .bind(self.injected_now());
+        };
+        let query = query.bind(self.injected_now());
         fenced(exec, query, ids, |_| Ok(outcome)).await
     }
 
@@ -161,16 +157,13 @@ impl PgStore {
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(failures.iter().map(|f| f.id))?;
-        if failures.is_empty() {
-            return Ok(Vec::new());
-        }
         let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
+        let Some(query) = fenced_statement(sql, lease, &ids)? else {
+            return Ok(Vec::new());
+        };
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let retry_at: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.retry_at).collect();
-        let query = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(lease.map(|l| *l.as_uuid()))
-            .bind(uuids(&ids))
+        let query = query
             .bind(now)
             .bind(errors)
             .bind(retry_at)
@@ -201,13 +194,10 @@ impl PgStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        if ids.is_empty() {
+        let Some(query) = fenced_statement(sql, lease, ids)? else {
             return Ok(Vec::new());
-        }
-        let query = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(lease.map(|l| *l.as_uuid()))
-            .bind(uuids(ids))
+        };
+        let query = query
             .bind(now)
             .bind(until)
             .bind(reason)
@@ -256,6 +246,27 @@ fn decode_rows(
         }
     }
     Ok((events, bad))
+}
+
+/// The start of a fenced statement about `ids`, `$1` the lease (NULL for a locked claim) and
+/// `$2` the ids; refused if an event is named twice, `None` if none is named.
+fn fenced_statement(
+    sql: &Arc<str>,
+    lease: Option<LeaseId>,
+    ids: &[EventId],
+) -> Result<
+    Option<sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>>,
+    StoreError,
+> {
+    distinct_ids(ids.iter().copied())?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.map(|l| *l.as_uuid()))
+            .bind(uuids(ids)),
+    ))
 }
 
 /// Runs a fenced statement returning the ids it changed, each with the outcome `changed` reads
