@@ -336,6 +336,29 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Advice when batches are held under locked claims while a route delivers to webhooks:
+    /// a receiver that takes seconds keeps each worker's transaction open as long, and
+    /// `claim = "lease"` holds nothing open meanwhile. `None` when there is nothing to say.
+    pub fn claim_advice(&self) -> Option<String> {
+        if self.relay.claim != Claim::Locked {
+            return None;
+        }
+        let webhooks: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| matches!(r.transport, TransportConfig::Webhook { .. }))
+            .map(|r| r.pattern.as_str())
+            .collect();
+        (!webhooks.is_empty()).then(|| {
+            format!(
+                "relay.claim is \"locked\" and route(s) {} deliver to webhooks: while a receiver \
+                 answers slowly each worker keeps a database transaction open for its whole batch; \
+                 set claim = \"lease\" if receivers can take seconds",
+                webhooks.join(", ")
+            )
+        })
+    }
+
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -620,6 +643,23 @@ mod tests {
         let c = RelayConfig::default().worker_config().expect("valid");
         assert_eq!(c.retention, Some(Duration::from_secs(168 * 3600)));
         assert_eq!(c.claim_mode, ClaimMode::Locked);
+    }
+
+    #[test]
+    fn locked_claims_with_webhooks_come_with_advice() {
+        let webhook = "[[routes]]\npattern = \"billing.*\"\ntransport = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\n";
+        let parse = |text: &str| toml::from_str::<Config>(text).expect("parses");
+        let advice = parse(webhook)
+            .claim_advice()
+            .expect("locked by default: advice");
+        assert!(
+            advice.contains("billing.*") && advice.contains("lease"),
+            "{advice}"
+        );
+        let leased = parse(&format!("[relay]\nclaim = \"lease\"\n{webhook}"));
+        assert_eq!(leased.claim_advice(), None);
+        let brokers = parse("[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n");
+        assert_eq!(brokers.claim_advice(), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use outbox_worker::Worker;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use std::str::FromStr;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::startup::Startup;
@@ -310,6 +310,9 @@ async fn start(
     }
     let r = &config.relay;
     let settings = r.worker_config()?;
+    if let Some(advice) = config.claim_advice() {
+        warn!("{advice}");
+    }
     let startup = Startup::within(r.startup_timeout()?);
     // The endpoint's address first, then the routes: a mistake in the file is reported before
     // anything connects, and the port is ours before any worker claims an event.
