@@ -300,8 +300,14 @@ async fn latency(
         .await?;
     let total = u64::from(rate) * seconds;
     let (committed, arrived) = (Stamps::default(), Stamps::default());
+    // The consumer reads on connections of its own, as the outbox's worker has its store's:
+    // producers that fall behind must not starve it of the pool.
+    let reading = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
     let consumer = {
-        let queue = PGMQueueExt::new_with_pool(pool.clone()).await;
+        let queue = PGMQueueExt::new_with_pool(reading.clone()).await;
         let arrived = Arc::clone(&arrived);
         tokio::spawn(async move {
             let mut seen = 0;
@@ -361,6 +367,7 @@ async fn latency(
         .map_err(|_| "the consumer did not read every message within 10 s")???;
     queue.disable_notify_insert(QUEUE).await?;
     listening.close().await;
+    reading.close().await;
 
     let committed = std::mem::take(&mut *committed.lock().unwrap_or_else(PoisonError::into_inner));
     let arrived = std::mem::take(&mut *arrived.lock().unwrap_or_else(PoisonError::into_inner));
