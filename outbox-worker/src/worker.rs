@@ -128,9 +128,10 @@ where
     /// `error_backoff`; they never stop the worker.
     ///
     /// On cancel it stops claiming, gives in-flight deliveries `shutdown_grace` to finish,
-    /// releases what is left and returns what it did. It does not stop on an error; the
-    /// `Result` is there so every entry point ([`run_until_idle`](Self::run_until_idle),
-    /// [`RunningWorker::shutdown`]) reads alike.
+    /// releases what is left and returns what it did. It stops on one error only: a store that
+    /// refuses what the worker's settings need ([`StoreError::Unsupported`], such as
+    /// [`ClaimMode::Locked`](crate::ClaimMode::Locked) on a store without locked claims), which
+    /// no retry can change.
     pub async fn run(&self, cancel: CancellationToken) -> Result<WorkerReport, WorkerError> {
         let mut report = WorkerReport::default();
         let mut wakeups = self.store.wakeups();
@@ -155,6 +156,12 @@ where
                         next_reclaim = later(self.config.poll_interval);
                     }
                     claimed
+                }
+                Err(error @ StoreError::Unsupported { .. }) => {
+                    // Asking again cannot help: a setting asks what this store does not offer
+                    // (a locked claim of a store without them, say).
+                    warn!(worker = %self.config.worker_id, %error, "the store refuses what this worker needs; stopping");
+                    return Err(WorkerError::Store(error));
                 }
                 Err(error) => {
                     ::metrics::counter!(metrics::STORE_ERRORS).increment(1);

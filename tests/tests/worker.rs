@@ -342,3 +342,31 @@ fn the_worker_reports_through_the_metrics_facade() {
     assert_eq!(delivered.1, 2);
     assert!((delivered.2 - 0.25).abs() < 0.01, "{slow:?}");
 }
+
+/// A worker set to claim under locks, on a store that does not offer locked claims (this
+/// wrapper forwards only the lease methods), stops at once with the store's refusal instead of
+/// retrying it for ever.
+#[tokio::test(start_paused = true)]
+async fn a_store_without_locked_claims_stops_a_locked_worker_with_the_reason() {
+    let f = Fixture::new();
+    f.emit(uploads(1)).await;
+    let worker = Worker::builder(AckFails(f.store.clone()), f.transport.clone())
+        .clock(f.clock.clone())
+        .claim_mode(ClaimMode::Locked)
+        .build()
+        .unwrap();
+    // Left alone (never cancelled), it must end by itself; an hour of paused time is the guard.
+    let ended = tokio::time::timeout(
+        Duration::from_secs(3600),
+        worker.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the worker kept retrying what the store refuses");
+    match ended {
+        Err(outbox_worker::WorkerError::Store(StoreError::Unsupported { operation })) => {
+            assert_eq!(operation, "claim_locked")
+        }
+        other => panic!("expected the store's refusal, got {other:?}"),
+    }
+    assert!(f.transport.attempts().is_empty());
+}
