@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, OutboxEvent};
-use crate::status::{Lease, LeaseId, Transition};
+use crate::status::{LeaseId, Transition};
 use crate::store::{Failure, Recorded, distinct_ids};
 
 /// Events given back untried, due again only at `until` (a time on the caller's clock, read
@@ -104,16 +104,6 @@ impl Settlement {
             out.push((*id, None));
         }
         out
-    }
-
-    /// A lease standing for a locked claim, for [`transitions`](Self::transitions): held by
-    /// `holder` until `until`.
-    pub fn lease_for_lock(holder: &str, until: DateTime<Utc>) -> Lease {
-        Lease {
-            id: LeaseId::new(),
-            holder: holder.to_owned(),
-            until,
-        }
     }
 }
 

@@ -692,7 +692,12 @@ impl LockedBatch for MemoryLockedBatch {
             {
                 let mut state = self.store.lock();
                 self.held(&mut state, at)?;
-                let lease = Settlement::lease_for_lock("locked-claim", add(at, self.hold));
+                // The state machine's claim needs a lease: one that stands for this lock.
+                let lease = Lease {
+                    id: LeaseId::new(),
+                    holder: "locked-claim".to_owned(),
+                    until: add(at, self.hold),
+                };
                 let claim = Transition::Claim {
                     lease: lease.clone(),
                 };
