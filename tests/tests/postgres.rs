@@ -808,6 +808,112 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     h.cleanup().await;
 }
 
+/// Reports each delivery as it starts; the first `held` deliveries then wait for the gate.
+struct Gated {
+    started: mpsc::UnboundedSender<EventId>,
+    gate: Arc<tokio::sync::Semaphore>,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for Gated {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        let _ = self.started.send(event.id);
+        let hold = self
+            .held
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if hold {
+            let _permit = self.gate.acquire().await;
+        }
+        Ok(())
+    }
+}
+
+/// A locked batch whose connection dies while it is being delivered records nothing: the
+/// database ended its transaction, so its events are pending again, untried, and the worker
+/// (which finds its settlement refused) claims and delivers them again — at least once, and
+/// each event ends delivered with one attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
+    let h = PgHarness::new().await;
+    let name = format!("{}_fragile_locked", h.schema());
+    let options = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .test_before_acquire(false);
+    let fragile = PgStore::new(
+        pool_with(&name, options).await,
+        PgConfig::new().with_schema(h.schema()),
+    )
+    .unwrap();
+    let admin = pool("admin", 1).await;
+    let ids: Vec<EventId> = h
+        .emit((0..4).map(upload).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let transport = Gated {
+        started,
+        gate: gate.clone(),
+        held: std::sync::atomic::AtomicUsize::new(4),
+    };
+    let worker = Worker::builder(fragile.clone(), transport)
+        .claim_mode(ClaimMode::Locked)
+        .concurrency(4)
+        .poll_interval(Duration::from_millis(50))
+        .error_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let running = worker.spawn();
+    let mut first = HashSet::new();
+    while first.len() < 4 {
+        let id = tokio::time::timeout(GUARD, starts.recv())
+            .await
+            .expect("the batch did not start")
+            .unwrap();
+        first.insert(id);
+    }
+    // Mid-batch: every connection of the worker's pool is cut, the locked one among them.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    let counts = h.store().count_by_status().await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.in_flight),
+        (4, 0),
+        "nothing was written"
+    );
+    gate.add_permits(4);
+    let mut again = HashSet::new();
+    while again.len() < 4 {
+        let id = tokio::time::timeout(GUARD, starts.recv())
+            .await
+            .expect("the events were not delivered again")
+            .unwrap();
+        again.insert(id);
+    }
+    let report = running.shutdown().await.unwrap();
+    assert_eq!(report.delivered, 4, "only the second settlement counted");
+    for id in ids {
+        let e = h.store().fetch(id).await.unwrap();
+        assert_eq!((e.status(), e.attempts()), (Status::Delivered, 1));
+    }
+    admin.close().await;
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_and_roll_back() {
     let h = PgHarness::new().await;
