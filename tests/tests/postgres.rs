@@ -745,8 +745,10 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     let fragile = PgStore::new(fragile_pool, PgConfig::new().with_schema(h.schema())).unwrap();
     let admin = pool("admin", 1).await;
     let kill = || async {
+        // The timeout makes it wait (up to 10 s) until the backend is gone: without it the call
+        // only signals the backend, which may still answer a quick next statement.
         sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
         )
         .bind(&name)
         .execute(&admin)
@@ -883,7 +885,7 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
     }
     // Mid-batch: every connection of the worker's pool is cut, the locked one among them.
     sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
     )
     .bind(&name)
     .execute(&admin)
