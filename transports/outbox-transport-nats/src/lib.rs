@@ -15,7 +15,10 @@
 //!
 //! Failures map honestly: no stream for the subject, or a message over the server's size limit,
 //! is permanent (retrying cannot help); a timeout, a broken connection or a full stream is
-//! retryable.
+//! retryable. JetStream answers "no responders" both when no stream stores the subject and
+//! while it is not ready (a server restarting, a stream recovering), so on that answer the
+//! transport asks JetStream which stream stores the subject: permanent only if JetStream says
+//! none does, retryable otherwise.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,7 +30,10 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream::{
+    self,
+    context::{GetStreamByNameErrorKind, PublishErrorKind},
+};
 use async_nats::{HeaderMap, header};
 use async_trait::async_trait;
 use outbox_core::{DeliveryError, OutboxEvent, Transport};
@@ -109,10 +115,6 @@ fn classify(
     error: impl std::error::Error + Send + Sync + 'static,
 ) -> DeliveryError {
     match kind {
-        PublishErrorKind::StreamNotFound => {
-            DeliveryError::permanent(format!("no JetStream stream stores subject {subject:?}"))
-                .with_source(error)
-        }
         PublishErrorKind::MaxPayloadExceeded => DeliveryError::permanent(format!(
             "message for {subject:?} exceeds the server's max_payload"
         ))
@@ -128,17 +130,79 @@ impl Transport for NatsTransport {
         let subject = (self.subject)(event);
         let payload = serde_json::to_vec(&event.payload)
             .map_err(|e| DeliveryError::permanent("payload is not serializable").with_source(e))?;
-        let ack = self
+        let published = self
             .jetstream
             .publish_with_headers(
                 subject.clone(),
                 headers_for(event),
                 bytes::Bytes::from(payload),
             )
-            .await
-            .map_err(|e| classify(&subject, e.kind(), e))?;
-        ack.await.map_err(|e| classify(&subject, e.kind(), e))?;
-        Ok(())
+            .await;
+        let stored = match published {
+            Ok(ack) => ack.await.map(drop),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                let lookup = match self.jetstream.stream_by_subject(subject.as_str()).await {
+                    Ok(_) => StreamLookup::Found,
+                    Err(l) if l.kind() == GetStreamByNameErrorKind::NotFound => {
+                        StreamLookup::Missing
+                    }
+                    Err(l) => StreamLookup::NoAnswer(l.to_string()),
+                };
+                Err(no_responders(&subject, lookup).with_source(e))
+            }
+            Err(e) => Err(classify(&subject, e.kind(), e)),
+        }
+    }
+}
+
+/// What JetStream said when asked which stream stores a subject it had no responder for.
+#[derive(Debug)]
+enum StreamLookup {
+    /// A stream stores it: the missing responder was transient.
+    Found,
+    /// No stream stores it.
+    Missing,
+    /// JetStream did not answer (not ready), with why.
+    NoAnswer(String),
+}
+
+/// A publish that JetStream had no responder for: permanent only when JetStream confirms that
+/// no stream stores the subject.
+fn no_responders(subject: &str, lookup: StreamLookup) -> DeliveryError {
+    match lookup {
+        StreamLookup::Missing => {
+            DeliveryError::permanent(format!("no JetStream stream stores subject {subject:?}"))
+        }
+        StreamLookup::Found => DeliveryError::retryable(format!(
+            "JetStream had no responder for subject {subject:?}, though a stream stores it (recovering?)"
+        )),
+        StreamLookup::NoAnswer(why) => DeliveryError::retryable(format!(
+            "JetStream had no responder for subject {subject:?} and did not say which stream stores it: {why}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod no_responder_tests {
+    use super::{StreamLookup, no_responders};
+
+    /// A broker restarting answers "no responders" for a subject its stream stores: that must
+    /// not kill the event (it did, as a permanent error, in a chaos run's broker outage).
+    #[test]
+    fn only_a_confirmed_missing_stream_is_permanent() {
+        let missing = no_responders("chaos.x", StreamLookup::Missing);
+        assert!(!missing.is_retryable(), "{missing}");
+        assert!(missing.to_string().contains("chaos.x"));
+        assert!(no_responders("chaos.x", StreamLookup::Found).is_retryable());
+        let silent = no_responders("chaos.x", StreamLookup::NoAnswer("timed out".into()));
+        assert!(
+            silent.is_retryable() && silent.to_string().contains("timed out"),
+            "{silent}"
+        );
     }
 }
 
