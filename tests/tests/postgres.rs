@@ -733,28 +733,41 @@ async fn bad_input_is_refused_before_anything_is_written() {
     h.cleanup().await;
 }
 
+/// A store on a pool of `connections` of its own, not tested before use (so a dropped
+/// connection surfaces to the caller), named `<schema>_<suffix>` for `terminate`.
+async fn fragile_store(h: &PgHarness, suffix: &str, connections: u32) -> (PgStore, String) {
+    let name = format!("{}_{suffix}", h.schema());
+    let options = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .test_before_acquire(false);
+    let store = PgStore::new(
+        pool_with(&name, options).await,
+        PgConfig::new().with_schema(h.schema()),
+    )
+    .unwrap();
+    (store, name)
+}
+
+/// Cuts every connection named `name`, and waits (up to 10 s) until their backends are gone:
+/// without the timeout `pg_terminate_backend` only signals a backend, which may still answer a
+/// quick next statement.
+async fn terminate(admin: &sqlx::PgPool, name: &str) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(name)
+    .execute(admin)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     let h = PgHarness::new().await;
-    let name = format!("{}_fragile", h.schema());
     // One connection, not tested before use, so a dropped connection surfaces to the caller.
-    let options = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false);
-    let fragile_pool = pool_with(&name, options).await;
-    let fragile = PgStore::new(fragile_pool, PgConfig::new().with_schema(h.schema())).unwrap();
+    let (fragile, name) = fragile_store(&h, "fragile", 1).await;
     let admin = pool("admin", 1).await;
-    let kill = || async {
-        // The timeout makes it wait (up to 10 s) until the backend is gone: without it the call
-        // only signals the backend, which may still answer a quick next statement.
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind(&name)
-        .execute(&admin)
-        .await
-        .unwrap();
-    };
+    let kill = || terminate(&admin, &name);
 
     fragile.count_by_status().await.unwrap(); // the one connection is open
     kill().await;
@@ -843,15 +856,7 @@ impl Transport for Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
     let h = PgHarness::new().await;
-    let name = format!("{}_fragile_locked", h.schema());
-    let options = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .test_before_acquire(false);
-    let fragile = PgStore::new(
-        pool_with(&name, options).await,
-        PgConfig::new().with_schema(h.schema()),
-    )
-    .unwrap();
+    let (fragile, name) = fragile_store(&h, "fragile_locked", 2).await;
     let admin = pool("admin", 1).await;
     let ids: Vec<EventId> = h
         .emit((0..4).map(upload).collect(), true)
@@ -884,13 +889,7 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
         first.insert(id);
     }
     // Mid-batch: every connection of the worker's pool is cut, the locked one among them.
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(&name)
-    .execute(&admin)
-    .await
-    .unwrap();
+    terminate(&admin, &name).await;
     let counts = h.store().count_by_status().await.unwrap();
     assert_eq!(
         (counts.pending, counts.in_flight),
