@@ -109,3 +109,57 @@ async fn a_subject_without_a_stream_is_a_permanent_error_naming_it() {
         other => panic!("expected a permanent error, got {other:?}"),
     }
 }
+
+/// Kills the server it holds when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server whose JetStream does not answer (here: a server of its own without JetStream, as
+/// one restarting is until its JetStream is up) meets a publish with "no responders". That is
+/// retryable: a broker restarting must not kill events, which the permanent "no stream stores
+/// the subject" did in a chaos run's broker outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_that_does_not_answer_is_retryable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Server(
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("this test starts its own nats-server (Debian's nats-server package)"),
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match async_nats::connect(&url).await {
+                Ok(client) => return client,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the test's nats-server did not start within 30 s");
+    let transport = NatsTransport::with_prefix(client, "events");
+    let event = NewEvent::builder("order.paid", "order", "1")
+        .build()
+        .unwrap()
+        .into_event(EventId::new(), chrono::Utc::now(), 3);
+    match transport.deliver(&event).await {
+        Err(e @ DeliveryError::Retryable { .. }) => {
+            assert!(e.to_string().contains("events.order.paid"), "{e}")
+        }
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+}
