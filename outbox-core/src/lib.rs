@@ -33,6 +33,7 @@ pub mod error;
 pub mod event;
 pub mod limits;
 pub mod locked;
+pub mod ordering;
 pub mod status;
 pub mod store;
 #[cfg(feature = "trace-context")]
@@ -49,6 +50,7 @@ pub use error::{BoxError, StoreError, ValidationError};
 pub use event::{DEFAULT_MAX_ATTEMPTS, EventId, NewEvent, NewEventBuilder, OutboxEvent};
 pub use limits::EmitLimits;
 pub use locked::{Deferral, LockedBatch, LockedClaim, Settlement};
+pub use ordering::{DeadHead, ParkedKey};
 pub use status::{Lease, LeaseId, Lifecycle, Status, Transition, TransitionError, transition};
 pub use store::{
     DynOutboxStore, Emit, Emitted, EventFilter, EventPage, Failure, OutboxStore, OutboxStoreExt,

@@ -2,6 +2,8 @@
 //! [`transition`], the one pure function that decides every change.
 //!
 //! ```text
+//!  Waiting ──promote (the key's earlier event is delivered or skipped)──┐
+//!                                                                      ▼
 //!             claim (due, lease taken)            ack
 //!  Pending ─────────────────────────▶ InFlight ─────────▶ Delivered ──(retention)──▶ purged
 //!    ▲   ▲                              │  │
@@ -15,6 +17,9 @@
 //! event was in flight (the holder presumably died mid-delivery). A release (the worker gives the
 //! event back without trying it, for example on shutdown) does not count, nor does a deferral (a
 //! release that is due only later, for a destination that is paused).
+//!
+//! `Waiting` is where an event with an ordering key stays while an earlier event of its key is
+//! not yet delivered (see [`ordering`](crate::ordering)); only the key's head is ever `Pending`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,6 +34,9 @@ use crate::error::ValidationError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Behind an earlier event of its ordering key; promoted to `Pending` once that one is
+    /// delivered (or skipped). Never claimed.
+    Waiting,
     /// Waiting to be delivered; claimable once `next_attempt_at` has passed.
     Pending,
     /// Claimed by a worker that holds a lease on it until `locked_until`.
@@ -41,16 +49,19 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
+        Status::Waiting,
         Status::Pending,
         Status::InFlight,
         Status::Delivered,
         Status::Dead,
     ];
 
-    /// The stable lowercase name stores persist (`pending`, `in_flight`, `delivered`, `dead`).
+    /// The stable lowercase name stores persist (`waiting`, `pending`, `in_flight`,
+    /// `delivered`, `dead`).
     pub const fn as_str(self) -> &'static str {
         match self {
+            Status::Waiting => "waiting",
             Status::Pending => "pending",
             Status::InFlight => "in_flight",
             Status::Delivered => "delivered",
@@ -153,6 +164,15 @@ impl Lifecycle {
         }
     }
 
+    /// The lifecycle of a freshly emitted event that waits behind an earlier event of its
+    /// ordering key.
+    pub fn waiting(max_attempts: u32, next_attempt_at: DateTime<Utc>) -> Self {
+        Self {
+            status: Status::Waiting,
+            ..Self::pending(max_attempts, next_attempt_at)
+        }
+    }
+
     /// Whether the event may be claimed at `now`.
     pub fn is_due(&self, now: DateTime<Utc>) -> bool {
         self.status == Status::Pending
@@ -213,6 +233,12 @@ pub enum Transition {
         /// Further attempts granted (at least 1).
         extra_attempts: u32,
     },
+    /// The earlier event of a waiting event's ordering key is gone (delivered or skipped): it
+    /// is its key's head now, pending.
+    Promote,
+    /// A pending event that is not its key's head (a revived event whose key moved on) goes to
+    /// the back of its key's queue.
+    Wait,
 }
 
 impl Transition {
@@ -227,6 +253,8 @@ impl Transition {
             Transition::Defer { .. } => "defer",
             Transition::Expire => "expire",
             Transition::Revive { .. } => "revive",
+            Transition::Promote => "promote",
+            Transition::Wait => "wait",
         }
     }
 }
@@ -394,6 +422,18 @@ pub fn transition(
                 .ok_or(TransitionError::TooManyAttempts { limit })?;
             next.status = Status::Pending;
             next.next_attempt_at = now;
+        }
+        Transition::Promote => {
+            if current.status != Status::Waiting {
+                return Err(illegal());
+            }
+            next.status = Status::Pending;
+        }
+        Transition::Wait => {
+            if current.status != Status::Pending {
+                return Err(illegal());
+            }
+            next.status = Status::Waiting;
         }
     }
     Ok(next)
@@ -630,6 +670,8 @@ mod tests {
             },
             Transition::Expire,
             Transition::Revive { extra_attempts: 1 },
+            Transition::Promote,
+            Transition::Wait,
         ];
         let legal = |from: Status, t: &Transition| -> bool {
             matches!(
@@ -642,6 +684,8 @@ mod tests {
                     | (Status::InFlight, Transition::Defer { .. })
                     | (Status::InFlight, Transition::Expire)
                     | (Status::Dead, Transition::Revive { .. })
+                    | (Status::Waiting, Transition::Promote)
+                    | (Status::Pending, Transition::Wait)
             )
         };
         for from in Status::ALL {

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, NewEvent, OutboxEvent};
 use crate::locked::LockedClaim;
+use crate::ordering::ParkedKey;
 use crate::status::{Lease, LeaseId, Status};
 
 /// What emitting an event did.
@@ -213,6 +214,8 @@ pub struct Reclaimed {
 /// Events by status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatusCounts {
+    /// Behind an earlier event of their ordering key.
+    pub waiting: u64,
     /// Waiting for delivery.
     pub pending: u64,
     /// Held by a worker.
@@ -227,15 +230,27 @@ impl StatusCounts {
     /// The count for one status.
     pub fn get(&self, status: Status) -> u64 {
         match status {
+            Status::Waiting => self.waiting,
             Status::Pending => self.pending,
             Status::InFlight => self.in_flight,
             Status::Delivered => self.delivered,
             Status::Dead => self.dead,
         }
     }
+    /// Adds one event in `status`.
+    pub fn add(&mut self, status: Status, n: u64) {
+        let count = match status {
+            Status::Waiting => &mut self.waiting,
+            Status::Pending => &mut self.pending,
+            Status::InFlight => &mut self.in_flight,
+            Status::Delivered => &mut self.delivered,
+            Status::Dead => &mut self.dead,
+        };
+        *count += n;
+    }
     /// All events.
     pub fn total(&self) -> u64 {
-        self.pending + self.in_flight + self.delivered + self.dead
+        self.waiting + self.pending + self.in_flight + self.delivered + self.dead
     }
 }
 
@@ -549,6 +564,33 @@ pub trait OutboxStore: Send + Sync {
             operation: "claim_locked",
         })
     }
+
+    /// Keys parked behind a dead head (see [`ordering`](crate::ordering)), up to `limit`, oldest
+    /// head first.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
+        let _ = limit;
+        Err(StoreError::Unsupported {
+            operation: "parked_keys",
+        })
+    }
+
+    /// Lets the events behind a dead head go on: the dead event gives up its ordering key (it
+    /// stays dead) and the key's next event is promoted. Refused
+    /// ([`StoreError::Transition`]) unless the event is dead and heads its key.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn skip_dead_head(
+        &self,
+        id: EventId,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let _ = (id, now);
+        Err(StoreError::Unsupported {
+            operation: "skip_dead_head",
+        })
+    }
 }
 
 /// The store as a trait object.
@@ -645,6 +687,16 @@ macro_rules! forward_store {
                 now: DateTime<Utc>,
             ) -> Result<LockedClaim, StoreError> {
                 (**self).claim_locked(limit, hold, now).await
+            }
+            async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
+                (**self).parked_keys(limit).await
+            }
+            async fn skip_dead_head(
+                &self,
+                id: EventId,
+                now: DateTime<Utc>,
+            ) -> Result<OutboxEvent, StoreError> {
+                (**self).skip_dead_head(id, now).await
             }
         }
     };

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use outbox_core::clock::{add, translate};
 use outbox_core::locked::validate_hold;
+use outbox_core::ordering::keeps_key;
 use outbox_core::{
-    Clock, DEFAULT_MAX_ATTEMPTS, EmitLimits, EventFilter, EventId, EventPage, Failure, Lease,
-    LeaseId, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded,
-    Settlement, Status, StatusCounts, StoreError, SystemClock, Transition, ValidationError,
-    WakeupSender, Wakeups, distinct_ids, transition,
+    Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId, EventPage, Failure,
+    Lease, LeaseId, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey,
+    Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock, Transition,
+    ValidationError, WakeupSender, Wakeups, distinct_ids, transition,
 };
 
 use crate::conn::Table;
@@ -48,6 +49,15 @@ pub(crate) struct Inner {
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
+    /// What a key's dead head does (see [`DeadHead`]).
+    dead_head: DeadHead,
+    /// Ordering key → its head: the one event of the key that may be pending or in flight (or
+    /// dead, parking the key under [`DeadHead::Block`]).
+    heads: HashMap<String, EventId>,
+    /// Ordering key → its waiting events, in commit order.
+    queues: HashMap<String, BTreeMap<u64, EventId>>,
+    /// The next waiting event's place in its queue.
+    next_place: u64,
     events: BTreeMap<EventId, OutboxEvent>,
     /// Idempotency key → event.
     pub(crate) keys: HashMap<String, EventId>,
@@ -102,6 +112,66 @@ impl State {
         self.events.insert(event.id, event);
     }
 
+    /// Stores a newly committed event: one with an ordering key heads its key if the key has no
+    /// head, and waits behind it otherwise.
+    pub(crate) fn admit(&mut self, mut event: OutboxEvent) {
+        if let Some(key) = event.ordering_key.clone() {
+            match self.heads.entry(key) {
+                std::collections::hash_map::Entry::Occupied(head) => {
+                    event.lifecycle.status = Status::Waiting;
+                    let key = head.key().clone();
+                    self.enqueue(key, event.id);
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(event.id);
+                }
+            }
+        }
+        self.put(event);
+    }
+
+    /// Puts `id` at the back of its key's queue.
+    fn enqueue(&mut self, key: String, id: EventId) {
+        let place = self.next_place;
+        self.next_place = place.wrapping_add(1);
+        self.queues.entry(key).or_default().insert(place, id);
+    }
+
+    /// Whether `event` heads its ordering key.
+    fn heads_key(&self, event: &OutboxEvent) -> bool {
+        event
+            .ordering_key
+            .as_ref()
+            .is_some_and(|k| self.heads.get(k) == Some(&event.id))
+    }
+
+    /// Stores a changed event; if it headed its key and no longer keeps it (see
+    /// [`keeps_key`]), the key's next waiting event is promoted in the same change.
+    fn update(&mut self, event: OutboxEvent, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let released = (self.heads_key(&event) && !keeps_key(event.status(), self.dead_head))
+            .then(|| event.ordering_key.clone())
+            .flatten();
+        self.put(event);
+        if let Some(key) = released {
+            self.release_key(&key, at)?;
+        }
+        Ok(())
+    }
+
+    /// The key's head is gone: its first waiting event, if any, is promoted and heads it.
+    fn release_key(&mut self, key: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.heads.remove(key);
+        let next = self.queues.get_mut(key).and_then(|q| q.pop_first());
+        if self.queues.get(key).is_some_and(BTreeMap::is_empty) {
+            self.queues.remove(key);
+        }
+        if let Some((_, id)) = next {
+            self.heads.insert(key.to_owned(), id);
+            self.apply(id, &Transition::Promote, at)?;
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, id: EventId) {
         if let Some(old) = self.events.remove(&id) {
             self.index_remove(&old);
@@ -124,7 +194,7 @@ impl State {
         let mut next = event.clone();
         next.lifecycle = lifecycle;
         next.updated_at = now;
-        self.put(next.clone());
+        self.update(next.clone(), now)?;
         Ok(next)
     }
 
@@ -196,6 +266,17 @@ impl State {
     }
 }
 
+/// Why [`OutboxStore::skip_dead_head`] refused `event`.
+pub(crate) fn not_a_dead_head(event: &OutboxEvent) -> StoreError {
+    StoreError::Transition {
+        id: event.id,
+        source: outbox_core::TransitionError::Illegal {
+            from: event.status(),
+            transition: "skip",
+        },
+    }
+}
+
 /// What a lease-holder transition that was applied did to `event`, as reported to the caller.
 fn outcome_of(t: &Transition, event: &OutboxEvent) -> Outcome {
     match (t, event.status()) {
@@ -236,6 +317,7 @@ impl MemoryStore {
             limits: EmitLimits::default(),
             wakeups: true,
             delete_delivered: false,
+            dead_head: DeadHead::default(),
         }
     }
 
@@ -315,9 +397,17 @@ pub struct MemoryStoreBuilder {
     limits: EmitLimits,
     wakeups: bool,
     delete_delivered: bool,
+    dead_head: DeadHead,
 }
 
 impl MemoryStoreBuilder {
+    /// What happens to an ordering key whose head dies (default [`DeadHead::Block`]), as
+    /// `PgConfig::with_dead_head` sets it for PostgreSQL; see [`outbox_core::ordering`].
+    pub fn dead_head(mut self, policy: DeadHead) -> Self {
+        self.dead_head = policy;
+        self
+    }
+
     /// The store's clock (default: system time): emitted events are stamped with it, and it
     /// decides when events are due and leases expire.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -360,7 +450,10 @@ impl MemoryStoreBuilder {
     pub fn build(self) -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    dead_head: self.dead_head,
+                    ..State::default()
+                }),
                 tables: Mutex::new(HashMap::new()),
                 extensions: Mutex::new(HashMap::new()),
                 wake: self.wakeups.then(WakeupSender::new),
@@ -583,12 +676,7 @@ impl OutboxStore for MemoryStore {
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         let mut counts = StatusCounts::default();
         for event in self.lock().events.values() {
-            match event.status() {
-                Status::Pending => counts.pending += 1,
-                Status::InFlight => counts.in_flight += 1,
-                Status::Delivered => counts.delivered += 1,
-                Status::Dead => counts.dead += 1,
-            }
+            counts.add(event.status(), 1);
         }
         Ok(counts)
     }
@@ -600,9 +688,71 @@ impl OutboxStore for MemoryStore {
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
         let at = self.now();
-        let event = self
-            .lock()
-            .apply(id, &Transition::Revive { extra_attempts }, at)?;
+        let mut state = self.lock();
+        let mut event = state.apply(id, &Transition::Revive { extra_attempts }, at)?;
+        // A dead event that gave up its key (skipped) rejoins it: at the back of its queue, or
+        // as its head if the key has none now.
+        if let Some(key) = event.ordering_key.clone() {
+            match state.heads.get(&key) {
+                Some(head) if *head == id => {}
+                Some(_) => {
+                    event = state.apply(id, &Transition::Wait, at)?;
+                    state.enqueue(key, id);
+                }
+                None => {
+                    state.heads.insert(key, id);
+                }
+            }
+        }
+        drop(state);
+        self.wake();
+        Ok(event)
+    }
+
+    async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
+        let state = self.lock();
+        let mut parked: Vec<(DateTime<Utc>, ParkedKey)> = state
+            .heads
+            .iter()
+            .filter_map(|(key, id)| {
+                let head = state
+                    .events
+                    .get(id)
+                    .filter(|e| e.status() == Status::Dead)?;
+                let waiting = state.queues.get(key).map_or(0, |q| q.len() as u64);
+                Some((
+                    head.created_at,
+                    ParkedKey {
+                        key: key.clone(),
+                        head: *id,
+                        waiting,
+                    },
+                ))
+            })
+            .collect();
+        parked.sort_by_key(|(created, p)| (*created, p.head));
+        Ok(parked.into_iter().take(limit).map(|(_, p)| p).collect())
+    }
+
+    async fn skip_dead_head(
+        &self,
+        id: EventId,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let at = self.now();
+        let mut state = self.lock();
+        let event = state
+            .events
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))?;
+        let key = event
+            .ordering_key
+            .clone()
+            .filter(|_| event.status() == Status::Dead && state.heads_key(&event))
+            .ok_or_else(|| not_a_dead_head(&event))?;
+        state.release_key(&key, at)?;
+        drop(state);
         self.wake();
         Ok(event)
     }
@@ -729,7 +879,7 @@ impl LockedBatch for MemoryLockedBatch {
                     recorded.push(Recorded { id, outcome });
                 }
                 for event in settled {
-                    state.put(event);
+                    state.update(event, at)?;
                 }
                 let named: BTreeSet<EventId> = settlement.ids().collect();
                 recorded.extend(self.ids.iter().filter(|id| !named.contains(id)).map(|id| {

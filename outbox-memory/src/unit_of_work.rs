@@ -142,7 +142,7 @@ impl UnitOfWork {
                     committed.duplicates.push(event.id);
                 } else {
                     committed.stored.push(event.id);
-                    state.put(event);
+                    state.admit(event);
                 }
             }
             for (id, (read, value)) in self.conn.copies.drain() {

@@ -1,6 +1,6 @@
 //! Where the outbox lives (schema, table) and the limits it enforces, validated on construction.
 
-use outbox_core::{DEFAULT_MAX_ATTEMPTS, EmitLimits, ValidationError};
+use outbox_core::{DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, ValidationError};
 
 /// Longest table name: index and trigger names append up to 16 bytes to it, within PostgreSQL's 63.
 pub const MAX_TABLE_LEN: usize = 47;
@@ -15,6 +15,7 @@ pub struct PgConfig {
     pub(crate) default_max_attempts: u32,
     pub(crate) listen: bool,
     pub(crate) delete_delivered: bool,
+    pub(crate) dead_head: DeadHead,
 }
 
 impl Default for PgConfig {
@@ -33,6 +34,7 @@ impl PgConfig {
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
             listen: true,
             delete_delivered: false,
+            dead_head: DeadHead::Block,
         }
     }
 
@@ -101,6 +103,20 @@ impl PgConfig {
     /// [`with_delete_delivered`](Self::with_delete_delivered)).
     pub fn delete_delivered(&self) -> bool {
         self.delete_delivered
+    }
+
+    /// What happens to an ordering key whose head dies (default [`DeadHead::Block`]: the key is
+    /// parked until an operator retries or skips the head); see [`outbox_core::ordering`].
+    /// Every store on one table should use the same policy: it is applied by whichever
+    /// records the death.
+    pub fn with_dead_head(mut self, policy: DeadHead) -> Self {
+        self.dead_head = policy;
+        self
+    }
+
+    /// The policy for dead heads (see [`with_dead_head`](Self::with_dead_head)).
+    pub fn dead_head(&self) -> DeadHead {
+        self.dead_head
     }
 
     /// The schema name.

@@ -121,6 +121,9 @@ impl PgStore {
             .map(|r| attempts(r.lifecycle.max_attempts))
             .collect::<Result<Vec<_>, _>>()?;
         let keyed = rows.iter().any(|r| r.idempotency_key.is_some());
+        // Events of one ordering key are admitted in the order they are inserted: the ordered
+        // statement inserts in emit order.
+        let ordered = rows.iter().any(|r| r.ordering_key.is_some());
         // The common batch — no keys, headers, delays or attempt limits of their own — binds
         // five arrays and constants instead of ten arrays.
         let uniform = !keyed
@@ -131,7 +134,7 @@ impl PgStore {
                 .all(|r| r.headers.is_empty() && r.ordering_key.is_none());
         let sql = if uniform {
             &self.sql.emit_many_uniform
-        } else if keyed {
+        } else if keyed || ordered {
             &self.sql.emit_many
         } else {
             &self.sql.emit_many_plain
@@ -176,7 +179,7 @@ impl PgStore {
                 .bind(deliver_after)
                 .bind(self.injected_now())
         };
-        if !keyed {
+        if !keyed && !ordered {
             query.execute(&mut *conn).await.map_err(db_error)?;
             return Ok(rows.iter().map(|r| Emitted::Created(r.id)).collect());
         }

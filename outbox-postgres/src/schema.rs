@@ -114,6 +114,107 @@ CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}."{table}_notify"();
 "#,
     },
+    // Per-key ordering (see `outbox_core::ordering`). The rules run in triggers, so that every
+    // writer keeps them — the store's statements and an application's own transaction alike —
+    // and a claim never has to look past a key's head:
+    // - admission: a new event with an ordering key takes the key's lock (held until its
+    //   transaction ends, so a key's events are admitted in commit order) and heads the key if
+    //   it has no head (`head_key` set), or waits behind it (`waiting`, at the back of the
+    //   key's queue, `key_place`);
+    // - release: a statement that makes a head give up its key (`head_key` cleared: delivered,
+    //   or dead under the skip policy, or skipped by an operator) takes the key's lock before
+    //   the row changes, and promotes the key's first waiting event after it. The lock makes
+    //   admission and release exclusive, and the promotion reads the queue after taking it,
+    //   so a successor committed meanwhile is never left behind;
+    // - a revived event that had given up its key is admitted again, at the back.
+    Migration {
+        version: 4,
+        name: "per-key ordering: waiting events, one head per key",
+        up: r#"
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('waiting', 'pending', 'in_flight', 'delivered', 'dead'));
+ALTER TABLE {qualified} ADD COLUMN head_key text, ADD COLUMN key_place bigint;
+CREATE UNIQUE INDEX "{table}_head" ON {qualified} (head_key) WHERE head_key IS NOT NULL;
+CREATE INDEX "{table}_waiting" ON {qualified} (ordering_key, key_place) WHERE status = 'waiting';
+CREATE SEQUENCE {schema}."{table}_key_place";
+CREATE FUNCTION {schema}."{table}_admit"() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('{channel}:' || NEW.ordering_key, 0));
+    -- A statement of its own: its snapshot is taken after the lock, so it sees every head
+    -- committed by the lock's previous holders.
+    IF EXISTS (SELECT 1 FROM {qualified} WHERE head_key = NEW.ordering_key) THEN
+        NEW.status := 'waiting';
+        NEW.head_key := NULL;
+        NEW.key_place := nextval('{schema}."{table}_key_place"');
+    ELSE
+        NEW.head_key := NEW.ordering_key;
+        NEW.key_place := NULL;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE FUNCTION {schema}."{table}_unhead"() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('{channel}:' || OLD.head_key, 0));
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE FUNCTION {schema}."{table}_promote"() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    at timestamptz := statement_timestamp();
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        at := NEW.updated_at;
+    END IF;
+    UPDATE {qualified} SET status = 'pending', head_key = ordering_key, key_place = NULL,
+        updated_at = at
+    WHERE id = (SELECT id FROM {qualified} WHERE ordering_key = OLD.head_key
+                AND status = 'waiting' ORDER BY key_place LIMIT 1);
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER "{table}_admit" BEFORE INSERT ON {qualified} FOR EACH ROW
+    WHEN (NEW.ordering_key IS NOT NULL)
+    EXECUTE FUNCTION {schema}."{table}_admit"();
+CREATE TRIGGER "{table}_readmit" BEFORE UPDATE ON {qualified} FOR EACH ROW
+    WHEN (OLD.status = 'dead' AND NEW.status = 'pending' AND NEW.ordering_key IS NOT NULL
+          AND OLD.head_key IS NULL)
+    EXECUTE FUNCTION {schema}."{table}_admit"();
+CREATE TRIGGER "{table}_unhead" BEFORE UPDATE ON {qualified} FOR EACH ROW
+    WHEN (OLD.head_key IS NOT NULL AND NEW.head_key IS NULL)
+    EXECUTE FUNCTION {schema}."{table}_unhead"();
+CREATE TRIGGER "{table}_unhead_del" BEFORE DELETE ON {qualified} FOR EACH ROW
+    WHEN (OLD.head_key IS NOT NULL)
+    EXECUTE FUNCTION {schema}."{table}_unhead"();
+CREATE TRIGGER "{table}_promote" AFTER UPDATE ON {qualified} FOR EACH ROW
+    WHEN (OLD.head_key IS NOT NULL AND NEW.head_key IS NULL)
+    EXECUTE FUNCTION {schema}."{table}_promote"();
+CREATE TRIGGER "{table}_promote_del" AFTER DELETE ON {qualified} FOR EACH ROW
+    WHEN (OLD.head_key IS NOT NULL)
+    EXECUTE FUNCTION {schema}."{table}_promote"();
+"#,
+        down: r#"
+DROP TRIGGER "{table}_promote_del" ON {qualified};
+DROP TRIGGER "{table}_promote" ON {qualified};
+DROP TRIGGER "{table}_unhead_del" ON {qualified};
+DROP TRIGGER "{table}_unhead" ON {qualified};
+DROP TRIGGER "{table}_readmit" ON {qualified};
+DROP TRIGGER "{table}_admit" ON {qualified};
+DROP FUNCTION {schema}."{table}_promote"();
+DROP FUNCTION {schema}."{table}_unhead"();
+DROP FUNCTION {schema}."{table}_admit"();
+DROP SEQUENCE {schema}."{table}_key_place";
+UPDATE {qualified} SET status = 'pending' WHERE status = 'waiting';
+ALTER TABLE {qualified} DROP COLUMN head_key, DROP COLUMN key_place;
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead'));
+"#,
+    },
 ];
 
 fn render(template: &str, config: &PgConfig) -> String {
@@ -225,4 +326,4 @@ async fn current_version(
 }
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;

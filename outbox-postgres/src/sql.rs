@@ -43,6 +43,8 @@ pub(crate) struct Statements {
     pub get: Arc<str>,
     pub count: Arc<str>,
     pub revive: Arc<str>,
+    pub skip_dead_head: Arc<str>,
+    pub parked_keys: Arc<str>,
     /// Statements of locked claims (see [`outbox_core::locked`]).
     pub locked: Locked,
     pub notify: Arc<str>,
@@ -149,7 +151,7 @@ impl Statements {
             // $3 the injected time.
             ack: s(ack(&t, config, false)),
             // $3 now on the caller's clock, $5 retry times on it, $6 the injected time.
-            nack: s(nack(&t, false)),
+            nack: s(nack(&t, config, false)),
             // $3 the injected time.
             release: s(format!(
                 "UPDATE {t} SET status = 'pending', {CLEAR_LEASE}, next_attempt_at = {n}, updated_at = {n} \
@@ -163,6 +165,7 @@ impl Statements {
             reclaim: s(format!(
                 "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
                  status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
+                 head_key = CASE WHEN attempts + 1 < max_attempts THEN head_key ELSE {dead} END, \
                  next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
                  last_error = 'lease held by ' || locked_by || ' expired at ' \
                      || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
@@ -170,7 +173,8 @@ impl Statements {
                  WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
                  ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  RETURNING status",
-                n = now(1)
+                n = now(1),
+                dead = dead_head(config, "")
             )),
             // $1 cutoff and $3 now on the caller's clock, $4 the injected time.
             purge: s(format!(
@@ -186,6 +190,19 @@ impl Statements {
                  updated_at = {n} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
                 n = now(3)
             )),
+            // $2 the injected time. Clearing `head_key` promotes the key's next event (the
+            // table's triggers, see migration 4).
+            skip_dead_head: s(format!(
+                "UPDATE {t} SET head_key = NULL, updated_at = {n} \
+                 WHERE id = $1 AND status = 'dead' AND head_key IS NOT NULL RETURNING {COLUMNS}",
+                n = now(2)
+            )),
+            parked_keys: s(format!(
+                "SELECT h.head_key, h.id, (SELECT count(*) FROM {t} AS w \
+                 WHERE w.ordering_key = h.head_key AND w.status = 'waiting') \
+                 FROM {t} AS h WHERE h.head_key IS NOT NULL AND h.status = 'dead' \
+                 ORDER BY h.created_at, h.id LIMIT $1"
+            )),
             locked: Locked {
                 // $1 the limit, $2 the injected time, $3 the hold in milliseconds: the database
                 // ends the transaction (and with it the locks) once it has been idle that long.
@@ -197,7 +214,7 @@ impl Statements {
                     n2 = now(2)
                 )),
                 ack: s(ack(&t, config, true)),
-                nack: s(nack(&t, true)),
+                nack: s(nack(&t, config, true)),
                 defer: s(defer(&t, true)),
             },
             notify: s(format!("SELECT pg_notify('{}', '')", config.channel())),
@@ -215,7 +232,7 @@ fn ack(t: &str, config: &PgConfig, locked: bool) -> String {
     let fence = fence(locked, "");
     let mark = format!(
         "UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
-         {CLEAR_LEASE}, delivered_at = {n}, last_error = NULL, updated_at = {n} \
+         {CLEAR_LEASE}, head_key = NULL, delivered_at = {n}, last_error = NULL, updated_at = {n} \
          WHERE id = ANY($2) AND {fence}"
     );
     if config.delete_delivered {
@@ -235,11 +252,13 @@ fn ack(t: &str, config: &PgConfig, locked: bool) -> String {
 
 /// `($1 lease, $2 ids, $3 caller's now, $4 errors, $5 retry times, $6 injected time)`: records
 /// failures, each retried or dead.
-fn nack(t: &str, locked: bool) -> String {
+fn nack(t: &str, config: &PgConfig, locked: bool) -> String {
     format!(
         "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
          status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
              THEN 'pending' ELSE 'dead' END, \
+         head_key = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+             THEN e.head_key ELSE {dead} END, \
          next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
              THEN GREATEST({retry_at}, {n6}) ELSE e.next_attempt_at END, \
          last_error = f.error, {CLEAR_LEASE}, updated_at = {n6} \
@@ -249,7 +268,19 @@ fn nack(t: &str, locked: bool) -> String {
         retry_at = on_store_clock("f.retry_at", 3, 6),
         n6 = now(6),
         fence = fence(locked, "e."),
+        dead = dead_head(config, "e."),
     )
+}
+
+/// The `head_key` of a head that just died (`p` prefixes the column): kept under
+/// `DeadHead::Block` (the key is parked), cleared under `DeadHead::Skip` (the table's
+/// triggers promote the next event), as [`outbox_core::ordering::keeps_key`] decides.
+fn dead_head(config: &PgConfig, p: &str) -> String {
+    if outbox_core::ordering::keeps_key(outbox_core::Status::Dead, config.dead_head) {
+        format!("{p}head_key")
+    } else {
+        "NULL".to_owned()
+    }
 }
 
 /// `($1 lease, $2 ids, $3 caller's now, $4 due time, $5 reason, $6 injected time)`: gives

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use outbox_core::locked::validate_hold;
 use outbox_core::{
     Clock, EventFilter, EventId, EventPage, Failure, Lease, LeaseId, LockedBatch, LockedClaim,
-    OutboxEvent, OutboxStore, Outcome, Reclaimed, Recorded, Settlement, Status, StatusCounts,
-    StoreError, SystemClock, Transition, ValidationError, Wakeups, distinct_ids, transition,
+    OutboxEvent, OutboxStore, Outcome, ParkedKey, Reclaimed, Recorded, Settlement, Status,
+    StatusCounts, StoreError, SystemClock, Transition, ValidationError, Wakeups, distinct_ids,
+    transition,
 };
 use sea_query::{Alias, Expr, ExprTrait, Order, PostgresQueryBuilder, Query};
 use sea_query_sqlx::SqlxBinder;
@@ -517,12 +518,7 @@ impl OutboxStore for PgStore {
         for row in rows {
             let status: String = row.try_get(0).map_err(db_error)?;
             let n = u64::try_from(row.try_get::<i64, _>(1).map_err(db_error)?).unwrap_or(0);
-            match status.parse::<Status>()? {
-                Status::Pending => counts.pending = n,
-                Status::InFlight => counts.in_flight = n,
-                Status::Delivered => counts.delivered = n,
-                Status::Dead => counts.dead = n,
-            }
+            counts.add(status.parse::<Status>()?, n);
         }
         Ok(counts)
     }
@@ -574,6 +570,57 @@ impl OutboxStore for PgStore {
         };
         self.notify().await?;
         Ok(revived)
+    }
+
+    async fn parked_keys(&self, limit_to: usize) -> Result<Vec<ParkedKey>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.parked_keys.clone()))
+            .bind(limit(limit_to))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get(0).map_err(db_error)?;
+                let head: Uuid = row.try_get(1).map_err(db_error)?;
+                let waiting: i64 = row.try_get(2).map_err(db_error)?;
+                Ok(ParkedKey {
+                    key,
+                    head: EventId::from_uuid(head),
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn skip_dead_head(
+        &self,
+        id: EventId,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(self.sql.skip_dead_head.clone()))
+            .bind(id.as_uuid())
+            .bind(self.injected_now())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match row.as_ref().map(decode).transpose()? {
+            Some(Ok(event)) => {
+                self.notify().await?;
+                Ok(event)
+            }
+            Some(Err(bad)) => Err(StoreError::Undecodable {
+                id,
+                reason: bad.error,
+            }),
+            None => {
+                let current = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+                let source = outbox_core::TransitionError::Illegal {
+                    from: current.status(),
+                    transition: "skip",
+                };
+                Err(StoreError::Transition { id, source })
+            }
+        }
     }
 
     fn wakeups(&self) -> Option<Wakeups> {
