@@ -1379,6 +1379,284 @@ pub async fn a_uniform_batch_is_stored_like_any_other<H: Harness>(h: &H) {
     }
 }
 
+fn keyed(key: &str, n: usize) -> NewEvent {
+    NewEvent::builder("order.changed", "order", key)
+        .payload(json!({ "n": n }))
+        .ordering_key(key)
+        .build()
+        .expect("valid event")
+}
+
+async fn status_of<H: Harness>(h: &H, id: EventId) -> Status {
+    h.store().fetch(id).await.expect("get").status()
+}
+
+async fn statuses<H: Harness>(h: &H, ids: &[EventId]) -> Vec<Status> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(status_of(h, *id).await);
+    }
+    out
+}
+
+async fn ack<H: Harness>(h: &H, lease: &Lease, ids: &[EventId]) {
+    let recorded = h
+        .store()
+        .ack(lease.id, ids, h.clock().now_utc())
+        .await
+        .expect("ack");
+    assert!(lost(&recorded).is_empty(), "{recorded:?}");
+}
+
+async fn kill<H: Harness>(h: &H, lease: &Lease, id: EventId) {
+    let recorded = h
+        .store()
+        .nack(
+            lease.id,
+            &[Failure::permanent(id, "rejected")],
+            h.clock().now_utc(),
+        )
+        .await
+        .expect("nack");
+    assert_eq!(recorded[0].outcome, Outcome::Dead);
+}
+
+/// Events of one ordering key are claimable one at a time, in commit order (in emit order within
+/// a transaction): the key's head is pending, the others wait and are never claimed; each
+/// acknowledgement promotes the next. Events without a key, and other keys, are not held back; a
+/// rolled-back emit leaves no trace on its key.
+pub async fn a_key_is_delivered_one_event_at_a_time_in_commit_order<H: Harness>(h: &H) {
+    h.emit(vec![keyed("k", 0)], false).await.expect("rollback");
+    let first = emit_ids(h, vec![keyed("k", 1), keyed("k", 2)]).await;
+    let second = emit_ids(h, vec![keyed("k", 3), event(9), keyed("other", 4)]).await;
+    assert_eq!(
+        statuses(h, &[first[0], first[1], second[0], second[1], second[2]]).await,
+        [
+            Status::Pending,
+            Status::Waiting,
+            Status::Waiting,
+            Status::Pending,
+            Status::Pending
+        ]
+    );
+    let c = h.store().count_by_status().await.expect("count");
+    assert_eq!((c.waiting, c.pending), (2, 3));
+
+    let (lease, got) = claim(h, "w1", 10).await;
+    assert_eq!(got, vec![first[0], second[1], second[2]]);
+    let (_, more) = claim(h, "w2", 10).await;
+    assert!(more.is_empty(), "the key's next event waits: {more:?}");
+    ack(h, &lease, &got).await;
+
+    let mut delivered = vec![first[0]];
+    for _ in 0..5 {
+        let (lease, got) = claim(h, "w", 10).await;
+        assert!(got.len() <= 1, "one event of the key at a time: {got:?}");
+        if got.is_empty() {
+            break;
+        }
+        ack(h, &lease, &got).await;
+        delivered.extend(got);
+    }
+    assert_eq!(delivered, vec![first[0], first[1], second[0]]);
+    let c = h.store().count_by_status().await.expect("count");
+    assert_eq!((c.waiting, c.pending, c.delivered), (0, 0, 5));
+
+    let later = emit_ids(h, vec![keyed("k", 5)]).await;
+    assert_eq!(
+        status_of(h, later[0]).await,
+        Status::Pending,
+        "a drained key takes a new head at once"
+    );
+}
+
+/// A head that fails, or whose lease runs out, stays its key's head: retried with backoff while
+/// its successors wait.
+pub async fn a_failing_head_keeps_its_successors_waiting<H: Harness>(h: &H) {
+    let ids = emit_ids(h, vec![keyed("k", 1), keyed("k", 2)]).await;
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0]]);
+    let retry_at = h.clock().now_utc() + TimeDelta::seconds(10);
+    h.store()
+        .nack(
+            lease.id,
+            &[Failure::retry(ids[0], "timeout", retry_at)],
+            h.clock().now_utc(),
+        )
+        .await
+        .expect("nack");
+    assert_eq!(statuses(h, &ids).await, [Status::Pending, Status::Waiting]);
+    let (_, none) = claim(h, "w", 10).await;
+    assert!(none.is_empty(), "{none:?}");
+
+    h.clock().advance(Duration::from_secs(11));
+    let (_, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0]], "the head again, not its successor");
+    h.clock().advance(LEASE + Duration::from_secs(1));
+    let reclaimed = h
+        .store()
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed.pending, 1);
+    assert_eq!(statuses(h, &ids).await, [Status::Pending, Status::Waiting]);
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0]]);
+    ack(h, &lease, &got).await;
+    let (_, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[1]]);
+}
+
+/// Under the default policy a dead head parks its key: nothing of the key is delivered, the
+/// store lists the key with its head, and other keys go on. Retrying the head resumes the key;
+/// skipping it promotes the next event (it stays dead, and a later retry puts it at the back of
+/// its key). Skipping anything but a dead head is refused.
+pub async fn a_dead_head_parks_its_key_until_retried_or_skipped<H: Harness>(h: &H) {
+    let ids = emit_ids(
+        h,
+        vec![keyed("k", 1), keyed("k", 2), keyed("k", 3), keyed("j", 4)],
+    )
+    .await;
+    let store = h.store();
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0], ids[3]]);
+    kill(h, &lease, ids[0]).await;
+    ack(h, &lease, &[ids[3]]).await;
+    let (_, none) = claim(h, "w", 10).await;
+    assert!(none.is_empty(), "a parked key delivers nothing: {none:?}");
+    let parked = store.parked_keys(10).await.expect("parked");
+    assert_eq!(
+        parked,
+        vec![outbox_core::ParkedKey {
+            key: "k".into(),
+            head: ids[0],
+            waiting: 2
+        }]
+    );
+    let j = emit_ids(h, vec![keyed("j", 5)]).await;
+    assert_eq!(
+        status_of(h, j[0]).await,
+        Status::Pending,
+        "other keys go on"
+    );
+
+    let now = h.clock().now_utc();
+    let revived = store.retry_dead(ids[0], 1, now).await.expect("retry");
+    assert_eq!(revived.status(), Status::Pending, "still the key's head");
+    assert!(store.parked_keys(10).await.expect("parked").is_empty());
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0], j[0]]);
+    kill(h, &lease, ids[0]).await;
+    ack(h, &lease, &j).await;
+
+    for refused in [ids[1], j[0]] {
+        let err = store.skip_dead_head(refused, now).await;
+        assert!(
+            matches!(err, Err(StoreError::Transition { .. })),
+            "only a dead head can be skipped: {err:?}"
+        );
+    }
+    let skipped = store.skip_dead_head(ids[0], now).await.expect("skip");
+    assert_eq!(skipped.status(), Status::Dead);
+    assert_eq!(
+        statuses(h, &ids[..3]).await,
+        [Status::Dead, Status::Pending, Status::Waiting]
+    );
+    assert!(store.parked_keys(10).await.expect("parked").is_empty());
+    assert!(matches!(
+        store.skip_dead_head(ids[0], now).await,
+        Err(StoreError::Transition { .. })
+    ));
+
+    let back = store.retry_dead(ids[0], 1, now).await.expect("retry");
+    assert_eq!(
+        back.status(),
+        Status::Waiting,
+        "a skipped event retried goes to the back of its key"
+    );
+    let mut delivered = Vec::new();
+    for _ in 0..5 {
+        let (lease, got) = claim(h, "w", 10).await;
+        if got.is_empty() {
+            break;
+        }
+        ack(h, &lease, &got).await;
+        delivered.extend(got);
+    }
+    assert_eq!(delivered, vec![ids[1], ids[2], ids[0]]);
+}
+
+/// Under [`DeadHead::Skip`](outbox_core::DeadHead::Skip) a head that dies — by a permanent error
+/// or by running out of attempts when its lease expires — gives up its key at once.
+pub async fn a_dead_head_under_skip_lets_its_key_go_on<H: Harness>(h: &H) {
+    let once = NewEvent::builder("order.changed", "order", "j")
+        .ordering_key("j")
+        .max_attempts(1)
+        .build()
+        .expect("valid");
+    let ids = emit_ids(h, vec![keyed("k", 1), keyed("k", 2), once, keyed("j", 3)]).await;
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0], ids[2]]);
+    kill(h, &lease, ids[0]).await;
+    assert_eq!(status_of(h, ids[1]).await, Status::Pending);
+    h.clock().advance(LEASE + Duration::from_secs(1));
+    let reclaimed = h
+        .store()
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed.dead, 1);
+    assert_eq!(
+        statuses(h, &ids).await,
+        [Status::Dead, Status::Pending, Status::Dead, Status::Pending]
+    );
+    assert!(h.store().parked_keys(10).await.expect("parked").is_empty());
+}
+
+/// A locked claim's settlement moves keys on as leased outcomes do: a delivered head promotes
+/// the next event, a dead one parks its key.
+pub async fn a_locked_settlement_moves_a_key_on<H: Harness>(h: &H) {
+    let ids = emit_ids(h, vec![keyed("k", 1), keyed("k", 2), keyed("k", 3)]).await;
+    let (batch, got) = claim_locked(h, 10).await;
+    assert_eq!(got, vec![ids[0]]);
+    let settlement = Settlement {
+        delivered: got,
+        ..Settlement::default()
+    };
+    batch
+        .finish(&settlement, h.clock().now_utc())
+        .await
+        .expect("finish");
+    let (batch, got) = claim_locked(h, 10).await;
+    assert_eq!(got, vec![ids[1]]);
+    let settlement = Settlement {
+        failures: vec![Failure::permanent(ids[1], "rejected")],
+        ..Settlement::default()
+    };
+    batch
+        .finish(&settlement, h.clock().now_utc())
+        .await
+        .expect("finish");
+    assert_eq!(
+        statuses(h, &ids).await,
+        [Status::Delivered, Status::Dead, Status::Waiting]
+    );
+    let parked = h.store().parked_keys(10).await.expect("parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].head, parked[0].waiting), (ids[1], 1));
+}
+
+/// A store that deletes acknowledged events still hands the key on when its head goes.
+pub async fn deleting_a_delivered_head_promotes_the_next<H: Harness>(h: &H) {
+    let ids = emit_ids(h, vec![keyed("k", 1), keyed("k", 2)]).await;
+    let (lease, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[0]]);
+    ack(h, &lease, &got).await;
+    assert!(h.store().get(ids[0]).await.expect("get").is_none());
+    let (_, got) = claim(h, "w", 10).await;
+    assert_eq!(got, vec![ids[1]]);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
@@ -1397,7 +1675,11 @@ macro_rules! conformance_tests {
             a_skewed_clock_cannot_take_a_live_lease, a_uniform_batch_is_stored_like_any_other,
             a_locked_claim_is_skipped_by_every_other_claim,
             a_dropped_locked_claim_gives_its_events_back_untried,
-            a_locked_settlement_records_every_outcome, a_locked_claim_refuses_bad_input);
+            a_locked_settlement_records_every_outcome, a_locked_claim_refuses_bad_input,
+            a_key_is_delivered_one_event_at_a_time_in_commit_order,
+            a_failing_head_keeps_its_successors_waiting,
+            a_dead_head_parks_its_key_until_retried_or_skipped,
+            a_locked_settlement_moves_a_key_on);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -33,6 +33,11 @@ impl MemoryHarness {
         Self::built(|b| b.delete_delivered(true))
     }
 
+    /// As [`new`](Self::new), with a store whose dead heads give up their ordering key.
+    pub async fn skipping_dead_heads() -> Self {
+        Self::built(|b| b.dead_head(outbox_core::DeadHead::Skip))
+    }
+
     fn built(adjust: impl FnOnce(MemoryStoreBuilder) -> MemoryStoreBuilder) -> Self {
         let clock = ManualClock::new(t0());
         let builder = MemoryStore::builder().clock(Arc::new(clock.clone()));

@@ -24,6 +24,8 @@ enum Op {
     /// some delayed, then commits or rolls back.
     Emit {
         keys: Vec<Option<u8>>,
+        /// Ordering keys, by position (from a smaller set still, so keys queue up).
+        orders: Vec<Option<u8>>,
         delay: Option<u8>,
         /// Few attempts, so that the last attempt, death and revival are reached often.
         attempts: u8,
@@ -71,6 +73,12 @@ enum Op {
         pick: u8,
         extra: u8,
     },
+    /// Skips a dead head (mostly a dead event, else any).
+    SkipDeadHead {
+        pick: u8,
+    },
+    /// Lists the parked keys.
+    Parked,
     /// Opens a locked claim in `slot` (settling the one open there first, giving its events
     /// back).
     LockClaim {
@@ -96,8 +104,11 @@ fn op() -> impl Strategy<Value = Op> {
     let pick = proptest::collection::vec(any::<u8>(), 0..4);
     prop_oneof![
         3 => (proptest::collection::vec(proptest::option::of(0u8..3), 1..4),
+              proptest::collection::vec(proptest::option::of(0u8..2), 0..4),
               proptest::option::weighted(0.2, 1u8..60), 1u8..4, proptest::bool::weighted(0.8))
-            .prop_map(|(keys, delay, attempts, commit)| Op::Emit { keys, delay, attempts, commit }),
+            .prop_map(|(keys, orders, delay, attempts, commit)| Op::Emit { keys, orders, delay, attempts, commit }),
+        1 => any::<u8>().prop_map(|pick| Op::SkipDeadHead { pick }),
+        1 => Just(Op::Parked),
         3 => (worker.clone(), 1usize..4, 5u8..60)
             .prop_map(|(worker, limit, lease_secs)| Op::Claim { worker, limit, lease_secs }),
         2 => (worker.clone(), pick.clone()).prop_map(|(worker, pick)| Op::Ack { worker, pick }),
@@ -127,6 +138,9 @@ enum Answer {
     Count(u64),
     Reclaimed(u64, u64),
     Revived(usize),
+    Skipped(usize),
+    /// Parked keys: key, head, waiting.
+    Parked(Vec<(String, usize, u64)>),
     /// What settling the slot's previous claim did, and what the new one took.
     Locked(Box<Answer>, Vec<usize>),
     Refused(String),
@@ -210,17 +224,22 @@ impl<H: Harness> Side<H> {
         match op {
             Op::Emit {
                 keys,
+                orders,
                 delay,
                 attempts,
                 commit,
             } => {
                 let events = keys
                     .iter()
-                    .map(|key| {
+                    .enumerate()
+                    .map(|(i, key)| {
                         let mut b = NewEvent::builder("file.stored", "upload", "u")
                             .max_attempts(u32::from(*attempts));
                         if let Some(k) = key {
                             b = b.idempotency_key(format!("key-{k}"));
+                        }
+                        if let Some(Some(o)) = orders.get(i) {
+                            b = b.ordering_key(format!("order-{o}"));
                         }
                         if let Some(d) = delay {
                             b = b.deliver_after(now + TimeDelta::seconds(i64::from(*d)));
@@ -373,6 +392,24 @@ impl<H: Harness> Side<H> {
                     Ok(e) => Answer::Revived(self.idx(e.id)),
                     Err(e) => refused(e),
                 }
+            }
+            Op::SkipDeadHead { pick } => {
+                let Some(id) = self.picked(&[*pick], &held[3]).first().copied() else {
+                    return Answer::Nothing;
+                };
+                match store.skip_dead_head(id, now).await {
+                    Ok(e) => Answer::Skipped(self.idx(e.id)),
+                    Err(e) => refused(e),
+                }
+            }
+            Op::Parked => {
+                let parked = store.parked_keys(100).await.unwrap();
+                Answer::Parked(
+                    parked
+                        .into_iter()
+                        .map(|p| (p.key, self.idx(p.head), p.waiting))
+                        .collect(),
+                )
             }
         }
     }

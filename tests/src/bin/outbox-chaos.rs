@@ -7,7 +7,10 @@
 //! - rolled-back delivered = 0: no event of a rolled-back transaction did;
 //! - duplicates counted, and at most what the faults can explain (each kill or restart can
 //!   repeat at most the batches in flight at the time);
-//! - every row's final state is delivered, with no lease left.
+//! - every row's final state is delivered, with no lease left;
+//! - order per key: half the events carry one of 32 ordering keys; on each key, the first
+//!   copies the stream holds are in commit order (the producer commits one transaction at a
+//!   time, so commit order is emission order).
 //!
 //! It starts everything it uses on spare loopback ports: its own PostgreSQL cluster
 //! (`pg_createcluster`, dropped at the end) and its own `nats-server`, so the shared services
@@ -321,6 +324,33 @@ struct Emitted {
     /// The commit call failed (the database went away during it): committed or not.
     uncertain: HashSet<EventId>,
     failed_transactions: u64,
+    /// Events that carry an ordering key: the key and the event's place in emission order.
+    keyed: HashMap<EventId, (usize, usize)>,
+}
+
+/// Ordering keys the keyed half of the events share.
+const ORDERING_KEYS: usize = 32;
+
+/// Events whose first copy in the stream comes after the first copy of a later event of their
+/// key (`received` in stream order).
+fn out_of_order(received: &[EventId], keyed: &HashMap<EventId, (usize, usize)>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    let mut wrong = Vec::new();
+    for id in received {
+        let Some((key, n)) = keyed.get(id) else {
+            continue;
+        };
+        if !seen.insert(*id) {
+            continue;
+        }
+        if let Some(before) = last.insert(*key, *n)
+            && before > *n
+        {
+            wrong.push(format!("k{key}: {n} after {before}"));
+        }
+    }
+    wrong
 }
 
 async fn emit_all(store: PgStore, plan: Plan) -> Emitted {
@@ -337,15 +367,23 @@ async fn emit_all(store: PgStore, plan: Plan) -> Emitted {
         let size = rng.usize(1..=20).min(plan.events - made);
         let roll_back = rng.u8(..10) == 0;
         let mut ids = Vec::with_capacity(size);
+        let mut keyed = Vec::new();
         let result: Result<(), outbox_core::StoreError> = async {
             let mut tx = store.begin().await?;
             for i in 0..size {
-                let event = NewEvent::builder("chaos.tick", "chaos", format!("{}", made + i))
-                    .payload(serde_json::json!({ "n": made + i }))
-                    .max_attempts(1_000)
-                    .build()
-                    .expect("a valid event");
-                ids.push(tx.emit(event).await?.id());
+                let n = made + i;
+                let mut event = NewEvent::builder("chaos.tick", "chaos", format!("{n}"))
+                    .payload(serde_json::json!({ "n": n }))
+                    .max_attempts(1_000);
+                let key = n.is_multiple_of(2).then_some((n / 2) % ORDERING_KEYS);
+                if let Some(key) = key {
+                    event = event.ordering_key(format!("k{key}"));
+                }
+                let id = tx.emit(event.build().expect("a valid event")).await?.id();
+                if let Some(key) = key {
+                    keyed.push((id, (key, n)));
+                }
+                ids.push(id);
             }
             if roll_back {
                 tx.rollback().await
@@ -360,6 +398,7 @@ async fn emit_all(store: PgStore, plan: Plan) -> Emitted {
             }
         }
         .await;
+        out.keyed.extend(keyed);
         match result {
             Ok(()) if roll_back => out.rolled_back.extend(ids),
             Ok(()) => out.committed.extend(ids),
@@ -480,7 +519,7 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     let drain_start = Instant::now();
     loop {
         match store.count_by_status().await {
-            Ok(c) if c.pending == 0 && c.in_flight == 0 => break,
+            Ok(c) if c.waiting == 0 && c.pending == 0 && c.in_flight == 0 => break,
             _ if drain_start.elapsed() > Duration::from_secs(300) => {
                 return Err("the relays did not drain the outbox within 300 s".into());
             }
@@ -536,6 +575,12 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
         .take(5)
         .collect();
     let duplicates = received.len() as u64 - copies.len() as u64;
+    let disordered = out_of_order(&received, &emitted.keyed);
+    let keyed_delivered = emitted
+        .keyed
+        .keys()
+        .filter(|id| copies.contains_key(id))
+        .count();
     // Each fault can repeat at most what was in flight then: every worker's batch.
     let faults = kills + 2;
     let bound = faults * (plan.workers * plan.batch) as u64;
@@ -560,6 +605,8 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
         "rolled_back_delivered": rolled_back_delivered,
         "duplicates": duplicates,
         "duplicate_bound": bound,
+        "keyed_delivered": keyed_delivered,
+        "out_of_order": disordered.len(),
         "drain_seconds": drained_in.as_secs_f64(),
         "total_seconds": began.elapsed().as_secs_f64(),
         "seed": plan.seed,
@@ -600,6 +647,13 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
             emitted.committed.len() + uncertain_committed
         ));
     }
+    if !disordered.is_empty() {
+        failures.push(format!(
+            "{} keyed events reached the stream out of commit order, e.g. {}",
+            disordered.len(),
+            disordered[0]
+        ));
+    }
     if duplicates > bound {
         failures.push(format!(
             "{duplicates} duplicates, more than {faults} faults × {} in flight can explain",
@@ -621,8 +675,9 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     if failures.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(
-            "outbox-chaos: passed: {} committed events delivered, 0 lost, 0 rolled back delivered, {duplicates} duplicates ({kills} kills, 1 database crash, 1 broker outage) in {:.0}s",
+            "outbox-chaos: passed: {} committed events delivered, 0 lost, 0 rolled back delivered, {} keyed in commit order, {duplicates} duplicates ({kills} kills, 1 database crash, 1 broker outage) in {:.0}s",
             emitted.committed.len() + uncertain_committed,
+            keyed_delivered,
             began.elapsed().as_secs_f64()
         );
         Ok(())
@@ -684,4 +739,20 @@ async fn read_stream(js: &jetstream::Context) -> Result<Vec<EventId>, String> {
         ids.push(id);
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_event_of_a_key_first_seen_before_an_earlier_one_is_out_of_order() {
+        let (a, b, c) = (EventId::new(), EventId::new(), EventId::new());
+        let keyed = HashMap::from([(a, (0, 0)), (b, (0, 2)), (c, (1, 1))]);
+        assert!(
+            out_of_order(&[a, c, b, a], &keyed).is_empty(),
+            "a repeat is fine"
+        );
+        assert_eq!(out_of_order(&[b, c, a], &keyed), vec!["k0: 0 after 2"]);
+    }
 }
