@@ -30,6 +30,9 @@ pub struct Config {
     /// Delete events once acknowledged instead of keeping them as delivered.
     #[serde(default)]
     pub delete_delivered: bool,
+    /// What happens to an ordering key whose head dies: `block` (parked) or `skip`.
+    #[serde(default)]
+    pub dead_head: outbox_core::DeadHead,
     /// Worker settings.
     #[serde(default)]
     pub relay: RelayConfig,

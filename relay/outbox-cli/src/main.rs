@@ -171,6 +171,18 @@ enum DeadAction {
         #[arg(long, default_value_t = 1)]
         attempts: u32,
     },
+    /// Let the events of an ordering key parked behind a dead head go on: each named dead event
+    /// gives up its key (it stays dead) and the key's next event is delivered. `outbox status`
+    /// lists the parked keys with their heads.
+    ///
+    /// Example: `outbox dead skip 0190f1c2-…`.
+    Skip {
+        #[command(flatten)]
+        target: Target,
+        /// The dead heads to skip.
+        #[arg(required = true)]
+        ids: Vec<EventId>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -251,7 +263,8 @@ async fn store(config: &Config, connections: u32, startup: Startup) -> Result<Pg
         PgConfig::new()
             .with_schema(&config.schema)
             .with_table(&config.table)
-            .with_delete_delivered(config.delete_delivered),
+            .with_delete_delivered(config.delete_delivered)
+            .with_dead_head(config.dead_head),
     )?)
 }
 
@@ -442,6 +455,7 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         None => writeln!(stdout(), "oldest pending: none")?,
     }
     print_paused(&store).await?;
+    print_parked(&store).await?;
     let dead_events = store
         .list(&EventFilter {
             status: Some(Status::Dead),
@@ -484,6 +498,34 @@ async fn print_paused(store: &PgStore) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Ordering keys parked behind a dead head.
+async fn print_parked(store: &PgStore) -> Result<(), CliError> {
+    let parked = store.parked_keys(PARKED_SHOWN).await?;
+    if !parked.is_empty() {
+        writeln!(stdout())?;
+        writeln!(
+            stdout(),
+            "{:<24} {:<36} {:>8}  (revive or skip the head: outbox dead revive|skip ID)",
+            "parked ordering key",
+            "dead head",
+            "waiting"
+        )?;
+        for p in parked {
+            writeln!(
+                stdout(),
+                "{:<24} {:<36} {:>8}",
+                p.key,
+                p.head.to_string(),
+                p.waiting
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// How many parked keys `outbox status` lists.
+const PARKED_SHOWN: usize = 50;
 
 /// A table of dead events, and of rows no worker could read (marked dead when claimed).
 fn print_dead(page: &EventPage) -> std::io::Result<()> {
@@ -588,6 +630,17 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
                 "revived {revived} event(s) with {attempts} more attempt(s) each"
             )?;
         }
+        DeadAction::Skip { target, ids } => {
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+            for id in ids {
+                let event = store.skip_dead_head(id, SystemClock.now()).await?;
+                writeln!(
+                    stdout(),
+                    "skipped {id}: the next event of {:?} goes on",
+                    event.ordering_key.unwrap_or_default()
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -670,7 +723,8 @@ fn main() -> ExitCode {
                 let t = match &action {
                     DeadAction::List { target, .. }
                     | DeadAction::Show { target, .. }
-                    | DeadAction::Revive { target, .. } => target.clone(),
+                    | DeadAction::Revive { target, .. }
+                    | DeadAction::Skip { target, .. } => target.clone(),
                 };
                 dead(action).await.map_err(|e| explain(e, &t))
             }
