@@ -7,6 +7,7 @@
 mod growth;
 mod latency;
 mod memory;
+mod ordering;
 mod peers;
 mod pg;
 mod plot;
@@ -32,8 +33,8 @@ struct Args {
     /// of the storage workloads.
     #[arg(long)]
     transports: bool,
-    /// Run only these workloads (comma-separated: memory-store, emit, relay, latency, growth,
-    /// rss); summary.json then holds only their keys.
+    /// Run only these workloads (comma-separated: memory-store, emit, relay, ordering, latency,
+    /// growth, rss); summary.json then holds only their keys.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
@@ -60,6 +61,8 @@ pub enum Workload {
     Relay,
     /// Commit-to-delivery latency.
     Latency,
+    /// Per-key ordering: keyed emit, relay and claim beside the same without keys.
+    Ordering,
     /// Claim cost as the backlog grows.
     Growth,
     /// Peak memory of a worker draining the largest backlog (needs the growth backlog).
