@@ -114,19 +114,18 @@ CREATE TRIGGER "{table}_notify" AFTER INSERT ON {qualified}
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}."{table}_notify"();
 "#,
     },
-    // Per-key ordering (see `outbox_core::ordering`). The rules run in triggers, so that every
-    // writer keeps them — the store's statements and an application's own transaction alike —
-    // and a claim never has to look past a key's head:
-    // - admission: a new event with an ordering key takes the key's lock (held until its
-    //   transaction ends, so a key's events are admitted in commit order) and heads the key if
-    //   it has no head (`head_key` set), or waits behind it (`waiting`, at the back of the
-    //   key's queue, `key_place`);
-    // - release: a statement that makes a head give up its key (`head_key` cleared: delivered,
-    //   or dead under the skip policy, or skipped by an operator) takes the key's lock before
-    //   the row changes, and promotes the key's first waiting event after it. The lock makes
-    //   admission and release exclusive, and the promotion reads the queue after taking it,
-    //   so a successor committed meanwhile is never left behind;
-    // - a revived event that had given up its key is admitted again, at the back.
+    // Per-key ordering (see `outbox_core::ordering`):
+    // - admission, in a trigger, so that it holds for every emit: a new event with an ordering
+    //   key takes the key's lock (held until its transaction ends, so a key's events are
+    //   admitted in commit order) and heads the key if it has no head (`head_key` set), or
+    //   waits behind it (`waiting`, at the back of the key's queue, `key_place`). A revived
+    //   event that had given up its key is admitted again, at the back;
+    // - release: the store's statements that make a head give up its key (`head_key` cleared:
+    //   delivered, dead under the skip policy, skipped by an operator) call `_promote` with the
+    //   released keys, in the same statement after the rows changed. It takes the keys' locks
+    //   and then, in a statement of its own (a snapshot taken after the locks), promotes each
+    //   key's first waiting event: a successor whose producer still held the lock when the head
+    //   was released is committed by then and is seen.
     Migration {
         version: 4,
         name: "per-key ordering: waiting events, one head per key",
@@ -154,29 +153,6 @@ BEGIN
     RETURN NEW;
 END
 $fn$;
-CREATE FUNCTION {schema}."{table}_unhead"() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('{channel}:' || OLD.head_key, 0));
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
-END
-$fn$;
-CREATE FUNCTION {schema}."{table}_promote"() RETURNS trigger LANGUAGE plpgsql AS $fn$
-DECLARE
-    at timestamptz := statement_timestamp();
-BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        at := NEW.updated_at;
-    END IF;
-    UPDATE {qualified} SET status = 'pending', head_key = ordering_key, key_place = NULL,
-        updated_at = at
-    WHERE id = (SELECT id FROM {qualified} WHERE ordering_key = OLD.head_key
-                AND status = 'waiting' ORDER BY key_place LIMIT 1);
-    RETURN NULL;
-END
-$fn$;
 CREATE TRIGGER "{table}_admit" BEFORE INSERT ON {qualified} FOR EACH ROW
     WHEN (NEW.ordering_key IS NOT NULL)
     EXECUTE FUNCTION {schema}."{table}_admit"();
@@ -184,28 +160,29 @@ CREATE TRIGGER "{table}_readmit" BEFORE UPDATE ON {qualified} FOR EACH ROW
     WHEN (OLD.status = 'dead' AND NEW.status = 'pending' AND NEW.ordering_key IS NOT NULL
           AND OLD.head_key IS NULL)
     EXECUTE FUNCTION {schema}."{table}_admit"();
-CREATE TRIGGER "{table}_unhead" BEFORE UPDATE ON {qualified} FOR EACH ROW
-    WHEN (OLD.head_key IS NOT NULL AND NEW.head_key IS NULL)
-    EXECUTE FUNCTION {schema}."{table}_unhead"();
-CREATE TRIGGER "{table}_unhead_del" BEFORE DELETE ON {qualified} FOR EACH ROW
-    WHEN (OLD.head_key IS NOT NULL)
-    EXECUTE FUNCTION {schema}."{table}_unhead"();
-CREATE TRIGGER "{table}_promote" AFTER UPDATE ON {qualified} FOR EACH ROW
-    WHEN (OLD.head_key IS NOT NULL AND NEW.head_key IS NULL)
-    EXECUTE FUNCTION {schema}."{table}_promote"();
-CREATE TRIGGER "{table}_promote_del" AFTER DELETE ON {qualified} FOR EACH ROW
-    WHEN (OLD.head_key IS NOT NULL)
-    EXECUTE FUNCTION {schema}."{table}_promote"();
+CREATE FUNCTION {schema}."{table}_promote"(keys text[], at timestamptz) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    promoted bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('{channel}:' || k, 0))
+    FROM (SELECT DISTINCT k FROM unnest(keys) AS u(k) WHERE k IS NOT NULL ORDER BY k) AS s;
+    UPDATE {qualified} SET status = 'pending', head_key = ordering_key, key_place = NULL,
+        updated_at = at
+    WHERE id IN (
+        SELECT w.id FROM (SELECT DISTINCT k FROM unnest(keys) AS u(k) WHERE k IS NOT NULL) AS s,
+        LATERAL (SELECT id FROM {qualified} WHERE status = 'waiting' AND ordering_key = s.k
+                 ORDER BY key_place LIMIT 1) AS w
+        WHERE NOT EXISTS (SELECT 1 FROM {qualified} WHERE head_key = s.k));
+    GET DIAGNOSTICS promoted = ROW_COUNT;
+    RETURN promoted;
+END
+$fn$;
 "#,
         down: r#"
-DROP TRIGGER "{table}_promote_del" ON {qualified};
-DROP TRIGGER "{table}_promote" ON {qualified};
-DROP TRIGGER "{table}_unhead_del" ON {qualified};
-DROP TRIGGER "{table}_unhead" ON {qualified};
+DROP FUNCTION {schema}."{table}_promote"(text[], timestamptz);
 DROP TRIGGER "{table}_readmit" ON {qualified};
 DROP TRIGGER "{table}_admit" ON {qualified};
-DROP FUNCTION {schema}."{table}_promote"();
-DROP FUNCTION {schema}."{table}_unhead"();
 DROP FUNCTION {schema}."{table}_admit"();
 DROP SEQUENCE {schema}."{table}_key_place";
 UPDATE {qualified} SET status = 'pending' WHERE status = 'waiting';

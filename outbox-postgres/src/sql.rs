@@ -162,20 +162,30 @@ impl Statements {
             // injected time.
             defer: s(defer(&t, false)),
             // $1 the injected time.
-            reclaim: s(format!(
-                "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
-                 status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
-                 head_key = CASE WHEN attempts + 1 < max_attempts THEN head_key ELSE {dead} END, \
-                 next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
-                 last_error = 'lease held by ' || locked_by || ' expired at ' \
-                     || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
-                 {CLEAR_LEASE}, updated_at = {n} \
-                 WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
-                 ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING status",
-                n = now(1),
-                dead = dead_head(config, "")
-            )),
+            reclaim: s({
+                let n = now(1);
+                let update = format!(
+                    "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
+                     status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
+                     head_key = CASE WHEN attempts + 1 < max_attempts THEN head_key ELSE {dead} END, \
+                     next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
+                     last_error = 'lease held by ' || locked_by || ' expired at ' \
+                         || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
+                     {CLEAR_LEASE}, updated_at = {n} \
+                     WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
+                     ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING status",
+                    dead = dead_head(config, "")
+                );
+                if releases_dead_heads(config) {
+                    let update = format!(
+                        "{update}, CASE WHEN head_key IS NULL THEN ordering_key END AS released"
+                    );
+                    releasing(config, &update, "done.status", &n)
+                } else {
+                    update
+                }
+            }),
             // $1 cutoff and $3 now on the caller's clock, $4 the injected time.
             purge: s(format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'delivered' \
@@ -190,13 +200,27 @@ impl Statements {
                  updated_at = {n} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
                 n = now(3)
             )),
-            // $2 the injected time. Clearing `head_key` promotes the key's next event (the
-            // table's triggers, see migration 4).
-            skip_dead_head: s(format!(
-                "UPDATE {t} SET head_key = NULL, updated_at = {n} \
-                 WHERE id = $1 AND status = 'dead' AND head_key IS NOT NULL RETURNING {COLUMNS}",
-                n = now(2)
-            )),
+            // $2 the injected time.
+            skip_dead_head: s({
+                let n = now(2);
+                let update = format!(
+                    "UPDATE {t} AS e SET head_key = NULL, updated_at = {n} \
+                     FROM (SELECT id, head_key FROM {t} WHERE id = $1 AND status = 'dead' \
+                           AND head_key IS NOT NULL FOR UPDATE) AS old \
+                     WHERE e.id = old.id RETURNING {returned}, old.head_key AS released",
+                    returned = COLUMNS
+                        .split(", ")
+                        .map(|c| format!("e.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let columns = COLUMNS
+                    .split(", ")
+                    .map(|c| format!("done.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                releasing(config, &update, &columns, &n)
+            }),
             parked_keys: s(format!(
                 "SELECT h.head_key, h.id, (SELECT count(*) FROM {t} AS w \
                  WHERE w.ordering_key = h.head_key AND w.status = 'waiting') \
@@ -226,7 +250,8 @@ impl Statements {
 /// Clears the lease columns.
 const CLEAR_LEASE: &str = "lease_id = NULL, locked_by = NULL, locked_until = NULL";
 
-/// `($1 lease, $2 ids, $3 injected time)`: marks delivered (or deletes, if so configured).
+/// `($1 lease, $2 ids, $3 injected time)`: marks delivered (or deletes, if so configured), and
+/// promotes the next event of every ordering key a delivered head gave up.
 fn ack(t: &str, config: &PgConfig, locked: bool) -> String {
     let n = now(3);
     let fence = fence(locked, "");
@@ -235,31 +260,60 @@ fn ack(t: &str, config: &PgConfig, locked: bool) -> String {
          {CLEAR_LEASE}, head_key = NULL, delivered_at = {n}, last_error = NULL, updated_at = {n} \
          WHERE id = ANY($2) AND {fence}"
     );
-    if config.delete_delivered {
+    let done = if config.delete_delivered {
         // Events with an idempotency key are kept (until the retention sweep), so the key goes
         // on refusing duplicates; the others go at once. The two parts touch disjoint rows
-        // under the same fence.
-        format!(
-            "WITH gone AS (DELETE FROM {t} WHERE id = ANY($2) AND {fence} \
-             AND idempotency_key IS NULL RETURNING id), \
-             kept AS ({mark} AND idempotency_key IS NOT NULL RETURNING id) \
-             SELECT id FROM gone UNION ALL SELECT id FROM kept"
-        )
+        // under the same fence. A deleted row returns its old `head_key`.
+        let parts = format!(
+            "gone AS (DELETE FROM {t} WHERE id = ANY($2) AND {fence} \
+             AND idempotency_key IS NULL RETURNING id, head_key AS released), \
+             kept AS ({mark} AND idempotency_key IS NOT NULL RETURNING id, ordering_key AS released), "
+        );
+        let done = "SELECT id, released FROM gone UNION ALL SELECT id, released FROM kept";
+        return releasing_after(config, &parts, done, "done.id", &n);
     } else {
-        format!("{mark} RETURNING id")
-    }
+        format!("{mark} RETURNING id, ordering_key AS released")
+    };
+    releasing(config, &done, "done.id", &n)
+}
+
+/// Wraps `statement` — an UPDATE or DELETE (or a query over them) whose rows end with a
+/// `released` column, the ordering key the row gave up or NULL — so that the same statement then
+/// promotes each released key's next event (`_promote`, migration 4: it takes the keys' locks
+/// and reads the queues after them). Returns `columns` of each row, then the number promoted.
+/// A row with an ordering key that was not its key's head releases nothing: `_promote` leaves
+/// a key that still has a head alone.
+fn releasing(config: &PgConfig, statement: &str, columns: &str, at: &str) -> String {
+    releasing_after(config, "", statement, columns, at)
+}
+
+/// [`releasing`], with `parts` (data-modifying CTEs, each followed by a comma) that `statement`
+/// reads: a data-modifying statement must be at the top level.
+fn releasing_after(
+    config: &PgConfig,
+    parts: &str,
+    statement: &str,
+    columns: &str,
+    at: &str,
+) -> String {
+    let promote = format!("{}.\"{}_promote\"", config.quoted_schema(), config.table());
+    format!(
+        "WITH {parts}done AS ({statement}), \
+         promoted AS MATERIALIZED (SELECT {promote}(array_agg(released), {at}) AS promoted \
+             FROM done WHERE released IS NOT NULL HAVING count(*) > 0) \
+         SELECT {columns}, promoted.promoted FROM done LEFT JOIN promoted ON true"
+    )
 }
 
 /// `($1 lease, $2 ids, $3 caller's now, $4 errors, $5 retry times, $6 injected time)`: records
 /// failures, each retried or dead.
 fn nack(t: &str, config: &PgConfig, locked: bool) -> String {
-    format!(
+    let retried = "f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts";
+    let update = format!(
         "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
-         status = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
-             THEN 'pending' ELSE 'dead' END, \
-         head_key = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
-             THEN e.head_key ELSE {dead} END, \
-         next_attempt_at = CASE WHEN f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts \
+         status = CASE WHEN {retried} THEN 'pending' ELSE 'dead' END, \
+         head_key = CASE WHEN {retried} THEN e.head_key ELSE {dead} END, \
+         next_attempt_at = CASE WHEN {retried} \
              THEN GREATEST({retry_at}, {n6}) ELSE e.next_attempt_at END, \
          last_error = f.error, {CLEAR_LEASE}, updated_at = {n6} \
          FROM UNNEST($2::uuid[], $4::text[], $5::timestamptz[]) AS f(id, error, retry_at) \
@@ -269,18 +323,25 @@ fn nack(t: &str, config: &PgConfig, locked: bool) -> String {
         n6 = now(6),
         fence = fence(locked, "e."),
         dead = dead_head(config, "e."),
-    )
+    );
+    if releases_dead_heads(config) {
+        let update =
+            format!("{update}, CASE WHEN e.head_key IS NULL THEN e.ordering_key END AS released");
+        releasing(
+            config,
+            &update,
+            "done.id, done.status, done.next_attempt_at",
+            &now(6),
+        )
+    } else {
+        update
+    }
 }
 
-/// The `head_key` of a head that just died (`p` prefixes the column): kept under
-/// `DeadHead::Block` (the key is parked), cleared under `DeadHead::Skip` (the table's
-/// triggers promote the next event), as [`outbox_core::ordering::keeps_key`] decides.
-fn dead_head(config: &PgConfig, p: &str) -> String {
-    if outbox_core::ordering::keeps_key(outbox_core::Status::Dead, config.dead_head) {
-        format!("{p}head_key")
-    } else {
-        "NULL".to_owned()
-    }
+/// Whether a head that dies gives up its key (`DeadHead::Skip`), so that the statements that
+/// can kill one must promote the next event.
+fn releases_dead_heads(config: &PgConfig) -> bool {
+    !outbox_core::ordering::keeps_key(outbox_core::Status::Dead, config.dead_head)
 }
 
 /// `($1 lease, $2 ids, $3 caller's now, $4 due time, $5 reason, $6 injected time)`: gives
@@ -295,4 +356,15 @@ fn defer(t: &str, locked: bool) -> String {
         n6 = now(6),
         fence = fence(locked, ""),
     )
+}
+
+/// The `head_key` of a head that just died (`p` prefixes the column): kept under
+/// `DeadHead::Block` (the key is parked), cleared under `DeadHead::Skip` (the statement then
+/// promotes the next event), as [`outbox_core::ordering::keeps_key`] decides.
+fn dead_head(config: &PgConfig, p: &str) -> String {
+    if releases_dead_heads(config) {
+        "NULL".to_owned()
+    } else {
+        format!("{p}head_key")
+    }
 }

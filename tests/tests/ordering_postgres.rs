@@ -101,13 +101,13 @@ async fn a_producer_emitting_during_the_heads_settlement_heads_the_key() {
     let h = PgHarness::new().await;
     let store = h.store();
     let head = h.emit(vec![keyed("k", 1)], true).await.unwrap()[0].id();
-    // A settlement in progress, as a locked claim's is: the head delivered in a transaction
-    // still open.
+    // A settlement in progress: the head delivered and its key released (as the store's
+    // acknowledgement does, with the table's `_promote`), in a transaction still open.
     let mut settling = store.pool().begin().await.unwrap();
     let sql = format!(
-        "UPDATE {}.outbox_event SET status = 'delivered', head_key = NULL, attempts = 1, \
+        "UPDATE {schema}.outbox_event SET status = 'delivered', head_key = NULL, attempts = 1, \
          delivered_at = now() WHERE id = $1",
-        h.schema()
+        schema = h.schema()
     );
     let delivered = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(head.as_uuid())
@@ -115,7 +115,14 @@ async fn a_producer_emitting_during_the_heads_settlement_heads_the_key() {
         .await
         .unwrap();
     assert_eq!(delivered.rows_affected(), 1);
-
+    let promoted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {}.outbox_event_promote(ARRAY['k'], now())",
+        h.schema()
+    )))
+    .fetch_one(&mut *settling)
+    .await
+    .unwrap();
+    assert_eq!(promoted, 0, "nothing waits on the key yet");
     let producing = {
         let h = h.clone();
         tokio::spawn(async move { h.emit(vec![keyed("k", 2)], true).await })
