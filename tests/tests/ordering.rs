@@ -1,5 +1,6 @@
 //! Per-key ordering under random interleavings: units of work committing (or rolling back)
-//! events on a few keys, three workers claiming, deliveries that succeed, fail retryably or
+//! events on a few keys — on the memory store several open at once, ending in any order —,
+//! three workers claiming, deliveries that succeed, fail retryably or
 //! permanently, and leases that run out — on the memory store, and with fewer cases on
 //! PostgreSQL. After every step: no key has two deliverable events, no key is stranded (events
 //! waiting and no head), and every event handed to a worker has all its key's earlier events
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use outbox_core::{
-    DeadHead, EventFilter, EventId, Failure, Lease, LeaseId, NewEvent, OutboxStore, Outcome, Status,
+    DeadHead, Emit, EventFilter, EventId, Failure, Lease, LeaseId, NewEvent, OutboxStore, Outcome,
+    Status, Transaction, Transactional,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{MemoryHarness, PgHarness};
@@ -26,6 +28,19 @@ enum Op {
     /// One unit of work: its events (a key from 0..3, or none), committed or rolled back.
     Unit {
         keys: Vec<Option<u8>>,
+        commit: bool,
+    },
+    /// One event into the unit of work open in `unit` (opened first if none is): units stay open
+    /// across other steps and end in any order. Memory store only: on PostgreSQL a unit holding
+    /// a key blocks another unit's emit on it until it ends, which a sequential script cannot
+    /// wait for (the PostgreSQL tests race real producers instead).
+    Emit {
+        unit: usize,
+        key: Option<u8>,
+    },
+    /// Ends the unit of work open in `unit`, if any.
+    End {
+        unit: usize,
         commit: bool,
     },
     Claim {
@@ -44,6 +59,17 @@ enum Op {
     },
 }
 
+/// [`op`], with units of work open at once.
+fn op_with_open_units() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => op(),
+        3 => (0usize..3, proptest::option::weighted(0.85, 0u8..3))
+            .prop_map(|(unit, key)| Op::Emit { unit, key }),
+        2 => (0usize..3, proptest::bool::weighted(0.8))
+            .prop_map(|(unit, commit)| Op::End { unit, commit }),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (proptest::collection::vec(proptest::option::weighted(0.85, 0u8..3), 1..4),
@@ -59,9 +85,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 const LEASE: i64 = 30;
 
+/// A unit of work left open, with the keyed events emitted into it.
+type Open<S> = (<S as Transactional>::Tx, Vec<(String, EventId)>);
+
 /// The model: what was committed on each key, in commit order, and what was delivered.
-struct Run<H: Harness> {
+struct Run<H: Harness>
+where
+    H::Store: Transactional,
+{
     h: H,
+    open: Vec<Option<Open<H::Store>>>,
     policy: DeadHead,
     committed: BTreeMap<String, Vec<EventId>>,
     key_of: HashMap<EventId, String>,
@@ -70,7 +103,10 @@ struct Run<H: Harness> {
     units: usize,
 }
 
-impl<H: Harness> Run<H> {
+impl<H: Harness> Run<H>
+where
+    H::Store: Transactional,
+{
     fn new(h: H, policy: DeadHead) -> Self {
         let lease = Lease {
             id: LeaseId::new(),
@@ -79,6 +115,7 @@ impl<H: Harness> Run<H> {
         };
         Self {
             h,
+            open: (0..3).map(|_| None).collect(),
             policy,
             committed: BTreeMap::new(),
             key_of: HashMap::new(),
@@ -115,6 +152,39 @@ impl<H: Harness> Run<H> {
                             self.committed.entry(key.clone()).or_default().push(e.id());
                             self.key_of.insert(e.id(), key);
                         }
+                    }
+                }
+            }
+            Op::Emit { unit, key } => {
+                self.units += 1;
+                if self.open[*unit].is_none() {
+                    let tx = store.begin().await.unwrap();
+                    self.open[*unit] = Some((tx, Vec::new()));
+                }
+                let Some((tx, keyed)) = self.open[*unit].as_mut() else {
+                    unreachable!("opened above");
+                };
+                let mut b = NewEvent::builder("order.changed", "order", "o")
+                    .payload(serde_json::json!({ "unit": self.units }))
+                    .max_attempts(3);
+                if let Some(k) = key {
+                    b = b.ordering_key(format!("k{k}"));
+                }
+                let id = tx.emit(b.build().unwrap()).await.unwrap().id();
+                if let Some(k) = key {
+                    keyed.push((format!("k{k}"), id));
+                }
+            }
+            Op::End { unit, commit } => {
+                if let Some((tx, keyed)) = self.open[*unit].take() {
+                    if *commit {
+                        tx.commit().await.unwrap();
+                        for (key, id) in keyed {
+                            self.committed.entry(key.clone()).or_default().push(id);
+                            self.key_of.insert(id, key);
+                        }
+                    } else {
+                        tx.rollback().await.unwrap();
                     }
                 }
             }
@@ -228,6 +298,10 @@ impl<H: Harness> Run<H> {
     /// Nothing fails any more: dead heads are retried (block policy), and everything is
     /// delivered; each key's deliveries are its commit order (less its dead, under skip).
     async fn drain(&mut self) -> Result<(), TestCaseError> {
+        // Units still open end now, in slot order.
+        for unit in 0..self.open.len() {
+            self.step(&Op::End { unit, commit: true }).await?;
+        }
         let store = self.h.store();
         for _ in 0..200 {
             let now = self.h.clock().now_utc();
@@ -301,7 +375,10 @@ impl<S: OutboxStore> FetchStatus for S {
     }
 }
 
-async fn run<H: Harness>(h: H, policy: DeadHead, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run<H: Harness>(h: H, policy: DeadHead, ops: Vec<Op>) -> Result<(), TestCaseError>
+where
+    H::Store: Transactional,
+{
     let mut run = Run::new(h, policy);
     for op in &ops {
         run.step(op).await?;
@@ -341,7 +418,7 @@ proptest! {
     #[test]
     fn memory_keeps_every_key_in_commit_order(
         policy in policy(),
-        ops in proptest::collection::vec(op(), 1..60),
+        ops in proptest::collection::vec(op_with_open_units(), 1..80),
     ) {
         runtime().block_on(async {
             let h = match policy {
