@@ -54,15 +54,7 @@ pub(crate) async fn setup(url: &str, connections: u32) -> Result<Setup, BenchErr
     .await?;
     // Nor the per-key ordering triggers (they fire only for keyed rows, which the baseline never
     // writes, but their conditions would still be evaluated on every row).
-    for trigger in [
-        "notify",
-        "admit",
-        "readmit",
-        "unhead",
-        "unhead_del",
-        "promote",
-        "promote_del",
-    ] {
+    for trigger in ["notify", "admit", "readmit"] {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP TRIGGER raw_event_{trigger} ON {SCHEMA}.raw_event"
         )))
