@@ -741,7 +741,7 @@ impl OutboxStore for MemoryStore {
     ) -> Result<OutboxEvent, StoreError> {
         let at = self.now();
         let mut state = self.lock();
-        let event = state
+        let mut event = state
             .events
             .get(&id)
             .cloned()
@@ -751,6 +751,9 @@ impl OutboxStore for MemoryStore {
             .clone()
             .filter(|_| event.status() == Status::Dead && state.heads_key(&event))
             .ok_or_else(|| not_a_dead_head(&event))?;
+        // Giving up its key changes the event, as PostgreSQL's row records it.
+        event.updated_at = at;
+        state.put(event.clone());
         state.release_key(&key, at)?;
         drop(state);
         self.wake();
