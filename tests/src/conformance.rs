@@ -1408,6 +1408,15 @@ async fn ack<H: Harness>(h: &H, lease: &Lease, ids: &[EventId]) {
     assert!(lost(&recorded).is_empty(), "{recorded:?}");
 }
 
+/// Moves the clock past every lease taken so far and takes the expired ones back.
+async fn expire_leases<H: Harness>(h: &H) -> outbox_core::Reclaimed {
+    h.clock().advance(LEASE + Duration::from_secs(1));
+    h.store()
+        .reclaim_expired(h.clock().now_utc())
+        .await
+        .expect("reclaim")
+}
+
 async fn kill<H: Harness>(h: &H, lease: &Lease, id: EventId) {
     let recorded = h
         .store()
@@ -1492,12 +1501,7 @@ pub async fn a_failing_head_keeps_its_successors_waiting<H: Harness>(h: &H) {
     h.clock().advance(Duration::from_secs(11));
     let (_, got) = claim(h, "w", 10).await;
     assert_eq!(got, vec![ids[0]], "the head again, not its successor");
-    h.clock().advance(LEASE + Duration::from_secs(1));
-    let reclaimed = h
-        .store()
-        .reclaim_expired(h.clock().now_utc())
-        .await
-        .expect("reclaim");
+    let reclaimed = expire_leases(h).await;
     assert_eq!(reclaimed.pending, 1);
     assert_eq!(statuses(h, &ids).await, [Status::Pending, Status::Waiting]);
     let (lease, got) = claim(h, "w", 10).await;
@@ -1599,12 +1603,7 @@ pub async fn a_dead_head_under_skip_lets_its_key_go_on<H: Harness>(h: &H) {
     assert_eq!(got, vec![ids[0], ids[2]]);
     kill(h, &lease, ids[0]).await;
     assert_eq!(status_of(h, ids[1]).await, Status::Pending);
-    h.clock().advance(LEASE + Duration::from_secs(1));
-    let reclaimed = h
-        .store()
-        .reclaim_expired(h.clock().now_utc())
-        .await
-        .expect("reclaim");
+    let reclaimed = expire_leases(h).await;
     assert_eq!(reclaimed.dead, 1);
     assert_eq!(
         statuses(h, &ids).await,

@@ -346,3 +346,58 @@ impl Outage {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Longest a helper waits for something that should take milliseconds; a guard, not a pace.
+const GUARD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Returns once one of the harness's connections waits on a lock (PostgreSQL's own view of its
+/// sessions, so a test does not guess a delay); panics after 30 s.
+pub async fn wait_for_lock_wait(h: &PgHarness) {
+    let probe = pool("probe", 1).await;
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(h.schema())
+            .fetch_one(&probe)
+            .await
+            .expect("pg_stat_activity");
+            if n > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(GUARD, waiting)
+        .await
+        .expect("no connection of the test ever waited on a lock");
+    probe.close().await;
+}
+
+/// A transport that signals when each delivery starts, then never finishes: a worker stuck
+/// mid-delivery.
+pub struct Stuck(pub tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);
+
+#[async_trait]
+impl outbox_core::Transport for Stuck {
+    async fn deliver(
+        &self,
+        event: &outbox_core::OutboxEvent,
+    ) -> Result<(), outbox_core::DeliveryError> {
+        let _ = self.0.send(event.id);
+        std::future::pending().await
+    }
+}
+
+/// One multi-threaded runtime (2 workers) shared by a test binary's property cases.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -15,7 +14,7 @@ use outbox_core::{
     OutboxEvent, OutboxStore, Outcome, Settlement, StoreError, TransitionError,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{MemoryHarness, PgHarness};
+use outbox_tests::harness::{MemoryHarness, PgHarness, runtime};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -438,17 +437,6 @@ impl<H: Harness> Side<H> {
         events.sort_by_key(|(i, _)| *i);
         events
     }
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
 }
 
 async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {

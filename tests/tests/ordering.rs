@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -20,7 +19,7 @@ use outbox_core::{
     Status, Transaction, Transactional,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{MemoryHarness, PgHarness};
+use outbox_tests::harness::{MemoryHarness, PgHarness, runtime};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -396,17 +395,6 @@ where
     prop_assert!(page.undecodable.is_empty());
     run.h.cleanup().await;
     Ok(())
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
 }
 
 fn policy() -> impl Strategy<Value = DeadHead> {

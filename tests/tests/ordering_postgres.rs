@@ -14,7 +14,7 @@ use outbox_core::{
     OutboxStoreExt, RandomSource, RetryPolicy, Status, SystemClock, Transport,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, pool};
+use outbox_tests::harness::{PgHarness, Stuck, wait_for_lock_wait};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -29,31 +29,6 @@ fn keyed(key: &str, n: u64) -> NewEvent {
         .ordering_key(key)
         .build()
         .unwrap()
-}
-
-/// Returns once one of this test's connections waits on a lock (PostgreSQL's own view of its
-/// sessions, so the test does not guess a delay).
-async fn wait_for_lock_wait(h: &PgHarness) {
-    let probe = pool("probe", 1).await;
-    let waiting = async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            )
-            .bind(h.schema())
-            .fetch_one(&probe)
-            .await
-            .unwrap();
-            if n > 0 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(GUARD, waiting)
-        .await
-        .expect("nothing ever waited on the key's lock");
-    probe.close().await;
 }
 
 /// The classic way to strand a successor: a producer's event on the key is not yet committed
@@ -141,17 +116,6 @@ async fn a_producer_emitting_during_the_heads_settlement_heads_the_key() {
         "the key's new head"
     );
     h.cleanup().await;
-}
-
-/// Signals when each delivery starts, then never finishes: a worker stuck mid-delivery.
-struct Stuck(mpsc::UnboundedSender<EventId>);
-
-#[async_trait]
-impl Transport for Stuck {
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let _ = self.0.send(event.id);
-        std::future::pending().await
-    }
 }
 
 /// A worker killed while delivering a key's head: nothing of the key is delivered until the

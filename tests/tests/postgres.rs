@@ -14,7 +14,7 @@ use outbox_core::{
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, foreign_row, pool, pool_with};
+use outbox_tests::harness::{PgHarness, Stuck, foreign_row, pool, pool_with, wait_for_lock_wait};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -183,31 +183,6 @@ async fn racing_transactions_on_one_idempotency_key_store_one_event() {
     h.cleanup().await;
 }
 
-/// Returns once one of this test's connections is waiting on a lock (driven by PostgreSQL's
-/// own view of its sessions, so the test does not guess a delay).
-async fn wait_for_lock_wait(h: &PgHarness) {
-    let probe = pool("probe", 1).await;
-    let waiting = async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            )
-            .bind(h.schema())
-            .fetch_one(&probe)
-            .await
-            .unwrap();
-            if n > 0 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(GUARD, waiting)
-        .await
-        .expect("the second transaction never waited on the key");
-    probe.close().await;
-}
-
 /// Records deliveries and flags any event delivered by two workers at once.
 #[derive(Default)]
 struct Exclusive {
@@ -315,17 +290,6 @@ async fn four_workers_drain(mode: ClaimMode) {
         &odd[..odd.len().min(3)]
     );
     h.cleanup().await;
-}
-
-/// Signals when each delivery starts, then never finishes: a worker stuck mid-delivery.
-struct Stuck(mpsc::UnboundedSender<EventId>);
-
-#[async_trait]
-impl Transport for Stuck {
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let _ = self.0.send(event.id);
-        std::future::pending().await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

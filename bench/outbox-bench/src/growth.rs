@@ -37,7 +37,7 @@ async fn fill_to(pool: &PgPool, schema: &str, have: u64, target: u64) -> Result<
 }
 
 /// Median time of one claim of 100 events (over `samples` claims).
-async fn claim_ms(store: &PgStore, samples: usize) -> Result<f64, BenchError> {
+pub(crate) async fn claim_ms(store: &PgStore, samples: usize) -> Result<f64, BenchError> {
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let now = Utc::now();
