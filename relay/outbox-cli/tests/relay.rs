@@ -794,3 +794,77 @@ async fn a_long_broker_outage_kills_no_event() {
     let _ = std::fs::remove_dir_all(dir);
     h.cleanup().await;
 }
+
+/// A dead head parks its ordering key: `outbox status` lists the key with its head and how many
+/// events wait; `outbox dead skip` lets the next event go on, and the key leaves the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_parked_keys_and_dead_skip_moves_them_on() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let keyed = |n: usize| {
+        NewEvent::builder("order.changed", "order", "o-7")
+            .payload(serde_json::json!({ "n": n }))
+            .ordering_key("order-7")
+            .build()
+            .unwrap()
+    };
+    let ids: Vec<_> = h
+        .emit(vec![keyed(1), keyed(2), keyed(3)], true)
+        .await
+        .unwrap()
+        .iter()
+        .map(outbox_core::Emitted::id)
+        .collect();
+    let store = h.store();
+    let now = outbox_core::Clock::now(h.clock());
+    let (lease, claimed) = OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "only the key's head is claimable");
+    store
+        .nack(
+            lease.id,
+            &[outbox_core::Failure::permanent(ids[0], "rejected")],
+            now,
+        )
+        .await
+        .unwrap();
+
+    let status = outbox(&["status"], &url, h.schema());
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("order-7"))
+        .unwrap_or_else(|| panic!("the parked key is not listed:\n{status}"));
+    assert!(
+        row.contains(&ids[0].to_string()) && row.trim_end().ends_with('2'),
+        "{row}"
+    );
+
+    let (ok, out, err) = run(
+        &["dead", "skip", &ids[1].to_string()],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(!ok, "a waiting event is not a dead head: {out}");
+    assert!(
+        err.contains("cannot skip an event that is waiting"),
+        "{err}"
+    );
+    let (ok, out, err) = run(
+        &["dead", "skip", &ids[0].to_string()],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("the next event of \"order-7\" goes on"),
+        "{out}"
+    );
+    let status = outbox(&["status"], &url, h.schema());
+    assert!(!status.contains("parked ordering key"), "{status}");
+    let next = OutboxStoreExt::fetch(&store, ids[1]).await.unwrap();
+    assert_eq!(next.status(), Status::Pending);
+    h.cleanup().await;
+}
