@@ -154,7 +154,8 @@ impl NewEvent {
     pub fn idempotency_key(&self) -> Option<&str> {
         self.idempotency_key.as_deref()
     }
-    /// The ordering key, carried to transports that partition by key.
+    /// The ordering key: events that share one are delivered one at a time in commit order
+    /// (see [`ordering`](crate::ordering)); carried to transports that partition by key.
     pub fn ordering_key(&self) -> Option<&str> {
         self.ordering_key.as_deref()
     }
@@ -256,7 +257,8 @@ impl NewEventBuilder {
         self
     }
 
-    /// Sets the ordering key.
+    /// Sets the ordering key: events that share one are delivered one at a time, in the order
+    /// their transactions committed (see [`ordering`](crate::ordering)).
     pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
         self.event.ordering_key = Some(key.into());
         self
@@ -404,7 +406,8 @@ pub struct OutboxEvent {
     pub headers: BTreeMap<String, String>,
     /// Unique idempotency key, if one was given.
     pub idempotency_key: Option<String>,
-    /// Ordering key, if one was given.
+    /// Ordering key, if one was given: the event is delivered after every earlier-committed
+    /// event of the key (see [`ordering`](crate::ordering)).
     pub ordering_key: Option<String>,
     /// Status, attempts, schedule, lease and last error.
     pub lifecycle: Lifecycle,
