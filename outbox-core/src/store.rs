@@ -182,11 +182,27 @@ pub struct EventPage {
 }
 
 impl EventPage {
-    /// The highest id on the page, to pass as [`EventFilter::after`] for the next one.
+    /// The highest id on the page, to pass as [`EventFilter::after`] for the next one of an
+    /// oldest-first listing (see [`next_after`](Self::next_after) for either order).
     pub fn last_id(&self) -> Option<EventId> {
         let event = self.events.last().map(|e| e.id);
         let row = self.undecodable.last().map(|u| u.id);
         event.max(row)
+    }
+
+    /// Where the next page of `filter`'s listing starts: the page's last id in its order (the
+    /// highest oldest first, the lowest newest first), to pass as [`EventFilter::after`].
+    pub fn next_after(&self, filter: &EventFilter) -> Option<EventId> {
+        let ids = self
+            .events
+            .iter()
+            .map(|e| e.id)
+            .chain(self.undecodable.iter().map(|u| u.id));
+        if filter.newest_first {
+            ids.min()
+        } else {
+            ids.max()
+        }
     }
 
     /// The earliest creation time on the page, readable rows and unreadable ones alike.
@@ -255,18 +271,30 @@ impl StatusCounts {
 }
 
 /// Which events [`OutboxStore::list`] returns: every set field must match. Results come in id
-/// (creation) order; pass the last id seen as `after` for the next page.
+/// (creation) order, oldest first or, with `newest_first`, newest first; pass
+/// [`EventPage::next_after`] as `after` for the next page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventFilter {
     /// Only this status.
     pub status: Option<Status>,
     /// Only this event type.
     pub event_type: Option<String>,
+    /// Only event types that start with this (`"order."` for `order.paid`, `order.shipped`…).
+    pub event_type_prefix: Option<String>,
     /// Only this aggregate type.
     pub aggregate_type: Option<String>,
     /// Only this aggregate id.
     pub aggregate_id: Option<String>,
-    /// Only events after this id (keyset paging).
+    /// Only the event with this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Only events created at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only events created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// Only events past this id in the page's order (keyset paging): later ids oldest first,
+    /// earlier ids newest first.
     pub after: Option<EventId>,
     /// At most this many events.
     pub limit: usize,
@@ -277,8 +305,13 @@ impl Default for EventFilter {
         Self {
             status: None,
             event_type: None,
+            event_type_prefix: None,
             aggregate_type: None,
             aggregate_id: None,
+            idempotency_key: None,
+            created_from: None,
+            created_before: None,
+            newest_first: false,
             after: None,
             limit: 100,
         }
@@ -294,6 +327,10 @@ impl EventFilter {
                 .as_deref()
                 .is_none_or(|t| t == event.event_type)
             && self
+                .event_type_prefix
+                .as_deref()
+                .is_none_or(|p| event.event_type.starts_with(p))
+            && self
                 .aggregate_type
                 .as_deref()
                 .is_none_or(|t| t == event.aggregate_type)
@@ -301,7 +338,21 @@ impl EventFilter {
                 .aggregate_id
                 .as_deref()
                 .is_none_or(|t| t == event.aggregate_id)
-            && self.after.is_none_or(|after| event.id > after)
+            && self
+                .idempotency_key
+                .as_deref()
+                .is_none_or(|k| event.idempotency_key.as_deref() == Some(k))
+            && self.created_from.is_none_or(|t| event.created_at >= t)
+            && self.created_before.is_none_or(|t| event.created_at < t)
+    }
+
+    /// Whether `id` lies past [`after`](Self::after) in the page's order.
+    pub fn is_past_cursor(&self, id: EventId) -> bool {
+        match (self.after, self.newest_first) {
+            (None, _) => true,
+            (Some(after), false) => id > after,
+            (Some(after), true) => id < after,
+        }
     }
 }
 

@@ -659,11 +659,14 @@ impl OutboxStore for MemoryStore {
     }
 
     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
-        let events = self
-            .lock()
-            .events
-            .values()
-            .filter(|e| filter.matches(e))
+        let state = self.lock();
+        let all: Box<dyn Iterator<Item = &OutboxEvent>> = if filter.newest_first {
+            Box::new(state.events.values().rev())
+        } else {
+            Box::new(state.events.values())
+        };
+        let events = all
+            .filter(|e| filter.is_past_cursor(e.id) && filter.matches(e))
             .take(filter.limit)
             .cloned()
             .collect();

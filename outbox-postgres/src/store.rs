@@ -477,7 +477,14 @@ impl OutboxStore for PgStore {
                 Alias::new(self.config.schema()),
                 Alias::new(self.config.table()),
             ))
-            .order_by(Alias::new("id"), Order::Asc)
+            .order_by(
+                Alias::new("id"),
+                if filter.newest_first {
+                    Order::Desc
+                } else {
+                    Order::Asc
+                },
+            )
             .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
         if let Some(status) = filter.status {
             query.and_where(col("status").eq(status.as_str()));
@@ -491,9 +498,26 @@ impl OutboxStore for PgStore {
         if let Some(aggregate_id) = &filter.aggregate_id {
             query.and_where(col("aggregate_id").eq(aggregate_id.as_str()));
         }
-        if let Some(after) = filter.after {
-            query.and_where(col("id").gt(*after.as_uuid()));
+        if let Some(prefix) = &filter.event_type_prefix {
+            query.and_where(Expr::cust_with_values(
+                "starts_with(event_type, $1)",
+                [prefix.as_str()],
+            ));
         }
+        if let Some(key) = &filter.idempotency_key {
+            query.and_where(col("idempotency_key").eq(key.as_str()));
+        }
+        if let Some(from) = filter.created_from {
+            query.and_where(col("created_at").gte(from));
+        }
+        if let Some(before) = filter.created_before {
+            query.and_where(col("created_at").lt(before));
+        }
+        match (filter.after, filter.newest_first) {
+            (Some(after), false) => query.and_where(col("id").gt(*after.as_uuid())),
+            (Some(after), true) => query.and_where(col("id").lt(*after.as_uuid())),
+            (None, _) => &mut query,
+        };
         let (sql, values) = query.build_sqlx(PostgresQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)

@@ -586,6 +586,86 @@ pub async fn list_filters_and_pages<H: Harness>(h: &H) {
     );
 }
 
+/// Listing filters by type prefix, idempotency key and creation time, and pages newest first:
+/// `next_after` continues each order where its page ended.
+pub async fn list_filters_by_prefix_key_and_time_newest_first<H: Harness>(h: &H) {
+    let typed = |event_type: &str, key: Option<&str>| {
+        let mut b = NewEvent::builder(event_type, "order", "o-1");
+        if let Some(k) = key {
+            b = b.idempotency_key(k);
+        }
+        b.build().expect("valid")
+    };
+    let early = emit_ids(
+        h,
+        vec![
+            typed("order.paid", None),
+            typed("order.shipped", Some("ship-1")),
+        ],
+    )
+    .await;
+    h.clock().advance(Duration::from_secs(60));
+    let late = emit_ids(
+        h,
+        vec![typed("orders.archived", None), typed("order.paid", None)],
+    )
+    .await;
+    let store = h.store();
+    let list = |f: EventFilter| {
+        let store = store.clone();
+        async move {
+            let page = store.list(&f).await.expect("list");
+            let ids: Vec<EventId> = page.events.iter().map(|e| e.id).collect();
+            (ids, page.next_after(&f))
+        }
+    };
+    let prefix = EventFilter {
+        event_type_prefix: Some("order.".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(prefix).await.0, vec![early[0], early[1], late[1]]);
+    let key = EventFilter {
+        idempotency_key: Some("ship-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(key).await.0, vec![early[1]]);
+    let boundary = h.clock().now_utc();
+    let since = EventFilter {
+        created_from: Some(boundary),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(since).await.0,
+        late,
+        "created at the boundary or later"
+    );
+    let before = EventFilter {
+        created_before: Some(boundary),
+        ..Default::default()
+    };
+    assert_eq!(list(before).await.0, early, "created before the boundary");
+
+    let all: Vec<EventId> = early.iter().chain(&late).copied().collect();
+    let newest = EventFilter {
+        newest_first: true,
+        limit: 3,
+        ..Default::default()
+    };
+    let (page1, next) = list(newest.clone()).await;
+    let (page2, _) = list(EventFilter {
+        after: next,
+        ..newest
+    })
+    .await;
+    let mut expected = all.clone();
+    expected.reverse();
+    assert_eq!(
+        [page1, page2].concat(),
+        expected,
+        "newest first, every event once"
+    );
+}
+
 /// Counting by status sees every status.
 pub async fn count_by_status_sees_every_status<H: Harness>(h: &H) {
     let ids = emit_n(h, 4).await;
@@ -1668,7 +1748,8 @@ macro_rules! conformance_tests {
             nack_reschedules_or_kills, stale_lease_is_fenced, release_returns_events_untried,
             defer_returns_events_untried_for_later,
             renew_extends_the_lease, reclaim_expired_counts_the_attempt, purge_deletes_only_old_delivered,
-            list_filters_and_pages, count_by_status_sees_every_status, retry_dead_revives,
+            list_filters_and_pages, list_filters_by_prefix_key_and_time_newest_first,
+            count_by_status_sees_every_status, retry_dead_revives,
             claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,
             an_event_is_named_once_per_call, outcomes_say_what_the_store_did, revive_is_bounded,
             a_skewed_clock_cannot_take_a_live_lease, a_uniform_batch_is_stored_like_any_other,
