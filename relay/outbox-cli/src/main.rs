@@ -9,6 +9,7 @@
 //! ```
 
 mod config;
+mod events;
 mod http;
 mod startup;
 
@@ -115,6 +116,11 @@ enum Command {
         /// How many dead events to list.
         #[arg(long, default_value_t = 20)]
         dead: usize,
+    },
+    /// List events with filters, or show one.
+    Events {
+        #[command(subcommand)]
+        action: events::EventsAction,
     },
     /// Look at dead events and give them more attempts.
     Dead {
@@ -718,6 +724,10 @@ fn main() -> ExitCode {
             Command::Status { target, dead } => {
                 let t = target.clone();
                 status(target, dead).await.map_err(|e| explain(e, &t))
+            }
+            Command::Events { action } => {
+                let t = action.target().clone();
+                events::events(action).await.map_err(|e| explain(e, &t))
             }
             Command::Dead { action } => {
                 let t = match &action {

@@ -868,3 +868,105 @@ async fn status_lists_parked_keys_and_dead_skip_moves_them_on() {
     assert_eq!(next.status(), Status::Pending);
     h.cleanup().await;
 }
+
+/// `outbox events list` filters (type prefix, status, newest first), pages with the `--after`
+/// it prints, answers in JSON on request, and refuses a bad limit; `events show` prints one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_list_filters_pages_and_prints_json() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let typed = |t: &str, n: usize| {
+        NewEvent::builder(t, "order", format!("o-{n}"))
+            .payload(serde_json::json!({ "n": n }))
+            .build()
+            .unwrap()
+    };
+    let ids: Vec<EventId> = h
+        .emit(
+            vec![
+                typed("order.paid", 1),
+                typed("invoice.sent", 2),
+                typed("order.shipped", 3),
+                typed("order.paid", 4),
+            ],
+            true,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(outbox_core::Emitted::id)
+        .collect();
+
+    let (ok, out, err) = run(
+        &[
+            "events",
+            "list",
+            "--type-prefix",
+            "order.",
+            "--newest-first",
+            "--limit",
+            "2",
+        ],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert!(rows[0].starts_with(&ids[3].to_string()), "{out}");
+    assert!(rows[1].starts_with(&ids[2].to_string()), "{out}");
+    assert_eq!(rows[2], format!("more: --after {}", ids[2]), "{out}");
+
+    let (ok, out, err) = run(
+        &[
+            "events",
+            "list",
+            "--type-prefix",
+            "order.",
+            "--newest-first",
+            "--limit",
+            "2",
+            "--after",
+            &ids[2].to_string(),
+            "--json",
+        ],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listed: Vec<&str> = json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[0].to_string()], "{out}");
+    assert!(json["next_after"].is_null(), "the last page: {out}");
+
+    let (ok, out, _) = run(
+        &[
+            "events",
+            "list",
+            "--status",
+            "pending",
+            "--type",
+            "invoice.sent",
+        ],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(
+        ok && out.contains(&ids[1].to_string()) && out.lines().count() == 2,
+        "{out}"
+    );
+    let (ok, _, err) = run(&["events", "list", "--limit", "0"], &url, h.schema(), &[]);
+    assert!(!ok && err.contains("--limit must be 1 to 10000"), "{err}");
+
+    let shown = outbox(&["events", "show", &ids[1].to_string()], &url, h.schema());
+    let event: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(event["event_type"], "invoice.sent");
+    h.cleanup().await;
+}
