@@ -616,6 +616,24 @@ pub trait OutboxStore: Send + Sync {
         })
     }
 
+    /// Deletes events for good, whatever their status, except those a worker holds (in flight
+    /// under a lease, or locked by a locked claim), which are skipped; returns the ids deleted.
+    /// An event that headed its ordering key gives it up (the next event is promoted); a
+    /// waiting one leaves its key's queue. For an operator cleaning up: deleting an undelivered
+    /// event means it is never delivered.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn delete_events(
+        &self,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let _ = (ids, now);
+        Err(StoreError::Unsupported {
+            operation: "delete_events",
+        })
+    }
+
     /// Keys parked behind a dead head (see [`ordering`](crate::ordering)), up to `limit`, oldest
     /// head first.
     ///
@@ -738,6 +756,13 @@ macro_rules! forward_store {
                 now: DateTime<Utc>,
             ) -> Result<LockedClaim, StoreError> {
                 (**self).claim_locked(limit, hold, now).await
+            }
+            async fn delete_events(
+                &self,
+                ids: &[EventId],
+                now: DateTime<Utc>,
+            ) -> Result<Vec<EventId>, StoreError> {
+                (**self).delete_events(ids, now).await
             }
             async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
                 (**self).parked_keys(limit).await

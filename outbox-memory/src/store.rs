@@ -712,6 +712,41 @@ impl OutboxStore for MemoryStore {
         Ok(event)
     }
 
+    async fn delete_events(
+        &self,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let at = self.now();
+        let mut state = self.lock();
+        state.end_expired_holds(at);
+        let mut deleted = Vec::new();
+        for id in ids {
+            let Some(event) = state.events.get(id).cloned() else {
+                continue;
+            };
+            if event.status() == Status::InFlight || state.locked.contains_key(id) {
+                continue;
+            }
+            let headed = state.heads_key(&event);
+            state.remove(*id);
+            if let Some(key) = &event.ordering_key {
+                if headed {
+                    state.release_key(key, at)?;
+                } else if let Some(queue) = state.queues.get_mut(key) {
+                    queue.retain(|_, waiting| waiting != id);
+                    if queue.is_empty() {
+                        state.queues.remove(key);
+                    }
+                }
+            }
+            deleted.push(*id);
+        }
+        drop(state);
+        self.wake();
+        Ok(deleted)
+    }
+
     async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
         let state = self.lock();
         let mut parked: Vec<(DateTime<Utc>, ParkedKey)> = state

@@ -44,6 +44,7 @@ pub(crate) struct Statements {
     pub count: Arc<str>,
     pub revive: Arc<str>,
     pub skip_dead_head: Arc<str>,
+    pub delete_events: Arc<str>,
     pub parked_keys: Arc<str>,
     /// Statements of locked claims (see [`outbox_core::locked`]).
     pub locked: Locked,
@@ -221,6 +222,18 @@ impl Statements {
                     .join(", ");
                 releasing(config, &update, &columns, &n)
             }),
+            // $1 the ids, $2 the injected time. Rows a worker holds (in flight, or locked by a
+            // locked claim) are skipped; a deleted head's key goes to its next event.
+            delete_events: s(releasing(
+                config,
+                &format!(
+                    "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE id = ANY($1) \
+                     AND status <> 'in_flight' FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, head_key AS released"
+                ),
+                "done.id",
+                &now(2),
+            )),
             parked_keys: s(format!(
                 "SELECT h.head_key, h.id, (SELECT count(*) FROM {t} AS w \
                  WHERE w.ordering_key = h.head_key AND w.status = 'waiting') \

@@ -596,6 +596,27 @@ impl OutboxStore for PgStore {
         Ok(revived)
     }
 
+    async fn delete_events(
+        &self,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        let rows = sqlx::query(AssertSqlSafe(self.sql.delete_events.clone()))
+            .bind(ids)
+            .bind(self.injected_now())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<Uuid, _>(0)
+                    .map(EventId::from_uuid)
+                    .map_err(db_error)
+            })
+            .collect()
+    }
+
     async fn parked_keys(&self, limit_to: usize) -> Result<Vec<ParkedKey>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(self.sql.parked_keys.clone()))
             .bind(limit(limit_to))

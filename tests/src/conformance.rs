@@ -666,6 +666,51 @@ pub async fn list_filters_by_prefix_key_and_time_newest_first<H: Harness>(h: &H)
     );
 }
 
+/// Deleting events removes whatever it names except what a worker holds (in flight, or locked):
+/// a deleted head hands its key to the next event, a deleted waiting event leaves the queue.
+pub async fn delete_events_removes_all_but_what_a_worker_holds<H: Harness>(h: &H) {
+    let held = emit_n(h, 2).await;
+    let (lease, leased) = claim(h, "w", 1).await;
+    assert_eq!(leased, held[..1].to_vec());
+    let (batch, locked) = claim_locked(h, 1).await;
+    assert_eq!(locked, held[1..].to_vec());
+    let keyed_ids = emit_ids(
+        h,
+        vec![keyed("k", 1), keyed("k", 2), keyed("k", 3), event(9)],
+    )
+    .await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let mut asked = held.clone();
+    asked.extend([keyed_ids[0], keyed_ids[2], keyed_ids[3], EventId::new()]);
+    let mut deleted = store.delete_events(&asked, now).await.expect("delete");
+    deleted.sort();
+    let mut expected = vec![keyed_ids[0], keyed_ids[2], keyed_ids[3]];
+    expected.sort();
+    assert_eq!(deleted, expected, "held and unknown events are skipped");
+    for id in &expected {
+        assert!(store.get(*id).await.expect("get").is_none());
+    }
+    assert_eq!(
+        status_of(h, keyed_ids[1]).await,
+        Status::Pending,
+        "promoted"
+    );
+    drop(batch);
+    let (_, got) = claim(h, "w2", 10).await;
+    assert!(got.contains(&keyed_ids[1]), "{got:?}");
+    assert_eq!(status_of(h, held[0]).await, Status::InFlight);
+    let recorded = store
+        .ack(lease.id, &held[..1], h.clock().now_utc())
+        .await
+        .expect("ack");
+    assert_eq!(
+        recorded[0].outcome,
+        Outcome::Delivered,
+        "still the worker's"
+    );
+}
+
 /// Counting by status sees every status.
 pub async fn count_by_status_sees_every_status<H: Harness>(h: &H) {
     let ids = emit_n(h, 4).await;
@@ -1749,6 +1794,7 @@ macro_rules! conformance_tests {
             defer_returns_events_untried_for_later,
             renew_extends_the_lease, reclaim_expired_counts_the_attempt, purge_deletes_only_old_delivered,
             list_filters_and_pages, list_filters_by_prefix_key_and_time_newest_first,
+            delete_events_removes_all_but_what_a_worker_holds,
             count_by_status_sees_every_status, retry_dead_revives,
             claims_get_distinct_leases, emit_limits_are_enforced, payloads_round_trip_exactly,
             an_event_is_named_once_per_call, outcomes_say_what_the_store_did, revive_is_bounded,

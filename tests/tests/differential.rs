@@ -78,6 +78,10 @@ enum Op {
     },
     /// Lists the parked keys.
     Parked,
+    /// Deletes the picked events (mostly dead ones, else any).
+    Delete {
+        pick: Vec<u8>,
+    },
     /// Opens a locked claim in `slot` (settling the one open there first, giving its events
     /// back).
     LockClaim {
@@ -108,6 +112,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(keys, orders, delay, attempts, commit)| Op::Emit { keys, orders, delay, attempts, commit }),
         1 => any::<u8>().prop_map(|pick| Op::SkipDeadHead { pick }),
         1 => Just(Op::Parked),
+        1 => proptest::collection::vec(any::<u8>(), 0..3).prop_map(|pick| Op::Delete { pick }),
         3 => (worker.clone(), 1usize..4, 5u8..60)
             .prop_map(|(worker, limit, lease_secs)| Op::Claim { worker, limit, lease_secs }),
         2 => (worker.clone(), pick.clone()).prop_map(|(worker, pick)| Op::Ack { worker, pick }),
@@ -138,6 +143,8 @@ enum Answer {
     Reclaimed(u64, u64),
     Revived(usize),
     Skipped(usize),
+    /// Deleted events, sorted.
+    Deleted(Vec<usize>),
     /// Parked keys: key, head, waiting.
     Parked(Vec<(String, usize, u64)>),
     /// What settling the slot's previous claim did, and what the new one took.
@@ -398,6 +405,17 @@ impl<H: Harness> Side<H> {
                 };
                 match store.skip_dead_head(id, now).await {
                     Ok(e) => Answer::Skipped(self.idx(e.id)),
+                    Err(e) => refused(e),
+                }
+            }
+            Op::Delete { pick } => {
+                let ids = self.picked(pick, &held[3]);
+                match store.delete_events(&ids, now).await {
+                    Ok(gone) => {
+                        let mut gone: Vec<usize> = gone.iter().map(|id| self.idx(*id)).collect();
+                        gone.sort_unstable();
+                        Answer::Deleted(gone)
+                    }
                     Err(e) => refused(e),
                 }
             }
