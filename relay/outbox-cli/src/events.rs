@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use outbox_core::{EventFilter, EventId, EventPage, OutboxStore, Status, StoreError};
+use outbox_core::{
+    Clock, EventFilter, EventId, EventPage, OutboxStore, Status, StoreError, SystemClock,
+};
 
 use crate::startup::Startup;
 use crate::{CliError, Target, load, store};
@@ -37,20 +39,60 @@ pub(crate) enum EventsAction {
         /// The event's id.
         id: EventId,
     },
+    /// Give dead events more attempts, due at once: the ids named, or every dead event matching
+    /// the filters (or --all). --dry-run prints how many would be retried.
+    ///
+    /// Example: `outbox events retry --type-prefix order. --since 2026-11-27T00:00:00Z --dry-run`.
+    Retry {
+        #[command(flatten)]
+        target: Target,
+        /// Events to retry.
+        ids: Vec<EventId>,
+        #[command(flatten)]
+        matching: MatchArgs,
+        /// Attempts to give each.
+        #[arg(long, default_value_t = 1)]
+        attempts: u32,
+        /// Count, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete events for good: the ids named, or every event matching the filters (or --all),
+    /// except those a worker holds. An undelivered event deleted is never delivered; needs --yes
+    /// unless --dry-run, which prints how many would be deleted.
+    ///
+    /// Example: `outbox events delete --status dead --before 2026-11-01T00:00:00Z --yes`.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// Events to delete.
+        ids: Vec<EventId>,
+        #[command(flatten)]
+        matching: MatchArgs,
+        /// Count, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl EventsAction {
     /// Where the command looks for the outbox.
     pub(crate) fn target(&self) -> &Target {
         match self {
-            EventsAction::List { target, .. } | EventsAction::Show { target, .. } => target,
+            EventsAction::List { target, .. }
+            | EventsAction::Show { target, .. }
+            | EventsAction::Retry { target, .. }
+            | EventsAction::Delete { target, .. } => target,
         }
     }
 }
 
-/// The filters of `outbox events list`, as `EventFilter` takes them.
-#[derive(clap::Args, Debug)]
-pub(crate) struct FilterArgs {
+/// Which events a command matches, as `EventFilter` takes them.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct MatchArgs {
     /// Only this status (waiting, pending, in_flight, delivered, dead).
     #[arg(long)]
     status: Option<Status>,
@@ -75,6 +117,45 @@ pub(crate) struct FilterArgs {
     /// Only events created before this time (RFC 3339).
     #[arg(long)]
     before: Option<DateTime<Utc>>,
+    /// Every event (for retry and delete, which otherwise need ids or a filter).
+    #[arg(long)]
+    all: bool,
+}
+
+impl MatchArgs {
+    /// Whether any filter is set.
+    fn any(&self) -> bool {
+        self.status.is_some()
+            || self.event_type.is_some()
+            || self.type_prefix.is_some()
+            || self.aggregate_type.is_some()
+            || self.aggregate_id.is_some()
+            || self.key.is_some()
+            || self.since.is_some()
+            || self.before.is_some()
+    }
+
+    fn filter(self, limit: usize) -> EventFilter {
+        EventFilter {
+            status: self.status,
+            event_type: self.event_type,
+            event_type_prefix: self.type_prefix,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            idempotency_key: self.key,
+            created_from: self.since,
+            created_before: self.before,
+            limit,
+            ..EventFilter::default()
+        }
+    }
+}
+
+/// The filters of `outbox events list`, with its page.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FilterArgs {
+    #[command(flatten)]
+    matching: MatchArgs,
     /// Newest first.
     #[arg(long)]
     newest_first: bool,
@@ -92,19 +173,50 @@ impl FilterArgs {
             return Err(format!("--limit must be 1 to {MAX_LIMIT}, got {}", self.limit).into());
         }
         Ok(EventFilter {
-            status: self.status,
-            event_type: self.event_type,
-            event_type_prefix: self.type_prefix,
-            aggregate_type: self.aggregate_type,
-            aggregate_id: self.aggregate_id,
-            idempotency_key: self.key,
-            created_from: self.since,
-            created_before: self.before,
             newest_first: self.newest_first,
             after: self.after,
-            limit: self.limit,
+            ..self.matching.filter(self.limit)
         })
     }
+}
+
+/// Events acted on per page of a bulk command.
+const PAGE: usize = 1_000;
+
+/// The events a bulk command acts on: the ids named, then every event matching `matching`,
+/// a page at a time, handed to `act` (which returns how many it changed).
+async fn each_page<F, Fut>(
+    store: &outbox_postgres::PgStore,
+    ids: Vec<EventId>,
+    matching: MatchArgs,
+    mut act: F,
+) -> Result<(u64, u64), CliError>
+where
+    F: FnMut(Vec<EventId>) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, CliError>>,
+{
+    if ids.is_empty() && !matching.any() && !matching.all {
+        return Err("name the events, or give a filter (--status, --type, …) or --all".into());
+    }
+    let (mut seen, mut changed) = (0u64, 0u64);
+    if !ids.is_empty() {
+        seen += ids.len() as u64;
+        changed += act(ids).await?;
+    }
+    if matching.any() || matching.all {
+        let mut filter = matching.filter(PAGE);
+        loop {
+            let page = store.list(&filter).await?;
+            let Some(next) = page.next_after(&filter) else {
+                break;
+            };
+            let ids: Vec<EventId> = page.events.iter().map(|e| e.id).collect();
+            seen += ids.len() as u64;
+            changed += act(ids).await?;
+            filter.after = Some(next);
+        }
+    }
+    Ok((seen, changed))
 }
 
 pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
@@ -129,6 +241,72 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let event = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
             writeln!(stdout(), "{}", serde_json::to_string_pretty(&event)?)?;
+        }
+        EventsAction::Retry {
+            target,
+            ids,
+            mut matching,
+            attempts,
+            dry_run,
+        } => {
+            if matching.status.is_some_and(|s| s != Status::Dead) {
+                return Err("only dead events can be retried: drop --status or use dead".into());
+            }
+            matching.status = Some(Status::Dead);
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+            let (seen, retried) = each_page(&store, ids, matching, |ids| {
+                let store = store.clone();
+                async move {
+                    if dry_run {
+                        return Ok(ids.len() as u64);
+                    }
+                    for id in &ids {
+                        store.retry_dead(*id, attempts, SystemClock.now()).await?;
+                    }
+                    Ok(ids.len() as u64)
+                }
+            })
+            .await?;
+            if dry_run {
+                writeln!(stdout(), "would retry {seen} event(s); nothing changed")?;
+            } else {
+                writeln!(
+                    stdout(),
+                    "retried {retried} event(s) with {attempts} more attempt(s) each"
+                )?;
+            }
+        }
+        EventsAction::Delete {
+            target,
+            ids,
+            matching,
+            dry_run,
+            yes,
+        } => {
+            if !dry_run && !yes {
+                return Err("deleting is for good: add --yes (or --dry-run to count)".into());
+            }
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+            let (seen, deleted) = each_page(&store, ids, matching, |ids| {
+                let store = store.clone();
+                async move {
+                    if dry_run {
+                        return Ok(ids.len() as u64);
+                    }
+                    let gone = store.delete_events(&ids, SystemClock.now()).await?;
+                    Ok(gone.len() as u64)
+                }
+            })
+            .await?;
+            if dry_run {
+                writeln!(stdout(), "would delete {seen} event(s); nothing changed")?;
+            } else {
+                writeln!(
+                    stdout(),
+                    "deleted {deleted} event(s); {} skipped (held by a worker, or gone)",
+                    seen - deleted
+                )?;
+            }
         }
     }
     Ok(())

@@ -970,3 +970,94 @@ async fn events_list_filters_pages_and_prints_json() {
     assert_eq!(event["event_type"], "invoice.sent");
     h.cleanup().await;
 }
+
+/// `outbox events retry|delete` act on the ids named or on every event matching the filters,
+/// count first with --dry-run, and refuse to act on everything (or delete) unasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_retry_and_delete_by_filter_with_dry_runs() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let typed = |t: &str, n: usize| {
+        NewEvent::builder(t, "order", format!("o-{n}"))
+            .max_attempts(1)
+            .build()
+            .unwrap()
+    };
+    let ids: Vec<EventId> = h
+        .emit(
+            vec![
+                typed("order.paid", 1),
+                typed("order.shipped", 2),
+                typed("invoice.sent", 3),
+            ],
+            true,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(outbox_core::Emitted::id)
+        .collect();
+    let store = h.store();
+    let now = outbox_core::Clock::now(h.clock());
+    let (lease, claimed) = OutboxStoreExt::claim_for(&store, "w", 2, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let failures: Vec<_> = ids[..2]
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "rejected"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+    let status = |id: EventId| {
+        let store = store.clone();
+        async move { store.get(id).await.unwrap().map(|e| e.status()) }
+    };
+
+    let (ok, out, err) = run(
+        &["events", "retry", "--type-prefix", "order.", "--dry-run"],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok && out.contains("would retry 2 event(s)"), "{out}{err}");
+    assert_eq!(
+        status(ids[0]).await,
+        Some(Status::Dead),
+        "a dry run changes nothing"
+    );
+    let (ok, out, err) = run(
+        &["events", "retry", "--type-prefix", "order."],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok && out.contains("retried 2 event(s)"), "{out}{err}");
+    assert_eq!(status(ids[1]).await, Some(Status::Pending));
+
+    let (ok, _, err) = run(
+        &["events", "delete", "--type", "invoice.sent"],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(!ok && err.contains("--yes"), "{err}");
+    let (ok, _, err) = run(&["events", "delete", "--yes"], &url, h.schema(), &[]);
+    assert!(!ok && err.contains("give a filter"), "{err}");
+    let (ok, out, _) = run(
+        &["events", "delete", "--type", "invoice.sent", "--dry-run"],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok && out.contains("would delete 1 event(s)"), "{out}");
+    assert_eq!(status(ids[2]).await, Some(Status::Pending));
+    let (ok, out, err) = run(
+        &["events", "delete", "--type", "invoice.sent", "--yes"],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok && out.contains("deleted 1 event(s)"), "{out}{err}");
+    assert_eq!(status(ids[2]).await, None);
+    h.cleanup().await;
+}
