@@ -12,9 +12,9 @@ use outbox_core::locked::validate_hold;
 use outbox_core::ordering::keeps_key;
 use outbox_core::{
     Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId, EventPage, Failure,
-    Lease, LeaseId, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey,
-    Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock, Transition,
-    ValidationError, WakeupSender, Wakeups, distinct_ids, transition,
+    Lease, LeaseId, Lifecycle, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome,
+    ParkedKey, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
+    Transition, ValidationError, WakeupSender, Wakeups, distinct_ids, transition,
 };
 
 use crate::conn::Table;
@@ -118,7 +118,8 @@ impl State {
         if let Some(key) = event.ordering_key.clone() {
             match self.heads.entry(key) {
                 std::collections::hash_map::Entry::Occupied(head) => {
-                    event.lifecycle.status = Status::Waiting;
+                    let l = &event.lifecycle;
+                    event.lifecycle = Lifecycle::waiting(l.max_attempts, l.next_attempt_at);
                     let key = head.key().clone();
                     self.enqueue(key, event.id);
                 }
