@@ -34,6 +34,9 @@ pub enum WorkerError {
     Crashed(#[from] tokio::task::JoinError),
 }
 
+/// How often a leased batch that is still delivering records the outcomes it has so far.
+const PARTIAL_SETTLE_EVERY: Duration = Duration::from_millis(100);
+
 /// What a worker did: counts of outcomes recorded in the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -352,6 +355,13 @@ where
 
         let renew_every = (self.config.lease / 3).max(Duration::from_millis(1));
         let mut renew = tokio::time::interval_at(later(renew_every), renew_every);
+        // Under a lease, the outcomes of a batch still running are recorded as they come, every
+        // PARTIAL_SETTLE_EVERY: a slow delivery then holds back only its own event, not the next
+        // events of the ordering keys that shared its batch. (A locked batch commits once.)
+        let partial = matches!(hold, Hold::Lease(_));
+        let mut settle_partly =
+            tokio::time::interval_at(later(PARTIAL_SETTLE_EVERY), PARTIAL_SETTLE_EVERY);
+        let mut settled_early = WorkerReport::default();
         let never = CancellationToken::new();
         let cancel = cancel.unwrap_or(&never);
         let grace = tokio::time::sleep_until(later(Duration::MAX));
@@ -389,6 +399,18 @@ where
                         warn!(%error, "renewing the batch's hold failed");
                     }
                 }
+                _ = settle_partly.tick(), if partial && !outcomes.is_empty() && !draining => {
+                    if let Hold::Lease(lease) = &hold {
+                        let now = self.clock.now();
+                        let done = std::mem::take(&mut outcomes);
+                        let settlement = self.settle(done, &lifecycles, Vec::new(), now);
+                        // A failure is logged by `record`; those events come back when the
+                        // lease expires.
+                        if let Ok(report) = self.record(lease.id, settlement, now).await {
+                            settled_early += report;
+                        }
+                    }
+                }
                 _ = cancel.cancelled(), if !draining => {
                     draining = true;
                     grace.as_mut().reset(later(self.config.shutdown_grace));
@@ -411,7 +433,13 @@ where
         let now = self.clock.now();
         let settlement = self.settle(outcomes, &lifecycles, unfinished, now);
         match hold {
-            Hold::Lease(lease) => self.record(lease.id, settlement, now).await,
+            Hold::Lease(lease) => self
+                .record(lease.id, settlement, now)
+                .await
+                .map(|mut report| {
+                    report += settled_early;
+                    report
+                }),
             Hold::Locked(batch) => match batch.finish(&settlement, now).await {
                 Ok(recorded) => Ok(tally(&recorded)),
                 Err(error) => {

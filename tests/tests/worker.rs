@@ -370,3 +370,77 @@ async fn a_store_without_locked_claims_stops_a_locked_worker_with_the_reason() {
     }
     assert!(f.transport.attempts().is_empty());
 }
+
+/// Holds the deliveries of one aggregate until told; delivers every other event at once.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<tokio::sync::Notify>,
+    delivered: Arc<std::sync::Mutex<Vec<EventId>>>,
+}
+
+#[outbox_core::async_trait]
+impl outbox_core::Transport for Gate {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), outbox_core::DeliveryError> {
+        if event.aggregate_id == "slow" {
+            self.open.notified().await;
+        }
+        self.delivered.lock().unwrap().push(event.id);
+        Ok(())
+    }
+}
+
+/// Under leases, a batch records its finished deliveries while a slow one is still running, so
+/// the next event of a key that shared the batch goes out without waiting for the slow one.
+#[tokio::test(start_paused = true)]
+async fn a_slow_delivery_does_not_hold_back_the_other_keys_of_its_batch() {
+    let f = Fixture::new();
+    let keyed = |key: &str| {
+        NewEvent::builder("order.changed", "order", key)
+            .ordering_key(key)
+            .build()
+            .unwrap()
+    };
+    let first = f.emit([keyed("slow"), keyed("fast")]).await;
+    let next = f.emit([keyed("fast")]).await[0];
+    let gate = Gate::default();
+    let worker = |name: &str| {
+        Worker::builder(f.store.clone(), gate.clone())
+            .worker_id(name)
+            .clock(f.clock.clone())
+            .lease(Duration::from_secs(60))
+            .delivery_timeout(Duration::from_secs(30))
+            .poll_interval(Duration::from_millis(200))
+            .claim_mode(ClaimMode::Lease)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (worker("one"), worker("two"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (a, b) = tokio::join!(one.run(stop.clone()), two.run(stop));
+            a.unwrap();
+            b.unwrap();
+        })
+    };
+    let delivered = |id: EventId| gate.delivered.lock().unwrap().contains(&id);
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !delivered(next) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "the fast key's next event waited for the slow delivery"
+    );
+    assert!(!delivered(first[0]), "the slow delivery is still running");
+    gate.open.notify_one();
+    while !delivered(first[0]) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(f.status(first[0]).await.0, Status::Delivered);
+}
