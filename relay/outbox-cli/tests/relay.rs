@@ -241,6 +241,21 @@ async fn status_reports_unreadable_rows() {
     h.cleanup().await;
 }
 
+/// Emits and commits `events` in one transaction; their ids, in order.
+async fn emit_ids(h: &PgHarness, events: Vec<NewEvent>) -> Vec<EventId> {
+    h.emit(events, true)
+        .await
+        .unwrap()
+        .iter()
+        .map(outbox_core::Emitted::id)
+        .collect()
+}
+
+/// An event of type `event_type` about order `o-{n}`.
+fn order_event(event_type: &str, n: usize) -> outbox_core::NewEventBuilder {
+    NewEvent::builder(event_type, "order", format!("o-{n}")).payload(serde_json::json!({ "n": n }))
+}
+
 /// Runs `outbox` with `args` against `schema`, with extra environment; returns (success,
 /// stdout, stderr).
 fn run(args: &[&str], url: &str, schema: &str, env: &[(&str, &str)]) -> (bool, String, String) {
@@ -802,19 +817,12 @@ async fn status_lists_parked_keys_and_dead_skip_moves_them_on() {
     let h = PgHarness::new().await;
     let url = database_url().await;
     let keyed = |n: usize| {
-        NewEvent::builder("order.changed", "order", "o-7")
-            .payload(serde_json::json!({ "n": n }))
+        order_event("order.changed", n)
             .ordering_key("order-7")
             .build()
             .unwrap()
     };
-    let ids: Vec<_> = h
-        .emit(vec![keyed(1), keyed(2), keyed(3)], true)
-        .await
-        .unwrap()
-        .iter()
-        .map(outbox_core::Emitted::id)
-        .collect();
+    let ids = emit_ids(&h, vec![keyed(1), keyed(2), keyed(3)]).await;
     let store = h.store();
     let now = outbox_core::Clock::now(h.clock());
     let (lease, claimed) = OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
@@ -875,27 +883,17 @@ async fn status_lists_parked_keys_and_dead_skip_moves_them_on() {
 async fn events_list_filters_pages_and_prints_json() {
     let h = PgHarness::new().await;
     let url = database_url().await;
-    let typed = |t: &str, n: usize| {
-        NewEvent::builder(t, "order", format!("o-{n}"))
-            .payload(serde_json::json!({ "n": n }))
-            .build()
-            .unwrap()
-    };
-    let ids: Vec<EventId> = h
-        .emit(
-            vec![
-                typed("order.paid", 1),
-                typed("invoice.sent", 2),
-                typed("order.shipped", 3),
-                typed("order.paid", 4),
-            ],
-            true,
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(outbox_core::Emitted::id)
-        .collect();
+    let typed = |t: &str, n: usize| order_event(t, n).build().unwrap();
+    let ids = emit_ids(
+        &h,
+        vec![
+            typed("order.paid", 1),
+            typed("invoice.sent", 2),
+            typed("order.shipped", 3),
+            typed("order.paid", 4),
+        ],
+    )
+    .await;
 
     let (ok, out, err) = run(
         &[
@@ -977,26 +975,16 @@ async fn events_list_filters_pages_and_prints_json() {
 async fn events_retry_and_delete_by_filter_with_dry_runs() {
     let h = PgHarness::new().await;
     let url = database_url().await;
-    let typed = |t: &str, n: usize| {
-        NewEvent::builder(t, "order", format!("o-{n}"))
-            .max_attempts(1)
-            .build()
-            .unwrap()
-    };
-    let ids: Vec<EventId> = h
-        .emit(
-            vec![
-                typed("order.paid", 1),
-                typed("order.shipped", 2),
-                typed("invoice.sent", 3),
-            ],
-            true,
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(outbox_core::Emitted::id)
-        .collect();
+    let typed = |t: &str, n: usize| order_event(t, n).max_attempts(1).build().unwrap();
+    let ids = emit_ids(
+        &h,
+        vec![
+            typed("order.paid", 1),
+            typed("order.shipped", 2),
+            typed("invoice.sent", 3),
+        ],
+    )
+    .await;
     let store = h.store();
     let now = outbox_core::Clock::now(h.clock());
     let (lease, claimed) = OutboxStoreExt::claim_for(&store, "w", 2, Duration::from_secs(30), now)
