@@ -45,6 +45,7 @@ pub(crate) struct Statements {
     pub revive: Arc<str>,
     pub skip_dead_head: Arc<str>,
     pub delete_events: Arc<str>,
+    pub oldest_pending: Arc<str>,
     pub parked_keys: Arc<str>,
     /// Statements of locked claims (see [`outbox_core::locked`]).
     pub locked: Locked,
@@ -233,6 +234,11 @@ impl Statements {
                 ),
                 "done.id",
                 &now(2),
+            )),
+            // The pending rows only (the due index's predicate), sorted by creation.
+            oldest_pending: s(format!(
+                "SELECT id, created_at FROM {t} WHERE status = 'pending' \
+                 ORDER BY created_at, id LIMIT 1"
             )),
             parked_keys: s(format!(
                 "SELECT h.head_key, h.id, (SELECT count(*) FROM {t} AS w \

@@ -106,6 +106,19 @@ impl PgStore {
         schema::migrate_down(&self.pool, &self.config).await
     }
 
+    /// The oldest pending event by creation time — its id and when it was created — read from
+    /// the pending rows alone (through the partial index claims use), so it stays cheap however
+    /// many delivered events the table keeps; rows no worker can read count too. `None` when
+    /// nothing is pending. The lag an operator watches (`outbox status`, the relay's metrics).
+    pub async fn oldest_pending(&self) -> Result<Option<(EventId, DateTime<Utc>)>, StoreError> {
+        let row: Option<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.oldest_pending.clone()))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(row.map(|(id, at)| (EventId::from_uuid(id), at)))
+    }
+
     /// What the listener's tasks need.
     fn listen_context(&self) -> crate::listen::Context {
         crate::listen::Context {

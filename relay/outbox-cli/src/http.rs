@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox_core::{Clock, EventFilter, OutboxStore, Status, SystemClock};
+use outbox_core::{Clock, OutboxStore, Status, SystemClock};
 use outbox_postgres::PgStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -98,14 +98,9 @@ async fn scrape(State((store, handle)): AppState) -> (StatusCode, String) {
 async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
     let counts = store.count_by_status().await?;
     let oldest = store
-        .list(&EventFilter {
-            status: Some(Status::Pending),
-            limit: 1,
-            ..Default::default()
-        })
+        .oldest_pending()
         .await?
-        .oldest_created_at()
-        .map(|at| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+        .map(|(_, at)| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
         .unwrap_or(0.0);
     for s in Status::ALL {
         metrics::gauge!(EVENTS, "status" => s.as_str()).set(counts.get(s) as f64);

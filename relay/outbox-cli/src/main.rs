@@ -441,21 +441,10 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     for s in Status::ALL {
         writeln!(stdout(), "{:<10} {:>12}", s.as_str(), counts.get(s))?;
     }
-    let oldest = store
-        .list(&EventFilter {
-            status: Some(Status::Pending),
-            limit: 1,
-            ..Default::default()
-        })
-        .await?;
-    match oldest.oldest_created_at() {
-        Some(at) => writeln!(
+    match store.oldest_pending().await? {
+        Some((id, at)) => writeln!(
             stdout(),
-            "oldest pending: {} ({}s old)",
-            oldest
-                .last_id()
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            "oldest pending: {id} ({}s old)",
             (SystemClock.now() - at).num_seconds()
         )?,
         None => writeln!(stdout(), "oldest pending: none")?,
