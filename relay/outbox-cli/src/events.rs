@@ -9,6 +9,8 @@ use outbox_core::{
     Clock, EventFilter, EventId, EventPage, OutboxStore, Status, StoreError, SystemClock,
 };
 
+use outbox_postgres::PgStore;
+
 use crate::startup::Startup;
 use crate::{CliError, Target, load, store};
 
@@ -135,6 +137,19 @@ impl MatchArgs {
             || self.before.is_some()
     }
 
+    /// What a bulk command selects beyond the ids it names: every event matching the filters
+    /// (or every event, with --all), or nothing more when none is given; naming nothing at all
+    /// is refused.
+    fn selection(self, named: bool) -> Result<Option<EventFilter>, CliError> {
+        if self.any() || self.all {
+            Ok(Some(self.filter(PAGE)))
+        } else if named {
+            Ok(None)
+        } else {
+            Err("name the events, or give a filter (--status, --type, …) or --all".into())
+        }
+    }
+
     fn filter(self, limit: usize) -> EventFilter {
         EventFilter {
             status: self.status,
@@ -183,28 +198,25 @@ impl FilterArgs {
 /// Events acted on per page of a bulk command.
 const PAGE: usize = 1_000;
 
-/// The events a bulk command acts on: the ids named, then every event matching `matching`,
-/// a page at a time, handed to `act` (which returns how many it changed).
+/// The events a bulk command acts on: the ids named, then every event `selection` matches, a
+/// page at a time, handed to `act` (which returns how many it changed); returns how many were
+/// handed over and how many changed.
 async fn each_page<F, Fut>(
-    store: &outbox_postgres::PgStore,
+    store: &PgStore,
     ids: Vec<EventId>,
-    matching: MatchArgs,
+    selection: Option<EventFilter>,
     mut act: F,
 ) -> Result<(u64, u64), CliError>
 where
     F: FnMut(Vec<EventId>) -> Fut,
     Fut: std::future::Future<Output = Result<u64, CliError>>,
 {
-    if ids.is_empty() && !matching.any() && !matching.all {
-        return Err("name the events, or give a filter (--status, --type, …) or --all".into());
-    }
     let (mut seen, mut changed) = (0u64, 0u64);
     if !ids.is_empty() {
         seen += ids.len() as u64;
         changed += act(ids).await?;
     }
-    if matching.any() || matching.all {
-        let mut filter = matching.filter(PAGE);
+    if let Some(mut filter) = selection {
         loop {
             let page = store.list(&filter).await?;
             let Some(next) = page.next_after(&filter) else {
@@ -217,6 +229,37 @@ where
         }
     }
     Ok((seen, changed))
+}
+
+/// Gives `attempts` more attempts to the dead events named and to every dead event `selection`
+/// matches (its status is set to dead); with `dry_run`, only counts them. Returns how many were
+/// (or would be) retried.
+pub(crate) async fn retry_dead(
+    store: &PgStore,
+    ids: Vec<EventId>,
+    mut selection: Option<EventFilter>,
+    attempts: u32,
+    dry_run: bool,
+) -> Result<u64, CliError> {
+    if let Some(filter) = &mut selection {
+        if filter.status.is_some_and(|s| s != Status::Dead) {
+            return Err("only dead events can be retried: drop --status or use dead".into());
+        }
+        filter.status = Some(Status::Dead);
+    }
+    let (seen, retried) = each_page(store, ids, selection, |ids| {
+        let store = store.clone();
+        async move {
+            if !dry_run {
+                for id in &ids {
+                    store.retry_dead(*id, attempts, SystemClock.now()).await?;
+                }
+            }
+            Ok(ids.len() as u64)
+        }
+    })
+    .await?;
+    Ok(if dry_run { seen } else { retried })
 }
 
 pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
@@ -245,34 +288,19 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
         EventsAction::Retry {
             target,
             ids,
-            mut matching,
+            matching,
             attempts,
             dry_run,
         } => {
-            if matching.status.is_some_and(|s| s != Status::Dead) {
-                return Err("only dead events can be retried: drop --status or use dead".into());
-            }
-            matching.status = Some(Status::Dead);
+            let selection = matching.selection(!ids.is_empty())?;
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let (seen, retried) = each_page(&store, ids, matching, |ids| {
-                let store = store.clone();
-                async move {
-                    if dry_run {
-                        return Ok(ids.len() as u64);
-                    }
-                    for id in &ids {
-                        store.retry_dead(*id, attempts, SystemClock.now()).await?;
-                    }
-                    Ok(ids.len() as u64)
-                }
-            })
-            .await?;
+            let n = retry_dead(&store, ids, selection, attempts, dry_run).await?;
             if dry_run {
-                writeln!(stdout(), "would retry {seen} event(s); nothing changed")?;
+                writeln!(stdout(), "would retry {n} event(s); nothing changed")?;
             } else {
                 writeln!(
                     stdout(),
-                    "retried {retried} event(s) with {attempts} more attempt(s) each"
+                    "retried {n} event(s) with {attempts} more attempt(s) each"
                 )?;
             }
         }
@@ -286,8 +314,9 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             if !dry_run && !yes {
                 return Err("deleting is for good: add --yes (or --dry-run to count)".into());
             }
+            let selection = matching.selection(!ids.is_empty())?;
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let (seen, deleted) = each_page(&store, ids, matching, |ids| {
+            let (seen, deleted) = each_page(&store, ids, selection, |ids| {
                 let store = store.clone();
                 async move {
                     if dry_run {

@@ -1049,3 +1049,42 @@ async fn events_retry_and_delete_by_filter_with_dry_runs() {
     assert_eq!(status(ids[2]).await, None);
     h.cleanup().await;
 }
+
+/// `outbox events retry ID` retries that event alone, not every dead event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_retry_by_id_retries_only_that_event() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let typed = |n: usize| {
+        order_event("order.paid", n)
+            .max_attempts(1)
+            .build()
+            .unwrap()
+    };
+    let ids = emit_ids(&h, vec![typed(1), typed(2)]).await;
+    let store = h.store();
+    let now = outbox_core::Clock::now(h.clock());
+    let (lease, _) = OutboxStoreExt::claim_for(&store, "w", 2, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    let failures: Vec<_> = ids
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "rejected"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+
+    let (ok, out, err) = run(
+        &["events", "retry", &ids[0].to_string()],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok && out.contains("retried 1 event(s)"), "{out}{err}");
+    let status = |id| {
+        let store = store.clone();
+        async move { OutboxStoreExt::fetch(&store, id).await.unwrap().status() }
+    };
+    assert_eq!(status(ids[0]).await, Status::Pending);
+    assert_eq!(status(ids[1]).await, Status::Dead, "not named, left dead");
+    h.cleanup().await;
+}
