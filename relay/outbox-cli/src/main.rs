@@ -602,24 +602,8 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
                 return Err("name the events to revive, or use --type TYPE or --all".into());
             }
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let mut revived = 0u64;
-            for id in ids {
-                store.retry_dead(id, attempts, SystemClock.now()).await?;
-                revived += 1;
-            }
-            if event_type.is_some() || all {
-                // Revived events leave the dead set, so the first page is always a fresh one.
-                loop {
-                    let page = store.list(&dead_filter(event_type.clone(), 1000)).await?;
-                    if page.events.is_empty() {
-                        break;
-                    }
-                    for e in &page.events {
-                        store.retry_dead(e.id, attempts, SystemClock.now()).await?;
-                        revived += 1;
-                    }
-                }
-            }
+            let selection = (event_type.is_some() || all).then(|| dead_filter(event_type, 1000));
+            let revived = events::retry_dead(&store, ids, selection, attempts, false).await?;
             writeln!(
                 stdout(),
                 "revived {revived} event(s) with {attempts} more attempt(s) each"
