@@ -45,8 +45,8 @@ async fn emit_n<H: Harness>(h: &H, n: usize) -> Vec<EventId> {
     emit_ids(h, (0..n).map(event).collect()).await
 }
 
-/// Emits and commits `events`; their ids, in order.
-async fn emit_ids<H: Harness>(h: &H, events: Vec<NewEvent>) -> Vec<EventId> {
+/// Emits and commits `events` in one unit of work; their ids, in order.
+pub async fn emit_ids<H: Harness>(h: &H, events: Vec<NewEvent>) -> Vec<EventId> {
     let emitted = h.emit(events, true).await.expect("emit");
     emitted.iter().map(Emitted::id).collect()
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outbox_core::{EventId, NewEvent, OutboxStore, OutboxStoreExt, Status};
-use outbox_tests::conformance::Harness;
+use outbox_tests::conformance::{Harness, emit_ids};
 use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -239,16 +239,6 @@ async fn status_reports_unreadable_rows() {
     );
     assert!(after.contains("unreadable row"), "{after}");
     h.cleanup().await;
-}
-
-/// Emits and commits `events` in one transaction; their ids, in order.
-async fn emit_ids(h: &PgHarness, events: Vec<NewEvent>) -> Vec<EventId> {
-    h.emit(events, true)
-        .await
-        .unwrap()
-        .iter()
-        .map(outbox_core::Emitted::id)
-        .collect()
 }
 
 /// An event of type `event_type` about order `o-{n}`.
