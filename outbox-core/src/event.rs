@@ -340,7 +340,9 @@ impl NewEvent {
     }
 }
 
-fn validate_event_type(value: &str) -> Result<(), ValidationError> {
+/// Checks an event type's form, `segment(.segment)*` of lowercase letters, digits, `_` and `-`,
+/// at most [`MAX_KEY_CEILING`] bytes (as [`NewEventBuilder::build`] does).
+pub fn validate_event_type(value: &str) -> Result<(), ValidationError> {
     const FIELD: &str = "event_type";
     if value.is_empty() {
         return Err(ValidationError::new(FIELD, "must not be empty"));

@@ -31,6 +31,7 @@ pub mod backoff;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod limits;
 pub mod locked;
 pub mod ordering;
@@ -48,13 +49,15 @@ pub use backoff::{FastRandom, FixedRandom, Jitter, RandomSource, RetryPolicy, Re
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, StoreError, ValidationError};
 pub use event::{DEFAULT_MAX_ATTEMPTS, EventId, NewEvent, NewEventBuilder, OutboxEvent};
+pub use history::{Attempt, AuditNote, History, PayloadEdit};
 pub use limits::EmitLimits;
 pub use locked::{Deferral, LockedBatch, LockedClaim, Settlement};
 pub use ordering::{DeadHead, ParkedKey};
 pub use status::{Lease, LeaseId, Lifecycle, Status, Transition, TransitionError, transition};
 pub use store::{
     DynOutboxStore, Emit, Emitted, EventFilter, EventPage, Failure, OutboxStore, OutboxStoreExt,
-    Outcome, Reclaimed, Recorded, StatusCounts, Undecodable, WakeupSender, Wakeups, distinct_ids,
+    Outcome, PausedType, Reclaimed, Recorded, StatusCounts, Undecodable, WakeupSender, Wakeups,
+    distinct_ids,
 };
 pub use transaction::{Transaction, Transactional};
 pub use transport::{DeliveryError, Transport};

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, NewEvent, OutboxEvent};
+use crate::history::{History, PayloadEdit};
 use crate::locked::LockedClaim;
 use crate::ordering::ParkedKey;
 use crate::status::{Lease, LeaseId, Status};
@@ -496,8 +498,8 @@ impl Wakeups {
 ///     fn wakeups(&self) -> Option<Wakeups> {
 ///         self.inner.wakeups() // forward this one too, or workers fall back to polling
 ///     }
-///     async fn claim_locked(&self, limit: usize, hold: std::time::Duration, now: DateTime<Utc>) -> Result<LockedClaim, StoreError> {
-///         self.inner.claim_locked(limit, hold, now).await // and this one, or locked claims are refused
+///     async fn claim_locked(&self, holder: &str, limit: usize, hold: std::time::Duration, now: DateTime<Utc>) -> Result<LockedClaim, StoreError> {
+///         self.inner.claim_locked(holder, limit, hold, now).await // and this one, or locked claims are refused
 ///     }
 /// }
 /// ```
@@ -596,7 +598,8 @@ pub trait OutboxStore: Send + Sync {
         None
     }
 
-    /// Claims up to `limit` due pending events (oldest due first) under locks held until the
+    /// Claims up to `limit` due pending events (oldest due first) for the worker `holder` under
+    /// locks held until the
     /// returned batch is finished or dropped, instead of under a lease: nothing is written until
     /// [`LockedBatch::finish`](crate::LockedBatch::finish) records every outcome in one commit
     /// (see [`locked`](crate::locked)). Events locked or in flight elsewhere are skipped, never
@@ -606,11 +609,12 @@ pub trait OutboxStore: Send + Sync {
     /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
     async fn claim_locked(
         &self,
+        holder: &str,
         limit: usize,
         hold: Duration,
         now: DateTime<Utc>,
     ) -> Result<LockedClaim, StoreError> {
-        let _ = (limit, hold, now);
+        let _ = (holder, limit, hold, now);
         Err(StoreError::Unsupported {
             operation: "claim_locked",
         })
@@ -660,6 +664,121 @@ pub trait OutboxStore: Send + Sync {
             operation: "skip_dead_head",
         })
     }
+
+    /// The event's failed attempts and operator notes (see [`history`](crate::history));
+    /// [`StoreError::NotFound`] if there is no such event.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn history(&self, id: EventId) -> Result<History, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported {
+            operation: "history",
+        })
+    }
+
+    /// Replaces a dead event's payload and gives it `extra_attempts` more attempts, due at
+    /// `now`, as [`retry_dead`](Self::retry_dead) does; the replaced payload is kept with the
+    /// edit's author and reason as an [`AuditNote`](crate::history::AuditNote). The edit is
+    /// checked against the store's [`EmitLimits`](crate::EmitLimits)
+    /// ([`PayloadEdit::check`]); refused ([`StoreError::Transition`]) unless the event is dead.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn edit_dead(
+        &self,
+        id: EventId,
+        edit: &PayloadEdit,
+        extra_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let _ = (id, edit, extra_attempts, now);
+        Err(StoreError::Unsupported {
+            operation: "edit_dead",
+        })
+    }
+
+    /// Pauses delivery of `event_type`: no claim, in any process using this store, hands out
+    /// its events until it is resumed; they stay `pending` (or `waiting`) and keep their
+    /// schedule. An event already in flight finishes its attempt. Returns whether the type was
+    /// not paused before.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn pause_type(&self, event_type: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let _ = (event_type, now);
+        Err(StoreError::Unsupported {
+            operation: "pause_type",
+        })
+    }
+
+    /// Resumes delivery of a paused `event_type`; returns whether it was paused.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn resume_type(&self, event_type: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let _ = (event_type, now);
+        Err(StoreError::Unsupported {
+            operation: "resume_type",
+        })
+    }
+
+    /// The paused event types, by name.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+        Err(StoreError::Unsupported {
+            operation: "paused_types",
+        })
+    }
+
+    /// How many events are in each status, each counted only up to `cap` (a count of `cap`
+    /// means "at least `cap`"): a cost bounded by the cap whatever the table's size, for
+    /// dashboards and metrics that refresh often. The default counts everything
+    /// ([`count_by_status`](Self::count_by_status)) and caps the result.
+    async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
+        let counts = self.count_by_status().await?;
+        let mut capped = StatusCounts::default();
+        for status in Status::ALL {
+            capped.add(status, counts.get(status).min(cap));
+        }
+        Ok(capped)
+    }
+
+    /// The oldest pending event by creation time — its id and when it was created — or `None`
+    /// when nothing is pending: the lag an operator watches. The default takes the first
+    /// pending event in [`list`](Self::list) order; a store with many events kept reads it
+    /// from the pending ones alone.
+    async fn oldest_pending(&self) -> Result<Option<(EventId, DateTime<Utc>)>, StoreError> {
+        let page = self
+            .list(&EventFilter {
+                status: Some(Status::Pending),
+                limit: 1,
+                ..EventFilter::default()
+            })
+            .await?;
+        Ok(page.events.first().map(|e| (e.id, e.created_at)))
+    }
+
+    /// How many events were delivered at or after `since` (read relative to `now`) and are
+    /// still kept; for a delivery rate. A store that deletes delivered events keeps none.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a wrapper store forwards it.
+    async fn delivered_since(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let _ = (since, now);
+        Err(StoreError::Unsupported {
+            operation: "delivered_since",
+        })
+    }
+}
+
+/// An event type whose delivery is paused ([`OutboxStore::pause_type`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedType {
+    /// The event type.
+    pub event_type: String,
+    /// When it was paused, on the store's clock.
+    pub since: DateTime<Utc>,
 }
 
 /// The store as a trait object.
@@ -751,11 +870,54 @@ macro_rules! forward_store {
             }
             async fn claim_locked(
                 &self,
+                holder: &str,
                 limit: usize,
                 hold: Duration,
                 now: DateTime<Utc>,
             ) -> Result<LockedClaim, StoreError> {
-                (**self).claim_locked(limit, hold, now).await
+                (**self).claim_locked(holder, limit, hold, now).await
+            }
+            async fn history(&self, id: EventId) -> Result<History, StoreError> {
+                (**self).history(id).await
+            }
+            async fn edit_dead(
+                &self,
+                id: EventId,
+                edit: &PayloadEdit,
+                extra_attempts: u32,
+                now: DateTime<Utc>,
+            ) -> Result<OutboxEvent, StoreError> {
+                (**self).edit_dead(id, edit, extra_attempts, now).await
+            }
+            async fn pause_type(
+                &self,
+                event_type: &str,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                (**self).pause_type(event_type, now).await
+            }
+            async fn resume_type(
+                &self,
+                event_type: &str,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                (**self).resume_type(event_type, now).await
+            }
+            async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+                (**self).paused_types().await
+            }
+            async fn oldest_pending(&self) -> Result<Option<(EventId, DateTime<Utc>)>, StoreError> {
+                (**self).oldest_pending().await
+            }
+            async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
+                (**self).count_capped(cap).await
+            }
+            async fn delivered_since(
+                &self,
+                since: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                (**self).delivered_since(since, now).await
             }
             async fn delete_events(
                 &self,

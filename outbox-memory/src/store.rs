@@ -8,13 +8,15 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use outbox_core::clock::{add, translate};
+use outbox_core::event::validate_event_type;
 use outbox_core::locked::validate_hold;
 use outbox_core::ordering::keeps_key;
 use outbox_core::{
-    Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId, EventPage, Failure,
-    Lease, LeaseId, Lifecycle, LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome,
-    ParkedKey, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
-    Transition, ValidationError, WakeupSender, Wakeups, distinct_ids, transition,
+    Attempt, AuditNote, Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId,
+    EventPage, Failure, History, Lease, LeaseId, Lifecycle, LockedBatch, LockedClaim, OutboxEvent,
+    OutboxStore, Outcome, ParkedKey, PausedType, PayloadEdit, Reclaimed, Recorded, Settlement,
+    Status, StatusCounts, StoreError, SystemClock, Transition, ValidationError, WakeupSender,
+    Wakeups, distinct_ids, transition,
 };
 
 use crate::conn::Table;
@@ -71,6 +73,10 @@ pub(crate) struct State {
     holds: HashMap<u64, DateTime<Utc>>,
     /// The next locked claim's number.
     next_hold: u64,
+    /// Failed attempts and operator notes, by event (absent: none yet).
+    history: HashMap<EventId, History>,
+    /// Paused event types, and since when.
+    paused: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl State {
@@ -174,6 +180,7 @@ impl State {
     }
 
     fn remove(&mut self, id: EventId) {
+        self.history.remove(&id);
         if let Some(old) = self.events.remove(&id) {
             self.index_remove(&old);
             if let Some(key) = &old.idempotency_key {
@@ -192,11 +199,40 @@ impl State {
         let event = self.events.get(&id).ok_or(StoreError::NotFound(id))?;
         let lifecycle = transition(&event.lifecycle, t, now)
             .map_err(|source| StoreError::Transition { id, source })?;
+        let attempt = Attempt::recorded(&event.lifecycle, &lifecycle, now);
         let mut next = event.clone();
         next.lifecycle = lifecycle;
         next.updated_at = now;
         self.update(next.clone(), now)?;
+        if let Some(attempt) = attempt {
+            self.history.entry(id).or_default().push_attempt(attempt);
+        }
         Ok(next)
+    }
+
+    /// Gives dead event `id` `extra_attempts` more attempts, due at `at`. A dead event that
+    /// gave up its key (skipped) rejoins it: at the back of its queue, or as its head if the
+    /// key has none now.
+    fn revive(
+        &mut self,
+        id: EventId,
+        extra_attempts: u32,
+        at: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let mut event = self.apply(id, &Transition::Revive { extra_attempts }, at)?;
+        if let Some(key) = event.ordering_key.clone() {
+            match self.heads.get(&key) {
+                Some(head) if *head == id => {}
+                Some(_) => {
+                    event = self.apply(id, &Transition::Wait, at)?;
+                    self.enqueue(key, id);
+                }
+                None => {
+                    self.heads.insert(key, id);
+                }
+            }
+        }
+        Ok(event)
     }
 
     /// Ends the locked claims whose hold ran out at `at`: their events are claimable again,
@@ -220,13 +256,21 @@ impl State {
         }
     }
 
-    /// Up to `limit` events due at `at`, oldest due first, skipping those a locked claim holds.
+    /// Up to `limit` events due at `at`, oldest due first, skipping those a locked claim holds
+    /// and those of paused types.
     fn due_unlocked(&self, limit: usize, at: DateTime<Utc>) -> Vec<EventId> {
         self.due
             .iter()
             .take_while(|(due, _)| *due <= at)
             .map(|(_, id)| *id)
             .filter(|id| !self.locked.contains_key(id))
+            .filter(|id| {
+                self.paused.is_empty()
+                    || self
+                        .events
+                        .get(id)
+                        .is_some_and(|e| !self.paused.contains_key(&e.event_type))
+            })
             .take(limit)
             .collect()
     }
@@ -692,23 +736,7 @@ impl OutboxStore for MemoryStore {
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
         let at = self.now();
-        let mut state = self.lock();
-        let mut event = state.apply(id, &Transition::Revive { extra_attempts }, at)?;
-        // A dead event that gave up its key (skipped) rejoins it: at the back of its queue, or
-        // as its head if the key has none now.
-        if let Some(key) = event.ordering_key.clone() {
-            match state.heads.get(&key) {
-                Some(head) if *head == id => {}
-                Some(_) => {
-                    event = state.apply(id, &Transition::Wait, at)?;
-                    state.enqueue(key, id);
-                }
-                None => {
-                    state.heads.insert(key, id);
-                }
-            }
-        }
-        drop(state);
+        let event = self.lock().revive(id, extra_attempts, at)?;
         self.wake();
         Ok(event)
     }
@@ -803,8 +831,96 @@ impl OutboxStore for MemoryStore {
         self.inner.wake.as_ref().map(WakeupSender::subscribe)
     }
 
+    async fn history(&self, id: EventId) -> Result<History, StoreError> {
+        let state = self.lock();
+        if !state.events.contains_key(&id) {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(state.history.get(&id).cloned().unwrap_or_default())
+    }
+
+    async fn edit_dead(
+        &self,
+        id: EventId,
+        edit: &PayloadEdit,
+        extra_attempts: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        edit.check(&self.inner.limits)?;
+        let at = self.now();
+        let mut state = self.lock();
+        let mut event = state
+            .events
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))?;
+        let previous_payload = std::mem::replace(&mut event.payload, edit.payload.clone());
+        // Revived first, so a refused revive (not dead, too many attempts) changes nothing.
+        let mut revived = state.revive(id, extra_attempts, at)?;
+        revived.payload = event.payload;
+        state.put(revived.clone());
+        state.history.entry(id).or_default().push_note(AuditNote {
+            at,
+            by: edit.by.clone(),
+            note: edit.note.clone(),
+            previous_payload,
+        });
+        drop(state);
+        self.wake();
+        Ok(revived)
+    }
+
+    async fn pause_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let at = self.now();
+        let mut state = self.lock();
+        if state.paused.contains_key(event_type) {
+            return Ok(false);
+        }
+        state.paused.insert(event_type.to_owned(), at);
+        Ok(true)
+    }
+
+    async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let resumed = self.lock().paused.remove(event_type).is_some();
+        if resumed {
+            self.wake();
+        }
+        Ok(resumed)
+    }
+
+    async fn delivered_since(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let since = translate(since, now, self.now());
+        let state = self.lock();
+        let n = state
+            .events
+            .values()
+            .filter(|e| e.lifecycle.delivered_at.is_some_and(|at| at >= since))
+            .filter(|e| e.status() == Status::Delivered)
+            .count();
+        Ok(n as u64)
+    }
+
+    async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+        Ok(self
+            .lock()
+            .paused
+            .iter()
+            .map(|(event_type, since)| PausedType {
+                event_type: event_type.clone(),
+                since: *since,
+            })
+            .collect())
+    }
+
     async fn claim_locked(
         &self,
+        holder: &str,
         limit: usize,
         hold: Duration,
         _now: DateTime<Utc>,
@@ -824,6 +940,7 @@ impl OutboxStore for MemoryStore {
         }
         let batch = Box::new(MemoryLockedBatch {
             store: self.clone(),
+            holder: holder.to_owned(),
             number,
             hold,
             ids,
@@ -837,6 +954,8 @@ impl OutboxStore for MemoryStore {
 /// it is finished, dropped, or its hold runs out on the store's clock.
 struct MemoryLockedBatch {
     store: MemoryStore,
+    /// The worker that claimed the batch.
+    holder: String,
     number: u64,
     hold: Duration,
     ids: Vec<EventId>,
@@ -887,7 +1006,7 @@ impl LockedBatch for MemoryLockedBatch {
                 // The state machine's claim needs a lease: one that stands for this lock.
                 let lease = Lease {
                     id: LeaseId::new(),
-                    holder: "locked-claim".to_owned(),
+                    holder: self.holder.clone(),
                     until: add(at, self.hold),
                 };
                 let claim = Transition::Claim {
@@ -914,14 +1033,19 @@ impl LockedBatch for MemoryLockedBatch {
                             event.lifecycle = transition(&claimed, &t, at).map_err(refused)?;
                             event.updated_at = at;
                             let outcome = outcome_of(&t, &event);
-                            settled.push(event);
+                            let attempt = Attempt::recorded(&claimed, &event.lifecycle, at);
+                            settled.push((event, attempt));
                             outcome
                         }
                     };
                     recorded.push(Recorded { id, outcome });
                 }
-                for event in settled {
+                for (event, attempt) in settled {
+                    let id = event.id;
                     state.update(event, at)?;
+                    if let Some(attempt) = attempt {
+                        state.history.entry(id).or_default().push_attempt(attempt);
+                    }
                 }
                 let named: BTreeSet<EventId> = settlement.ids().collect();
                 recorded.extend(self.ids.iter().filter(|id| !named.contains(id)).map(|id| {

@@ -135,6 +135,11 @@ impl PgConfig {
         format!("\"{}\".\"{}\"", self.schema, self.table)
     }
 
+    /// The table of paused event types, quoted and qualified for SQL.
+    pub(crate) fn qualified_paused(&self) -> String {
+        format!("\"{}\".\"{}_paused\"", self.schema, self.table)
+    }
+
     /// The schema, quoted for SQL.
     pub(crate) fn quoted_schema(&self) -> String {
         format!("\"{}\"", self.schema)

@@ -18,6 +18,18 @@ fn count(field: &'static str, value: i32) -> Result<u32, StoreError> {
         .map_err(|_| StoreError::InvalidInput(ValidationError::new(field, "negative in the table")))
 }
 
+/// The status a row's `status` column stands for: a parked event of a paused type
+/// (`paused`) is pending, as far as anyone reading it is concerned.
+pub(crate) fn status_of(column: &str) -> Result<Status, StoreError> {
+    match column {
+        PARKED => Ok(Status::Pending),
+        other => Ok(other.parse::<Status>()?),
+    }
+}
+
+/// The `status` of a pending event parked while its type is paused.
+pub(crate) const PARKED: &str = "paused";
+
 /// Decodes one row selected with [`COLUMNS`](crate::sql::COLUMNS), on its own: a row whose
 /// fields cannot be read (a payload nested deeper than the decoder accepts, headers that are not
 /// a string map — written by something other than this library) comes back as
@@ -26,7 +38,7 @@ fn count(field: &'static str, value: i32) -> Result<u32, StoreError> {
 pub(crate) fn decode(row: &PgRow) -> Result<Result<OutboxEvent, Undecodable>, StoreError> {
     let id = EventId::from_uuid(row.try_get("id").map_err(db_error)?);
     let status: String = row.try_get("status").map_err(db_error)?;
-    let status = status.parse::<Status>()?;
+    let status = status_of(&status)?;
     let created_at = row.try_get("created_at").map_err(db_error)?;
     Ok(event_from_row(row).map_err(|error| Undecodable {
         id,
@@ -66,7 +78,7 @@ fn event_from_row(row: &PgRow) -> Result<OutboxEvent, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(db_error)?,
         ordering_key: row.try_get("ordering_key").map_err(db_error)?,
         lifecycle: Lifecycle {
-            status: status.parse::<Status>()?,
+            status: status_of(&status)?,
             attempts: count("attempts", row.try_get("attempts").map_err(db_error)?)?,
             max_attempts: count(
                 "max_attempts",

@@ -192,6 +192,38 @@ ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
     CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead'));
 "#,
     },
+    // Operators' tools. Failed attempts (`attempt_log`) and payload edits (`audit_notes`) are
+    // JSON arrays on the row, appended by the statements that record them and bounded there:
+    // no second table to keep in step when events are deleted. A paused type's pending events
+    // are parked in status `paused` (read back as pending), out of the `_due` index, so claims
+    // never walk a paused backlog; `_paused_events` finds them again on resume. `_dead` keeps
+    // dead events' listing and count cheap however many events are kept.
+    Migration {
+        version: 5,
+        name: "attempt history, audit notes, paused event types",
+        up: r#"
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('waiting', 'pending', 'paused', 'in_flight', 'delivered', 'dead'));
+ALTER TABLE {qualified} ADD COLUMN attempt_log jsonb, ADD COLUMN audit_notes jsonb;
+CREATE TABLE {schema}."{table}_paused" (
+    event_type text        PRIMARY KEY,
+    paused_at  timestamptz NOT NULL
+);
+CREATE INDEX "{table}_paused_events" ON {qualified} (event_type) WHERE status = 'paused';
+CREATE INDEX "{table}_dead" ON {qualified} (id) WHERE status = 'dead';
+"#,
+        down: r#"
+DROP INDEX {schema}."{table}_dead";
+DROP INDEX {schema}."{table}_paused_events";
+DROP TABLE {schema}."{table}_paused";
+UPDATE {qualified} SET status = 'pending' WHERE status = 'paused';
+ALTER TABLE {qualified} DROP COLUMN attempt_log, DROP COLUMN audit_notes;
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('waiting', 'pending', 'in_flight', 'delivered', 'dead'));
+"#,
+    },
 ];
 
 fn render(template: &str, config: &PgConfig) -> String {
@@ -302,5 +334,5 @@ async fn current_version(
         .map_err(db_error)
 }
 
-/// The newest schema version this library knows.
-pub const LATEST_VERSION: i32 = 4;
+/// The newest schema version this library knows: the last migration's.
+pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

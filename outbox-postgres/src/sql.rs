@@ -47,6 +47,14 @@ pub(crate) struct Statements {
     pub delete_events: Arc<str>,
     pub oldest_pending: Arc<str>,
     pub parked_keys: Arc<str>,
+    pub edit_dead: Arc<str>,
+    pub history: Arc<str>,
+    pub pause: Arc<str>,
+    pub unpause: Arc<str>,
+    pub unpark: Arc<str>,
+    pub paused_types: Arc<str>,
+    pub count_capped: Arc<str>,
+    pub delivered_since: Arc<str>,
     /// Statements of locked claims (see [`outbox_core::locked`]).
     pub locked: Locked,
     pub notify: Arc<str>,
@@ -95,13 +103,24 @@ impl Statements {
              ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)";
         // $10 is deliver_after (NULL: due at once), $11 the injected time (NULL: the database's).
         let emitted_at = now(11);
+        let paused = config.qualified_paused();
+        // An event of a paused type is stored parked (`paused`, out of the claims' index); the
+        // key-share lock makes a resume wait for this transaction, so it unparks the event.
+        let status = |event_type: &str| {
+            format!(
+                "CASE WHEN EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = {event_type} \
+                 FOR KEY SHARE) THEN 'paused' ELSE 'pending' END"
+            )
+        };
+        let status_one = status("$2");
+        let status_many = status("u.event_type");
         let insert_one = format!(
-            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, \
+            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {status_one}, 0, $9, \
              COALESCE($10::timestamptz, {emitted_at}), {emitted_at}, {emitted_at})"
         );
         let insert_many = format!(
             "INSERT INTO {t} {columns} SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, \
-             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, \
+             u.headers, u.idempotency_key, u.ordering_key, {status_many}, 0, u.max_attempts, \
              COALESCE(u.next_attempt_at, {emitted_at}), {emitted_at}, {emitted_at} \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
              $8::text[], $9::int4[], $10::timestamptz[])"
@@ -112,6 +131,11 @@ impl Statements {
             "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
         let n = now(6);
         let until = on_store_clock("$3", 4, 6);
+        // An event parked by a pause is out of the claims' index; this keeps out the few that
+        // become pending while their type is paused (retried, reclaimed, promoted, revived).
+        let unpaused =
+            format!("NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = c.event_type)");
+        let unpaused_e = unpaused.replace("c.event_type", "e.event_type");
         Self {
             emit_one: s(format!("{insert_one} {on_conflict} RETURNING id")),
             emit_one_plain: s(insert_one.clone()),
@@ -126,7 +150,7 @@ impl Statements {
                     "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, \
                      status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
                      SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, '{{}}'::jsonb, \
-                     'pending', 0, $6, {at}, {at}, {at} \
+                     {status_many}, 0, $6, {at}, {at}, {at} \
                      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
                      AS u(id, event_type, aggregate_type, aggregate_id, payload)"
                 )
@@ -138,8 +162,8 @@ impl Statements {
             claim: s(format!(
                 "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, \
                  locked_until = {until}, updated_at = {n} \
-                 WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND next_attempt_at <= {n} \
-                 AND attempts < max_attempts \
+                 WHERE id IN (SELECT id FROM {t} AS c WHERE status = 'pending' AND next_attempt_at <= {n} \
+                 AND attempts < max_attempts AND {unpaused} \
                  ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
                  RETURNING {COLUMNS}"
             )),
@@ -166,14 +190,15 @@ impl Statements {
             // $1 the injected time.
             reclaim: s({
                 let n = now(1);
+                let error = "'lease held by ' || locked_by || ' expired at ' \
+                    || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC'";
+                let log = append_attempt("", &n, "locked_by", error);
                 let update = format!(
-                    "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), \
+                    "UPDATE {t} SET attempts = LEAST(attempts + 1, max_attempts), attempt_log = {log}, \
                      status = CASE WHEN attempts + 1 < max_attempts THEN 'pending' ELSE 'dead' END, \
                      head_key = CASE WHEN attempts + 1 < max_attempts THEN head_key ELSE {dead} END, \
                      next_attempt_at = CASE WHEN attempts + 1 < max_attempts THEN {n} ELSE next_attempt_at END, \
-                     last_error = 'lease held by ' || locked_by || ' expired at ' \
-                         || to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', \
-                     {CLEAR_LEASE}, updated_at = {n} \
+                     last_error = {error}, {CLEAR_LEASE}, updated_at = {n} \
                      WHERE id IN (SELECT id FROM {t} WHERE status = 'in_flight' AND locked_until <= {n} \
                      ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      RETURNING status",
@@ -197,10 +222,69 @@ impl Statements {
             get: s(format!("SELECT {COLUMNS} FROM {t} WHERE id = $1")),
             count: s(format!("SELECT status, count(*) FROM {t} GROUP BY status")),
             // $3 the injected time.
-            revive: s(format!(
-                "UPDATE {t} SET status = 'pending', max_attempts = attempts + $2, next_attempt_at = {n}, \
-                 updated_at = {n} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
-                n = now(3)
+            revive: s(revive(&t, "")),
+            // $4 the new payload, $5 who, $6 why.
+            edit_dead: s(revive(
+                &t,
+                &format!(
+                    ", payload = $4, audit_notes = {}",
+                    append_bounded(
+                        "",
+                        "audit_notes",
+                        outbox_core::history::NOTE_LIMIT,
+                        &format!(
+                            "jsonb_build_object('at', {}, 'by', $5::text, 'note', $6::text, \
+                             'previous_payload', payload)",
+                            now(3)
+                        )
+                    )
+                ),
+            )),
+            history: s(format!(
+                "SELECT attempt_log, audit_notes FROM {t} WHERE id = $1"
+            )),
+            // $1 the type, $2 the injected time: pauses it, and parks its pending events.
+            pause: s(format!(
+                "WITH added AS (INSERT INTO {paused} (event_type, paused_at) VALUES ($1, {n2}) \
+                 ON CONFLICT (event_type) DO NOTHING RETURNING 1), \
+                 parked AS (UPDATE {t} SET status = 'paused' WHERE status = 'pending' AND event_type = $1 \
+                 RETURNING 1) \
+                 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM parked)",
+                n2 = now(2)
+            )),
+            // $1 the type. Waits for the emits that saw the pause (they hold its key-share lock).
+            unpause: s(format!(
+                "DELETE FROM {paused} WHERE event_type = $1 RETURNING 1"
+            )),
+            // $1 the type: run after `unpause` commits, in a statement of its own, so it sees
+            // every event parked by an emit that saw the pause.
+            unpark: s(format!(
+                "UPDATE {t} SET status = 'pending' WHERE status = 'paused' AND event_type = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = $1)"
+            )),
+            // $1 the cap: each count reads at most that many entries of its status's index.
+            count_capped: s({
+                let capped = |condition: &str| {
+                    format!(
+                        "(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE {condition} LIMIT $1) AS s)"
+                    )
+                };
+                format!(
+                    "SELECT {}, {}, {}, {}, {}",
+                    capped("status = 'waiting'"),
+                    capped("status = 'pending'") + " + " + &capped("status = 'paused'"),
+                    capped("status = 'in_flight'"),
+                    capped("status = 'delivered'"),
+                    capped("status = 'dead'"),
+                )
+            }),
+            // $1 since and $2 now on the caller's clock, $3 the injected time.
+            delivered_since: s(format!(
+                "SELECT count(*) FROM {t} WHERE status = 'delivered' AND delivered_at >= {}",
+                on_store_clock("$1", 2, 3)
+            )),
+            paused_types: s(format!(
+                "SELECT event_type, paused_at FROM {paused} ORDER BY event_type"
             )),
             // $2 the injected time.
             skip_dead_head: s({
@@ -236,9 +320,12 @@ impl Statements {
                 &now(2),
             )),
             // The pending rows only (the due index's predicate), sorted by creation.
+            // Each status on its own, so each reads its own partial index.
             oldest_pending: s(format!(
-                "SELECT id, created_at FROM {t} WHERE status = 'pending' \
-                 ORDER BY created_at, id LIMIT 1"
+                "(SELECT id, created_at FROM {t} WHERE status = 'pending' ORDER BY created_at, id LIMIT 1) \
+                 UNION ALL \
+                 (SELECT id, created_at FROM {t} WHERE status = 'paused' ORDER BY created_at, id LIMIT 1) \
+                 ORDER BY 2, 1 LIMIT 1"
             )),
             parked_keys: s(format!(
                 "SELECT h.head_key, h.id, (SELECT count(*) FROM {t} AS w \
@@ -253,6 +340,7 @@ impl Statements {
                     "SELECT {COLUMNS} FROM {t} AS e, \
                      set_config('idle_in_transaction_session_timeout', $3, true) AS hold \
                      WHERE e.status = 'pending' AND e.next_attempt_at <= {n2} AND e.attempts < e.max_attempts \
+                     AND {unpaused_e} \
                      ORDER BY e.next_attempt_at, e.id LIMIT $1 FOR UPDATE OF e SKIP LOCKED",
                     n2 = now(2)
                 )),
@@ -324,12 +412,14 @@ fn releasing_after(
     )
 }
 
-/// `($1 lease, $2 ids, $3 caller's now, $4 errors, $5 retry times, $6 injected time)`: records
-/// failures, each retried or dead.
+/// `($1 lease, $2 ids, $3 caller's now, $4 errors, $5 retry times, $6 injected time, $7 the
+/// locked claim's worker)`: records failures, each retried or dead.
 fn nack(t: &str, config: &PgConfig, locked: bool) -> String {
     let retried = "f.retry_at IS NOT NULL AND e.attempts + 1 < e.max_attempts";
+    // A locked claim's rows have no holder: its worker is bound as $7.
+    let log = append_attempt("e.", &now(6), "COALESCE(e.locked_by, $7::text)", "f.error");
     let update = format!(
-        "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), \
+        "UPDATE {t} AS e SET attempts = LEAST(e.attempts + 1, e.max_attempts), attempt_log = {log}, \
          status = CASE WHEN {retried} THEN 'pending' ELSE 'dead' END, \
          head_key = CASE WHEN {retried} THEN e.head_key ELSE {dead} END, \
          next_attempt_at = CASE WHEN {retried} \
@@ -355,6 +445,39 @@ fn nack(t: &str, config: &PgConfig, locked: bool) -> String {
     } else {
         update
     }
+}
+
+/// `$1 id, $2 extra attempts, $3 injected time`: a dead event pending again, due now, with
+/// `set` (more assignments) applied.
+fn revive(t: &str, set: &str) -> String {
+    format!(
+        "UPDATE {t} SET status = 'pending', max_attempts = attempts + $2, next_attempt_at = {n}, \
+         updated_at = {n}{set} WHERE id = $1 AND status = 'dead' RETURNING {COLUMNS}",
+        n = now(3)
+    )
+}
+
+/// The event's attempt log (`p` prefixes the columns) with one failed attempt appended: the
+/// attempt number it ends, at `at`, by `worker`, failing with `error`; bounded as
+/// [`outbox_core::History::push_attempt`] bounds it.
+fn append_attempt(p: &str, at: &str, worker: &str, error: &str) -> String {
+    append_bounded(
+        p,
+        "attempt_log",
+        outbox_core::history::ATTEMPT_HISTORY_LIMIT,
+        &format!(
+            "jsonb_build_object('at', {at}, 'attempt', LEAST({p}attempts + 1, {p}max_attempts), \
+             'worker', {worker}, 'error', {error})"
+        ),
+    )
+}
+
+/// JSON array column `{p}{column}` with `item` appended, its oldest items dropped beyond `limit`.
+fn append_bounded(p: &str, column: &str, limit: usize, item: &str) -> String {
+    format!(
+        "(CASE WHEN jsonb_array_length(COALESCE({p}{column}, '[]'::jsonb)) >= {limit} \
+         THEN {p}{column} - 0 ELSE COALESCE({p}{column}, '[]'::jsonb) END) || jsonb_build_array({item})"
+    )
 }
 
 /// Whether a head that dies gives up its key (`DeadHead::Skip`), so that the statements that

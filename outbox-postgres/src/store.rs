@@ -6,22 +6,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::event::validate_event_type;
 use outbox_core::locked::validate_hold;
 use outbox_core::{
-    Clock, EventFilter, EventId, EventPage, Failure, Lease, LeaseId, LockedBatch, LockedClaim,
-    OutboxEvent, OutboxStore, Outcome, ParkedKey, Reclaimed, Recorded, Settlement, Status,
-    StatusCounts, StoreError, SystemClock, Transition, ValidationError, Wakeups, distinct_ids,
-    transition,
+    Attempt, AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
+    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
+    PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
+    Transition, ValidationError, Wakeups, distinct_ids, transition,
 };
 use sea_query::{Alias, Expr, ExprTrait, Order, PostgresQueryBuilder, Query};
 use sea_query_sqlx::SqlxBinder;
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
 use crate::config::PgConfig;
 use crate::error::db_error;
 use crate::listen::Listener;
-use crate::row::decode;
+use crate::row::{PARKED, decode, status_of};
 use crate::schema;
 use crate::sql::{COLUMNS, Statements};
 
@@ -106,19 +108,6 @@ impl PgStore {
         schema::migrate_down(&self.pool, &self.config).await
     }
 
-    /// The oldest pending event by creation time — its id and when it was created — read from
-    /// the pending rows alone (through the partial index claims use), so it stays cheap however
-    /// many delivered events the table keeps; rows no worker can read count too. `None` when
-    /// nothing is pending. The lag an operator watches (`outbox status`, the relay's metrics).
-    pub async fn oldest_pending(&self) -> Result<Option<(EventId, DateTime<Utc>)>, StoreError> {
-        let row: Option<(Uuid, DateTime<Utc>)> =
-            sqlx::query_as(AssertSqlSafe(self.sql.oldest_pending.clone()))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        Ok(row.map(|(id, at)| (EventId::from_uuid(id), at)))
-    }
-
     /// What the listener's tasks need.
     fn listen_context(&self) -> crate::listen::Context {
         crate::listen::Context {
@@ -162,12 +151,75 @@ impl PgStore {
         fenced(exec, query, ids, |_| Ok(outcome)).await
     }
 
+    /// Revives dead event `id` with `extra_attempts`, replacing its payload if `edit` says so.
+    async fn revive(
+        &self,
+        id: EventId,
+        extra_attempts: u32,
+        edit: Option<&PayloadEdit>,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        if let Some(edit) = edit {
+            edit.check(&self.config.limits)?;
+        }
+        // The core state machine decides whether the revive is legal (and which error to give);
+        // the statement re-checks `status = 'dead'` in case the event changed meanwhile.
+        let current = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        transition(
+            &current.lifecycle,
+            &Transition::Revive { extra_attempts },
+            now,
+        )
+        .map_err(|source| StoreError::Transition { id, source })?;
+        let extra = i32::try_from(extra_attempts)
+            .map_err(|_| ValidationError::new("extra_attempts", "too large"))?;
+        let query = match edit {
+            None => sqlx::query(AssertSqlSafe(self.sql.revive.clone())),
+            Some(_) => sqlx::query(AssertSqlSafe(self.sql.edit_dead.clone())),
+        }
+        .bind(id.as_uuid())
+        .bind(extra)
+        .bind(self.injected_now());
+        let query = match edit {
+            None => query,
+            Some(edit) => query
+                .bind(Json(&edit.payload))
+                .bind(&edit.by)
+                .bind(&edit.note),
+        };
+        let row = query.fetch_optional(&self.pool).await.map_err(db_error)?;
+        let revived = match row.as_ref().map(decode).transpose()? {
+            Some(Ok(event)) => event,
+            Some(Err(bad)) => {
+                return Err(StoreError::Undecodable {
+                    id,
+                    reason: bad.error,
+                });
+            }
+            None => {
+                let from = self
+                    .get(id)
+                    .await?
+                    .ok_or(StoreError::NotFound(id))?
+                    .status();
+                let source = outbox_core::TransitionError::Illegal {
+                    from,
+                    transition: "revive",
+                };
+                return Err(StoreError::Transition { id, source });
+            }
+        };
+        self.notify().await?;
+        Ok(revived)
+    }
+
     /// Records failures with `sql` (the nack of a leased or a locked claim).
     async fn record_failures<'c>(
         &self,
         exec: impl sqlx::PgExecutor<'c>,
         sql: &Arc<str>,
         lease: Option<LeaseId>,
+        worker: Option<&str>,
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
@@ -181,7 +233,8 @@ impl PgStore {
             .bind(now)
             .bind(errors)
             .bind(retry_at)
-            .bind(self.injected_now());
+            .bind(self.injected_now())
+            .bind(worker);
         fenced(exec, query, &ids, |row| {
             let status: String = row.try_get(1)?;
             Ok(if status == Status::Dead.as_str() {
@@ -382,7 +435,7 @@ impl OutboxStore for PgStore {
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        self.record_failures(&self.pool, &self.sql.nack, Some(lease), failures, now)
+        self.record_failures(&self.pool, &self.sql.nack, Some(lease), None, failures, now)
             .await
     }
 
@@ -499,8 +552,14 @@ impl OutboxStore for PgStore {
                 },
             )
             .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
-        if let Some(status) = filter.status {
-            query.and_where(col("status").eq(status.as_str()));
+        match filter.status {
+            Some(Status::Pending) => {
+                query.and_where(col("status").is_in([Status::Pending.as_str(), PARKED]));
+            }
+            Some(status) => {
+                query.and_where(col("status").eq(status.as_str()));
+            }
+            None => {}
         }
         if let Some(event_type) = &filter.event_type {
             query.and_where(col("event_type").eq(event_type.as_str()));
@@ -555,7 +614,7 @@ impl OutboxStore for PgStore {
         for row in rows {
             let status: String = row.try_get(0).map_err(db_error)?;
             let n = u64::try_from(row.try_get::<i64, _>(1).map_err(db_error)?).unwrap_or(0);
-            counts.add(status.parse::<Status>()?, n);
+            counts.add(status_of(&status)?, n);
         }
         Ok(counts)
     }
@@ -566,47 +625,7 @@ impl OutboxStore for PgStore {
         extra_attempts: u32,
         now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        // The core state machine decides whether the revive is legal (and which error to give);
-        // the statement re-checks `status = 'dead'` in case the event changed meanwhile.
-        let current = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
-        transition(
-            &current.lifecycle,
-            &Transition::Revive { extra_attempts },
-            now,
-        )
-        .map_err(|source| StoreError::Transition { id, source })?;
-        let extra = i32::try_from(extra_attempts)
-            .map_err(|_| ValidationError::new("extra_attempts", "too large"))?;
-        let row = sqlx::query(AssertSqlSafe(self.sql.revive.clone()))
-            .bind(id.as_uuid())
-            .bind(extra)
-            .bind(self.injected_now())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let revived = match row.as_ref().map(decode).transpose()? {
-            Some(Ok(event)) => event,
-            Some(Err(bad)) => {
-                return Err(StoreError::Undecodable {
-                    id,
-                    reason: bad.error,
-                });
-            }
-            None => {
-                let from = self
-                    .get(id)
-                    .await?
-                    .ok_or(StoreError::NotFound(id))?
-                    .status();
-                let source = outbox_core::TransitionError::Illegal {
-                    from,
-                    transition: "revive",
-                };
-                return Err(StoreError::Transition { id, source });
-            }
-        };
-        self.notify().await?;
-        Ok(revived)
+        self.revive(id, extra_attempts, None, now).await
     }
 
     async fn delete_events(
@@ -681,6 +700,122 @@ impl OutboxStore for PgStore {
         }
     }
 
+    async fn history(&self, id: EventId) -> Result<History, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(self.sql.history.clone()))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or(StoreError::NotFound(id))?;
+        let undecodable = |e: sqlx::Error| StoreError::Undecodable {
+            id,
+            reason: e.to_string(),
+        };
+        let attempts: Option<Json<Vec<Attempt>>> = row.try_get(0).map_err(undecodable)?;
+        let notes: Option<Json<Vec<AuditNote>>> = row.try_get(1).map_err(undecodable)?;
+        Ok(History {
+            attempts: attempts.map(|j| j.0).unwrap_or_default(),
+            notes: notes.map(|j| j.0).unwrap_or_default(),
+        })
+    }
+
+    async fn edit_dead(
+        &self,
+        id: EventId,
+        edit: &PayloadEdit,
+        extra_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        self.revive(id, extra_attempts, Some(edit), now).await
+    }
+
+    async fn pause_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let (added, _parked): (i64, i64) = sqlx::query_as(AssertSqlSafe(self.sql.pause.clone()))
+            .bind(event_type)
+            .bind(self.injected_now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(added > 0)
+    }
+
+    async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        // Two commits: the delete waits for emits that saw the pause (they hold its key-share
+        // lock) and the unpark, begun after it, sees what they parked.
+        let removed = sqlx::query(AssertSqlSafe(self.sql.unpause.clone()))
+            .bind(event_type)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        sqlx::query(AssertSqlSafe(self.sql.unpark.clone()))
+            .bind(event_type)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        self.notify().await?;
+        Ok(removed > 0)
+    }
+
+    /// Read from the pending rows alone (through the partial indexes claims and resumes use),
+    /// so it stays cheap however many delivered events the table keeps; rows no worker can
+    /// read count too.
+    async fn oldest_pending(&self) -> Result<Option<(EventId, DateTime<Utc>)>, StoreError> {
+        let row: Option<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.oldest_pending.clone()))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(row.map(|(id, at)| (EventId::from_uuid(id), at)))
+    }
+
+    async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let (waiting, pending, in_flight, delivered, dead): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(AssertSqlSafe(self.sql.count_capped.clone()))
+                .bind(cap)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let n = |count: i64| u64::try_from(Ord::min(count, cap)).unwrap_or(0);
+        Ok(StatusCounts {
+            waiting: n(waiting),
+            pending: n(pending),
+            in_flight: n(in_flight),
+            delivered: n(delivered),
+            dead: n(dead),
+        })
+    }
+
+    async fn delivered_since(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.delivered_since.clone()))
+            .bind(since)
+            .bind(now)
+            .bind(self.injected_now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+        let rows: Vec<(String, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.paused_types.clone()))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_type, since)| PausedType { event_type, since })
+            .collect())
+    }
+
     fn wakeups(&self) -> Option<Wakeups> {
         self.config
             .listen
@@ -689,6 +824,7 @@ impl OutboxStore for PgStore {
 
     async fn claim_locked(
         &self,
+        holder: &str,
         limit_to: usize,
         hold: Duration,
         now: DateTime<Utc>,
@@ -705,8 +841,15 @@ impl OutboxStore for PgStore {
         let (mut events, bad) = decode_rows(&rows)?;
         if !bad.is_empty() {
             // Dead with the settlement (or claimed and marked again, if it never comes).
-            self.record_failures(&mut *tx, &self.sql.locked.nack, None, &bad, now)
-                .await?;
+            self.record_failures(
+                &mut *tx,
+                &self.sql.locked.nack,
+                None,
+                Some(holder),
+                &bad,
+                now,
+            )
+            .await?;
         }
         events.sort_by_key(|e| (e.lifecycle.next_attempt_at, e.id));
         let tx = if rows.is_empty() {
@@ -719,6 +862,7 @@ impl OutboxStore for PgStore {
         let ids = events.iter().map(|e| e.id).collect();
         let batch = Box::new(PgLockedBatch {
             store: self.clone(),
+            holder: holder.to_owned(),
             tx,
             ids,
         });
@@ -737,6 +881,8 @@ fn hold_millis(hold: Duration) -> String {
 /// it stays idle longer than the hold, or when the connection drops.
 struct PgLockedBatch {
     store: PgStore,
+    /// The worker that claimed the batch, recorded with its failed attempts.
+    holder: String,
     /// `None` once finished, or when nothing was claimed.
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     ids: Vec<EventId>,
@@ -812,7 +958,14 @@ impl LockedBatch for PgLockedBatch {
             .collect();
         note(
             store
-                .record_failures(&mut *tx, &sql.nack, None, &failures, now)
+                .record_failures(
+                    &mut *tx,
+                    &sql.nack,
+                    None,
+                    Some(&this.holder),
+                    &failures,
+                    now,
+                )
                 .await?,
         );
         if let Some(d) = &settlement.deferred {

@@ -270,7 +270,12 @@ where
             ClaimMode::Locked => {
                 let claim = self
                     .store
-                    .claim_locked(self.config.batch_size, self.config.lease, now)
+                    .claim_locked(
+                        &self.config.worker_id,
+                        self.config.batch_size,
+                        self.config.lease,
+                        now,
+                    )
                     .await?;
                 (claim.events, Hold::Locked(claim.batch))
             }

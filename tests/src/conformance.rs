@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::TimeDelta;
-use outbox_core::{Deferral, LockedBatch, Settlement};
+use outbox_core::{Deferral, LockedBatch, PayloadEdit, Settlement};
 use outbox_core::{
     Emitted, EventFilter, EventId, Failure, Lease, LeaseId, ManualClock, NewEvent, OutboxStore,
     OutboxStoreExt, Outcome, Recorded, Status, StoreError, TransitionError,
@@ -858,7 +858,7 @@ pub async fn deleting_delivered_keeps_keys_and_the_dead<H: Harness>(h: &H) {
 async fn claim_locked<H: Harness>(h: &H, limit: usize) -> (Box<dyn LockedBatch>, Vec<EventId>) {
     let claim = h
         .store()
-        .claim_locked(limit, HOLD, h.clock().now_utc())
+        .claim_locked("w1", limit, HOLD, h.clock().now_utc())
         .await
         .expect("locked claim");
     let ids = claim.events.iter().map(|e| e.id).collect();
@@ -1057,7 +1057,11 @@ pub async fn a_locked_claim_refuses_bad_input<H: Harness>(h: &H) {
         Duration::ZERO,
         outbox_core::locked::MAX_HOLD + Duration::from_secs(1),
     ] {
-        match h.store().claim_locked(10, hold, h.clock().now_utc()).await {
+        match h
+            .store()
+            .claim_locked("w1", 10, hold, h.clock().now_utc())
+            .await
+        {
             Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "hold"),
             other => panic!("hold {hold:?}: expected InvalidInput, got {other:?}"),
         }
@@ -1787,6 +1791,258 @@ pub async fn deleting_a_delivered_head_promotes_the_next<H: Harness>(h: &H) {
     assert_eq!(got, vec![ids[1]]);
 }
 
+/// Every attempt that ends without a delivery is kept with its time, worker and error (a
+/// leased failure, an expired lease, a locked claim's failure), at most
+/// [`ATTEMPT_HISTORY_LIMIT`](outbox_core::history::ATTEMPT_HISTORY_LIMIT) of them, newest
+/// last; deliveries and releases are not attempts that failed.
+pub async fn failed_attempts_are_kept_with_worker_and_error<H: Harness>(h: &H) {
+    let mut ids = emit_ids(
+        h,
+        vec![
+            NewEvent::builder("file.stored", "upload", "u-1")
+                .max_attempts(100)
+                .build()
+                .expect("valid"),
+        ],
+    )
+    .await;
+    let store = h.store();
+    assert_eq!(
+        store.history(ids[0]).await.expect("history"),
+        Default::default()
+    );
+    let (lease, _) = claim(h, "w-a", 1).await;
+    let t1 = h.clock().now_utc();
+    let retry = |n: u32| Failure::retry(ids[0], format!("503 from sink ({n})"), t1);
+    store.nack(lease.id, &[retry(1)], t1).await.expect("nack");
+    let (_, got) = claim(h, "w-b", 1).await;
+    assert_eq!(got, vec![ids[0]]);
+    expire_leases(h).await;
+    let (batch, got) = claim_locked(h, 1).await;
+    assert_eq!(got, vec![ids[0]]);
+    let settlement = Settlement {
+        failures: vec![retry(3)],
+        ..Settlement::default()
+    };
+    batch
+        .finish(&settlement, h.clock().now_utc())
+        .await
+        .expect("finish");
+    let history = store.history(ids[0]).await.expect("history");
+    let seen: Vec<(u32, Option<&str>)> = history
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.worker.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(1, Some("w-a")), (2, Some("w-b")), (3, Some("w1"))]
+    );
+    assert_eq!(history.attempts[0].error, "503 from sink (1)");
+    assert_eq!(history.attempts[0].at, t1);
+    assert!(
+        history.attempts[1].error.contains("w-b"),
+        "{:?}",
+        history.attempts[1]
+    );
+    assert_eq!(history.attempts[2].error, "503 from sink (3)");
+
+    // Bounded: the oldest go.
+    let limit = outbox_core::history::ATTEMPT_HISTORY_LIMIT;
+    for n in 4..=(limit as u32 + 5) {
+        let (lease, got) = claim(h, "w-a", 1).await;
+        assert_eq!(got, vec![ids[0]]);
+        store.nack(lease.id, &[retry(n)], t1).await.expect("nack");
+    }
+    let history = store.history(ids[0]).await.expect("history");
+    assert_eq!(history.attempts.len(), limit);
+    assert_eq!(history.attempts[0].attempt, 6);
+    assert_eq!(history.attempts[limit - 1].attempt, limit as u32 + 5);
+
+    // A delivered event's history holds no delivery.
+    ids.extend(emit_n(h, 1).await);
+    let (lease, got) = claim(h, "w-a", 10).await;
+    assert!(got.contains(&ids[1]), "{got:?}");
+    ack(h, &lease, &got).await;
+    assert!(
+        store
+            .history(ids[1])
+            .await
+            .expect("history")
+            .attempts
+            .is_empty()
+    );
+    let missing = EventId::new();
+    assert!(matches!(
+        store.history(missing).await,
+        Err(StoreError::NotFound(id)) if id == missing
+    ));
+}
+
+/// An operator replaces a dead event's payload with a reason: the event is pending again with
+/// the new payload (delivered with it), and the note keeps who, why and the old payload. Only a
+/// dead event can be edited, and only with a reason and a payload within the limits.
+pub async fn editing_a_dead_event_replays_it_and_keeps_a_note<H: Harness>(h: &H) {
+    let ids = emit_n(h, 2).await;
+    let store = h.store();
+    let (lease, _) = claim(h, "w", 1).await;
+    kill(h, &lease, ids[0]).await;
+    let edit = PayloadEdit {
+        payload: json!({ "n": 0, "fixed": true }),
+        by: "ops@example".into(),
+        note: "sink wants `fixed`".into(),
+    };
+    let now = h.clock().now_utc();
+    let refused = store.edit_dead(ids[1], &edit, 1, now).await;
+    assert!(
+        matches!(refused, Err(StoreError::Transition { .. })),
+        "{refused:?}"
+    );
+    let no_reason = PayloadEdit {
+        note: " ".into(),
+        ..edit.clone()
+    };
+    let refused = store.edit_dead(ids[0], &no_reason, 1, now).await;
+    assert!(
+        matches!(&refused, Err(StoreError::InvalidInput(e)) if e.field() == "note"),
+        "{refused:?}"
+    );
+    assert_eq!(status_of(h, ids[0]).await, Status::Dead);
+
+    let edited = store.edit_dead(ids[0], &edit, 2, now).await.expect("edit");
+    assert_eq!(edited.status(), Status::Pending);
+    assert_eq!(edited.payload, edit.payload);
+    let stored = store.fetch(ids[0]).await.expect("get");
+    assert_eq!(
+        (stored.payload.clone(), stored.status()),
+        (edit.payload.clone(), Status::Pending)
+    );
+    let notes = store.history(ids[0]).await.expect("history").notes;
+    assert_eq!(notes.len(), 1);
+    assert_eq!(
+        (notes[0].by.as_str(), notes[0].note.as_str()),
+        ("ops@example", "sink wants `fixed`")
+    );
+    assert_eq!(notes[0].previous_payload, json!({ "n": 0 }));
+    assert_eq!(notes[0].at, now);
+    let (lease, got) = claim(h, "w", 10).await;
+    assert!(got.contains(&ids[0]), "{got:?}");
+    let claimed = store.fetch(ids[0]).await.expect("get");
+    assert_eq!(claimed.payload, edit.payload);
+    ack(h, &lease, &got).await;
+}
+
+/// A paused event type is claimed by no one (leased or locked claims) until resumed, whether
+/// its events were pending when it was paused, emitted during the pause, or retried during
+/// it; they stay pending with their schedule. Other types go on.
+pub async fn a_paused_type_is_not_delivered_until_resumed<H: Harness>(h: &H) {
+    let store = h.store();
+    let now = h.clock().now_utc();
+    let paid = |n: usize| {
+        NewEvent::builder("order.paid", "order", format!("o-{n}"))
+            .build()
+            .expect("valid")
+    };
+    let before = emit_ids(h, vec![paid(1), paid(2), event(1)]).await;
+    let (lease, got) = claim(h, "w", 1).await;
+    assert_eq!(got, vec![before[0]]);
+    assert!(store.pause_type("order.paid", now).await.expect("pause"));
+    assert!(
+        !store
+            .pause_type("order.paid", now)
+            .await
+            .expect("pause again")
+    );
+    let refused = store.pause_type("Order Paid", now).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidInput(_))),
+        "{refused:?}"
+    );
+    let paused = store.paused_types().await.expect("paused");
+    assert_eq!(paused.len(), 1);
+    assert_eq!(
+        (paused[0].event_type.as_str(), paused[0].since),
+        ("order.paid", now)
+    );
+    // The one in flight finishes its attempt, and is retried during the pause.
+    store
+        .nack(lease.id, &[Failure::retry(before[0], "503", now)], now)
+        .await
+        .expect("nack");
+    let during = emit_ids(h, vec![paid(3), event(2)]).await;
+    let (lease, mut got) = claim(h, "w", 10).await;
+    got.sort();
+    assert_eq!(got, vec![before[2], during[1]]);
+    ack(h, &lease, &got).await;
+    let (batch, got) = claim_locked(h, 10).await;
+    assert!(got.is_empty(), "{got:?}");
+    drop(batch);
+    for id in [before[0], before[1], during[0]] {
+        assert_eq!(status_of(h, id).await, Status::Pending);
+    }
+    let pending = store
+        .list(&EventFilter {
+            status: Some(Status::Pending),
+            ..EventFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(pending.events.len(), 3);
+    assert_eq!(
+        store
+            .count_by_status()
+            .await
+            .expect("count")
+            .get(Status::Pending),
+        3
+    );
+
+    assert!(store.resume_type("order.paid", now).await.expect("resume"));
+    assert!(
+        !store
+            .resume_type("order.paid", now)
+            .await
+            .expect("resume again")
+    );
+    assert!(store.paused_types().await.expect("paused").is_empty());
+    let (_, mut got) = claim(h, "w", 10).await;
+    got.sort();
+    let mut expected = vec![before[0], before[1], during[0]];
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+/// Capped counts count each status up to the cap and agree with the full count below it;
+/// deliveries since a time count the delivered events kept.
+pub async fn capped_counts_and_deliveries_since<H: Harness>(h: &H) {
+    let store = h.store();
+    emit_n(h, 5).await;
+    let t0 = h.clock().now_utc();
+    let (lease, got) = claim(h, "w", 2).await;
+    ack(h, &lease, &got).await;
+    h.clock().advance(Duration::from_secs(10));
+    let (lease, got) = claim(h, "w", 1).await;
+    kill(h, &lease, got[0]).await;
+    let full = store.count_by_status().await.expect("count");
+    assert_eq!((full.pending, full.delivered, full.dead), (2, 2, 1));
+    assert_eq!(store.count_capped(100).await.expect("capped"), full);
+    let capped = store.count_capped(1).await.expect("capped");
+    assert_eq!(
+        (
+            capped.waiting,
+            capped.pending,
+            capped.in_flight,
+            capped.delivered,
+            capped.dead
+        ),
+        (0, 1, 0, 1, 1)
+    );
+    let now = h.clock().now_utc();
+    assert_eq!(store.delivered_since(t0, now).await.expect("since"), 2);
+    let later = t0 + TimeDelta::seconds(1);
+    assert_eq!(store.delivered_since(later, now).await.expect("since"), 0);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
@@ -1811,7 +2067,11 @@ macro_rules! conformance_tests {
             a_key_is_delivered_one_event_at_a_time_in_commit_order,
             a_failing_head_keeps_its_successors_waiting,
             a_dead_head_parks_its_key_until_retried_or_skipped,
-            a_locked_settlement_moves_a_key_on);
+            a_locked_settlement_moves_a_key_on,
+            failed_attempts_are_kept_with_worker_and_error,
+            editing_a_dead_event_replays_it_and_keeps_a_note,
+            a_paused_type_is_not_delivered_until_resumed,
+            capped_counts_and_deliveries_since);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

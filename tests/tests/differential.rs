@@ -346,7 +346,7 @@ impl<H: Harness> Side<H> {
             }
             Op::LockClaim { slot, limit } => {
                 let given_back = self.give_back(*slot).await;
-                let claim = store.claim_locked(*limit, HOLD, now).await.unwrap();
+                let claim = store.claim_locked("w1", *limit, HOLD, now).await.unwrap();
                 let taken = claim.events.iter().map(|e| self.idx(e.id)).collect();
                 self.locked[*slot] = Some(claim.batch);
                 Answer::Locked(Box::new(given_back), taken)

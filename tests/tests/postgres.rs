@@ -1157,13 +1157,13 @@ async fn the_database_ends_a_locked_claim_past_its_hold() {
     let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
     let now = h.clock().now_utc();
     let stalled = store
-        .claim_locked(10, Duration::from_millis(200), now)
+        .claim_locked("w1", 10, Duration::from_millis(200), now)
         .await
         .unwrap();
     assert_eq!(stalled.events.len(), 1);
     let deadline = std::time::Instant::now() + GUARD;
     loop {
-        let again = store.claim_locked(10, GUARD, now).await.unwrap();
+        let again = store.claim_locked("w1", 10, GUARD, now).await.unwrap();
         if again.events.iter().any(|e| e.id == id) {
             again
                 .batch

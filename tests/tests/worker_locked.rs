@@ -71,7 +71,7 @@ async fn a_long_batch_keeps_its_locks_by_renewing_the_hold() {
     tokio::time::sleep(Duration::from_secs(45)).await;
     let other = f
         .store
-        .claim_locked(10, Duration::from_secs(30), f.clock.now())
+        .claim_locked("w1", 10, Duration::from_secs(30), f.clock.now())
         .await
         .unwrap();
     assert!(other.events.is_empty(), "the hold was renewed");
