@@ -334,5 +334,25 @@ async fn current_version(
         .map_err(db_error)
 }
 
+/// The table's schema version: the last migration applied to it, 0 when none is (or when
+/// there is no history at all).
+pub(crate) async fn version(pool: &PgPool, config: &PgConfig) -> Result<i32, StoreError> {
+    let history = format!("{}.{HISTORY}", config.quoted_schema());
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&history)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)?;
+    if !exists {
+        return Ok(0);
+    }
+    let sql = format!("SELECT coalesce(max(version), 0) FROM {history} WHERE table_name = $1");
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(config.table())
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)
+}
+
 /// The newest schema version this library knows: the last migration's.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -102,6 +102,13 @@ impl PgStore {
         schema::migrate_up(&self.pool, &self.config).await
     }
 
+    /// The table's schema version (the last migration applied; 0 before any). Below
+    /// [`LATEST_VERSION`](crate::LATEST_VERSION) this library's statements may fail: run
+    /// [`migrate`](Self::migrate) first.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        schema::version(&self.pool, &self.config).await
+    }
+
     /// Reverts the outbox's migrations: drops the table, its indexes and trigger. **Every
     /// stored event is deleted.** Returns how many migrations were reverted.
     pub async fn migrate_down(&self) -> Result<usize, StoreError> {

@@ -130,7 +130,7 @@ impl Admin {
     }
 
     /// The routes, to serve or to nest under [`AdminConfig::base_path`] in an application's
-    /// own router.
+    /// own router (`Router::nest("/admin", admin.router())`, where the overview is `/admin`).
     pub fn router(&self) -> axum::Router {
         web::router(self.clone())
     }
@@ -206,9 +206,15 @@ impl Admin {
         self.inner.config.clock.now()
     }
 
-    /// `path` under the admin's base path.
+    /// `path` under the admin's base path (the root of a nested admin is the base path itself:
+    /// `/admin`, not `/admin/`).
     fn link(&self, path: &str) -> String {
-        format!("{}{path}", self.inner.config.base_path)
+        let base = &self.inner.config.base_path;
+        if path == "/" && !base.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}{path}")
+        }
     }
 }
 

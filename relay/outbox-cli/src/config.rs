@@ -267,6 +267,11 @@ impl RelayConfig {
 pub struct HttpConfig {
     /// Address for `/healthz`, `/readyz` and `/metrics`; none when unset.
     pub listen: Option<String>,
+    /// Also serve the web admin under `/admin` there (default `false`); credentials come from
+    /// `OUTBOX_ADMIN_TOKEN`, or `OUTBOX_ADMIN_USER` and `OUTBOX_ADMIN_PASSWORD` (read-only
+    /// without them).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One `[[routes]]` entry: a pattern and a transport.

@@ -9,7 +9,7 @@ use outbox_core::{
     Clock, EventFilter, EventId, EventPage, OutboxStore, Status, StoreError, SystemClock,
 };
 
-use outbox_postgres::PgStore;
+use outbox_admin::bulk;
 
 use crate::startup::Startup;
 use crate::{CliError, Target, load, store};
@@ -32,7 +32,8 @@ pub(crate) enum EventsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Print one event, every field, as JSON.
+    /// Print one event, every field, as JSON, with its `history`: failed attempts (time,
+    /// worker, error) and payload edits.
     ///
     /// Example: `outbox events show 0190f1c2-…`.
     Show {
@@ -58,6 +59,9 @@ pub(crate) enum EventsAction {
         /// Count, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print `{"matched": …, "changed": …, "dry_run": …}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete events for good: the ids named, or every event matching the filters (or --all),
     /// except those a worker holds. An undelivered event deleted is never delivered; needs --yes
@@ -77,6 +81,34 @@ pub(crate) enum EventsAction {
         /// Confirms the deletion.
         #[arg(long)]
         yes: bool,
+        /// Print `{"matched": …, "changed": …, "dry_run": …}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause delivery of an event type: no relay claims its events (they stay pending, in
+    /// order) until it is resumed. Without a type, list the paused types.
+    ///
+    /// Example: `outbox events pause order.paid`.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+        /// The event type.
+        event_type: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume delivery of a paused event type.
+    ///
+    /// Example: `outbox events resume order.paid`.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// The event type.
+        event_type: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,7 +119,9 @@ impl EventsAction {
             EventsAction::List { target, .. }
             | EventsAction::Show { target, .. }
             | EventsAction::Retry { target, .. }
-            | EventsAction::Delete { target, .. } => target,
+            | EventsAction::Delete { target, .. }
+            | EventsAction::Pause { target, .. }
+            | EventsAction::Resume { target, .. } => target,
         }
     }
 }
@@ -142,7 +176,7 @@ impl MatchArgs {
     /// is refused.
     fn selection(self, named: bool) -> Result<Option<EventFilter>, CliError> {
         if self.any() || self.all {
-            Ok(Some(self.filter(PAGE)))
+            Ok(Some(self.filter(bulk::PAGE)))
         } else if named {
             Ok(None)
         } else {
@@ -195,73 +229,6 @@ impl FilterArgs {
     }
 }
 
-/// Events acted on per page of a bulk command.
-const PAGE: usize = 1_000;
-
-/// The events a bulk command acts on: the ids named, then every event `selection` matches, a
-/// page at a time, handed to `act` (which returns how many it changed); returns how many were
-/// handed over and how many changed.
-async fn each_page<F, Fut>(
-    store: &PgStore,
-    ids: Vec<EventId>,
-    selection: Option<EventFilter>,
-    mut act: F,
-) -> Result<(u64, u64), CliError>
-where
-    F: FnMut(Vec<EventId>) -> Fut,
-    Fut: std::future::Future<Output = Result<u64, CliError>>,
-{
-    let (mut seen, mut changed) = (0u64, 0u64);
-    if !ids.is_empty() {
-        seen += ids.len() as u64;
-        changed += act(ids).await?;
-    }
-    if let Some(mut filter) = selection {
-        loop {
-            let page = store.list(&filter).await?;
-            let Some(next) = page.next_after(&filter) else {
-                break;
-            };
-            let ids: Vec<EventId> = page.events.iter().map(|e| e.id).collect();
-            seen += ids.len() as u64;
-            changed += act(ids).await?;
-            filter.after = Some(next);
-        }
-    }
-    Ok((seen, changed))
-}
-
-/// Gives `attempts` more attempts to the dead events named and to every dead event `selection`
-/// matches (its status is set to dead); with `dry_run`, only counts them. Returns how many were
-/// (or would be) retried.
-pub(crate) async fn retry_dead(
-    store: &PgStore,
-    ids: Vec<EventId>,
-    mut selection: Option<EventFilter>,
-    attempts: u32,
-    dry_run: bool,
-) -> Result<u64, CliError> {
-    if let Some(filter) = &mut selection {
-        if filter.status.is_some_and(|s| s != Status::Dead) {
-            return Err("only dead events can be retried: drop --status or use dead".into());
-        }
-        filter.status = Some(Status::Dead);
-    }
-    let (seen, retried) = each_page(store, ids, selection, |ids| {
-        let store = store.clone();
-        async move {
-            if !dry_run {
-                for id in &ids {
-                    store.retry_dead(*id, attempts, SystemClock.now()).await?;
-                }
-            }
-            Ok(ids.len() as u64)
-        }
-    })
-    .await?;
-    Ok(if dry_run { seen } else { retried })
-}
-
 pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
     match action {
         EventsAction::List {
@@ -283,7 +250,12 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
         EventsAction::Show { target, id } => {
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let event = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
-            writeln!(stdout(), "{}", serde_json::to_string_pretty(&event)?)?;
+            let history = store.history(id).await?;
+            let mut shown = serde_json::to_value(&event)?;
+            if let Some(fields) = shown.as_object_mut() {
+                fields.insert("history".to_owned(), serde_json::to_value(&history)?);
+            }
+            writeln!(stdout(), "{}", serde_json::to_string_pretty(&shown)?)?;
         }
         EventsAction::Retry {
             target,
@@ -291,16 +263,25 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             matching,
             attempts,
             dry_run,
+            json,
         } => {
             let selection = matching.selection(!ids.is_empty())?;
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let n = retry_dead(&store, ids, selection, attempts, dry_run).await?;
-            if dry_run {
-                writeln!(stdout(), "would retry {n} event(s); nothing changed")?;
+            let outcome =
+                bulk::retry(&store, ids, selection, attempts, dry_run, SystemClock.now()).await?;
+            if json {
+                print_outcome(outcome, dry_run)?;
+            } else if dry_run {
+                writeln!(
+                    stdout(),
+                    "would retry {} event(s); nothing changed",
+                    outcome.matched
+                )?;
             } else {
                 writeln!(
                     stdout(),
-                    "retried {n} event(s) with {attempts} more attempt(s) each"
+                    "retried {} event(s) with {attempts} more attempt(s) each",
+                    outcome.changed
                 )?;
             }
         }
@@ -310,34 +291,90 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             matching,
             dry_run,
             yes,
+            json,
         } => {
             if !dry_run && !yes {
                 return Err("deleting is for good: add --yes (or --dry-run to count)".into());
             }
             let selection = matching.selection(!ids.is_empty())?;
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let (seen, deleted) = each_page(&store, ids, selection, |ids| {
-                let store = store.clone();
-                async move {
-                    if dry_run {
-                        return Ok(ids.len() as u64);
-                    }
-                    let gone = store.delete_events(&ids, SystemClock.now()).await?;
-                    Ok(gone.len() as u64)
-                }
-            })
-            .await?;
-            if dry_run {
-                writeln!(stdout(), "would delete {seen} event(s); nothing changed")?;
+            let outcome = bulk::delete(&store, ids, selection, dry_run, SystemClock.now()).await?;
+            if json {
+                print_outcome(outcome, dry_run)?;
+            } else if dry_run {
+                writeln!(
+                    stdout(),
+                    "would delete {} event(s); nothing changed",
+                    outcome.matched
+                )?;
             } else {
                 writeln!(
                     stdout(),
-                    "deleted {deleted} event(s); {} skipped (held by a worker, or gone)",
-                    seen - deleted
+                    "deleted {} event(s); {} skipped (held by a worker, or gone)",
+                    outcome.changed,
+                    outcome.matched - outcome.changed
                 )?;
             }
         }
+        EventsAction::Pause {
+            target,
+            event_type,
+            json,
+        } => {
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+            if let Some(event_type) = event_type {
+                let newly = store.pause_type(&event_type, SystemClock.now()).await?;
+                if json {
+                    let out = serde_json::json!({ "paused": event_type, "newly": newly });
+                    writeln!(stdout(), "{out}")?;
+                } else if newly {
+                    writeln!(
+                        stdout(),
+                        "paused {event_type}: no relay claims its events until `outbox events resume {event_type}`"
+                    )?;
+                } else {
+                    writeln!(stdout(), "{event_type} was already paused")?;
+                }
+            } else {
+                let paused = store.paused_types().await?;
+                if json {
+                    writeln!(stdout(), "{}", serde_json::to_string_pretty(&paused)?)?;
+                } else if paused.is_empty() {
+                    writeln!(stdout(), "no event type is paused")?;
+                } else {
+                    for p in paused {
+                        writeln!(stdout(), "{:<32} paused since {}", p.event_type, p.since)?;
+                    }
+                }
+            }
+        }
+        EventsAction::Resume {
+            target,
+            event_type,
+            json,
+        } => {
+            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+            let was = store.resume_type(&event_type, SystemClock.now()).await?;
+            if json {
+                let out = serde_json::json!({ "resumed": event_type, "was_paused": was });
+                writeln!(stdout(), "{out}")?;
+            } else if was {
+                writeln!(stdout(), "resumed {event_type}")?;
+            } else {
+                writeln!(stdout(), "{event_type} was not paused")?;
+            }
+        }
     }
+    Ok(())
+}
+
+fn print_outcome(outcome: bulk::BulkOutcome, dry_run: bool) -> Result<(), CliError> {
+    let out = serde_json::json!({
+        "matched": outcome.matched,
+        "changed": outcome.changed,
+        "dry_run": dry_run,
+    });
+    writeln!(stdout(), "{out}")?;
     Ok(())
 }
 

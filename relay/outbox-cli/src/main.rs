@@ -5,6 +5,8 @@
 //! outbox migrate [--down --yes]             # create/upgrade (or drop) the outbox table
 //! outbox status                             # counts by status, oldest pending, dead events
 //! outbox dead list | show ID | revive ID…   # look at dead events and give them more attempts
+//! outbox events list|show|retry|delete|pause|resume   # search, repair, pause
+//! outbox admin [--listen 127.0.0.1:8089]    # the web admin (read-only without credentials)
 //! outbox config example                     # the config format, every key documented
 //! ```
 
@@ -92,6 +94,9 @@ enum Command {
         /// Address for the health and metrics endpoint (overrides [http] listen).
         #[arg(long, env = "OUTBOX_LISTEN")]
         listen: Option<String>,
+        /// Credentials of the web admin served under /admin when `[http] admin = true`.
+        #[command(flatten)]
+        credentials: AdminCredentials,
     },
     /// Create or upgrade the outbox table (idempotent), or with --down drop it and every event
     /// in it.
@@ -127,11 +132,131 @@ enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Serve the web admin: overview, event search and detail with attempt history, retry,
+    /// edit-and-replay, delete, bulk actions, pause and resume.
+    ///
+    /// Read-only unless credentials are given: a token (OUTBOX_ADMIN_TOKEN, entered once on
+    /// the login page) or basic-auth credentials (OUTBOX_ADMIN_USER, OUTBOX_ADMIN_PASSWORD);
+    /// then every request needs them and every change a CSRF token.
+    ///
+    /// Example: `OUTBOX_ADMIN_TOKEN=$(openssl rand -hex 24) outbox admin --listen 127.0.0.1:8089`.
+    Admin {
+        #[command(flatten)]
+        target: Target,
+        /// Address to serve on (loopback unless told otherwise).
+        #[arg(long, env = "OUTBOX_ADMIN_LISTEN", default_value = "127.0.0.1:8089")]
+        listen: String,
+        #[command(flatten)]
+        credentials: AdminCredentials,
+    },
     /// The config file format.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+/// Who may change things in the web admin.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct AdminCredentials {
+    /// Admin token (at least 16 characters); prefer the variable to the flag, which other
+    /// users can see in the process list.
+    #[arg(
+        long = "admin-token",
+        env = "OUTBOX_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Basic-auth user.
+    #[arg(long = "admin-user", env = "OUTBOX_ADMIN_USER")]
+    user: Option<String>,
+    /// Basic-auth password.
+    #[arg(
+        long = "admin-password",
+        env = "OUTBOX_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+}
+
+/// Shortest admin token accepted.
+const MIN_TOKEN: usize = 16;
+
+impl AdminCredentials {
+    fn auth(&self) -> Result<outbox_admin::Auth, CliError> {
+        match (&self.token, &self.user, &self.password) {
+            (Some(_), Some(_), _) => {
+                Err("give the admin a token or basic-auth credentials, not both".into())
+            }
+            (Some(token), None, _) if token.chars().count() < MIN_TOKEN => Err(format!(
+                "the admin token must be at least {MIN_TOKEN} characters (openssl rand -hex 24 makes one)"
+            )
+            .into()),
+            (Some(token), None, _) => Ok(outbox_admin::Auth::Token(token.clone())),
+            (None, Some(user), Some(password)) if !password.is_empty() => {
+                Ok(outbox_admin::Auth::Basic {
+                    user: user.clone(),
+                    password: password.clone(),
+                })
+            }
+            (None, Some(_), _) => Err("--admin-user needs --admin-password (OUTBOX_ADMIN_PASSWORD)".into()),
+            (None, None, Some(_)) => Err("--admin-password needs --admin-user (OUTBOX_ADMIN_USER)".into()),
+            (None, None, None) => Ok(outbox_admin::Auth::ReadOnly),
+        }
+    }
+}
+
+/// The web admin over `store`, mounted at `base_path`, its rate sampler running.
+fn admin(
+    store: PgStore,
+    credentials: &AdminCredentials,
+    base_path: &str,
+) -> Result<axum::Router, CliError> {
+    let auth = credentials.auth()?;
+    if matches!(auth, outbox_admin::Auth::ReadOnly) {
+        info!(
+            "admin is read-only: set OUTBOX_ADMIN_TOKEN (or OUTBOX_ADMIN_USER and OUTBOX_ADMIN_PASSWORD) to make changes"
+        );
+    }
+    let admin = outbox_admin::Admin::new(
+        Arc::new(store),
+        outbox_admin::AdminConfig {
+            auth,
+            base_path: base_path.to_owned(),
+            ..outbox_admin::AdminConfig::default()
+        },
+    );
+    tokio::spawn(admin.clone().run_sampler());
+    Ok(admin.router())
+}
+
+async fn serve_admin(
+    target: Target,
+    listen: String,
+    credentials: AdminCredentials,
+) -> Result<(), CliError> {
+    let config = load(&target)?;
+    let store = store(&config, 4, Startup::within(Duration::ZERO)).await?;
+    current_schema(&store, &target).await?;
+    let router = admin(store, &credentials, "")?;
+    let listener = bind(&listen, "--listen").await?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback()
+        && credentials
+            .auth()
+            .is_ok_and(|a| matches!(a, outbox_admin::Auth::ReadOnly))
+    {
+        warn!(%addr, "the admin is reachable from other hosts and anyone there can read every event");
+    }
+    info!(%addr, "admin listening: http://{addr}/");
+    let mut signals = Signals::new()?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let signal = signals.recv().await;
+            info!("{signal}: admin stopping");
+        })
+        .await?;
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,12 +403,13 @@ async fn relay(
     target: Target,
     workers: Option<usize>,
     listen: Option<String>,
+    credentials: AdminCredentials,
 ) -> Result<(), CliError> {
     // Signals are ours from the first moment: a SIGTERM while start-up still waits for the
     // database or a broker ends the process cleanly (it used to kill it mid-start-up).
     let mut signals = Signals::new()?;
     let started = tokio::select! {
-        started = start(&target, workers, listen) => started?,
+        started = start(&target, workers, listen, &credentials) => started?,
         signal = signals.recv() => {
             info!("{signal} during start-up: nothing was claimed; stopped");
             return Ok(());
@@ -313,6 +439,7 @@ async fn start(
     target: &Target,
     workers: Option<usize>,
     listen: Option<String>,
+    credentials: &AdminCredentials,
 ) -> Result<
     (
         Vec<outbox_worker::RunningWorker>,
@@ -336,9 +463,16 @@ async fn start(
     // The endpoint's address first, then the routes: a mistake in the file is reported before
     // anything connects, and the port is ours before any worker claims an event.
     let listener = match &config.http.listen {
-        Some(addr) => Some(http_listener(addr).await?),
+        Some(addr) => Some(bind(addr, "http.listen").await?),
         None => None,
     };
+    if config.http.admin && listener.is_none() {
+        return Err("[http] admin = true needs [http] listen (or --listen)".into());
+    }
+    // Credentials are checked before anything connects.
+    if config.http.admin {
+        credentials.auth()?;
+    }
     let metrics = http::recorder()?;
     let router =
         Arc::new(config::build_router(&config.routes, &startup, settings.delivery_timeout).await?);
@@ -348,13 +482,16 @@ async fn start(
         startup,
     )
     .await?;
-    // The table must be there before workers start, or each would log the same error forever.
-    store
-        .count_by_status()
-        .await
-        .map_err(|e| explain(e.into(), target))?;
+    // The table must be there, at this version, before workers start, or each would log the
+    // same error forever.
+    current_schema(&store, target).await?;
+    let admin_routes = if config.http.admin {
+        Some(admin(store.clone(), credentials, "/admin")?)
+    } else {
+        None
+    };
     let server = match listener {
-        Some(listener) => Some(http::serve(listener, store.clone(), metrics)?),
+        Some(listener) => Some(http::serve(listener, store.clone(), metrics, admin_routes)?),
         None => None,
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
@@ -370,10 +507,33 @@ async fn start(
     Ok((running, server))
 }
 
-/// Binds `[http] listen`, naming the key and the value when it cannot.
-async fn http_listener(addr: &str) -> Result<tokio::net::TcpListener, CliError> {
+/// Refuses a table that is missing or at an older schema version than this build's, naming
+/// the fix.
+async fn current_schema(store: &PgStore, target: &Target) -> Result<(), CliError> {
+    let version = store.schema_version().await?;
+    let latest = outbox_postgres::LATEST_VERSION;
+    if version == 0 {
+        // Not migrated at all: the table is missing.
+        store
+            .count_by_status()
+            .await
+            .map_err(|e| explain(e.into(), target))?;
+    }
+    if version < latest {
+        return Err(format!(
+            "the outbox table {} is at schema version {version}, this build needs {latest}: run \
+             `outbox migrate` with the same database, schema and table first",
+            store.config().qualified_table()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Binds `addr`, given as `what` (`http.listen`, `--listen`), naming both when it cannot.
+async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, CliError> {
     let not_an_address =
-        || format!("http.listen = {addr:?}: not an address; write host:port, e.g. 127.0.0.1:9090");
+        || format!("{what} = {addr:?}: not an address; write host:port, e.g. 127.0.0.1:9090");
     let parsed = tokio::net::lookup_host(addr)
         .await
         .map_err(|_| not_an_address())?
@@ -381,7 +541,7 @@ async fn http_listener(addr: &str) -> Result<tokio::net::TcpListener, CliError> 
         .ok_or_else(not_an_address)?;
     tokio::net::TcpListener::bind(parsed)
         .await
-        .map_err(|e| format!("http.listen = {addr:?}: cannot listen there: {e}").into())
+        .map_err(|e| format!("{what} = {addr:?}: cannot listen there: {e}").into())
 }
 
 /// SIGTERM and SIGINT, listened for from creation on.
@@ -450,6 +610,18 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         None => writeln!(stdout(), "oldest pending: none")?,
     }
     print_paused(&store).await?;
+    let types = store.paused_types().await?;
+    if !types.is_empty() {
+        writeln!(stdout())?;
+        writeln!(
+            stdout(),
+            "{:<32} paused since (resume: outbox events resume TYPE)",
+            "paused event type"
+        )?;
+        for t in types {
+            writeln!(stdout(), "{:<32} {}", t.event_type, t.since)?;
+        }
+    }
     print_parked(&store).await?;
     let dead_events = store
         .list(&EventFilter {
@@ -603,10 +775,19 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
             }
             let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let selection = (event_type.is_some() || all).then(|| dead_filter(event_type, 1000));
-            let revived = events::retry_dead(&store, ids, selection, attempts, false).await?;
+            let revived = outbox_admin::bulk::retry(
+                &store,
+                ids,
+                selection,
+                attempts,
+                false,
+                SystemClock.now(),
+            )
+            .await?;
             writeln!(
                 stdout(),
-                "revived {revived} event(s) with {attempts} more attempt(s) each"
+                "revived {} event(s) with {attempts} more attempt(s) each",
+                revived.changed
             )?;
         }
         DeadAction::Skip { target, ids } => {
@@ -689,7 +870,18 @@ fn main() -> ExitCode {
                 target,
                 workers,
                 listen,
-            } => relay(target, workers, listen).await,
+                credentials,
+            } => relay(target, workers, listen, credentials).await,
+            Command::Admin {
+                target,
+                listen,
+                credentials,
+            } => {
+                let t = target.clone();
+                serve_admin(target, listen, credentials)
+                    .await
+                    .map_err(|e| explain(e, &t))
+            }
             Command::Migrate { target, down, yes } => {
                 let t = target.clone();
                 migrate(target, down, yes).await.map_err(|e| explain(e, &t))

@@ -1078,3 +1078,204 @@ async fn events_retry_by_id_retries_only_that_event() {
     assert_eq!(status(ids[1]).await, Status::Dead, "not named, left dead");
     h.cleanup().await;
 }
+
+/// `outbox events pause|resume`: a paused type is claimed by no relay until resumed, and
+/// `outbox status` lists it; `outbox events show` prints an event's failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pause_resume_and_show_history() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let ids = emit_ids(
+        &h,
+        vec![
+            order_event("order.paid", 1).build().unwrap(),
+            order_event("user.created", 2).build().unwrap(),
+        ],
+    )
+    .await;
+    let (ok, out, err) = run(&["events", "pause", "order.paid"], &url, h.schema(), &[]);
+    assert!(ok && out.contains("paused order.paid"), "{out}{err}");
+    let (ok, out, _) = run(&["events", "pause", "order.paid"], &url, h.schema(), &[]);
+    assert!(ok && out.contains("already paused"), "{out}");
+    let (ok, _, err) = run(&["events", "pause", "Order Paid"], &url, h.schema(), &[]);
+    assert!(!ok && err.contains("event_type"), "{err}");
+    let (_, out, _) = run(&["events", "pause", "--json"], &url, h.schema(), &[]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["event_type"], "order.paid");
+    let status = outbox(&["status"], &url, h.schema());
+    assert!(
+        status.contains("paused event type") && status.contains("order.paid"),
+        "{status}"
+    );
+
+    let store = h.store();
+    let now = outbox_core::Clock::now(h.clock());
+    let (lease, claimed) =
+        OutboxStoreExt::claim_for(&store, "w-9", 10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    store
+        .nack(
+            lease.id,
+            &[outbox_core::Failure::retry(ids[1], "503 from sink", now)],
+            now,
+        )
+        .await
+        .unwrap();
+    let shown = outbox(&["events", "show", &ids[1].to_string()], &url, h.schema());
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["history"]["attempts"][0]["worker"], "w-9");
+    assert_eq!(shown["history"]["attempts"][0]["error"], "503 from sink");
+
+    let (ok, out, err) = run(
+        &["events", "resume", "order.paid", "--json"],
+        &url,
+        h.schema(),
+        &[],
+    );
+    assert!(ok, "{err}");
+    let resumed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(resumed["was_paused"], true);
+    let (_, claimed) = OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    let mut got: Vec<EventId> = claimed.iter().map(|e| e.id).collect();
+    got.sort();
+    assert_eq!(got, ids);
+    h.cleanup().await;
+}
+
+/// `outbox admin` refuses weak or mixed credentials, serves the pages on loopback, and the
+/// relay serves them under /admin when `[http] admin = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_is_served_by_its_command_and_by_the_relay() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let ids = emit_ids(&h, vec![order_event("order.paid", 1).build().unwrap()]).await;
+    let (ok, _, err) = run(&["admin", "--admin-token", "short"], &url, h.schema(), &[]);
+    assert!(!ok && err.contains("at least 16 characters"), "{err}");
+    let (ok, _, err) = run(
+        &["admin"],
+        &url,
+        h.schema(),
+        &[
+            ("OUTBOX_ADMIN_TOKEN", "0123456789abcdef0"),
+            ("OUTBOX_ADMIN_USER", "ops"),
+        ],
+    );
+    assert!(!ok && err.contains("not both"), "{err}");
+    let (ok, _, err) = run(
+        &["admin"],
+        &url,
+        h.schema(),
+        &[("OUTBOX_ADMIN_USER", "ops")],
+    );
+    assert!(!ok && err.contains("needs --admin-password"), "{err}");
+
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &url, "--schema", h.schema()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "admin listening", 1, &mut log);
+    assert!(log.iter().any(|l| l.contains("read-only")), "{log:?}");
+    let page = get(port, &format!("/events/{}", ids[0]));
+    assert!(
+        page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+        "{page}"
+    );
+    assert!(
+        page.contains("order.paid") && page.contains("read-only"),
+        "{page}"
+    );
+    drop(admin);
+
+    let http = free_port();
+    let (dir, file) = config_file(
+        "admin",
+        &format!(
+            "schema = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin = true\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+            h.schema()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", &url)
+        .env("OUTBOX_ADMIN_TOKEN", "0123456789abcdef-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let relay = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "relay started", 1, &mut log);
+    let login = get(http, "/admin");
+    assert!(
+        login.contains(" 303 ") && login.contains("/admin/login"),
+        "{login}"
+    );
+    assert!(get(http, "/admin/").contains("location: /admin\r\n"));
+    let page = get(http, "/admin/login");
+    assert!(page.contains("Admin token"), "{page}");
+    assert!(get(http, "/healthz").contains("ok"));
+    drop(relay);
+    let _ = std::fs::remove_dir_all(dir);
+    h.cleanup().await;
+}
+
+/// A table at an older schema version than the build's is refused at start-up by the relay and
+/// the admin, naming `outbox migrate` (the statements would fail on every claim otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outdated_schema_is_refused_with_the_fix() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let store = h.store();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM \"{}\".outbox_migrations WHERE version = $1",
+        h.schema()
+    )))
+    .bind(outbox_postgres::LATEST_VERSION)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (dir, file) = config_file(
+        "outdated",
+        &format!(
+            "schema = \"{}\"\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+            h.schema()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "schema version {}, this build needs {}",
+        outbox_postgres::LATEST_VERSION - 1,
+        outbox_postgres::LATEST_VERSION
+    );
+    assert!(
+        !out.status.success() && stderr.contains(&expected),
+        "{stderr}"
+    );
+    assert!(stderr.contains("outbox migrate"), "{stderr}");
+    let (ok, _, err) = run(&["admin", "--listen", "127.0.0.1:0"], &url, h.schema(), &[]);
+    assert!(!ok && err.contains(&expected), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+    h.cleanup().await;
+}
