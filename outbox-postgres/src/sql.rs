@@ -243,12 +243,13 @@ impl Statements {
             history: s(format!(
                 "SELECT attempt_log, audit_notes FROM {t} WHERE id = $1"
             )),
-            // $1 the type, $2 the injected time: pauses it, and parks its pending events.
+            // $1 the type, $2 the injected time: pauses it, and parks its pending events but
+            // those a locked claim holds (it settles them; the claims' check keeps them back).
             pause: s(format!(
                 "WITH added AS (INSERT INTO {paused} (event_type, paused_at) VALUES ($1, {n2}) \
                  ON CONFLICT (event_type) DO NOTHING RETURNING 1), \
-                 parked AS (UPDATE {t} SET status = 'paused' WHERE status = 'pending' AND event_type = $1 \
-                 RETURNING 1) \
+                 parked AS (UPDATE {t} SET status = 'paused' WHERE id IN (SELECT id FROM {t} \
+                 WHERE status = 'pending' AND event_type = $1 FOR UPDATE SKIP LOCKED) RETURNING 1) \
                  SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM parked)",
                 n2 = now(2)
             )),

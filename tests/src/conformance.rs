@@ -2043,6 +2043,36 @@ pub async fn capped_counts_and_deliveries_since<H: Harness>(h: &H) {
     assert_eq!(store.delivered_since(later, now).await.expect("since"), 0);
 }
 
+/// Pausing a type does not wait for a locked claim holding some of its events: it settles
+/// them as usual, and one it gives back for a retry is not claimed while the type is paused.
+pub async fn pausing_does_not_wait_for_a_locked_claim<H: Harness>(h: &H) {
+    let store = h.store();
+    let paid = |n: usize| {
+        NewEvent::builder("order.paid", "order", format!("o-{n}"))
+            .build()
+            .expect("valid")
+    };
+    let ids = emit_ids(h, vec![paid(1), paid(2)]).await;
+    let (batch, held) = claim_locked(h, 1).await;
+    assert_eq!(held.len(), 1);
+    let now = h.clock().now_utc();
+    let paused = tokio::time::timeout(Duration::from_secs(30), store.pause_type("order.paid", now))
+        .await
+        .expect("the pause waited for the locked claim");
+    assert!(paused.expect("pause"));
+    let settlement = Settlement {
+        failures: vec![Failure::retry(held[0], "503", now)],
+        ..Settlement::default()
+    };
+    batch.finish(&settlement, now).await.expect("finish");
+    let (_, got) = claim(h, "w", 10).await;
+    assert!(got.is_empty(), "{got:?}");
+    store.resume_type("order.paid", now).await.expect("resume");
+    let (_, mut got) = claim(h, "w", 10).await;
+    got.sort();
+    assert_eq!(got, ids);
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$make` is an async expression producing a fresh [`Harness`]; every case gets its own.
@@ -2071,7 +2101,8 @@ macro_rules! conformance_tests {
             failed_attempts_are_kept_with_worker_and_error,
             editing_a_dead_event_replays_it_and_keeps_a_note,
             a_paused_type_is_not_delivered_until_resumed,
-            capped_counts_and_deliveries_since);
+            capped_counts_and_deliveries_since,
+            pausing_does_not_wait_for_a_locked_claim);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
