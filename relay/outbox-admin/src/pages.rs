@@ -99,7 +99,7 @@ pub(crate) fn chart(samples: &[Sample]) -> Markup {
     let bar = w / slots;
     let offset = slots - samples.len() as f64;
     html! {
-        svg.chart viewBox=(format!("0 0 {w} {})", h + 16.0)) role="img"
+        svg.chart viewBox=(format!("0 0 {w} {}", h + 16.0)) role="img"
             aria-label=(format!("delivery rate, peak {peak:.1} per second")) {
             @for (i, s) in samples.iter().enumerate() {
                 @let height = (s.per_second / scale * h).max(if s.per_second > 0.0 { 1.0 } else { 0.0 });

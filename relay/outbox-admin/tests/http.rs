@@ -668,7 +668,11 @@ async fn the_overview_counts_and_the_delivery_rate_refresh_as_json() {
     assert_eq!(o["counts"]["pending"], 1);
     assert_eq!(o["oldest_pending_age"], "10 s");
     assert_eq!(o["samples"][0]["per_second"], 0.3);
-    assert!(o["chart"].as_str().unwrap().contains("<svg"));
+    // One sample: one bar, at the right end of a well-formed chart.
+    let chart = o["chart"].as_str().unwrap();
+    assert!(chart.contains("viewBox=\"0 0 600 136\""), "{chart}");
+    assert_eq!(chart.matches("<rect").count(), 1, "{chart}");
+    assert!(chart.contains("<rect x=\"590.0\""), "{chart}");
     let page = app.get("/").await;
     assert!(page.body.contains("peak 0.3/s"), "{}", page.body);
 }
