@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use outbox_core::{
-    Deferral, Emitted, EventFilter, EventId, Failure, Lease, LeaseId, LockedBatch, NewEvent,
-    OutboxEvent, OutboxStore, Outcome, Settlement, StoreError, TransitionError,
+    Deferral, Emitted, EventFilter, EventId, Failure, History, Lease, LeaseId, LockedBatch,
+    NewEvent, OutboxEvent, OutboxStore, Outcome, PausedType, Settlement, StoreError,
+    TransitionError,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{MemoryHarness, PgHarness, runtime};
@@ -78,6 +79,16 @@ enum Op {
     },
     /// Lists the parked keys.
     Parked,
+    /// Pauses (or resumes) one of the two event types.
+    Pause {
+        deleted: bool,
+        resume: bool,
+    },
+    /// Replaces a picked (mostly dead) event's payload and retries it.
+    EditDead {
+        pick: u8,
+        extra: u8,
+    },
     /// Deletes the picked events (mostly dead ones, else any).
     Delete {
         pick: Vec<u8>,
@@ -112,6 +123,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(keys, orders, delay, attempts, commit)| Op::Emit { keys, orders, delay, attempts, commit }),
         1 => any::<u8>().prop_map(|pick| Op::SkipDeadHead { pick }),
         1 => Just(Op::Parked),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(deleted, resume)| Op::Pause { deleted, resume }),
+        1 => (any::<u8>(), 0u8..3).prop_map(|(pick, extra)| Op::EditDead { pick, extra }),
         1 => proptest::collection::vec(any::<u8>(), 0..3).prop_map(|pick| Op::Delete { pick }),
         3 => (worker.clone(), 1usize..4, 5u8..60)
             .prop_map(|(worker, limit, lease_secs)| Op::Claim { worker, limit, lease_secs }),
@@ -147,6 +160,8 @@ enum Answer {
     Deleted(Vec<usize>),
     /// Parked keys: key, head, waiting.
     Parked(Vec<(String, usize, u64)>),
+    /// Whether a pause or resume changed anything.
+    Paused(bool),
     /// What settling the slot's previous claim did, and what the new one took.
     Locked(Box<Answer>, Vec<usize>),
     Refused(String),
@@ -239,7 +254,13 @@ impl<H: Harness> Side<H> {
                     .iter()
                     .enumerate()
                     .map(|(i, key)| {
-                        let mut b = NewEvent::builder("file.stored", "upload", "u")
+                        // Two types, so a paused one leaves the other flowing.
+                        let kind = if i % 3 == 2 {
+                            "file.deleted"
+                        } else {
+                            "file.stored"
+                        };
+                        let mut b = NewEvent::builder(kind, "upload", "u")
                             .max_attempts(u32::from(*attempts));
                         if let Some(k) = key {
                             b = b.idempotency_key(format!("key-{k}"));
@@ -419,6 +440,36 @@ impl<H: Harness> Side<H> {
                     Err(e) => refused(e),
                 }
             }
+            Op::Pause { deleted, resume } => {
+                let kind = if *deleted {
+                    "file.deleted"
+                } else {
+                    "file.stored"
+                };
+                let changed = if *resume {
+                    store.resume_type(kind, now).await
+                } else {
+                    store.pause_type(kind, now).await
+                };
+                match changed {
+                    Ok(changed) => Answer::Paused(changed),
+                    Err(e) => refused(e),
+                }
+            }
+            Op::EditDead { pick, extra } => {
+                let Some(id) = self.picked(&[*pick], &held[3]).first().copied() else {
+                    return Answer::Nothing;
+                };
+                let edit = outbox_core::PayloadEdit {
+                    payload: serde_json::json!({ "edited": pick }),
+                    by: "ops".into(),
+                    note: format!("fix {pick}"),
+                };
+                match store.edit_dead(id, &edit, u32::from(*extra), now).await {
+                    Ok(e) => Answer::Revived(self.idx(e.id)),
+                    Err(e) => refused(e),
+                }
+            }
             Op::Parked => {
                 let parked = store.parked_keys(100).await.unwrap();
                 Answer::Parked(
@@ -431,8 +482,8 @@ impl<H: Harness> Side<H> {
         }
     }
 
-    /// Every stored event, keyed by emission order.
-    async fn snapshot(&self) -> Vec<(usize, OutboxEvent)> {
+    /// Every stored event with its history, keyed by emission order, and the paused types.
+    async fn snapshot(&self) -> (Vec<(usize, OutboxEvent, History)>, Vec<PausedType>) {
         let page = self
             .h
             .store()
@@ -443,17 +494,15 @@ impl<H: Harness> Side<H> {
             .await
             .unwrap();
         assert!(page.undecodable.is_empty());
-        let mut events: Vec<(usize, OutboxEvent)> = page
-            .events
-            .into_iter()
-            .map(|mut e| {
-                let i = self.idx(e.id);
-                e.id = EventId::from_uuid(uuid::Uuid::nil());
-                (i, e)
-            })
-            .collect();
-        events.sort_by_key(|(i, _)| *i);
-        events
+        let mut events = Vec::with_capacity(page.events.len());
+        for mut e in page.events {
+            let i = self.idx(e.id);
+            let history = self.h.store().history(e.id).await.unwrap();
+            e.id = EventId::from_uuid(uuid::Uuid::nil());
+            events.push((i, e, history));
+        }
+        events.sort_by_key(|(i, _, _)| *i);
+        (events, self.h.store().paused_types().await.unwrap())
     }
 }
 
@@ -490,12 +539,18 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
             )));
             break;
         }
-        let (ms, ps) = (memory.snapshot().await, pg.snapshot().await);
+        let ((ms, m_paused), (ps, p_paused)) = (memory.snapshot().await, pg.snapshot().await);
         held[3] = ms
             .iter()
-            .filter(|(_, e)| e.status() == outbox_core::Status::Dead)
-            .map(|(i, _)| *i)
+            .filter(|(_, e, _)| e.status() == outbox_core::Status::Dead)
+            .map(|(i, _, _)| *i)
             .collect();
+        if m_paused != p_paused {
+            result = Err(TestCaseError::fail(format!(
+                "after step {step} {op:?}: paused {m_paused:?} vs {p_paused:?}"
+            )));
+            break;
+        }
         if ms != ps {
             let first = ms
                 .iter()
@@ -512,9 +567,13 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
             memory.h.store().count_by_status().await.unwrap(),
             pg.h.store().count_by_status().await.unwrap(),
         );
-        if mc != pc {
+        let (mcap, pcap) = (
+            memory.h.store().count_capped(2).await.unwrap(),
+            pg.h.store().count_capped(2).await.unwrap(),
+        );
+        if mc != pc || mcap != pcap {
             result = Err(TestCaseError::fail(format!(
-                "after step {step}: counts {mc:?} vs {pc:?}"
+                "after step {step}: counts {mc:?} vs {pc:?}, capped {mcap:?} vs {pcap:?}"
             )));
             break;
         }
