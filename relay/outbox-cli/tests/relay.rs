@@ -12,6 +12,10 @@ use outbox_core::{EventId, NewEvent, OutboxStore, OutboxStoreExt, Status};
 use outbox_tests::conformance::{Harness, emit_ids};
 use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
+mod common;
+
+use common::{Killed, config_file, free_port, log_lines, wait_for, which};
+
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
 fn outbox(args: &[&str], url: &str, schema: &str) -> String {
@@ -26,14 +30,6 @@ fn outbox(args: &[&str], url: &str, schema: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the response text.
@@ -389,14 +385,6 @@ fn the_config_format_is_printed() {
 }
 
 /// Writes a config file in a directory of its own; returns (directory, file).
-fn config_file(name: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("outbox-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, text).unwrap();
-    (dir, file)
-}
-
 /// A database that is not there at start-up is tried again with a log line per attempt naming
 /// the real cause (it used to wait silently and report "pool timed out"), then, after the
 /// start-up timeout, the relay exits naming the cause and the key that sets the wait.
@@ -498,7 +486,7 @@ async fn startup_waits_for_a_broker_that_comes_up() {
 
 /// A `nats-server` on loopback `port` (with JetStream storing in `store` when given).
 fn nats_server(port: u16, store: Option<&std::path::Path>) -> Killed {
-    let mut command = Command::new(which("nats-server"));
+    let mut command = Command::new(which("nats-server", "nats-server"));
     command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(dir) = store {
         command.arg("-js").arg("-sd").arg(dir);
@@ -510,53 +498,6 @@ fn nats_server(port: u16, store: Option<&std::path::Path>) -> Killed {
             .spawn()
             .unwrap(),
     )
-}
-
-/// The lines of a child's standard error, as they come.
-fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-/// Reads `rx` into `log` until a line containing `what` has come `times` times (bounded).
-fn wait_for(
-    rx: &std::sync::mpsc::Receiver<String>,
-    what: &str,
-    times: usize,
-    log: &mut Vec<String>,
-) {
-    while log.iter().filter(|l| l.contains(what)).count() < times {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => log.push(line),
-            Err(_) => panic!("no {what:?} ×{times} in the log:\n{}", log.join("\n")),
-        }
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, also when a test fails.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The first of `name` on PATH or in the system directories.
-fn which(name: &str) -> std::path::PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install nats-server"))
 }
 
 /// `[http] listen` problems name the key and the value, and are found before any worker

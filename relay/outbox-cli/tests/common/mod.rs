@@ -1,0 +1,79 @@
+//! What the `outbox` binary's tests share: ports, config files, child processes and their logs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `text` as `relay.toml` in a fresh directory named after `name`; (directory, file).
+pub fn config_file(name: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("outbox-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
+/// The lines of a child's standard error, as they come.
+pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    lines_of(child.stderr.take().unwrap())
+}
+
+/// The lines of a child's standard output, as they come.
+pub fn output_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    lines_of(child.stdout.take().unwrap())
+}
+
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Reads `rx` into `log` until a line containing `what` has come `times` times (bounded).
+pub fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    times: usize,
+    log: &mut Vec<String>,
+) {
+    while log.iter().filter(|l| l.contains(what)).count() < times {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no {what:?} ×{times} in the log:\n{}", log.join("\n")),
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, also when a test fails.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first of `name` on PATH or in the system directories; a missing one fails the test
+/// naming the Debian `package` that brings it.
+pub fn which(name: &str, package: &str) -> std::path::PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install {package}"))
+}
