@@ -4,6 +4,7 @@
 //! Run through `cargo xtask bench [--quick]` (release mode). Prints a table and writes
 //! `target/outbox-bench/summary.json`.
 
+mod admin;
 mod growth;
 mod latency;
 mod memory;
@@ -34,7 +35,7 @@ struct Args {
     #[arg(long)]
     transports: bool,
     /// Run only these workloads (comma-separated: memory-store, emit, relay, ordering, latency,
-    /// growth, rss); summary.json then holds only their keys.
+    /// growth, rss, admin); summary.json then holds only their keys.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
@@ -67,6 +68,8 @@ pub enum Workload {
     Growth,
     /// Peak memory of a worker draining the largest backlog (needs the growth backlog).
     Rss,
+    /// The web admin's pages, search and counts on ten million kept events.
+    Admin,
 }
 
 impl Args {

@@ -498,6 +498,10 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
         }
     }
 
+    if args.runs(Workload::Admin) {
+        crate::admin::run(&s.pool, SCHEMA, args.quick, summary).await?;
+    }
+
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
     )))

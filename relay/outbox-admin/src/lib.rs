@@ -228,3 +228,8 @@ fn age(delta: TimeDelta) -> String {
         _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3_600),
     }
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use common::{Killed, config_file, free_port, log_lines, output_lines, wait_for, which};
+use common::{
+    Killed, KilledGroup, config_file, free_port, log_lines, output_lines, wait_for, which,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 use outbox_core::{EventId, Failure, NewEvent, OutboxStore, OutboxStoreExt, Status};
 use outbox_tests::conformance::{Harness, emit_ids};
@@ -22,19 +24,19 @@ use outbox_tests::harness::{PgHarness, database_url};
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 const TOKEN: &str = "browser-test-token-0123456789";
 
-/// ChromeDriver on a free port, ready (it says so on standard output).
-fn chromedriver() -> (Killed, u16) {
+/// ChromeDriver on a free port, ready (it says so on standard output); dropped, it goes with
+/// the browsers it started.
+fn chromedriver() -> (KilledGroup, u16) {
     let driver = which("chromedriver", "chromium-driver");
     which("chromium", "chromium");
     let port = free_port();
-    let mut child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = output_lines(&mut child);
-    let driver = Killed(child);
+    let mut driver = KilledGroup::spawn(
+        Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let lines = output_lines(&mut driver.0);
     let mut seen = Vec::new();
     wait_for(&lines, "started successfully", 1, &mut seen);
     (driver, port)

@@ -67,6 +67,29 @@ impl Drop for Killed {
     }
 }
 
+/// A child started as the leader of a process group of its own, killed with the whole group
+/// when dropped: a program that starts others (ChromeDriver starts the browser) leaves none
+/// behind, also when a test fails.
+pub struct KilledGroup(pub std::process::Child);
+
+impl KilledGroup {
+    /// Spawns `command` in a new process group.
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        Self(command.process_group(0).spawn().unwrap())
+    }
+}
+
+impl Drop for KilledGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// The first of `name` on PATH or in the system directories; a missing one fails the test
 /// naming the Debian `package` that brings it.
 pub fn which(name: &str, package: &str) -> std::path::PathBuf {
