@@ -79,6 +79,15 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The backend cancelled the operation because it ran longer than the time allowed it (a
+    /// statement timeout set on the connection, or an operator's cancel); nothing it would
+    /// have written was kept. The same operation will likely take as long again: narrow it.
+    #[error("cancelled after running too long: {source}")]
+    TimedOut {
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
     /// The backend does not offer this operation.
     #[error("{operation} is not supported by this store")]
     Unsupported {

@@ -4,10 +4,16 @@ use outbox_core::StoreError;
 
 /// Classifies a sqlx error as the stores do: lost connections, an exhausted or closed pool,
 /// a server shutting down, serialization failures and deadlocks are
-/// [`StoreError::Unavailable`] (retryable); the rest [`StoreError::Backend`]. For code that
+/// [`StoreError::Unavailable`] (retryable); a statement cancelled for running past the
+/// connection's `statement_timeout` (or by an operator) is [`StoreError::TimedOut`]; the rest
+/// [`StoreError::Backend`]. For code that
 /// runs its own statements beside the store's (the inbox, for one).
 pub fn db_error(error: sqlx::Error) -> StoreError {
-    if is_transient(&error) {
+    if is_cancel(&error) {
+        StoreError::TimedOut {
+            source: Box::new(error),
+        }
+    } else if is_transient(&error) {
         StoreError::Unavailable {
             source: Box::new(error),
         }
@@ -16,6 +22,11 @@ pub fn db_error(error: sqlx::Error) -> StoreError {
             source: Box::new(error),
         }
     }
+}
+
+/// Whether PostgreSQL cancelled the statement (57014: statement timeout or a cancel request).
+fn is_cancel(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 /// Whether `error` is worth retrying: the connection or the server went away, the pool is

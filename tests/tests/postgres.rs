@@ -14,7 +14,9 @@ use outbox_core::{
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, Stuck, foreign_row, pool, pool_with, wait_for_lock_wait};
+use outbox_tests::harness::{
+    PgHarness, Stuck, database_url, foreign_row, pool, pool_with, wait_for_lock_wait,
+};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -1222,5 +1224,37 @@ async fn the_oldest_pending_event_ignores_delivered_ones() {
         store.oldest_pending().await.unwrap(),
         Some((second, second_at))
     );
+    h.cleanup().await;
+}
+
+/// A statement PostgreSQL cancels for running past the connection's `statement_timeout` is
+/// `StoreError::TimedOut`, not a generic backend failure (the admin bounds its queries so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_timeout_is_timed_out() {
+    let h = PgHarness::new().await;
+    let url = database_url().await;
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([("statement_timeout", "100")]))
+        .await
+        .unwrap();
+    let store = PgStore::new(pool, PgConfig::new().with_schema(h.schema())).unwrap();
+    // Another transaction holds the table: the store's read waits, then is cancelled.
+    let mut holder = h.store().pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE \"{}\".outbox_event IN ACCESS EXCLUSIVE MODE",
+        h.schema()
+    )))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let listed = store.list(&EventFilter::default()).await;
+    assert!(
+        matches!(listed, Err(StoreError::TimedOut { .. })),
+        "{listed:?}"
+    );
+    holder.rollback().await.unwrap();
+    assert!(store.list(&EventFilter::default()).await.is_ok());
     h.cleanup().await;
 }

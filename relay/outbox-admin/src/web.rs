@@ -53,6 +53,7 @@ pub(crate) enum Problem {
     Conflict(String),
     Forbidden(String),
     Unsupported(String),
+    TimedOut,
     Unavailable,
 }
 
@@ -67,6 +68,10 @@ impl From<StoreError> for Problem {
             e @ StoreError::Undecodable { .. } => Problem::Conflict(e.to_string()),
             StoreError::Unsupported { operation } => {
                 Problem::Unsupported(format!("This store does not support {operation}."))
+            }
+            StoreError::TimedOut { source } => {
+                tracing::warn!(error = %source, "an admin query ran too long and was cancelled");
+                Problem::TimedOut
             }
             other => {
                 tracing::error!(error = %other, "the admin's store request failed");
@@ -90,6 +95,14 @@ impl IntoResponse for Problem {
             Problem::Conflict(m) => (StatusCode::CONFLICT, m),
             Problem::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Problem::Unsupported(m) => (StatusCode::NOT_IMPLEMENTED, m),
+            Problem::TimedOut => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The query ran longer than the store allows the admin and was cancelled. Narrow \
+                 it with a filter the table indexes (status, event type, idempotency key, or an \
+                 event id in the search), or see docs/admin.md for the index a search by \
+                 aggregate id wants on a big table."
+                    .to_owned(),
+            ),
             Problem::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The store failed or could not be reached; the admin's log has the details."

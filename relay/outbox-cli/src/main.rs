@@ -157,7 +157,7 @@ enum Command {
 }
 
 /// Who may change things in the web admin.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 struct AdminCredentials {
     /// Admin token (at least 16 characters); prefer the variable to the flag, which other
     /// users can see in the process list.
@@ -177,6 +177,15 @@ struct AdminCredentials {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Longest one admin query may run, in milliseconds, before PostgreSQL cancels it (the
+    /// page then says so): a search the table has no index for cannot load the database.
+    #[arg(
+        long = "admin-query-timeout-ms",
+        env = "OUTBOX_ADMIN_QUERY_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
+    )]
+    query_timeout_ms: u64,
 }
 
 /// Shortest admin token accepted.
@@ -206,13 +215,23 @@ impl AdminCredentials {
     }
 }
 
-/// The web admin over `store`, mounted at `base_path`, its rate sampler running.
+/// The web admin on a pool of its own whose statements PostgreSQL cancels after the admin's
+/// query timeout, mounted at `base_path`, its rate sampler running.
 fn admin(
-    store: PgStore,
+    config: &Config,
     credentials: &AdminCredentials,
     base_path: &str,
 ) -> Result<axum::Router, CliError> {
     let auth = credentials.auth()?;
+    let options = database_options(config)?.options([(
+        "statement_timeout",
+        credentials.query_timeout_ms.to_string(),
+    )]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
+    let store = PgStore::new(pool, pg_config(config))?;
     if matches!(auth, outbox_admin::Auth::ReadOnly) {
         info!(
             "admin is read-only: set OUTBOX_ADMIN_TOKEN (or OUTBOX_ADMIN_USER and OUTBOX_ADMIN_PASSWORD) to make changes"
@@ -236,9 +255,9 @@ async fn serve_admin(
     credentials: AdminCredentials,
 ) -> Result<(), CliError> {
     let config = load(&target)?;
-    let store = store(&config, 4, Startup::within(Duration::ZERO)).await?;
+    let store = store(&config, 1, Startup::within(Duration::ZERO)).await?;
     current_schema(&store, &target).await?;
-    let router = admin(store, &credentials, "")?;
+    let router = admin(&config, &credentials, "")?;
     let listener = bind(&listen, "--listen").await?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback()
@@ -389,14 +408,16 @@ async fn store(config: &Config, connections: u32, startup: Startup) -> Result<Pg
         .max_connections(connections)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_lazy_with(options);
-    Ok(PgStore::new(
-        pool,
-        PgConfig::new()
-            .with_schema(&config.schema)
-            .with_table(&config.table)
-            .with_delete_delivered(config.delete_delivered)
-            .with_dead_head(config.dead_head),
-    )?)
+    Ok(PgStore::new(pool, pg_config(config))?)
+}
+
+/// The store's settings from the config file.
+fn pg_config(config: &Config) -> PgConfig {
+    PgConfig::new()
+        .with_schema(&config.schema)
+        .with_table(&config.table)
+        .with_delete_delivered(config.delete_delivered)
+        .with_dead_head(config.dead_head)
 }
 
 async fn relay(
@@ -486,7 +507,7 @@ async fn start(
     // same error forever.
     current_schema(&store, target).await?;
     let admin_routes = if config.http.admin {
-        Some(admin(store.clone(), credentials, "/admin")?)
+        Some(admin(&config, credentials, "/admin")?)
     } else {
         None
     };

@@ -1141,6 +1141,36 @@ async fn the_admin_is_served_by_its_command_and_by_the_relay() {
     );
     drop(admin);
 
+    // Its queries are bounded: one that runs past the timeout is cancelled and the page says so.
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-query-timeout-ms", "200"])
+        .args(["--database-url", &url, "--schema", h.schema()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "admin listening", 1, &mut log);
+    let mut holder = h.store().pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE \"{}\".outbox_event IN ACCESS EXCLUSIVE MODE",
+        h.schema()
+    )))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let page = get(port, "/events?aggregate_id=o-1");
+    assert!(
+        page.contains(" 504 ") && page.contains("ran longer"),
+        "{page}"
+    );
+    holder.rollback().await.unwrap();
+    drop(admin);
+
     let http = free_port();
     let (dir, file) = config_file(
         "admin",
