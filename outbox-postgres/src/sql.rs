@@ -33,6 +33,8 @@ pub(crate) struct Statements {
     pub emit_many_uniform: Arc<str>,
     pub find_keys: Arc<str>,
     pub claim: Arc<str>,
+    /// The leased claim under `EXPLAIN` (same parameters).
+    pub explain_claim: Arc<str>,
     pub renew: Arc<str>,
     pub ack: Arc<str>,
     pub nack: Arc<str>,
@@ -133,9 +135,24 @@ impl Statements {
         let until = on_store_clock("$3", 4, 6);
         // An event parked by a pause is out of the claims' index; this keeps out the few that
         // become pending while their type is paused (retried, reclaimed, promoted, revived).
-        let unpaused =
-            format!("NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = c.event_type)");
+        // Written so that it stays a filter on the `_due` index scan, whatever the statistics
+        // say: a plain NOT EXISTS becomes an anti-join, which on a never-analyzed (empty)
+        // paused table is planned as a hash join over every pending row, then a sort. The
+        // first EXISTS is evaluated once per statement; while nothing is paused it decides.
+        let unpaused = format!(
+            "(NOT EXISTS (SELECT 1 FROM {paused}) \
+             OR NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = c.event_type))"
+        );
         let unpaused_e = unpaused.replace("c.event_type", "e.event_type");
+        // $3 lease expiry and $4 now on the caller's clock, $6 the injected time.
+        let claim = format!(
+            "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, \
+             locked_until = {until}, updated_at = {n} \
+             WHERE id IN (SELECT id FROM {t} AS c WHERE status = 'pending' AND next_attempt_at <= {n} \
+             AND attempts < max_attempts AND {unpaused} \
+             ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}"
+        );
         Self {
             emit_one: s(format!("{insert_one} {on_conflict} RETURNING id")),
             emit_one_plain: s(insert_one.clone()),
@@ -159,14 +176,8 @@ impl Statements {
                 "SELECT id, idempotency_key FROM {t} WHERE idempotency_key = ANY($1)"
             )),
             // $3 lease expiry and $4 now on the caller's clock, $6 the injected time.
-            claim: s(format!(
-                "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, \
-                 locked_until = {until}, updated_at = {n} \
-                 WHERE id IN (SELECT id FROM {t} AS c WHERE status = 'pending' AND next_attempt_at <= {n} \
-                 AND attempts < max_attempts AND {unpaused} \
-                 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {COLUMNS}"
-            )),
+            claim: s(claim.clone()),
+            explain_claim: s(format!("EXPLAIN {claim}")),
             // $2 new expiry and $3 now on the caller's clock, $4 the injected time.
             renew: s(format!(
                 "UPDATE {t} SET locked_until = GREATEST(locked_until, {}), updated_at = {} \

@@ -102,6 +102,24 @@ impl PgStore {
         schema::migrate_up(&self.pool, &self.config).await
     }
 
+    /// PostgreSQL's plan for a leased claim of `limit` events now (`EXPLAIN`, nothing is
+    /// claimed), one line per plan node: for finding out why claims are slow. A healthy plan
+    /// walks the `<table>_due` index and stops after `limit` rows.
+    pub async fn explain_claim(&self, limit_to: usize) -> Result<String, StoreError> {
+        let now = self.injected_now().unwrap_or_else(Utc::now);
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.explain_claim.clone()))
+            .bind(LeaseId::new().as_uuid())
+            .bind("explain")
+            .bind(now)
+            .bind(now)
+            .bind(limit(limit_to))
+            .bind(self.injected_now())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.join("\n"))
+    }
+
     /// The table's schema version (the last migration applied; 0 before any). Below
     /// [`LATEST_VERSION`](crate::LATEST_VERSION) this library's statements may fail: run
     /// [`migrate`](Self::migrate) first.

@@ -1258,3 +1258,41 @@ async fn a_statement_past_its_timeout_is_timed_out() {
     assert!(store.list(&EventFilter::default()).await.is_ok());
     h.cleanup().await;
 }
+
+/// A claim walks the `_due` index and stops at its limit, with nothing paused (and the paused
+/// types' table never analyzed) as with a type paused: it used to be planned as a hash
+/// anti-join over every pending row and a sort, which made the relay 30 times slower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_walks_the_due_index_whether_or_not_a_type_is_paused() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{s}\".outbox_event (id, event_type, aggregate_type, aggregate_id, payload, \
+         status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+         SELECT gen_random_uuid(), 'file.stored', 'upload', g::text, '{{}}', 'pending', 0, 10, \
+         now() - interval '1 hour', now(), now() FROM generate_series(1, 20000) AS g; \
+         ANALYZE \"{s}\".outbox_event",
+        s = h.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    for paused in [false, true] {
+        if paused {
+            store
+                .pause_type("other.type", SystemClock.now())
+                .await
+                .unwrap();
+        }
+        let plan = store.explain_claim(100).await.unwrap();
+        assert!(
+            plan.contains("outbox_event_due"),
+            "paused {paused}:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan on outbox_event ") && !plan.contains("Anti Join"),
+            "paused {paused}:\n{plan}"
+        );
+    }
+    h.cleanup().await;
+}
