@@ -52,8 +52,8 @@ pub(crate) struct Statements {
     pub edit_dead: Arc<str>,
     pub history: Arc<str>,
     pub pause: Arc<str>,
-    pub unpause: Arc<str>,
-    pub unpark: Arc<str>,
+    pub resume: Arc<str>,
+    pub park: Arc<str>,
     pub paused_types: Arc<str>,
     pub count_capped: Arc<str>,
     pub delivered_since: Arc<str>,
@@ -106,23 +106,13 @@ impl Statements {
         // $10 is deliver_after (NULL: due at once), $11 the injected time (NULL: the database's).
         let emitted_at = now(11);
         let paused = config.qualified_paused();
-        // An event of a paused type is stored parked (`paused`, out of the claims' index); the
-        // key-share lock makes a resume wait for this transaction, so it unparks the event.
-        let status = |event_type: &str| {
-            format!(
-                "CASE WHEN EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = {event_type} \
-                 FOR KEY SHARE) THEN 'paused' ELSE 'pending' END"
-            )
-        };
-        let status_one = status("$2");
-        let status_many = status("u.event_type");
         let insert_one = format!(
-            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {status_one}, 0, $9, \
+            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, \
              COALESCE($10::timestamptz, {emitted_at}), {emitted_at}, {emitted_at})"
         );
         let insert_many = format!(
             "INSERT INTO {t} {columns} SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, \
-             u.headers, u.idempotency_key, u.ordering_key, {status_many}, 0, u.max_attempts, \
+             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, \
              COALESCE(u.next_attempt_at, {emitted_at}), {emitted_at}, {emitted_at} \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
              $8::text[], $9::int4[], $10::timestamptz[])"
@@ -167,7 +157,7 @@ impl Statements {
                     "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, \
                      status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
                      SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, '{{}}'::jsonb, \
-                     {status_many}, 0, $6, {at}, {at}, {at} \
+                     'pending', 0, $6, {at}, {at}, {at} \
                      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
                      AS u(id, event_type, aggregate_type, aggregate_id, payload)"
                 )
@@ -264,15 +254,27 @@ impl Statements {
                  SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM parked)",
                 n2 = now(2)
             )),
-            // $1 the type. Waits for the emits that saw the pause (they hold its key-share lock).
-            unpause: s(format!(
-                "DELETE FROM {paused} WHERE event_type = $1 RETURNING 1"
+            // $1 the type: resumes it, and unparks its events.
+            resume: s(format!(
+                "WITH gone AS (DELETE FROM {paused} WHERE event_type = $1 RETURNING 1), \
+                 unparked AS (UPDATE {t} SET status = 'pending' WHERE status = 'paused' \
+                 AND event_type = $1 RETURNING 1) \
+                 SELECT count(*) FROM gone"
             )),
-            // $1 the type: run after `unpause` commits, in a statement of its own, so it sees
-            // every event parked by an emit that saw the pause.
-            unpark: s(format!(
-                "UPDATE {t} SET status = 'pending' WHERE status = 'paused' AND event_type = $1 \
-                 AND NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = $1)"
+            // $1 how many to park at most. A worker's housekeeping (with its reclaim): parks the
+            // pending events of paused types that became pending after their pause (emitted,
+            // retried, promoted, revived), so that claims do not walk them again and again, and
+            // unparks any parked event whose type is no longer paused (a resume that raced a
+            // park). While nothing is paused the first part is a one-time filter that is false.
+            park: s(format!(
+                "WITH parked AS (UPDATE {t} SET status = 'paused' WHERE EXISTS (SELECT 1 FROM {paused}) \
+                 AND id IN (SELECT id FROM {t} AS c WHERE status = 'pending' \
+                 AND EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = c.event_type) \
+                 LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING 1), \
+                 unparked AS (UPDATE {t} SET status = 'pending' WHERE status = 'paused' \
+                 AND NOT EXISTS (SELECT 1 FROM {paused} AS p WHERE p.event_type = {t}.event_type) \
+                 RETURNING 1) \
+                 SELECT (SELECT count(*) FROM parked), (SELECT count(*) FROM unparked)"
             )),
             // $1 the cap: each count reads at most that many entries of its status's index.
             count_capped: s({

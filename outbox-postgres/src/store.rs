@@ -107,17 +107,39 @@ impl PgStore {
     /// walks the `<table>_due` index and stops after `limit` rows.
     pub async fn explain_claim(&self, limit_to: usize) -> Result<String, StoreError> {
         let now = self.injected_now().unwrap_or_else(Utc::now);
-        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.explain_claim.clone()))
-            .bind(LeaseId::new().as_uuid())
-            .bind("explain")
-            .bind(now)
-            .bind(now)
-            .bind(limit(limit_to))
-            .bind(self.injected_now())
+        let lease = Lease {
+            id: LeaseId::new(),
+            holder: "explain".to_owned(),
+            until: now,
+        };
+        let rows = self
+            .claim_query(&self.sql.explain_claim, &lease, limit_to, now)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(rows.join("\n"))
+        let lines = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_error)?;
+        Ok(lines.join("\n"))
+    }
+
+    /// A leased claim's statement (or its `EXPLAIN`) with its parameters bound.
+    fn claim_query<'q>(
+        &self,
+        sql: &Arc<str>,
+        lease: &'q Lease,
+        limit_to: usize,
+        now: DateTime<Utc>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.id.as_uuid())
+            .bind(&lease.holder)
+            .bind(lease.until)
+            .bind(now)
+            .bind(limit(limit_to))
+            .bind(self.injected_now())
     }
 
     /// The table's schema version (the last migration applied; 0 before any). Below
@@ -406,13 +428,8 @@ impl OutboxStore for PgStore {
         if limit_to == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
-            .bind(lease.id.as_uuid())
-            .bind(&lease.holder)
-            .bind(lease.until)
-            .bind(now)
-            .bind(limit(limit_to))
-            .bind(self.injected_now())
+        let rows = self
+            .claim_query(&self.sql.claim, lease, limit_to, now)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -500,6 +517,15 @@ impl OutboxStore for PgStore {
     }
 
     async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+        // Housekeeping of paused types rides on the reclaim tick every worker runs.
+        let (_parked, unparked): (i64, i64) = sqlx::query_as(AssertSqlSafe(self.sql.park.clone()))
+            .bind(SWEEP_CHUNK)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        if unparked > 0 {
+            self.notify().await?;
+        }
         let mut reclaimed = Reclaimed::default();
         loop {
             let statuses: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.reclaim.clone()))
@@ -767,17 +793,9 @@ impl OutboxStore for PgStore {
 
     async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         validate_event_type(event_type)?;
-        // Two commits: the delete waits for emits that saw the pause (they hold its key-share
-        // lock) and the unpark, begun after it, sees what they parked.
-        let removed = sqlx::query(AssertSqlSafe(self.sql.unpause.clone()))
+        let removed: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.resume.clone()))
             .bind(event_type)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
-        sqlx::query(AssertSqlSafe(self.sql.unpark.clone()))
-            .bind(event_type)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
         self.notify().await?;

@@ -1296,3 +1296,60 @@ async fn a_claim_walks_the_due_index_whether_or_not_a_type_is_paused() {
     }
     h.cleanup().await;
 }
+
+/// Emits never look at the paused types; the housekeeping that rides on every worker's reclaim
+/// tick parks a paused type's new pending events (so claims stop walking them) and unparks
+/// events whose type is no longer paused (a resume that raced a park).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_parks_a_paused_types_new_events_and_unparks_orphans() {
+    let h = PgHarness::new().await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    store.pause_type("order.paid", now).await.unwrap();
+    let paid = |n: usize| {
+        NewEvent::builder("order.paid", "order", n.to_string())
+            .build()
+            .unwrap()
+    };
+    h.emit(vec![paid(1), paid(2), paid(3)], true).await.unwrap();
+    let parked = || async {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{}\".outbox_event WHERE status = 'paused'",
+            h.schema()
+        )))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(parked().await, 0, "emits store events pending");
+    store.reclaim_expired(now).await.unwrap();
+    assert_eq!(parked().await, 3, "the tick parks them");
+    assert_eq!(
+        store.count_by_status().await.unwrap().pending,
+        3,
+        "parked events read as pending"
+    );
+    let (_, claimed) = store
+        .claim_for("w", 10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty());
+    // The pause goes without its resume (as when a resume commits between a park's snapshot
+    // and its write): the next tick lets the events go.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM \"{}\".outbox_event_paused",
+        h.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.reclaim_expired(now).await.unwrap();
+    assert_eq!(parked().await, 0);
+    let (_, claimed) = store
+        .claim_for("w", 10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    h.cleanup().await;
+}
