@@ -657,11 +657,7 @@ async fn pause(
     axum::Extension(viewer): axum::Extension<Viewer>,
     body: Bytes,
 ) -> Result<Response> {
-    let form = change(&admin, &viewer, &body)?;
-    let event_type = form.get("type").unwrap_or("");
-    admin.store().pause_type(event_type, admin.now()).await?;
-    tracing::info!(event_type, "admin: event type paused");
-    Ok(see(&admin, "/", &format!("Paused {event_type}.")))
+    pause_or_resume(&admin, &viewer, &body, true).await
 }
 
 async fn resume(
@@ -669,11 +665,28 @@ async fn resume(
     axum::Extension(viewer): axum::Extension<Viewer>,
     body: Bytes,
 ) -> Result<Response> {
-    let form = change(&admin, &viewer, &body)?;
+    pause_or_resume(&admin, &viewer, &body, false).await
+}
+
+/// Pauses (or resumes) the event type the form names, then shows the overview.
+async fn pause_or_resume(
+    admin: &Admin,
+    viewer: &Viewer,
+    body: &Bytes,
+    pause: bool,
+) -> Result<Response> {
+    let form = change(admin, viewer, body)?;
     let event_type = form.get("type").unwrap_or("");
-    admin.store().resume_type(event_type, admin.now()).await?;
-    tracing::info!(event_type, "admin: event type resumed");
-    Ok(see(&admin, "/", &format!("Resumed {event_type}.")))
+    let now = admin.now();
+    if pause {
+        admin.store().pause_type(event_type, now).await?;
+        tracing::info!(event_type, "admin: event type paused");
+        Ok(see(admin, "/", &format!("Paused {event_type}.")))
+    } else {
+        admin.store().resume_type(event_type, now).await?;
+        tracing::info!(event_type, "admin: event type resumed");
+        Ok(see(admin, "/", &format!("Resumed {event_type}.")))
+    }
 }
 
 async fn login_page(State(admin): State<Admin>) -> Response {

@@ -87,6 +87,28 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks the element `locator` finds.
+async fn click(client: &Client, locator: Locator<'_>) {
+    client
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("nothing to click: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the field `css` selects.
+async fn fill(client: &Client, css: &str, text: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no field {css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 /// Waits (bounded) until the page has an element `css` selects.
 async fn arrived(client: &Client, css: &str) {
     client
@@ -170,20 +192,8 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
             .path()
             .ends_with("/admin/login")
     );
-    client
-        .find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&client, "input[name=token]", TOKEN).await;
+    click(&client, Locator::Css("form button[type=submit]")).await;
     arrived(&client, "#counts").await;
     assert_eq!(text(&client, "h1").await, "Overview");
     assert_eq!(text(&client, "[data-status=dead] .value").await, "1");
@@ -205,13 +215,8 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         .select_by_value("dead")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("form.filters button[type=submit]")).await;
+    arrived(&client, "select[name=status] option[value=dead][selected]").await;
     let rows = client
         .find_all(Locator::Css("table.events tbody tr"))
         .await
@@ -220,13 +225,7 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
     screenshot(&client, "admin-events").await;
 
     // Opening it, retrying it, and seeing the relay deliver it.
-    client
-        .find(Locator::LinkText(&dead.to_string()))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::LinkText(&dead.to_string())).await;
     assert_eq!(text(&client, "#status").await, "dead");
     let page = client.source().await.unwrap();
     assert!(
@@ -234,13 +233,7 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         "the failed attempt"
     );
     screenshot(&client, "admin-event").await;
-    client
-        .find(Locator::Css("#retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("#retry")).await;
     assert!(text(&client, ".flash").await.contains("Retried"));
     delivered(&deliveries, dead, &mut seen);
     client.refresh().await.unwrap();
@@ -258,30 +251,14 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
 
     // Deleting every event matching a filter, after the confirmation says how many.
     client.goto(&format!("{base}/events")).await.unwrap();
-    client
-        .find(Locator::Css("input[name=type]"))
-        .await
-        .unwrap()
-        .send_keys("audit.logged")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&client, "input[name=type]", "audit.logged").await;
+    click(&client, Locator::Css("form.filters button[type=submit]")).await;
     arrived(&client, "input[name=type][value='audit.logged']").await;
-    client
-        .find(Locator::XPath(
-            "//button[contains(., 'Delete all matching')]",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &client,
+        Locator::XPath("//button[contains(., 'Delete all matching')]"),
+    )
+    .await;
     assert!(
         text(&client, "#matching")
             .await
@@ -291,13 +268,7 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         store.list(&Default::default()).await.unwrap().events.len(),
         6
     );
-    client
-        .find(Locator::Css("#confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("#confirm")).await;
     assert!(text(&client, ".flash").await.contains("Deleted 3 event(s)"));
     for id in &audit {
         assert!(store.get(*id).await.unwrap().is_none());

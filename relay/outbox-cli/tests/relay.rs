@@ -516,14 +516,8 @@ async fn a_bad_or_taken_listen_address_is_named_before_workers_start() {
                 h.schema()
             ),
         );
-        let out = Command::new(BIN)
-            .args(["relay", "--config"])
-            .arg(&file)
-            .env("DATABASE_URL", &url)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        let (ok, stderr) = relay_once(&file, &url);
+        assert!(!ok, "{stderr}");
         assert!(
             stderr.contains(&format!("http.listen = \"{listen}\"")),
             "{stderr}"
@@ -533,6 +527,20 @@ async fn a_bad_or_taken_listen_address_is_named_before_workers_start() {
     }
     drop(taken);
     h.cleanup().await;
+}
+
+/// Runs `outbox relay --config file` against `url` to its end; (success, standard error).
+fn relay_once(file: &std::path::Path, url: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(file)
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Only PostgreSQL URLs are taken: a misspelt scheme or another database's URL is refused by
@@ -1228,22 +1236,13 @@ async fn an_outdated_schema_is_refused_with_the_fix() {
             h.schema()
         ),
     );
-    let out = Command::new(BIN)
-        .args(["relay", "--config"])
-        .arg(&file)
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = relay_once(&file, &url);
     let expected = format!(
         "schema version {}, this build needs {}",
         outbox_postgres::LATEST_VERSION - 1,
         outbox_postgres::LATEST_VERSION
     );
-    assert!(
-        !out.status.success() && stderr.contains(&expected),
-        "{stderr}"
-    );
+    assert!(!ok && stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("outbox migrate"), "{stderr}");
     let (ok, _, err) = run(&["admin", "--listen", "127.0.0.1:0"], &url, h.schema(), &[]);
     assert!(!ok && err.contains(&expected), "{err}");
