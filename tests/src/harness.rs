@@ -147,6 +147,20 @@ impl PgHarness {
         }
     }
 
+    /// Takes the outbox table's `ACCESS EXCLUSIVE` lock in a transaction of its own and keeps
+    /// it until the returned transaction ends: every statement on the table waits meanwhile.
+    pub async fn lock_table(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut holder = self.store().pool().begin().await.expect("begin");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE \"{}\".outbox_event IN ACCESS EXCLUSIVE MODE",
+            self.schema()
+        )))
+        .execute(&mut *holder)
+        .await
+        .expect("lock the table");
+        holder
+    }
+
     /// The schema this harness owns (also the pool's `application_name`).
     pub fn schema(&self) -> &str {
         &self.schema

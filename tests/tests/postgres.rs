@@ -1241,14 +1241,7 @@ async fn a_statement_past_its_timeout_is_timed_out() {
         .unwrap();
     let store = PgStore::new(pool, PgConfig::new().with_schema(h.schema())).unwrap();
     // Another transaction holds the table: the store's read waits, then is cancelled.
-    let mut holder = h.store().pool().begin().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "LOCK TABLE \"{}\".outbox_event IN ACCESS EXCLUSIVE MODE",
-        h.schema()
-    )))
-    .execute(&mut *holder)
-    .await
-    .unwrap();
+    let holder = h.lock_table().await;
     let listed = store.list(&EventFilter::default()).await;
     assert!(
         matches!(listed, Err(StoreError::TimedOut { .. })),

@@ -1163,14 +1163,7 @@ async fn the_admin_is_served_by_its_command_and_by_the_relay() {
     let admin = Killed(child);
     let mut log = Vec::new();
     wait_for(&lines, "admin listening", 1, &mut log);
-    let mut holder = h.store().pool().begin().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "LOCK TABLE \"{}\".outbox_event IN ACCESS EXCLUSIVE MODE",
-        h.schema()
-    )))
-    .execute(&mut *holder)
-    .await
-    .unwrap();
+    let holder = h.lock_table().await;
     let page = get(port, "/events?aggregate_id=o-1");
     assert!(
         page.contains(" 504 ") && page.contains("ran longer"),
