@@ -116,7 +116,7 @@ pub async fn run(
     let mut figure =
         |name: &str, ms: f64| summary.put(&format!("admin.{name}_ms_{label}"), ms, "ms");
 
-    // The key: the first page filtered by status and type.
+    // The key with a target (docs/benchmarks.md): the first page filtered by status and type.
     figure(
         "list",
         median_ms(n, || {
