@@ -215,23 +215,26 @@ impl AdminCredentials {
     }
 }
 
-/// The web admin on a pool of its own whose statements PostgreSQL cancels after the admin's
-/// query timeout, mounted at `base_path`, its rate sampler running.
-fn admin(
+/// The connection options of the admin's own pool: PostgreSQL cancels any of its statements
+/// that runs past the admin's query timeout.
+fn admin_options(
     config: &Config,
+    credentials: &AdminCredentials,
+) -> Result<PgConnectOptions, CliError> {
+    Ok(database_options(config)?.options([(
+        "statement_timeout",
+        credentials.query_timeout_ms.to_string(),
+    )]))
+}
+
+/// The web admin over `store` (on the admin's own pool, see [`admin_options`]), mounted at
+/// `base_path`, its rate sampler running.
+fn admin(
+    store: PgStore,
     credentials: &AdminCredentials,
     base_path: &str,
 ) -> Result<axum::Router, CliError> {
     let auth = credentials.auth()?;
-    let options = database_options(config)?.options([(
-        "statement_timeout",
-        credentials.query_timeout_ms.to_string(),
-    )]);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options);
-    let store = PgStore::new(pool, pg_config(config))?;
     if matches!(auth, outbox_admin::Auth::ReadOnly) {
         info!(
             "admin is read-only: set OUTBOX_ADMIN_TOKEN (or OUTBOX_ADMIN_USER and OUTBOX_ADMIN_PASSWORD) to make changes"
@@ -255,9 +258,10 @@ async fn serve_admin(
     credentials: AdminCredentials,
 ) -> Result<(), CliError> {
     let config = load(&target)?;
-    let store = store(&config, 1, Startup::within(Duration::ZERO)).await?;
+    let options = admin_options(&config, &credentials)?;
+    let store = store_with(&config, options, 4, Startup::within(Duration::ZERO)).await?;
     current_schema(&store, &target).await?;
-    let router = admin(&config, &credentials, "")?;
+    let router = admin(store, &credentials, "")?;
     let listener = bind(&listen, "--listen").await?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback()
@@ -390,7 +394,16 @@ fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
 /// Connects to PostgreSQL (retrying until `startup`'s deadline, each failure logged with its
 /// real cause) and opens a pool of `connections`.
 async fn store(config: &Config, connections: u32, startup: Startup) -> Result<PgStore, CliError> {
-    let options = database_options(config)?;
+    store_with(config, database_options(config)?, connections, startup).await
+}
+
+/// [`store`] on connections made with `options`.
+async fn store_with(
+    config: &Config,
+    options: PgConnectOptions,
+    connections: u32,
+    startup: Startup,
+) -> Result<PgStore, CliError> {
     startup
         .retry("PostgreSQL", || async {
             match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
@@ -507,7 +520,9 @@ async fn start(
     // same error forever.
     current_schema(&store, target).await?;
     let admin_routes = if config.http.admin {
-        Some(admin(&config, credentials, "/admin")?)
+        let options = admin_options(&config, credentials)?;
+        let store = store_with(&config, options, 4, Startup::within(Duration::ZERO)).await?;
+        Some(admin(store, credentials, "/admin")?)
     } else {
         None
     };
