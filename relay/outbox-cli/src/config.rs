@@ -318,6 +318,33 @@ pub enum TransportConfig {
         /// Approximate maximum stream length.
         max_len: Option<u64>,
     },
+    /// Kafka, through an idempotent producer (`acks=all`).
+    Kafka {
+        /// Bootstrap brokers, `host:port[,host:port…]`.
+        brokers: String,
+        /// Topic template (`{event_type}`, `{aggregate_type}`); default
+        /// `outbox.event.{aggregate_type}`, Debezium's route.
+        topic: Option<String>,
+        /// What the message key is: `ordering_key` (the event's ordering key, else its
+        /// aggregate id; the default) or `aggregate_id` (the default under `shape = "debezium"`).
+        key: Option<KafkaKey>,
+        /// The wire layout: `native` (default) or `debezium` (what Debezium's outbox event
+        /// router produces).
+        #[serde(default)]
+        shape: KafkaShape,
+        /// Under `shape = "debezium"`: the value is the payload itself, as with the router's
+        /// `table.expand.json.payload = true` (default `false`: the payload's text as a string).
+        #[serde(default)]
+        expand_payload: bool,
+        /// librdkafka producer properties passed through: `compression.type`, `linger.ms`,
+        /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, …
+        #[serde(default)]
+        properties: std::collections::BTreeMap<String, String>,
+        /// Properties whose values are read from environment variables, e.g.
+        /// `sasl.password = "KAFKA_PASSWORD"`: secrets stay out of the file.
+        #[serde(default)]
+        properties_env: std::collections::BTreeMap<String, String>,
+    },
     /// HTTP webhook.
     Webhook {
         /// Endpoint.
@@ -329,6 +356,27 @@ pub enum TransportConfig {
         /// Total timeout in seconds.
         timeout_secs: Option<u64>,
     },
+}
+
+/// `key` of a Kafka route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaKey {
+    /// The ordering key, else the aggregate id.
+    OrderingKey,
+    /// The aggregate id.
+    AggregateId,
+}
+
+/// `shape` of a Kafka route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaShape {
+    /// Payload as value, `outbox-*` headers.
+    #[default]
+    Native,
+    /// Debezium's outbox event router's key, value and `id` header.
+    Debezium,
 }
 
 /// A configuration problem, naming where it is.
@@ -405,8 +453,88 @@ fn destination(
             template(i, "routing_key", routing_key, Syntax::AmqpRoutingKey)?
         }
         TransportConfig::Redis { stream, .. } => template(i, "stream", stream, Syntax::RedisKey)?,
+        TransportConfig::Kafka { topic, .. } => {
+            let text = topic
+                .as_deref()
+                .unwrap_or(outbox_transport_kafka::DEFAULT_TOPIC);
+            // Topics are few and long-lived: per-aggregate data belongs in the key.
+            for per_event in ["{aggregate_id}", "{id}"] {
+                if text.contains(per_event) {
+                    return Err(ConfigError(format!(
+                        "routes[{i}].topic: {per_event} would make a topic per aggregate or event; \
+                         the aggregate goes in the message key (see `key`)"
+                    )));
+                }
+            }
+            template(i, "topic", text, Syntax::Plain)?
+        }
         TransportConfig::Stdout | TransportConfig::Webhook { .. } => return Ok(None),
     }))
+}
+
+/// The Kafka producer a route describes. Its message timeout stays under the worker's delivery
+/// timeout, so a message is never still queued in the producer when its delivery is given up.
+fn kafka_transport(
+    i: usize,
+    transport: &TransportConfig,
+    topic: DestinationFn,
+    delivery_timeout: Duration,
+) -> Result<outbox_transport_kafka::KafkaTransport, ConfigError> {
+    let TransportConfig::Kafka {
+        brokers,
+        key,
+        shape,
+        expand_payload,
+        properties,
+        properties_env,
+        ..
+    } = transport
+    else {
+        return Err(ConfigError(format!("routes[{i}]: not a Kafka route")));
+    };
+    use outbox_transport_kafka::{KafkaTransport, KeyFrom, Shape};
+    let mut b = KafkaTransport::builder(brokers.clone())
+        .topic(topic)
+        .shape(match shape {
+            KafkaShape::Native if *expand_payload => {
+                return Err(ConfigError(format!(
+                    "routes[{i}].expand_payload: only means something with shape = \"debezium\""
+                )));
+            }
+            KafkaShape::Native => Shape::Native,
+            KafkaShape::Debezium => Shape::Debezium {
+                expand_payload: *expand_payload,
+            },
+        })
+        .message_timeout(
+            delivery_timeout
+                .saturating_sub(delivery_timeout / 10)
+                .max(Duration::from_millis(1)),
+        );
+    if let Some(key) = key {
+        b = b.key(match key {
+            KafkaKey::OrderingKey => KeyFrom::OrderingKey,
+            KafkaKey::AggregateId => KeyFrom::AggregateId,
+        });
+    }
+    for (name, value) in properties {
+        b = b.property(name, value);
+    }
+    for (name, var) in properties_env {
+        if properties.contains_key(name) {
+            return Err(ConfigError(format!(
+                "routes[{i}].properties_env.{name}: also set in routes[{i}].properties"
+            )));
+        }
+        let value = std::env::var(var).map_err(|_| {
+            ConfigError(format!(
+                "routes[{i}].properties_env.{name}: variable {var} is not set"
+            ))
+        })?;
+        b = b.property(name, value);
+    }
+    b.build()
+        .map_err(|e| ConfigError(format!("routes[{i}]: Kafka: {e}")))
 }
 
 /// Connects every route's transport and builds the router. `*` becomes the default route.
@@ -464,6 +592,12 @@ pub async fn build_router(
                 }
                 Box::new(t)
             }
+            TransportConfig::Kafka { .. } => Box::new(kafka_transport(
+                i,
+                &route.transport,
+                destination()?,
+                delivery_timeout,
+            )?),
             TransportConfig::Webhook {
                 url,
                 secret,
@@ -550,7 +684,7 @@ mod tests {
     fn the_example_is_a_valid_config() {
         let config: Config = toml::from_str(EXAMPLE).expect("the example parses");
         config.relay.worker_config().expect("valid settings");
-        assert_eq!(config.routes.len(), 5);
+        assert_eq!(config.routes.len(), 6);
     }
 
     /// Each transport's template escapes event values for its destination syntax: an aggregate
@@ -644,6 +778,49 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// A Kafka route builds its producer from the file; every mistake names its key, and a
+    /// property the guarantees depend on cannot be overridden.
+    #[tokio::test]
+    async fn kafka_routes_are_checked_with_the_key_named() {
+        let startup = crate::startup::Startup::within(Duration::ZERO);
+        let route = |extra: &str| {
+            format!(
+                "[[routes]]\npattern = \"*\"\ntransport = \"kafka\"\nbrokers = \"127.0.0.1:1\"\n{extra}\n"
+            )
+        };
+        let build = |text: String| async move {
+            let config: Config = toml::from_str(&text).expect("parses");
+            build_router(&config.routes, &startup, Duration::from_secs(30))
+                .await
+                .map(drop)
+                .map_err(|e| e.0)
+        };
+        build(route("")).await.expect("the defaults are valid");
+        build(route(
+            "shape = \"debezium\"\nexpand_payload = true\nkey = \"ordering_key\"\nproperties = { \"linger.ms\" = \"2\" }",
+        ))
+        .await
+        .expect("valid");
+        for (extra, names) in [
+            ("topic = \"t.{aggregate_id}\"", "routes[0].topic"),
+            ("topic = \"t.{nope}\"", "routes[0].topic"),
+            ("expand_payload = true", "routes[0].expand_payload"),
+            ("properties = { acks = \"1\" }", "acks"),
+            ("properties = { \"no.such\" = \"1\" }", "no.such"),
+            (
+                "properties_env = { \"sasl.password\" = \"OUTBOX_TEST_UNSET_VARIABLE\" }",
+                "OUTBOX_TEST_UNSET_VARIABLE",
+            ),
+        ] {
+            let error = build(route(extra)).await.expect_err(extra);
+            assert!(error.contains(names), "{extra}: {error}");
+        }
+        let error = toml::from_str::<Config>(&route("key = \"partition\""))
+            .expect_err("an unknown key is refused")
+            .to_string();
+        assert!(error.contains("aggregate_id"), "{error}");
     }
 
     #[test]
