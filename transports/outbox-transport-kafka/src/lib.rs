@@ -23,8 +23,8 @@
 //! **Failures**: an unreachable broker, a leader election, a timeout or a full producer queue
 //! is retryable; an unknown topic (auto-creation off), a record larger than the broker takes, an
 //! invalid topic name or a refused authorisation on the topic is permanent, and the error names
-//! the topic. A producer that hits a fatal error (a fenced or broken idempotence sequence) is
-//! replaced before the next delivery.
+//! the topic. A producer that hits a fatal error, a timed-out record or a broker that no longer
+//! knows its idempotence state is replaced by a fresh one before the next delivery.
 //!
 //! ```no_run
 //! use outbox_transport_kafka::KafkaTransport;
@@ -342,7 +342,11 @@ impl KafkaTransport {
             Err(poisoned) => poisoned.into_inner(),
         };
         if Arc::ptr_eq(&slot, broken) {
-            *slot = Arc::new(fresh);
+            let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+            drop(slot);
+            // Dropping a producer purges what it still holds and waits up to 500 ms for the
+            // purge to be reported: not on an async worker thread.
+            tokio::task::spawn_blocking(move || drop(old));
         }
         Ok(())
     }
@@ -451,6 +455,33 @@ pub fn event_id<H: Headers>(headers: &H) -> Option<EventId> {
     value("outbox-event-id").or_else(|| value("id"))
 }
 
+/// Whether the producer that reported `error` should be replaced by a fresh one (new producer
+/// id, epoch 0, sequences from 0) before the next delivery.
+///
+/// After a record times out, librdkafka's idempotent producer cannot know whether the broker
+/// wrote it, so it bumps its epoch on its own (KIP-360) and carries on. A broker that does not
+/// follow — seen with tansu 0.6 after a restart: every later record answered with an unknown
+/// error or timing out, while a new producer was accepted at once — leaves that producer stuck
+/// for good. The same holds when the broker no longer knows the producer's id, epoch or
+/// sequence numbers. A fresh producer costs one `InitProducerId` request and changes no
+/// guarantee: the timed-out record is produced again either way (at least once).
+fn needs_fresh_producer(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::MessageTimedOut
+                | C::Unknown
+                | C::OutOfOrderSequenceNumber
+                | C::UnknownProducerId
+                | C::InvalidProducerEpoch
+                | C::InvalidProducerIdMapping
+                | C::ProducerFenced
+                | C::Fatal
+        )
+    )
+}
+
 /// The delivery error for a failed produce to `topic`: permanent when no retry can succeed,
 /// retryable otherwise (unknown codes included, so nothing dies of a surprise).
 fn classify(topic: &str, error: &KafkaError) -> DeliveryError {
@@ -501,6 +532,17 @@ impl Transport for KafkaTransport {
         match producer.send(message, Timeout::After(QUEUE_WAIT)).await {
             Ok(_) => Ok(()),
             Err((error, _)) => {
+                if needs_fresh_producer(&error) {
+                    // A fresh producer (new id, epoch and sequences) is what recovers from these.
+                    let mut failure = classify(&topic, &error);
+                    if let Err(e) = self.replace(&producer) {
+                        failure = DeliveryError::retryable(format!(
+                            "{failure}; a new producer could not be built: {e}"
+                        ))
+                        .with_source(error);
+                    }
+                    return Err(failure);
+                }
                 if let Some((code, reason)) = producer.client().fatal_error() {
                     let replaced = self.replace(&producer);
                     let mut failure = DeliveryError::retryable(format!(
@@ -710,6 +752,35 @@ mod tests {
             let e = classify("orders", &KafkaError::MessageProduction(code));
             assert!(e.is_retryable(), "{code:?}");
             assert!(e.to_string().contains("\"orders\""), "{e}");
+        }
+    }
+
+    /// A timed-out record or lost idempotence state gets a fresh producer; an outage alone
+    /// (the producer reconnects by itself) does not.
+    #[test]
+    fn a_stuck_producer_is_replaced_and_a_disconnected_one_is_not() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::Unknown,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::UnknownProducerId,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+        ] {
+            assert!(
+                needs_fresh_producer(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(
+                !needs_fresh_producer(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
         }
     }
 
