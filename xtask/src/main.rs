@@ -38,7 +38,7 @@ enum Task {
         /// Smaller counts, for a quick check.
         #[arg(long)]
         quick: bool,
-        /// Measure the real transports (NATS, RabbitMQ, Redis on loopback) instead.
+        /// Measure the real transports (NATS, RabbitMQ, Redis, webhook, Kafka on loopback) instead.
         #[arg(long)]
         transports: bool,
         /// Run only these workloads, comma-separated (memory-store, emit, relay, latency,

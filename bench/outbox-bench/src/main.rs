@@ -30,7 +30,8 @@ struct Args {
     /// PostgreSQL to measure; the tables live in a schema of their own, dropped afterwards.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
-    /// Measure delivery through the real transports (NATS, RabbitMQ, Redis on loopback) instead
+    /// Measure delivery through the real transports (NATS, RabbitMQ, Redis, a webhook receiver
+    /// on loopback, Kafka on a tansu broker the run starts) instead
     /// of the storage workloads.
     #[arg(long)]
     transports: bool,

@@ -98,6 +98,102 @@ pub async fn run(url: &str, quick: bool, summary: &mut Summary) -> Result<(), Be
     let posts = drain(&s, webhook).await?;
     server.abort();
     summary.put("transport.webhook_events_per_s", posts, "events/s");
+
+    // Kafka: a tansu broker (memory storage) started for the run, a 3-partition topic.
+    truncate(&s.pool).await?;
+    fill(&s, backlog).await?;
+    let broker = kafka::Broker::start().await?;
+    broker.create_topic(&tag, 3).await?;
+    let kafka = outbox_transport_kafka::KafkaTransport::builder(broker.brokers())
+        .topic_name(&tag)
+        .build()?;
+    let produced = drain(&s, kafka).await?;
+    drop(broker);
+    summary.put("transport.kafka_events_per_s", produced, "events/s");
     summary.put("transport.backlog_events", backlog as f64, "events");
     Ok(())
+}
+
+/// A tansu broker (`TANSU`, else `tansu` on `PATH`) on a free loopback port, killed on drop.
+mod kafka {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::Consumer;
+
+    use crate::BenchError;
+
+    pub struct Broker {
+        child: Child,
+        port: u16,
+    }
+
+    impl Broker {
+        pub async fn start() -> Result<Self, BenchError> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+            let child = Command::new(&tansu)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/", "--silent"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!("the Kafka row needs tansu ({tansu}: {e}): cargo install tansu --locked --features dynostore,libsql")
+                })?;
+            let broker = Self { child, port };
+            let started = Instant::now();
+            while !broker.answers().await? {
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("tansu did not answer on port {port} within 30 s").into());
+                }
+            }
+            Ok(broker)
+        }
+
+        pub fn brokers(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        async fn answers(&self) -> Result<bool, BenchError> {
+            let brokers = self.brokers();
+            Ok(tokio::task::spawn_blocking(move || {
+                ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create::<rdkafka::consumer::BaseConsumer>()
+                    .map(|c| c.fetch_metadata(None, Duration::from_millis(500)).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?)
+        }
+
+        pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BenchError> {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", self.brokers())
+                .create()?;
+            for result in admin
+                .create_topics(
+                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                )
+                .await?
+            {
+                result.map_err(|(t, e)| format!("creating topic {t}: {e}"))?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
