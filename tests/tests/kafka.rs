@@ -453,15 +453,8 @@ async fn a_killed_broker_loses_nothing() {
     broker.kill();
     all.extend(emit(EVENTS / 2..EVENTS).await);
     let failed_attempts = |store: outbox_postgres::PgStore| async move {
-        store
-            .list(&outbox_core::EventFilter {
-                status: Some(outbox_core::Status::Pending),
-                limit: 1000,
-                ..Default::default()
-            })
+        events(&store, Some(outbox_core::Status::Pending))
             .await
-            .unwrap()
-            .events
             .iter()
             .map(OutboxEvent::attempts)
             .sum::<u32>()
@@ -486,14 +479,8 @@ async fn a_killed_broker_loses_nothing() {
     })
     .await;
     if recovered.is_err() {
-        let undelivered: HashSet<String> = store
-            .list(&outbox_core::EventFilter {
-                limit: 1000,
-                ..Default::default()
-            })
+        let undelivered: HashSet<String> = events(&store, None)
             .await
-            .unwrap()
-            .events
             .iter()
             .filter(|e| e.status() != outbox_core::Status::Delivered)
             .map(|e| {
@@ -516,6 +503,19 @@ async fn a_killed_broker_loses_nothing() {
     let received: HashSet<EventId> = records.iter().map(|r| r.id.unwrap()).collect();
     assert_eq!(received, all.into_iter().collect::<HashSet<_>>());
     h.cleanup().await;
+}
+
+/// The store's events (up to 1,000), of `status` if given.
+async fn events(
+    store: &outbox_postgres::PgStore,
+    status: Option<outbox_core::Status>,
+) -> Vec<OutboxEvent> {
+    let filter = outbox_core::EventFilter {
+        status,
+        limit: 1000,
+        ..Default::default()
+    };
+    store.list(&filter).await.unwrap().events
 }
 
 fn event(payload: serde_json::Value) -> OutboxEvent {
