@@ -529,13 +529,28 @@ impl Transport for KafkaTransport {
             .payload(&record.value)
             .headers(headers);
         let producer = self.producer();
-        match producer.send(message, Timeout::After(QUEUE_WAIT)).await {
-            Ok(_) => Ok(()),
-            Err((error, _)) => {
+        let sent = producer.send(message, Timeout::After(QUEUE_WAIT)).await;
+        let result = self.outcome(&topic, &producer, sent.map(drop).map_err(|(e, _)| e));
+        self.release(producer);
+        result
+    }
+}
+
+impl KafkaTransport {
+    /// What a produce's result means for the event, replacing `producer` when it is stuck.
+    fn outcome(
+        &self,
+        topic: &str,
+        producer: &Arc<FutureProducer>,
+        sent: Result<(), KafkaError>,
+    ) -> Result<(), DeliveryError> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(error) => {
                 if needs_fresh_producer(&error) {
                     // A fresh producer (new id, epoch and sequences) is what recovers from these.
-                    let mut failure = classify(&topic, &error);
-                    if let Err(e) = self.replace(&producer) {
+                    let mut failure = classify(topic, &error);
+                    if let Err(e) = self.replace(producer) {
                         failure = DeliveryError::retryable(format!(
                             "{failure}; a new producer could not be built: {e}"
                         ))
@@ -544,7 +559,7 @@ impl Transport for KafkaTransport {
                     return Err(failure);
                 }
                 if let Some((code, reason)) = producer.client().fatal_error() {
-                    let replaced = self.replace(&producer);
+                    let replaced = self.replace(producer);
                     let mut failure = DeliveryError::retryable(format!(
                         "the producer failed fatally ({code:?}: {reason}); replaced{}",
                         replaced
@@ -555,8 +570,17 @@ impl Transport for KafkaTransport {
                     failure = failure.with_source(error);
                     return Err(failure);
                 }
-                Err(classify(&topic, &error))
+                Err(classify(topic, &error))
             }
+        }
+    }
+
+    /// Lets go of a delivery's handle on `producer`. The last handle on a replaced producer is
+    /// dropped on a blocking thread: dropping purges what it still holds and waits up to
+    /// 500 ms for that to be reported.
+    fn release(&self, producer: Arc<FutureProducer>) {
+        if !Arc::ptr_eq(&producer, &self.producer()) {
+            tokio::task::spawn_blocking(move || drop(producer));
         }
     }
 }
