@@ -1,7 +1,9 @@
 //! Test support for the outbox workspace: the [conformance suite](conformance) every store
-//! passes, and [harnesses](harness) that give each test a fresh store.
+//! passes, [harnesses](harness) that give each test a fresh store, and a [Kafka-protocol
+//! broker](kafka) per test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod conformance;
 pub mod harness;
+pub mod kafka;

@@ -1244,50 +1244,13 @@ async fn an_outdated_schema_is_refused_with_the_fix() {
 }
 
 /// A `transport = "kafka"` route in `relay.toml`: the relay produces committed events to a
-/// Kafka-protocol broker (tansu, started here on a free port) and records them delivered only
+/// Kafka-protocol broker (tansu, started on a free port) and records them delivered only
 /// once the broker acknowledged them; a topic the broker does not have kills its event with an
 /// error naming the topic, and the other events still go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_route_delivers_through_the_relay() {
-    let tansu = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-    let port = free_port();
-    let listener = format!("tcp://127.0.0.1:{port}");
-    let _broker = Killed(
-        Command::new(&tansu)
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("this test needs the tansu broker ({tansu}: {e}): cargo install tansu --locked --features dynostore,libsql, or set TANSU")
-            }),
-    );
-    // `tansu topic create` retries nothing: wait (bounded) until the broker takes it.
-    let created = tokio::task::spawn_blocking({
-        let (tansu, listener) = (tansu.clone(), listener.clone());
-        move || {
-            let started = std::time::Instant::now();
-            loop {
-                let out = Command::new(&tansu)
-                    .args(["topic", "create", "--broker", &listener])
-                    .args(["--partitions", "3", "outbox.event.upload"])
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    return;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "tansu topic create: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    });
-    created.await.unwrap();
+    let broker = outbox_tests::kafka::Broker::in_memory().await;
+    broker.topic("outbox.event.upload", 3).await;
 
     let h = PgHarness::new().await;
     let url = database_url().await;
@@ -1314,9 +1277,10 @@ async fn a_kafka_route_delivers_through_the_relay() {
         "kafka-route",
         &format!(
             "schema = \"{}\"\n[relay]\npoll_interval_ms = 100\n\
-             [[routes]]\npattern = \"*\"\ntransport = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"kafka\"\nbrokers = \"{}\"\n\
              properties = {{ \"topic.metadata.propagation.max.ms\" = \"1000\" }}\n",
-            h.schema()
+            h.schema(),
+            broker.brokers()
         ),
     );
     let _relay = Killed(
