@@ -213,7 +213,7 @@ async fn a_killed_broker_loses_nothing() {
     let mut all = emit(0..EVENTS / 2).await;
     let transport = KafkaTransport::builder(broker.brokers())
         .topic_name(&topic)
-        .message_timeout(Duration::from_millis(1500))
+        .message_timeout(Duration::from_secs(3))
         .build()
         .unwrap();
     let worker = Worker::builder(store.clone(), transport)
@@ -228,7 +228,7 @@ async fn a_killed_broker_loses_nothing() {
             .unwrap(),
         )
         .poll_interval(Duration::from_millis(50))
-        .delivery_timeout(Duration::from_secs(3))
+        .delivery_timeout(Duration::from_secs(6))
         .build()
         .unwrap();
     let running = worker.spawn();

@@ -36,7 +36,7 @@
 //! ```
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_core::{DeliveryError, EventId, OutboxEvent, Transport};
@@ -252,7 +252,10 @@ impl KafkaTransportBuilder {
         Ok(KafkaTransport {
             inner: Arc::new(Inner {
                 config,
-                producer: RwLock::new(Arc::new(producer)),
+                producer: RwLock::new(Current::new(producer)),
+                // A fresh producer gets this long to connect, get its id and deliver before a
+                // timeout may replace it: replacing it sooner would only start over.
+                settle: self.message_timeout.saturating_mul(2),
                 topic: self.topic,
                 key: self.key.unwrap_or(match self.shape {
                     Shape::Native => KeyFrom::OrderingKey,
@@ -277,6 +280,21 @@ fn create(config: &ClientConfig) -> Result<FutureProducer, ConfigError> {
     })
 }
 
+/// The producer in use, and when it was made.
+struct Current {
+    producer: Arc<FutureProducer>,
+    made: Instant,
+}
+
+impl Current {
+    fn new(producer: FutureProducer) -> Self {
+        Self {
+            producer: Arc::new(producer),
+            made: Instant::now(),
+        }
+    }
+}
+
 /// Produces events to Kafka, one message per event, waiting for each delivery report.
 #[derive(Clone)]
 pub struct KafkaTransport {
@@ -285,9 +303,10 @@ pub struct KafkaTransport {
 
 struct Inner {
     config: ClientConfig,
-    /// Replaced after a fatal error; readers clone the `Arc` and never hold the lock across
-    /// an await.
-    producer: RwLock<Arc<FutureProducer>>,
+    /// Replaced when stuck; readers clone the `Arc` and never hold the lock across an await.
+    producer: RwLock<Current>,
+    /// How old a producer must be before a timed-out record replaces it.
+    settle: Duration,
     topic: TopicFn,
     key: KeyFrom,
     shape: Shape,
@@ -329,20 +348,32 @@ impl KafkaTransport {
 
     fn producer(&self) -> Arc<FutureProducer> {
         match self.inner.producer.read() {
-            Ok(p) => Arc::clone(&p),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            Ok(current) => Arc::clone(&current.producer),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().producer),
         }
     }
 
-    /// Replaces `broken` (unless another delivery already did) after a fatal error.
-    fn replace(&self, broken: &Arc<FutureProducer>) -> Result<(), ConfigError> {
-        let fresh = create(&self.inner.config)?;
+    /// Replaces `broken` with a fresh producer, unless another delivery already did or —
+    /// without `now` — `broken` is younger than the settling time.
+    fn replace(&self, broken: &Arc<FutureProducer>, now: bool) -> Result<(), ConfigError> {
+        {
+            let current = match self.inner.producer.read() {
+                Ok(current) => current,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if !Arc::ptr_eq(&current.producer, broken)
+                || (!now && current.made.elapsed() < self.inner.settle)
+            {
+                return Ok(());
+            }
+        }
+        let fresh = Current::new(create(&self.inner.config)?);
         let mut slot = match self.inner.producer.write() {
             Ok(slot) => slot,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if Arc::ptr_eq(&slot, broken) {
-            let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+        if Arc::ptr_eq(&slot.producer, broken) {
+            let old = std::mem::replace(&mut *slot, fresh);
             drop(slot);
             // Dropping a producer purges what it still holds and waits up to 500 ms for the
             // purge to be reported: not on an async worker thread.
@@ -464,7 +495,9 @@ pub fn event_id<H: Headers>(headers: &H) -> Option<EventId> {
 /// error or timing out, while a new producer was accepted at once — leaves that producer stuck
 /// for good. The same holds when the broker no longer knows the producer's id, epoch or
 /// sequence numbers. A fresh producer costs one `InitProducerId` request and changes no
-/// guarantee: the timed-out record is produced again either way (at least once).
+/// guarantee: the timed-out record is produced again either way (at least once). A producer
+/// younger than twice the message timeout is left to settle (a slow start is not a stuck
+/// producer, and replacing it would only start over).
 fn needs_fresh_producer(error: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
@@ -550,7 +583,7 @@ impl KafkaTransport {
                 if needs_fresh_producer(&error) {
                     // A fresh producer (new id, epoch and sequences) is what recovers from these.
                     let mut failure = classify(topic, &error);
-                    if let Err(e) = self.replace(producer) {
+                    if let Err(e) = self.replace(producer, false) {
                         failure = DeliveryError::retryable(format!(
                             "{failure}; a new producer could not be built: {e}"
                         ))
@@ -559,7 +592,7 @@ impl KafkaTransport {
                     return Err(failure);
                 }
                 if let Some((code, reason)) = producer.client().fatal_error() {
-                    let replaced = self.replace(producer);
+                    let replaced = self.replace(producer, true);
                     let mut failure = DeliveryError::retryable(format!(
                         "the producer failed fatally ({code:?}: {reason}); replaced{}",
                         replaced
