@@ -211,27 +211,35 @@ async fn a_killed_broker_loses_nothing() {
         }
     };
     let mut all = emit(0..EVENTS / 2).await;
-    let transport = KafkaTransport::builder(broker.brokers())
-        .topic_name(&topic)
-        .message_timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let worker = Worker::builder(store.clone(), transport)
-        .retry_policy(
-            RetryPolicy::new(
-                Duration::from_millis(50),
-                2.0,
-                Duration::from_millis(400),
-                Jitter::None,
-                1000,
+    // A relay (worker and producer) of its own per phase. Within one producer, records that
+    // time out make librdkafka bump its epoch locally, which tansu does not follow: the
+    // transport then replaces that producer, a timing-dependent workaround this test does not
+    // lean on (see docs/transports/kafka.md).
+    let brokers = broker.brokers();
+    let relay = || {
+        let transport = KafkaTransport::builder(brokers.clone())
+            .topic_name(&topic)
+            .message_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        Worker::builder(store.clone(), transport)
+            .retry_policy(
+                RetryPolicy::new(
+                    Duration::from_millis(50),
+                    2.0,
+                    Duration::from_millis(400),
+                    Jitter::None,
+                    1000,
+                )
+                .unwrap(),
             )
-            .unwrap(),
-        )
-        .poll_interval(Duration::from_millis(50))
-        .delivery_timeout(Duration::from_secs(6))
-        .build()
-        .unwrap();
-    let running = worker.spawn();
+            .poll_interval(Duration::from_millis(50))
+            .delivery_timeout(Duration::from_secs(6))
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let first = relay();
     let delivered = |store: outbox_postgres::PgStore| async move {
         store.count_by_status().await.unwrap().delivered
     };
@@ -242,9 +250,11 @@ async fn a_killed_broker_loses_nothing() {
     })
     .await
     .expect("the first half delivered while the broker is up");
+    first.shutdown().await.unwrap();
 
     broker.kill();
     all.extend(emit(EVENTS / 2..EVENTS).await);
+    let running = relay();
     let failed_attempts = |store: outbox_postgres::PgStore| async move {
         events(&store, Some(outbox_core::Status::Pending))
             .await
