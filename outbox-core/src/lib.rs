@@ -37,6 +37,7 @@ pub mod locked;
 pub mod ordering;
 pub mod status;
 pub mod store;
+pub mod stream;
 #[cfg(feature = "trace-context")]
 pub mod trace_context;
 pub mod transaction;
@@ -59,6 +60,7 @@ pub use store::{
     Outcome, PausedType, Reclaimed, Recorded, StatusCounts, Undecodable, WakeupSender, Wakeups,
     distinct_ids,
 };
+pub use stream::{EventStream, HoldReason, StreamBatch, StreamPosition, Streamed};
 pub use transaction::{Transaction, Transactional};
 pub use transport::{DeliveryError, Transport};
 
