@@ -34,10 +34,12 @@ mod emit;
 mod error;
 mod listen;
 mod notify;
+mod pgoutput;
 mod row;
 mod schema;
 mod sql;
 mod store;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -46,6 +48,7 @@ pub use emit::{PgEmitter, PgTransaction};
 pub use error::db_error;
 pub use schema::LATEST_VERSION;
 pub use store::PgStore;
+pub use stream::{PgStream, SlotStatus, StreamSetup, validate_slot};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

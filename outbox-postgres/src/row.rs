@@ -19,16 +19,20 @@ fn count(field: &'static str, value: i32) -> Result<u32, StoreError> {
 }
 
 /// The status a row's `status` column stands for: a parked event of a paused type
-/// (`paused`) is pending, as far as anyone reading it is concerned.
+/// (`paused`) and a streamed one not yet delivered (`streaming`) are pending, as far as anyone reading it is concerned.
 pub(crate) fn status_of(column: &str) -> Result<Status, StoreError> {
     match column {
-        PARKED => Ok(Status::Pending),
+        PARKED | STREAMING => Ok(Status::Pending),
         other => Ok(other.parse::<Status>()?),
     }
 }
 
 /// The `status` of a pending event parked while its type is paused.
 pub(crate) const PARKED: &str = "paused";
+
+/// The `status` of an event committed to a streamed table and not yet handed to the table's
+/// own path: the log-reading relay delivers it (`docs/stream.md`).
+pub(crate) const STREAMING: &str = "streaming";
 
 /// Decodes one row selected with [`COLUMNS`](crate::sql::COLUMNS), on its own: a row whose
 /// fields cannot be read (a payload nested deeper than the decoder accepts, headers that are not

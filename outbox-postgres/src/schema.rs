@@ -225,6 +225,41 @@ ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
     CHECK (status IN ('waiting', 'pending', 'in_flight', 'delivered', 'dead'));
 "#,
     },
+    // The log-reading relay (`docs/stream.md`). A table switched to streaming takes new events
+    // as `streaming` (the column's default, set by `PgStore::start_streaming`): read from the
+    // write-ahead log through a publication, never claimed. Admission to an ordering key
+    // happens when a streamed event is handed to the table's path instead (`_unstream`), not on
+    // insert: in commit order, by the one reader of the stream.
+    Migration {
+        version: 6,
+        name: "streamed events: status streaming, admitted when handed to the table",
+        up: r#"
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('streaming', 'waiting', 'pending', 'paused', 'in_flight', 'delivered', 'dead'));
+DROP TRIGGER "{table}_admit" ON {qualified};
+CREATE TRIGGER "{table}_admit" BEFORE INSERT ON {qualified} FOR EACH ROW
+    WHEN (NEW.ordering_key IS NOT NULL AND NEW.status <> 'streaming')
+    EXECUTE FUNCTION {schema}."{table}_admit"();
+CREATE TRIGGER "{table}_unstream" BEFORE UPDATE ON {qualified} FOR EACH ROW
+    WHEN (OLD.status = 'streaming' AND NEW.status = 'pending' AND NEW.ordering_key IS NOT NULL)
+    EXECUTE FUNCTION {schema}."{table}_admit"();
+"#,
+        down: r#"
+ALTER TABLE {qualified} ALTER COLUMN status SET DEFAULT 'pending';
+ALTER TABLE {qualified} ENABLE TRIGGER "{table}_notify";
+UPDATE {qualified} SET status = 'pending' WHERE status = 'streaming';
+DROP PUBLICATION IF EXISTS "{channel}_stream";
+DROP TRIGGER "{table}_unstream" ON {qualified};
+DROP TRIGGER "{table}_admit" ON {qualified};
+CREATE TRIGGER "{table}_admit" BEFORE INSERT ON {qualified} FOR EACH ROW
+    WHEN (NEW.ordering_key IS NOT NULL)
+    EXECUTE FUNCTION {schema}."{table}_admit"();
+ALTER TABLE {qualified} DROP CONSTRAINT "{table}_status_check";
+ALTER TABLE {qualified} ADD CONSTRAINT "{table}_status_check"
+    CHECK (status IN ('waiting', 'pending', 'paused', 'in_flight', 'delivered', 'dead'));
+"#,
+    },
 ];
 
 fn render(template: &str, config: &PgConfig) -> String {

@@ -99,20 +99,22 @@ impl Statements {
     pub(crate) fn new(config: &PgConfig) -> Self {
         let t = config.qualified_table();
         let s = |sql: String| -> Arc<str> { sql.into() };
+        // The status is the column's default: `pending`, or `streaming` on a table switched to
+        // the log-reading relay (`PgStore::start_streaming`), so producers need not know.
         // Events without an idempotency key cannot conflict: they take the plain statements,
         // which skip the conflict check and send nothing back, as a hand-written INSERT would.
         let columns = "(id, event_type, aggregate_type, aggregate_id, payload, headers, idempotency_key, \
-             ordering_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)";
+             ordering_key, attempts, max_attempts, next_attempt_at, created_at, updated_at)";
         // $10 is deliver_after (NULL: due at once), $11 the injected time (NULL: the database's).
         let emitted_at = now(11);
         let paused = config.qualified_paused();
         let insert_one = format!(
-            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, \
+            "INSERT INTO {t} {columns} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, \
              COALESCE($10::timestamptz, {emitted_at}), {emitted_at}, {emitted_at})"
         );
         let insert_many = format!(
             "INSERT INTO {t} {columns} SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, \
-             u.headers, u.idempotency_key, u.ordering_key, 'pending', 0, u.max_attempts, \
+             u.headers, u.idempotency_key, u.ordering_key, 0, u.max_attempts, \
              COALESCE(u.next_attempt_at, {emitted_at}), {emitted_at}, {emitted_at} \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
              $8::text[], $9::int4[], $10::timestamptz[])"
@@ -155,9 +157,9 @@ impl Statements {
                 let at = now(7);
                 format!(
                     "INSERT INTO {t} (id, event_type, aggregate_type, aggregate_id, payload, headers, \
-                     status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+                     attempts, max_attempts, next_attempt_at, created_at, updated_at) \
                      SELECT u.id, u.event_type, u.aggregate_type, u.aggregate_id, u.payload, '{{}}'::jsonb, \
-                     'pending', 0, $6, {at}, {at}, {at} \
+                     0, $6, {at}, {at}, {at} \
                      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
                      AS u(id, event_type, aggregate_type, aggregate_id, payload)"
                 )
@@ -286,7 +288,11 @@ impl Statements {
                 format!(
                     "SELECT {}, {}, {}, {}, {}",
                     capped("status = 'waiting'"),
-                    capped("status = 'pending'") + " + " + &capped("status = 'paused'"),
+                    capped("status = 'pending'")
+                        + " + "
+                        + &capped("status = 'paused'")
+                        + " + "
+                        + &capped("status = 'streaming'"),
                     capped("status = 'in_flight'"),
                     capped("status = 'delivered'"),
                     capped("status = 'dead'"),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::config::PgConfig;
 use crate::error::db_error;
 use crate::listen::Listener;
-use crate::row::{PARKED, decode, status_of};
+use crate::row::{PARKED, STREAMING, decode, status_of};
 use crate::schema;
 use crate::sql::{COLUMNS, Statements};
 
@@ -161,6 +161,8 @@ impl PgStore {
             pool: self.pool.clone(),
             channel: self.sql.channel.to_string(),
             notifier: Arc::clone(&self.notifier),
+            schema: self.config.schema.clone(),
+            table: self.config.table.clone(),
         }
     }
 
@@ -605,7 +607,7 @@ impl OutboxStore for PgStore {
             .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
         match filter.status {
             Some(Status::Pending) => {
-                query.and_where(col("status").is_in([Status::Pending.as_str(), PARKED]));
+                query.and_where(col("status").is_in([Status::Pending.as_str(), PARKED, STREAMING]));
             }
             Some(status) => {
                 query.and_where(col("status").eq(status.as_str()));

@@ -1,0 +1,853 @@
+//! The log-reading relay's source: committed outbox rows read from a logical replication slot
+//! (`pgoutput`, through the SQL-level slot functions), in commit order, confirmed by LSN.
+//!
+//! - [`PgStore::start_streaming`] checks `wal_level`, creates the publication (inserts into the
+//!   outbox table only) and the slot, then switches the table: new rows take status `streaming`
+//!   (the column's default, so producers need not know) and the wake-up trigger is disabled —
+//!   producers send no notification at all.
+//! - [`PgStore::stream`] opens the one reader of a slot ([`PgStream`], an
+//!   [`EventStream`]): a connection of its own holding an advisory lock on the slot's name,
+//!   through which it peeks at the slot and advances it. A second reader waits (its
+//!   [`next_batch`](EventStream::next_batch) answers "unavailable") and takes over when the
+//!   first one's connection ends.
+//! - [`PgStore::stream_status`] reports the slot's lag, whether a reader holds it, and whether
+//!   it still retains the WAL it needs.
+//!
+//! See `docs/stream.md` for why the SQL-level functions and not the streaming protocol, what
+//! the server needs, and the failure behaviour.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_core::{
+    EventId, EventStream, HoldReason, Lease, Lifecycle, OutboxEvent, StoreError, StreamBatch,
+    StreamPosition, Streamed, ValidationError,
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use uuid::Uuid;
+
+use crate::error::db_error;
+use crate::pgoutput::{self, Message, Value, lsn_text, parse_lsn, pg_time};
+use crate::row::STREAMING;
+use crate::store::PgStore;
+
+/// Longest replication slot name PostgreSQL accepts.
+const MAX_SLOT_LEN: usize = 63;
+
+/// Checks a replication slot name as PostgreSQL does: lowercase letters, digits and
+/// underscores, at most 63 bytes.
+pub fn validate_slot(slot: &str) -> Result<(), ValidationError> {
+    if slot.is_empty() || slot.len() > MAX_SLOT_LEN {
+        return Err(ValidationError::new(
+            "slot",
+            format!("must be 1 to {MAX_SLOT_LEN} bytes long"),
+        ));
+    }
+    if !slot
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ValidationError::new(
+            "slot",
+            format!("{slot:?} may hold only lowercase letters, digits and underscores"),
+        ));
+    }
+    Ok(())
+}
+
+/// What [`PgStore::start_streaming`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamSetup {
+    /// The publication was created now (it existed otherwise).
+    pub created_publication: bool,
+    /// The slot was created now (it existed otherwise).
+    pub created_slot: bool,
+    /// The table was switched to streaming now (it was already otherwise).
+    pub switched: bool,
+    /// Streamed events handed to the table's own path because the slot was created anew while
+    /// the table was already streaming (the old slot was lost): the ordinary worker delivers
+    /// them, so none is lost.
+    pub handed_back: u64,
+}
+
+/// A replication slot's state, as `outbox status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// The slot's name.
+    pub slot: String,
+    /// Whether the slot exists.
+    pub exists: bool,
+    /// Whether a reader is holding it right now.
+    pub active: bool,
+    /// Bytes of WAL written since the confirmed position: what a reader has yet to go through.
+    pub lag_bytes: i64,
+    /// Bytes of WAL the server keeps for the slot (from its restart position).
+    pub retained_bytes: i64,
+    /// PostgreSQL's `wal_status` for the slot: `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Whether the table takes new events as `streaming`.
+    pub table_streaming: bool,
+}
+
+impl PgStore {
+    /// The publication carrying the outbox table's inserts: `"<schema>.<table>_stream"`.
+    pub fn publication(&self) -> String {
+        format!("{}_stream", self.config.channel())
+    }
+
+    /// Prepares the table for the log-reading relay: checks that the server runs with
+    /// `wal_level = logical`, creates the publication and the logical replication slot `slot`
+    /// (`pgoutput`) if missing, then switches the table so that new events are streamed and
+    /// producers send no notification. Run it after [`migrate`](Self::migrate); running it
+    /// again changes nothing, except that a slot created anew (the old one was dropped) hands
+    /// every event still waiting to be streamed to the table's own path, where the ordinary
+    /// worker delivers it.
+    ///
+    /// Needs a role that may create publications and replication slots (the `REPLICATION`
+    /// attribute, or a superuser) and owns the table.
+    pub async fn start_streaming(&self, slot: &str) -> Result<StreamSetup, StoreError> {
+        validate_slot(slot)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        if wal_level != "logical" {
+            return Err(ValidationError::new(
+                "wal_level",
+                format!(
+                    "the server runs with wal_level = {wal_level}; the log-reading relay needs \
+                     wal_level = logical (set it in postgresql.conf and restart the server)"
+                ),
+            )
+            .into());
+        }
+        let version = self.schema_version().await?;
+        if version < 6 {
+            return Err(ValidationError::new(
+                "schema",
+                format!("the outbox table is at version {version}; run the migrations first"),
+            )
+            .into());
+        }
+        let mut setup = StreamSetup::default();
+        let publication = self.publication();
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+                .bind(&publication)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        if !exists {
+            let create = format!(
+                "CREATE PUBLICATION \"{publication}\" FOR TABLE {} WITH (publish = 'insert')",
+                self.config.qualified_table()
+            );
+            sqlx::raw_sql(AssertSqlSafe(create))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+            setup.created_publication = true;
+        }
+        let plugin: Option<String> = sqlx::query_scalar(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        match plugin.as_deref() {
+            Some("pgoutput") => {}
+            Some(other) => {
+                return Err(ValidationError::new(
+                    "slot",
+                    format!("slot {slot:?} exists with plugin {other:?}, not pgoutput"),
+                )
+                .into());
+            }
+            None => {
+                // Created before the table switches: every streamed row is in the slot's range.
+                sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+                    .bind(slot)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                setup.created_slot = true;
+            }
+        }
+        let t = self.config.qualified_table();
+        let mut tx = conn.begin().await.map_err(db_error)?;
+        let streaming = table_streaming(&mut tx, &self.config.schema, &self.config.table).await?;
+        if !streaming {
+            let switch = format!(
+                "ALTER TABLE {t} ALTER COLUMN status SET DEFAULT '{STREAMING}'; \
+                 ALTER TABLE {t} DISABLE TRIGGER \"{}_notify\"",
+                self.config.table
+            );
+            sqlx::raw_sql(AssertSqlSafe(switch))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            setup.switched = true;
+        } else if setup.created_slot {
+            // The old slot is gone, and with it the events committed before the new one: the
+            // table still holds them, so its own path delivers them (some perhaps again).
+            setup.handed_back = hand_back(&mut tx, &t).await?;
+        }
+        // Producers' stores hear it and stop waking anyone.
+        crate::notify::send(&mut *tx, &self.sql.channel, crate::notify::STREAMING_ON)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.notifier.set_streamed(true);
+        Ok(setup)
+    }
+
+    /// Switches the table back to the claim-based relay: new events are `pending` and wake the
+    /// workers again, and every event still waiting to be streamed is handed to the table's own
+    /// path (so an event streamed but not yet confirmed may be delivered twice). With
+    /// `drop_slot`, drops the slot too, releasing the WAL it retains. Returns how many events
+    /// were handed over.
+    pub async fn stop_streaming(&self, slot: &str, drop_slot: bool) -> Result<u64, StoreError> {
+        validate_slot(slot)?;
+        let t = self.config.qualified_table();
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let switch = format!(
+            "ALTER TABLE {t} ALTER COLUMN status SET DEFAULT 'pending'; \
+             ALTER TABLE {t} ENABLE TRIGGER \"{}_notify\"",
+            self.config.table
+        );
+        sqlx::raw_sql(AssertSqlSafe(switch))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let handed = hand_back(&mut tx, &t).await?;
+        crate::notify::send(&mut *tx, &self.sql.channel, crate::notify::STREAMING_OFF)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.notifier.set_streamed(false);
+        if drop_slot {
+            sqlx::query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+            )
+            .bind(slot)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        }
+        Ok(handed)
+    }
+
+    /// The slot's lag and health, and whether the table is streaming.
+    pub async fn stream_status(&self, slot: &str) -> Result<SlotStatus, StoreError> {
+        validate_slot(slot)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let table_streaming =
+            table_streaming(&mut conn, &self.config.schema, &self.config.table).await?;
+        let row = sqlx::query(
+            "SELECT active, wal_status::text, \
+             COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8, \
+             COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        let mut status = SlotStatus {
+            slot: slot.to_owned(),
+            exists: false,
+            active: false,
+            lag_bytes: 0,
+            retained_bytes: 0,
+            wal_status: None,
+            table_streaming,
+        };
+        if let Some(row) = row {
+            status.exists = true;
+            status.active = row.try_get(0).map_err(db_error)?;
+            status.wal_status = row.try_get(1).map_err(db_error)?;
+            status.lag_bytes = row.try_get(2).map_err(db_error)?;
+            status.retained_bytes = row.try_get(3).map_err(db_error)?;
+        }
+        Ok(status)
+    }
+
+    /// Opens the reader of `slot`. Touches the database only when first read from.
+    pub fn stream(&self, slot: &str) -> Result<PgStream, StoreError> {
+        validate_slot(slot)?;
+        Ok(PgStream {
+            store: self.clone(),
+            slot: slot.to_owned(),
+            publication: self.publication(),
+            conn: None,
+            relations: HashMap::new(),
+            batch: HashMap::new(),
+            confirmed: 0,
+        })
+    }
+}
+
+/// Whether the table's `status` defaults to `streaming`, read through `pool`.
+pub(crate) async fn table_streaming_on(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    table: &str,
+) -> Result<bool, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db_error)?;
+    table_streaming(&mut conn, schema, table).await
+}
+
+/// Whether the table's `status` defaults to `streaming`.
+async fn table_streaming(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<bool, StoreError> {
+    let default: Option<String> = sqlx::query_scalar(
+        "SELECT column_default FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = $2 AND column_name = 'status'",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?
+    .flatten();
+    Ok(default.is_some_and(|d| d.contains(STREAMING)))
+}
+
+/// Hands every `streaming` row to the table's path: pending, admitted to its ordering key in
+/// creation order. Returns how many.
+async fn hand_back(conn: &mut PgConnection, t: &str) -> Result<u64, StoreError> {
+    let plain = format!(
+        "UPDATE {t} SET status = 'pending' WHERE status = '{STREAMING}' AND ordering_key IS NULL"
+    );
+    let mut handed = sqlx::query(AssertSqlSafe(plain))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+    let keyed: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT id FROM {t} WHERE status = '{STREAMING}' ORDER BY created_at, id"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let one = format!("UPDATE {t} SET status = 'pending' WHERE id = $1 AND status = '{STREAMING}'");
+    for id in keyed {
+        handed += sqlx::query(AssertSqlSafe(one.clone()))
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+    }
+    Ok(handed)
+}
+
+/// The reader of one replication slot: an [`EventStream`] of the outbox table's committed
+/// inserts. See the [module](self) documentation.
+pub struct PgStream {
+    store: PgStore,
+    slot: String,
+    publication: String,
+    /// The connection holding the slot's advisory lock; peeks and advances go through it.
+    conn: Option<PgConnection>,
+    /// Column names of the relations seen, by relation id.
+    relations: HashMap<u32, Relation>,
+    /// The ordering keys of the current batch's events (`None`: no key), by id.
+    batch: HashMap<EventId, Option<String>>,
+    /// The position last confirmed.
+    confirmed: u64,
+}
+
+impl std::fmt::Debug for PgStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStream")
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Relation {
+    ours: bool,
+    columns: Vec<String>,
+}
+
+impl PgStream {
+    /// The slot read.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    /// The reader's connection, opened and locked if it is not yet.
+    async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        if self.conn.is_none() {
+            let options = self.store.pool.connect_options();
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(db_error)?;
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(format!("outbox-stream:{}", self.slot))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(db_error)?;
+            if !locked {
+                return Err(StoreError::Unavailable {
+                    source: format!(
+                        "another relay is reading slot {:?}; this one takes over when it stops",
+                        self.slot
+                    )
+                    .into(),
+                });
+            }
+            let confirmed: Option<String> = sqlx::query_scalar(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(&self.slot)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(db_error)?
+            .flatten();
+            let Some(confirmed) = confirmed else {
+                return Err(self.slot_missing());
+            };
+            self.confirmed = parse_lsn(&confirmed).unwrap_or(0);
+            self.relations.clear();
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or_else(|| StoreError::Backend {
+            source: "stream connection missing".into(),
+        })
+    }
+
+    fn slot_missing(&self) -> StoreError {
+        StoreError::Backend {
+            source: format!(
+                "replication slot {:?} does not exist (dropped, or never created): run `outbox \
+                 migrate` to create it again; the events it had not confirmed are then handed to \
+                 the table's own path, so none is lost",
+                self.slot
+            )
+            .into(),
+        }
+    }
+
+    /// Drops the connection after an error, so the next call reconnects (and locks again).
+    fn reset_on<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        result.map_err(|error| {
+            let missing = matches!(&error, sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("42704"));
+            self.conn = None;
+            if missing {
+                self.slot_missing()
+            } else {
+                db_error(error)
+            }
+        })
+    }
+
+    fn decode_insert(
+        &self,
+        relation: &Relation,
+        values: Vec<Value>,
+        now: DateTime<Utc>,
+    ) -> Option<Streamed> {
+        let mut fields: HashMap<&str, Value> = relation
+            .columns
+            .iter()
+            .map(String::as_str)
+            .zip(values)
+            .collect();
+        let id = match fields.get("id").map(uuid) {
+            Some(Ok(id)) => EventId::from_uuid(id),
+            _ => {
+                tracing::warn!(slot = %self.slot, "a streamed row without a readable id; skipped");
+                return None;
+            }
+        };
+        match fields.get("status").map(text) {
+            Some(Ok(status)) if status == STREAMING => {}
+            // Inserted before the table was switched, or by something else: the table's own
+            // path has it.
+            _ => return None,
+        }
+        match event_from(id, &mut fields) {
+            Ok(event) => {
+                let not_due = event.lifecycle.next_attempt_at > event.created_at
+                    && event.lifecycle.next_attempt_at > now;
+                Some(Streamed {
+                    hold: not_due.then_some(HoldReason::NotDue),
+                    event,
+                })
+            }
+            Err(reason) => {
+                let mut event = OutboxEvent {
+                    id,
+                    event_type: String::new(),
+                    aggregate_type: String::new(),
+                    aggregate_id: String::new(),
+                    payload: serde_json::Value::Null,
+                    headers: Default::default(),
+                    idempotency_key: None,
+                    ordering_key: None,
+                    lifecycle: Lifecycle::pending(1, now),
+                    created_at: now,
+                    updated_at: now,
+                };
+                event.ordering_key = fields.get("ordering_key").and_then(|v| text(v).ok());
+                Some(Streamed {
+                    event,
+                    hold: Some(HoldReason::Undecodable(reason)),
+                })
+            }
+        }
+    }
+}
+
+fn bytes(value: &Value) -> Result<&[u8], String> {
+    match value {
+        Value::Binary(b) | Value::Text(b) => Ok(b),
+        Value::Null => Err("is null".into()),
+        Value::Unchanged => Err("is missing (unchanged TOAST)".into()),
+    }
+}
+
+fn text(value: &Value) -> Result<String, String> {
+    String::from_utf8(bytes(value)?.to_vec()).map_err(|_| "is not UTF-8".to_owned())
+}
+
+fn uuid(value: &Value) -> Result<Uuid, String> {
+    Uuid::from_slice(bytes(value)?).map_err(|e| e.to_string())
+}
+
+fn int4(value: &Value) -> Result<u32, String> {
+    let b: [u8; 4] = bytes(value)?
+        .try_into()
+        .map_err(|_| "is not a 4-byte integer".to_owned())?;
+    u32::try_from(i32::from_be_bytes(b)).map_err(|_| "is negative".to_owned())
+}
+
+fn time(value: &Value) -> Result<DateTime<Utc>, String> {
+    let b: [u8; 8] = bytes(value)?
+        .try_into()
+        .map_err(|_| "is not an 8-byte timestamp".to_owned())?;
+    pg_time(i64::from_be_bytes(b)).ok_or_else(|| "is out of range".to_owned())
+}
+
+/// A `jsonb` value in its binary form: a version byte (1), then the JSON text.
+fn json(value: &Value) -> Result<serde_json::Value, String> {
+    let b = bytes(value)?;
+    let body = match (value, b.split_first()) {
+        (Value::Binary(_), Some((1, body))) => body,
+        (Value::Binary(_), _) => return Err("has an unknown jsonb version".into()),
+        _ => b,
+    };
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+fn optional<T>(
+    value: Option<&Value>,
+    read: impl Fn(&Value) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => read(v).map(Some),
+    }
+}
+
+/// The event of a streamed row, or what is wrong with it.
+fn event_from(id: EventId, fields: &mut HashMap<&str, Value>) -> Result<OutboxEvent, String> {
+    let get = |name: &'static str| {
+        fields
+            .get(name)
+            .ok_or_else(|| format!("column {name} is missing"))
+    };
+    let field = |name: &'static str, e: String| format!("{name} {e}");
+    let headers: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(json(get("headers")?).map_err(|e| field("headers", e))?)
+            .map_err(|e| field("headers", e.to_string()))?;
+    let created_at = time(get("created_at")?).map_err(|e| field("created_at", e))?;
+    let max_attempts = int4(get("max_attempts")?).map_err(|e| field("max_attempts", e))?;
+    let next_attempt_at = time(get("next_attempt_at")?).map_err(|e| field("next_attempt_at", e))?;
+    let mut lifecycle = Lifecycle::pending(max_attempts, next_attempt_at);
+    lifecycle.attempts = int4(get("attempts")?).map_err(|e| field("attempts", e))?;
+    Ok(OutboxEvent {
+        id,
+        event_type: text(get("event_type")?).map_err(|e| field("event_type", e))?,
+        aggregate_type: text(get("aggregate_type")?).map_err(|e| field("aggregate_type", e))?,
+        aggregate_id: text(get("aggregate_id")?).map_err(|e| field("aggregate_id", e))?,
+        payload: json(get("payload")?).map_err(|e| field("payload", e))?,
+        headers,
+        idempotency_key: optional(fields.get("idempotency_key"), text)
+            .map_err(|e| field("idempotency_key", e))?,
+        ordering_key: optional(fields.get("ordering_key"), text)
+            .map_err(|e| field("ordering_key", e))?,
+        lifecycle,
+        created_at,
+        updated_at: time(get("updated_at")?).map_err(|e| field("updated_at", e))?,
+    })
+}
+
+#[async_trait]
+impl EventStream for PgStream {
+    async fn next_batch(&mut self, max: usize) -> Result<StreamBatch, StoreError> {
+        let limit = i32::try_from(max.max(1)).unwrap_or(i32::MAX);
+        let slot = self.slot.clone();
+        let publication = self.publication.clone();
+        let conn = self.conn().await?;
+        // Everything written before this point is decoded by the peek below (it reads to the
+        // end of the WAL): a batch that does not fill up may confirm up to it, past
+        // transactions that touched no outbox row, so an idle outbox holds back no WAL.
+        let flushed: Result<String, _> =
+            sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
+                .fetch_one(&mut *conn)
+                .await;
+        let rows = match flushed {
+            Ok(flushed) => sqlx::query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                 'proto_version', '1', 'publication_names', $3, 'binary', 'true')",
+            )
+            .bind(&slot)
+            .bind(limit)
+            .bind(&publication)
+            .fetch_all(&mut *conn)
+            .await
+            .map(|rows| (flushed, rows)),
+            Err(e) => Err(e),
+        };
+        let (flushed, rows) = self.reset_on(rows)?;
+        let now = self.store.local_now();
+        let full = rows.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut batch = StreamBatch {
+            full,
+            ..StreamBatch::default()
+        };
+        let mut last_end = None;
+        for row in &rows {
+            let data: &[u8] = row.try_get(0).map_err(db_error)?;
+            let message = pgoutput::decode(data).map_err(|e| StoreError::Backend {
+                source: e.to_string().into(),
+            })?;
+            match message {
+                Message::Begin { commit_time, .. } => {
+                    if batch.first_commit.is_none() {
+                        batch.first_commit = pg_time(commit_time);
+                    }
+                }
+                Message::Commit { end_lsn } => last_end = Some(end_lsn),
+                Message::Relation {
+                    id,
+                    namespace,
+                    name,
+                    columns,
+                } => {
+                    let ours =
+                        namespace == self.store.config.schema && name == self.store.config.table;
+                    self.relations.insert(
+                        id,
+                        Relation {
+                            ours,
+                            columns: columns.into_iter().map(|c| c.name).collect(),
+                        },
+                    );
+                }
+                Message::Insert { relation, values } => {
+                    let Some(rel) = self.relations.get(&relation).filter(|r| r.ours) else {
+                        continue;
+                    };
+                    let rel = rel.clone();
+                    if let Some(streamed) = self.decode_insert(&rel, values, now) {
+                        batch.events.push(streamed);
+                    }
+                }
+                Message::Other(_) => {}
+            }
+        }
+        let mut position = last_end.unwrap_or(self.confirmed);
+        if !full {
+            position = position.max(parse_lsn(&flushed).unwrap_or(0));
+        }
+        batch.position = StreamPosition(position.max(self.confirmed));
+        self.mark_holds(&mut batch.events).await?;
+        self.batch = batch
+            .events
+            .iter()
+            .map(|s| (s.event.id, s.event.ordering_key.clone()))
+            .collect();
+        Ok(batch)
+    }
+
+    async fn take(
+        &mut self,
+        lease: &Lease,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = self.store.config.qualified_table();
+        let sql = format!(
+            "UPDATE {t} SET status = 'in_flight', lease_id = $1, locked_by = $2, \
+             locked_until = {until}, head_key = ordering_key, updated_at = {n} \
+             WHERE id = ANY($5) AND status = '{STREAMING}' RETURNING id",
+            until = "(COALESCE($6::timestamptz, statement_timestamp()) + ($3::timestamptz - $4::timestamptz))",
+            n = "COALESCE($6::timestamptz, statement_timestamp())",
+        );
+        let taken: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(lease.id.as_uuid())
+            .bind(&lease.holder)
+            .bind(lease.until)
+            .bind(now)
+            .bind(ids.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>())
+            .bind(self.store.injected_now())
+            .fetch_all(&self.store.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(taken.into_iter().map(EventId::from_uuid).collect())
+    }
+
+    async fn hold(&mut self, ids: &[EventId], _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let t = self.store.config.qualified_table();
+        let n = "COALESCE($2::timestamptz, statement_timestamp())";
+        let (keyed, plain): (Vec<EventId>, Vec<EventId>) = ids
+            .iter()
+            .partition(|id| self.batch.get(id).is_some_and(Option::is_some));
+        let mut tx = self.store.pool.begin().await.map_err(db_error)?;
+        let mut handed = 0;
+        if !plain.is_empty() {
+            let sql = format!(
+                "UPDATE {t} SET status = 'pending', updated_at = {n} \
+                 WHERE id = ANY($1) AND status = '{STREAMING}'"
+            );
+            handed += sqlx::query(AssertSqlSafe(sql))
+                .bind(plain.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>())
+                .bind(self.store.injected_now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        // One by one, in commit order: each is admitted at the back of its key's queue.
+        let one = format!(
+            "UPDATE {t} SET status = 'pending', updated_at = {n} \
+             WHERE id = $1 AND status = '{STREAMING}'"
+        );
+        for id in keyed {
+            handed += sqlx::query(AssertSqlSafe(one.clone()))
+                .bind(id.as_uuid())
+                .bind(self.store.injected_now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(handed)
+    }
+
+    async fn confirm(
+        &mut self,
+        position: StreamPosition,
+        delivered: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if !delivered.is_empty() {
+            let t = self.store.config.qualified_table();
+            let n = "COALESCE($2::timestamptz, statement_timestamp())";
+            // Delivered events leave the table at once, their delivery recorded by the slot's
+            // position; those with an idempotency key stay, delivered, so the key goes on
+            // refusing duplicates until the retention sweep.
+            let sql = format!(
+                "WITH gone AS (DELETE FROM {t} WHERE id = ANY($1) AND status = '{STREAMING}' \
+                 AND idempotency_key IS NULL) \
+                 UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
+                 delivered_at = {n}, updated_at = {n} \
+                 WHERE id = ANY($1) AND status = '{STREAMING}' AND idempotency_key IS NOT NULL"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(delivered.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>())
+                .bind(self.store.injected_now())
+                .execute(&self.store.pool)
+                .await
+                .map_err(db_error)?;
+        }
+        if position.0 > self.confirmed {
+            let slot = self.slot.clone();
+            let conn = self.conn().await?;
+            let advanced = sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
+                .bind(&slot)
+                .bind(lsn_text(position.0))
+                .execute(&mut *conn)
+                .await;
+            self.reset_on(advanced)?;
+            self.confirmed = position.0;
+        }
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+impl PgStream {
+    /// Marks the events that must go through the table's path: their type is paused, or their
+    /// ordering key has an event there already.
+    async fn mark_holds(&mut self, events: &mut [Streamed]) -> Result<(), StoreError> {
+        if events.iter().all(|s| s.hold.is_some()) {
+            return Ok(());
+        }
+        let paused: HashSet<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT event_type FROM {}",
+            self.store.config.qualified_paused()
+        )))
+        .fetch_all(&self.store.pool)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .collect();
+        let keys: Vec<&str> = events
+            .iter()
+            .filter_map(|s| s.event.ordering_key.as_deref())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let waiting: HashSet<String> = if keys.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT head_key FROM {} WHERE head_key = ANY($1)",
+                self.store.config.qualified_table()
+            )))
+            .bind(keys)
+            .fetch_all(&self.store.pool)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .collect()
+        };
+        for s in events.iter_mut().filter(|s| s.hold.is_none()) {
+            if paused.contains(&s.event.event_type) {
+                s.hold = Some(HoldReason::Paused);
+            } else if s
+                .event
+                .ordering_key
+                .as_ref()
+                .is_some_and(|k| waiting.contains(k))
+            {
+                s.hold = Some(HoldReason::KeyWaiting);
+            }
+        }
+        Ok(())
+    }
+}
