@@ -45,6 +45,7 @@
 mod clock;
 mod config;
 pub mod metrics;
+mod stream;
 mod worker;
 
 pub use clock::TokioClock;

@@ -13,6 +13,7 @@
 //! | [`BATCHES`] | counter | — | batches claimed |
 //! | [`RECLAIMED`] | counter | — | expired leases taken back from other workers |
 //! | [`STORE_ERRORS`] | counter | — | store calls that failed (the worker backs off and tries again) |
+//! | [`STREAM_LAG_SECONDS`] | gauge | — | age of the oldest commit in the batch a stream reader is delivering; 0 when caught up |
 
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub const BATCHES: &str = "outbox_batches_total";
 pub const RECLAIMED: &str = "outbox_reclaimed_total";
 /// Counter: failed store calls.
 pub const STORE_ERRORS: &str = "outbox_store_errors_total";
+/// Gauge: how long ago the oldest transaction of the batch being delivered from a stream
+/// committed; 0 while the stream is caught up.
+pub const STREAM_LAG_SECONDS: &str = "outbox_stream_lag_seconds";
 
 /// The `outcome` label of one delivery.
 pub(crate) fn delivery_outcome(result: &Result<(), DeliveryError>) -> &'static str {

@@ -58,6 +58,9 @@ pub struct WorkerReport {
     pub reclaimed: u64,
     /// Delivered events deleted by the retention sweep.
     pub purged: u64,
+    /// Streamed events handed to the table's own path untried (their key waiting behind an
+    /// earlier event, not due yet, their type paused), by [`Worker::stream`].
+    pub held: u64,
 }
 
 impl AddAssign for WorkerReport {
@@ -71,6 +74,7 @@ impl AddAssign for WorkerReport {
         self.lease_lost += o.lease_lost;
         self.reclaimed += o.reclaimed;
         self.purged += o.purged;
+        self.held += o.held;
     }
 }
 
@@ -80,10 +84,10 @@ impl AddAssign for WorkerReport {
 /// everything due now and returns, for tests and one-shot jobs. Many workers, in one process or
 /// many, may share a store: claims are leased and fenced.
 pub struct Worker<S, T> {
-    store: Arc<S>,
-    transport: Arc<T>,
-    config: WorkerConfig,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<S>,
+    pub(crate) transport: Arc<T>,
+    pub(crate) config: WorkerConfig,
+    pub(crate) clock: Arc<dyn Clock>,
     rng: Mutex<Box<dyn RandomSource>>,
 }
 
@@ -94,7 +98,7 @@ enum Hold {
 }
 
 /// How one delivery ended.
-enum Delivery {
+pub(crate) enum Delivery {
     Delivered,
     Failed(DeliveryError),
 }
@@ -457,7 +461,7 @@ where
 
     /// Decides what becomes of each event of a batch: delivered, failed (retried with backoff,
     /// or dead), deferred (its destination paused) or released (never started).
-    fn settle(
+    pub(crate) fn settle(
         &self,
         outcomes: Vec<(EventId, Delivery)>,
         lifecycles: &HashMap<EventId, Lifecycle>,
@@ -534,7 +538,7 @@ where
     /// Writes a leased batch's outcomes: one ack, one nack, one defer and one release call at
     /// most, each tried even when another failed (the first error is returned after all), and
     /// counts what the store reports it did.
-    async fn record(
+    pub(crate) async fn record(
         &self,
         lease: LeaseId,
         settlement: Settlement,
