@@ -38,6 +38,9 @@ impl PgStore {
     /// connection of its own), through which it hears the workers say so.
     pub async fn begin(&self) -> Result<PgTransaction, StoreError> {
         self.start_listener();
+        self.notifier
+            .read_mode_once(&self.pool, &self.config.schema, &self.config.table)
+            .await;
         let tx = self
             .pool
             .begin_with("BEGIN; SET LOCAL outbox.notify = 'off'")
@@ -289,6 +292,8 @@ impl PgTransaction {
             mut tx,
             emitted,
         } = self;
+        // A streamed table's events are read from the log: nobody waits for a wake-up.
+        let emitted = emitted && !store.notifier.streamed();
         let inside = emitted && store.notifier.committing();
         let channel = &store.sql.channel;
         let committed = async {

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::notify::{self, IDLE, Notifier};
+use crate::notify::{self, IDLE, Notifier, STREAMING_OFF, STREAMING_ON};
 
 /// Pause before reconnecting a listener whose connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -32,6 +32,9 @@ pub(crate) struct Context {
     pub(crate) pool: PgPool,
     pub(crate) channel: String,
     pub(crate) notifier: Arc<Notifier>,
+    /// The table's schema and name, to read its mode (streamed or claimed) on connecting.
+    pub(crate) schema: String,
+    pub(crate) table: String,
 }
 
 impl Listener {
@@ -105,7 +108,15 @@ async fn listen(
         pool,
         channel,
         notifier,
+        schema,
+        table,
     } = &context;
+    // Announcements of a switch may have been missed while disconnected: read the mode.
+    let read_mode = || async {
+        if let Ok(on) = crate::stream::table_streaming_on(pool, schema, table).await {
+            notifier.set_streamed(on);
+        }
+    };
     let wake = || {
         // Our workers may be woken: they announce again if they find nothing.
         announced.store(false, Ordering::SeqCst);
@@ -129,6 +140,7 @@ async fn listen(
             continue;
         }
         debug!(%channel, "outbox listener connected");
+        read_mode().await;
         notifier.listening(true, pool, channel);
         wake();
         loop {
@@ -136,10 +148,17 @@ async fn listen(
                 Ok(Some(message)) if message.payload() == IDLE => {
                     notifier.worker_idle(pool, channel);
                 }
+                Ok(Some(message)) if message.payload() == STREAMING_ON => {
+                    notifier.set_streamed(true);
+                }
+                Ok(Some(message)) if message.payload() == STREAMING_OFF => {
+                    notifier.set_streamed(false);
+                }
                 Ok(Some(_)) => wake(),
                 // The connection was lost and made anew (notifications meanwhile are lost).
                 Ok(None) => {
                     debug!(%channel, "outbox listener lost its connection; reconnected");
+                    read_mode().await;
                     notifier.listening(true, pool, channel);
                     wake();
                 }

@@ -28,6 +28,11 @@ use sqlx::PgPool;
 pub(crate) const PAYLOAD: &str = "commit";
 /// The payload of a worker's announcement that it ran out of work; not a wake-up.
 pub(crate) const IDLE: &str = "idle";
+/// The payload saying the table was switched to the log-reading relay: producers stop waking
+/// anyone. Not a wake-up.
+pub(crate) const STREAMING_ON: &str = "streaming";
+/// The payload saying the table was switched back to claims: producers wake workers again.
+pub(crate) const STREAMING_OFF: &str = "claiming";
 
 /// Whether a commit of new events that did not wake the workers from inside wakes them after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +120,39 @@ pub(crate) struct Notifier {
     pending: AtomicBool,
     /// A task is sending notifications.
     running: AtomicBool,
+    /// The table is read by the log-reading relay: commits wake nobody (nobody waits for
+    /// them), so producers send no notification at all.
+    streamed: AtomicBool,
+    /// Whether the table's mode has been read since the store was made (on its first
+    /// transaction); the listener keeps it up to date after.
+    mode_read: tokio::sync::OnceCell<()>,
 }
 
 impl Notifier {
+    /// Whether the table is streamed (producers then send nothing).
+    pub(crate) fn streamed(&self) -> bool {
+        self.streamed.load(Ordering::SeqCst)
+    }
+
+    /// Records the table's mode, as read or announced.
+    pub(crate) fn set_streamed(&self, on: bool) {
+        self.streamed.store(on, Ordering::SeqCst);
+    }
+
+    /// Reads the table's mode once per store, before its first transaction's commit.
+    pub(crate) async fn read_mode_once(&self, pool: &PgPool, schema: &str, table: &str) {
+        self.mode_read
+            .get_or_init(|| async {
+                match crate::stream::table_streaming_on(pool, schema, table).await {
+                    Ok(on) => self.set_streamed(on),
+                    // Unknown: keep waking as a claim-based table needs; the listener reads
+                    // it again when it connects.
+                    Err(error) => tracing::debug!(%error, "reading the outbox table's mode failed"),
+                }
+            })
+            .await;
+    }
+
     /// Events are about to be committed through the store: whether to wake the workers from
     /// inside the transaction. Then report a failed commit to
     /// [`wake_failed`](Self::wake_failed); otherwise report the commit to

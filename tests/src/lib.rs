@@ -7,3 +7,4 @@
 pub mod conformance;
 pub mod harness;
 pub mod kafka;
+pub mod logical;

@@ -1,0 +1,486 @@
+//! The log-reading relay on a scratch PostgreSQL cluster with `wal_level = logical` (created by
+//! each test on a spare port and dropped after; see `outbox_tests::logical`): commit order per
+//! key over concurrent producers, no notification from producers, failures handed to the
+//! table's path without stopping the stream, a reader killed mid-stream, the database crashed
+//! mid-stream, and a slot dropped from under the reader.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{
+    DeliveryError, Emit, EventId, NewEvent, OutboxEvent, OutboxStoreExt, RetryPolicy, Status,
+    Transport,
+};
+use outbox_postgres::{PgConfig, PgStore};
+use outbox_tests::logical::Cluster;
+use outbox_worker::{Worker, WorkerError, WorkerReport};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a test waits for something that should take well under a second; a guard.
+const GUARD: Duration = Duration::from_secs(60);
+const SLOT: &str = "outbox_test";
+
+/// Records what it is given; fails an event whose payload says `"fail": n` its first `n`
+/// times, and parks any delivery of an event whose payload says `"stall": true`.
+#[derive(Clone, Default)]
+struct Recorder {
+    delivered: Arc<Mutex<Vec<OutboxEvent>>>,
+    failures: Arc<Mutex<HashMap<EventId, u64>>>,
+    /// Delivers stalling events at once when set.
+    no_stall: bool,
+}
+
+impl Recorder {
+    fn ids(&self) -> Vec<EventId> {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    }
+    fn count(&self) -> usize {
+        self.delivered.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl Transport for Recorder {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        if event.payload["stall"] == json!(true) && !self.no_stall {
+            std::future::pending::<()>().await;
+        }
+        if let Some(n) = event.payload["fail"].as_u64() {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(event.id).or_default();
+            if *seen < n {
+                *seen += 1;
+                return Err(DeliveryError::retryable(format!(
+                    "refused {} time(s)",
+                    *seen
+                )));
+            }
+        }
+        self.delivered.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+async fn store_on(cluster: &Cluster) -> PgStore {
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&cluster.url())
+        .await
+        .unwrap();
+    let store = PgStore::new(pool, PgConfig::new()).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn stream_worker(store: &PgStore, transport: Recorder) -> Worker<PgStore, Recorder> {
+    Worker::builder(store.clone(), transport)
+        .batch_size(200)
+        .concurrency(8)
+        .poll_interval(Duration::from_millis(10))
+        .error_backoff(Duration::from_millis(100))
+        .retry_policy(RetryPolicy::immediate())
+        .build()
+        .unwrap()
+}
+
+fn spawn_stream(
+    store: &PgStore,
+    transport: Recorder,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<WorkerReport, WorkerError>>,
+) {
+    let cancel = CancellationToken::new();
+    let worker = stream_worker(store, transport);
+    let source = store.stream(SLOT).unwrap();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { worker.stream(source, stop).await });
+    (cancel, task)
+}
+
+/// Polls until `done` holds (a bounded wait on an outcome, not a pace).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn event(key: Option<&str>, payload: serde_json::Value) -> NewEvent {
+    let mut b = NewEvent::builder("order.changed", "order", key.unwrap_or("none")).payload(payload);
+    if let Some(key) = key {
+        b = b.ordering_key(key);
+    }
+    b.build().unwrap()
+}
+
+async fn emit(store: &PgStore, events: Vec<NewEvent>) -> Vec<EventId> {
+    let mut tx = store.begin().await.unwrap();
+    let ids = tx
+        .emit_all(events)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id())
+        .collect();
+    tx.commit().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_events_arrive_in_commit_order_per_key_without_a_notification() {
+    let cluster = Cluster::start();
+    let store = store_on(&cluster).await;
+    let setup = store.start_streaming(SLOT).await.unwrap();
+    assert!(setup.created_publication && setup.created_slot && setup.switched);
+    let again = store.start_streaming(SLOT).await.unwrap();
+    assert_eq!(again, Default::default(), "a second start changes nothing");
+
+    // Producers notify nobody: the trigger is off and `begin` sends nothing after commit.
+    let mut listener = sqlx::postgres::PgListener::connect(&cluster.url())
+        .await
+        .unwrap();
+    listener.listen(&store.config().channel()).await.unwrap();
+
+    // Each key's counter row is locked until its producer commits, so the counter's order
+    // is the commit order of the key's events.
+    sqlx::query("CREATE TABLE counters (key text PRIMARY KEY, n int NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..6).map(|k| format!("k{k}")).collect();
+    for k in &keys {
+        sqlx::query("INSERT INTO counters VALUES ($1, 0)")
+            .bind(k)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let transport = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, transport.clone());
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let store = store.clone();
+        let keys = keys.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..50u64 {
+                let key = &keys[((p * 7 + i * 5) % keys.len() as u64) as usize];
+                let mut tx = store.begin().await.unwrap();
+                let n: i32 =
+                    sqlx::query_scalar("UPDATE counters SET n = n + 1 WHERE key = $1 RETURNING n")
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
+                tx.emit(event(Some(key), json!({ "n": n }))).await.unwrap();
+                // Unkeyed events in between, and one rolled back now and then.
+                tx.emit(event(None, json!({ "p": p, "i": i })))
+                    .await
+                    .unwrap();
+                if i % 10 == 9 {
+                    tx.rollback().await.unwrap();
+                    sqlx::query("UPDATE counters SET n = n + 1 WHERE key = $1")
+                        .bind(key)
+                        .execute(store.pool())
+                        .await
+                        .unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                }
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    // 4 × 50 transactions, 20 rolled back, 2 events each.
+    until("360 events", || transport.count() >= 360).await;
+    cancel.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(transport.count(), 360, "each committed event exactly once");
+    assert_eq!(report.delivered, 360);
+    assert_eq!((report.retried, report.held), (0, 0));
+
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in transport.delivered.lock().unwrap().iter() {
+        if let Some(k) = &e.ordering_key {
+            per_key
+                .entry(k.clone())
+                .or_default()
+                .push(e.payload["n"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(per_key.len(), keys.len());
+    for (key, ns) in &per_key {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, &sorted, "key {key} out of commit order");
+    }
+
+    // Anything sent on the channel would be read before this query's answer.
+    sqlx::query("SELECT 1")
+        .execute(&mut listener)
+        .await
+        .unwrap();
+    let heard = listener.next_buffered();
+    assert!(heard.is_none(), "a producer sent a notification: {heard:?}");
+    // Delivered events without an idempotency key left the table; the slot has confirmed.
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_event")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let status = store.stream_status(SLOT).await.unwrap();
+    assert!(status.exists && status.table_streaming);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_event_goes_to_the_table_and_later_events_of_its_key_wait_behind_it() {
+    let cluster = Cluster::start();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let transport = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, transport.clone());
+
+    let failing = emit(&store, vec![event(Some("a"), json!({ "n": 1, "fail": 1 }))]).await[0];
+    let mut later = Vec::new();
+    for n in 2..=4 {
+        later.extend(emit(&store, vec![event(Some("a"), json!({ "n": n }))]).await);
+        emit(&store, vec![event(Some("b"), json!({ "n": n }))]).await;
+    }
+    // Key b and unkeyed events go on streaming past the failure.
+    until("key b", || transport.count() >= 3).await;
+    let table_state = async |id| store.fetch(id).await.unwrap();
+    let failed = table_state(failing).await;
+    assert_eq!(failed.status(), Status::Pending);
+    assert_eq!(failed.attempts(), 1);
+    assert!(
+        failed
+            .lifecycle
+            .last_error
+            .unwrap()
+            .contains("refused 1 time")
+    );
+    for id in &later {
+        assert_eq!(
+            table_state(*id).await.status(),
+            Status::Waiting,
+            "key a waits behind its failed event"
+        );
+    }
+    // An event of key a committed now still waits (the key has a head in the table).
+    let newest = emit(&store, vec![event(Some("a"), json!({ "n": 5 }))]).await[0];
+    emit(&store, vec![event(None, json!({ "marker": true }))]).await;
+    until("the marker", || transport.count() >= 4).await;
+    assert_eq!(table_state(newest).await.status(), Status::Waiting);
+    cancel.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!((report.retried, report.held), (1, 4));
+
+    // The ordinary worker delivers key a from the table, in order.
+    let worker = stream_worker(&store, transport.clone());
+    worker.run_until_idle().await.unwrap();
+    let a: Vec<i64> = transport
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.ordering_key.as_deref() == Some("a"))
+        .map(|e| e.payload["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(a, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_killed_mid_stream_resumes_from_the_confirmed_position() {
+    let cluster = Cluster::start();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let first = Recorder::default();
+    let (_cancel, task) = spawn_stream(&store, first.clone());
+    let early: Vec<EventId> = emit(
+        &store,
+        (0..50).map(|n| event(None, json!({ "n": n }))).collect(),
+    )
+    .await;
+    until("the first 50", || first.count() == 50).await;
+    // A batch that never finishes delivering: the reader is killed inside it.
+    let stalled = emit(
+        &store,
+        vec![
+            event(None, json!({ "n": 50 })),
+            event(None, json!({ "stall": true })),
+        ],
+    )
+    .await;
+    until("the delivery before the stall", || first.count() == 51).await;
+    task.abort();
+    let _ = task.await;
+    // Committed while no reader runs.
+    let late: Vec<EventId> = emit(
+        &store,
+        (0..50)
+            .map(|n| event(None, json!({ "n": 100 + n })))
+            .collect(),
+    )
+    .await;
+
+    let second = Recorder {
+        no_stall: true,
+        ..Recorder::default()
+    };
+    let (cancel, task) = spawn_stream(&store, second.clone());
+    until("everything after the kill", || second.count() >= 52).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let again: HashSet<EventId> = second.ids().into_iter().collect();
+    // Nothing confirmed was read again; the unconfirmed batch was, whole.
+    assert!(early.iter().all(|id| !again.contains(id)));
+    assert!(stalled.iter().all(|id| again.contains(id)));
+    assert!(late.iter().all(|id| again.contains(id)));
+    assert_eq!(second.count(), 52);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_crashing_mid_stream_loses_nothing() {
+    let cluster = Cluster::start();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let transport = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, transport.clone());
+    let mut emitted = Vec::new();
+    for chunk in 0..10 {
+        emitted.extend(
+            emit(
+                &store,
+                (0..50)
+                    .map(|n| event(Some(&format!("k{}", n % 5)), json!({ "n": chunk * 50 + n })))
+                    .collect(),
+            )
+            .await,
+        );
+    }
+    until("some deliveries", || transport.count() > 0).await;
+    cluster.crash();
+    cluster.restart();
+    for chunk in 10..20 {
+        let events: Vec<NewEvent> = (0..50)
+            .map(|n| event(Some(&format!("k{}", n % 5)), json!({ "n": chunk * 50 + n })))
+            .collect();
+        // The pool's connections died with the server: retry until it answers again.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let attempt = async {
+                let mut tx = store.begin().await?;
+                let ids = tx.emit_all(events.clone()).await?;
+                tx.commit().await?;
+                Ok::<_, outbox_core::StoreError>(ids)
+            };
+            match attempt.await {
+                Ok(ids) => {
+                    emitted.extend(ids.into_iter().map(|e| e.id()));
+                    break;
+                }
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    let want: HashSet<EventId> = emitted.iter().copied().collect();
+    until("every event", || {
+        let got: HashSet<EventId> = transport.ids().into_iter().collect();
+        want.is_subset(&got)
+    })
+    .await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    // Per key, the first delivery of each event is in emit order.
+    let mut seen = HashSet::new();
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in transport.delivered.lock().unwrap().iter() {
+        if seen.insert(e.id) {
+            per_key
+                .entry(e.ordering_key.clone().unwrap())
+                .or_default()
+                .push(e.payload["n"].as_i64().unwrap());
+        }
+    }
+    for (key, ns) in per_key {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted, "key {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_from_under_the_reader_fails_clearly_and_migrate_recovers() {
+    let cluster = Cluster::start();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let transport = Recorder::default();
+    let (_cancel, task) = spawn_stream(&store, transport.clone());
+    emit(&store, vec![event(None, json!({ "n": 0 }))]).await;
+    until("the first event", || transport.count() == 1).await;
+    // The reader holds the slot only while it reads: drop it between two reads.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while let Err(e) = sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(SLOT)
+        .execute(store.pool())
+        .await
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{e}");
+    }
+    let lost = emit(
+        &store,
+        (1..=3).map(|n| event(None, json!({ "n": n }))).collect(),
+    )
+    .await;
+    let error = tokio::time::timeout(GUARD, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect_err("the reader stops");
+    let message = error.to_string();
+    assert!(
+        message.contains(SLOT) && message.contains("outbox migrate"),
+        "{message}"
+    );
+
+    // Setting up again creates the slot and hands what it had not confirmed to the table.
+    let setup = store.start_streaming(SLOT).await.unwrap();
+    assert!(setup.created_slot && !setup.switched);
+    assert_eq!(setup.handed_back, 3);
+    stream_worker(&store, transport.clone())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let got: HashSet<EventId> = transport.ids().into_iter().collect();
+    assert!(lost.iter().all(|id| got.contains(id)));
+}
+
+#[tokio::test]
+async fn a_server_without_logical_wal_is_refused_naming_the_setting() {
+    use outbox_tests::conformance::Harness;
+    let h = outbox_tests::harness::PgHarness::new().await;
+    let error = h.store().start_streaming(SLOT).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("wal_level = logical"), "{message}");
+    h.cleanup().await;
+}
