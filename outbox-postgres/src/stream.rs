@@ -78,7 +78,7 @@ pub struct SlotStatus {
     pub slot: String,
     /// Whether the slot exists.
     pub exists: bool,
-    /// Whether a reader is holding it right now.
+    /// Whether a reader holds it (reading now, or between two reads).
     pub active: bool,
     /// Bytes of WAL written since the confirmed position: what a reader has yet to go through.
     pub lag_bytes: i64,
@@ -247,8 +247,13 @@ impl PgStore {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let table_streaming =
             table_streaming(&mut conn, &self.config.schema, &self.config.table).await?;
+        // The reader holds the slot itself only while it reads; between reads, its advisory
+        // lock on the slot's name says it is there.
         let row = sqlx::query(
-            "SELECT active, wal_status::text, \
+            "SELECT active OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND objsubid = 1 AND granted \
+             AND ((classid::int8 << 32) | objid::int8) = hashtextextended('outbox-stream:' || $1, 0)), \
+             wal_status::text, \
              COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8, \
              COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 \
              FROM pg_replication_slots WHERE slot_name = $1",

@@ -702,6 +702,12 @@ impl RunningWorker {
         first_error.map_or(Ok(total), Err)
     }
 
+    /// Whether the worker's task has ended (a stream reader stops by itself on an error no
+    /// retry can fix; [`shutdown`](Self::shutdown) then returns it).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the worker gracefully (see [`Worker::run`]) and returns what it did.
     pub async fn shutdown(self) -> Result<WorkerReport, WorkerError> {
         self.cancel.cancel();
@@ -719,6 +725,15 @@ where
         let cancel = CancellationToken::new();
         let token = cancel.clone();
         let task = tokio::spawn(async move { self.run(token).await });
+        RunningWorker { cancel, task }
+    }
+
+    /// Delivers from `source` ([`Worker::stream`]) in a new tokio task until
+    /// [`RunningWorker::shutdown`].
+    pub fn spawn_stream<E: outbox_core::EventStream + 'static>(self, source: E) -> RunningWorker {
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move { self.stream(source, token).await });
         RunningWorker { cancel, task }
     }
 }

@@ -78,6 +78,66 @@ pub struct RelayConfig {
     pub claim: Claim,
     /// Backoff between attempts, and a cap on attempts.
     pub retry: RetryConfig,
+    /// Where new events are read from: `claim` (the table) or `stream` (the write-ahead log).
+    pub mode: Mode,
+    /// The log-reading relay's settings (`mode = "stream"`).
+    pub stream: StreamConfig,
+}
+
+/// `relay.mode`: how the relay finds new events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Workers claim due events from the table, woken by LISTEN/NOTIFY.
+    #[default]
+    Claim,
+    /// One reader streams committed events from a logical replication slot, in commit order;
+    /// workers deliver only what is handed to the table (retries, delayed events, paused
+    /// types). Needs `wal_level = logical`; see docs/stream.md.
+    Stream,
+}
+
+/// `[relay.stream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// The logical replication slot read (created by `outbox migrate`).
+    pub slot: String,
+    /// How often an idle stream is read, in milliseconds.
+    pub poll_ms: u64,
+    /// Events per read (whole transactions: a larger transaction is read whole).
+    pub batch_size: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            slot: "outbox_relay".into(),
+            poll_ms: 10,
+            batch_size: 1000,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The stream reader's settings: the workers' (timeouts, retry policy, concurrency) with the
+    /// stream's batch size and poll interval, or an error naming the key.
+    pub fn stream_worker_config(&self) -> Result<WorkerConfig, ConfigError> {
+        let key = |k: &str, reason: &dyn std::fmt::Display| {
+            ConfigError(format!("relay.stream.{k}: {reason}"))
+        };
+        outbox_postgres::validate_slot(&self.stream.slot).map_err(|e| key("slot", &e.reason()))?;
+        if self.stream.poll_ms == 0 || self.stream.poll_ms > 60_000 {
+            return Err(key("poll_ms", &"must be from 1 to 60000"));
+        }
+        if self.stream.batch_size == 0 || self.stream.batch_size > 100_000 {
+            return Err(key("batch_size", &"must be from 1 to 100000"));
+        }
+        let mut config = self.worker_config()?;
+        config.batch_size = self.stream.batch_size;
+        config.poll_interval = Duration::from_millis(self.stream.poll_ms);
+        Ok(config)
+    }
 }
 
 /// `relay.claim`: how a worker holds the events it claims (see `outbox_worker::ClaimMode`).
@@ -172,6 +232,8 @@ impl Default for RelayConfig {
             startup_timeout_secs: 60,
             claim: Claim::default(),
             retry: RetryConfig::default(),
+            mode: Mode::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -678,6 +740,27 @@ mod tests {
             Ok(c) => panic!("{toml} was accepted: {c:?}"),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn stream_settings_are_checked_with_the_key_named() {
+        let refused = |toml: &str| match relay(toml).stream_worker_config() {
+            Ok(c) => panic!("{toml} was accepted: {c:?}"),
+            Err(e) => e.0,
+        };
+        assert!(
+            refused("[relay.stream]\nslot = \"Outbox-Relay\"").starts_with("relay.stream.slot:")
+        );
+        assert!(refused("[relay.stream]\npoll_ms = 0").starts_with("relay.stream.poll_ms:"));
+        assert!(refused("[relay.stream]\nbatch_size = 0").starts_with("relay.stream.batch_size:"));
+        let ok = relay("mode = \"stream\"\n[relay.stream]\npoll_ms = 5\nbatch_size = 500")
+            .stream_worker_config()
+            .unwrap();
+        assert_eq!(
+            (ok.batch_size, ok.poll_interval),
+            (500, Duration::from_millis(5))
+        );
+        assert_eq!(relay("").mode, Mode::Claim);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The process's metrics are the workers' own (`outbox_worker::metrics`), recorded through the
 //! `metrics` facade into a Prometheus exporter; on each scrape the outbox table's gauges (events
-//! by status, oldest pending age) are read from the database and set beside them. Errors go to
+//! by status, oldest pending age, and in stream mode the slot's lag) are read from the database
+//! and set beside them. Errors go to
 //! the log; the endpoints answer with their status code and a word, never a database message
 //! (which can name hosts, users, schemas and tables).
 
@@ -24,6 +25,26 @@ const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 const EVENTS: &str = "outbox_events";
 /// Gauge: age of the oldest pending event in seconds.
 const OLDEST_PENDING: &str = "outbox_oldest_pending_age_seconds";
+/// Gauge: bytes of WAL the stream's slot has yet to read (`relay.mode = "stream"`).
+const SLOT_LAG: &str = "outbox_stream_slot_lag_bytes";
+/// Gauge: bytes of WAL the server keeps for the stream's slot.
+const SLOT_RETAINED: &str = "outbox_stream_slot_retained_bytes";
+/// Gauge: 1 while a reader holds the stream's slot, else 0.
+const SLOT_ACTIVE: &str = "outbox_stream_slot_active";
+
+/// The slot whose gauges a scrape reads, in stream mode.
+static SLOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Reports `slot`'s lag on every scrape from now on.
+pub fn watch_slot(slot: &str) {
+    let _ = SLOT.set(slot.to_owned());
+    metrics::describe_gauge!(SLOT_LAG, "Bytes of WAL the stream's slot has yet to read.");
+    metrics::describe_gauge!(
+        SLOT_RETAINED,
+        "Bytes of WAL the server keeps for the stream's slot."
+    );
+    metrics::describe_gauge!(SLOT_ACTIVE, "1 while a reader holds the stream's slot.");
+}
 
 /// Installs the process-wide Prometheus recorder (once, also when called from several threads
 /// at the same time) and returns its handle.
@@ -118,6 +139,12 @@ async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
         metrics::gauge!(EVENTS, "status" => s.as_str()).set(counts.get(s) as f64);
     }
     metrics::gauge!(OLDEST_PENDING).set(oldest);
+    if let Some(slot) = SLOT.get() {
+        let status = store.stream_status(slot).await?;
+        metrics::gauge!(SLOT_LAG).set(status.lag_bytes as f64);
+        metrics::gauge!(SLOT_RETAINED).set(status.retained_bytes as f64);
+        metrics::gauge!(SLOT_ACTIVE).set(if status.active { 1.0 } else { 0.0 });
+    }
     Ok(())
 }
 

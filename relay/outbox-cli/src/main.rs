@@ -449,9 +449,37 @@ async fn relay(
             return Ok(());
         }
     };
-    let (running, server) = started;
+    let (mut running, stream, server) = started;
 
-    let signal = signals.recv().await;
+    let signal = match stream {
+        None => signals.recv().await,
+        Some(stream) => {
+            // A stream reader stops by itself only on an error no retry can fix (its slot is
+            // gone): the relay stops with it, naming the error.
+            let mut check = tokio::time::interval(Duration::from_millis(200));
+            let signal = loop {
+                tokio::select! {
+                    signal = signals.recv() => break Some(signal),
+                    _ = check.tick() => if stream.is_finished() { break None },
+                }
+            };
+            match signal {
+                Some(signal) => {
+                    running.push(stream);
+                    signal
+                }
+                None => {
+                    let ended = stream.shutdown().await;
+                    let _ = outbox_worker::RunningWorker::shutdown_all(running).await;
+                    if let Some(server) = server {
+                        server.abort();
+                    }
+                    ended?;
+                    return Err("the stream reader stopped".into());
+                }
+            }
+        }
+    };
     info!("{signal}: stopping, finishing or releasing in-flight deliveries");
     // All workers stop claiming at once and drain side by side: one grace period in all.
     let total = outbox_worker::RunningWorker::shutdown_all(running).await?;
@@ -477,6 +505,7 @@ async fn start(
 ) -> Result<
     (
         Vec<outbox_worker::RunningWorker>,
+        Option<outbox_worker::RunningWorker>,
         Option<tokio::task::JoinHandle<()>>,
     ),
     CliError,
@@ -490,6 +519,10 @@ async fn start(
     }
     let r = &config.relay;
     let settings = r.worker_config()?;
+    let stream_settings = match r.mode {
+        config::Mode::Stream => Some(r.stream_worker_config()?),
+        config::Mode::Claim => None,
+    };
     if let Some(advice) = config.claim_advice() {
         warn!("{advice}");
     }
@@ -519,6 +552,35 @@ async fn start(
     // The table must be there, at this version, before workers start, or each would log the
     // same error forever.
     current_schema(&store, target).await?;
+    let slot = &r.stream.slot;
+    let streaming = store.stream_status(slot).await?;
+    match (r.mode, streaming.table_streaming, streaming.exists) {
+        (config::Mode::Stream, true, true) | (config::Mode::Claim, false, _) => {}
+        (config::Mode::Stream, _, _) => {
+            return Err(format!(
+                "relay.mode = \"stream\" but the outbox table is not set up for it (slot {slot:?} \
+                 {}, table {}): run `outbox migrate` with this config first",
+                if streaming.exists {
+                    "exists"
+                } else {
+                    "is missing"
+                },
+                if streaming.table_streaming {
+                    "streaming"
+                } else {
+                    "not streaming"
+                },
+            )
+            .into());
+        }
+        (config::Mode::Claim, true, _) => {
+            return Err(format!(
+                "the outbox table is set up for the log-reading relay: set relay.mode = \"stream\", \
+                 or run `outbox migrate` with relay.mode = \"claim\" to switch it back (slot {slot:?})"
+            )
+            .into());
+        }
+    }
     let admin_routes = if config.http.admin {
         let options = admin_options(&config, credentials)?;
         let store = store_with(&config, options, 4, Startup::within(Duration::ZERO)).await?;
@@ -539,8 +601,19 @@ async fn start(
             .build()?;
         running.push(worker.spawn());
     }
-    info!(workers = r.workers, table = %store.config().qualified_table(), "relay started");
-    Ok((running, server))
+    let stream = match stream_settings {
+        Some(settings) => {
+            http::watch_slot(slot);
+            let reader = Worker::builder(store.clone(), Arc::clone(&router))
+                .config(settings)
+                .worker_id(format!("{host}-{}-stream", std::process::id()))
+                .build()?;
+            Some(reader.spawn_stream(store.stream(slot)?))
+        }
+        None => None,
+    };
+    info!(workers = r.workers, mode = ?r.mode, table = %store.config().qualified_table(), "relay started");
+    Ok((running, stream, server))
 }
 
 /// Refuses a table that is missing or at an older schema version than this build's, naming
@@ -615,7 +688,13 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
     let config = load(&target)?;
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     let table = store.config().qualified_table();
+    let slot = &config.relay.stream.slot;
     if down {
+        if store.stream_status(slot).await?.exists {
+            // The slot would go on retaining WAL for a table that is gone.
+            store.stop_streaming(slot, true).await?;
+            writeln!(stdout(), "dropped replication slot {slot}")?;
+        }
         let n = store.migrate_down().await?;
         writeln!(stdout(), "reverted {n} migration(s); {table} is gone")?;
     } else {
@@ -625,6 +704,42 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
             "applied {n} migration(s); {table} is at version {}",
             outbox_postgres::LATEST_VERSION
         )?;
+        match config.relay.mode {
+            config::Mode::Stream => {
+                let setup = store.start_streaming(slot).await?;
+                let said = |created: bool| if created { "created" } else { "exists" };
+                writeln!(
+                    stdout(),
+                    "streaming: publication {} {}, slot {slot} {}, table {}",
+                    store.publication(),
+                    said(setup.created_publication),
+                    said(setup.created_slot),
+                    if setup.switched {
+                        "switched to streaming"
+                    } else {
+                        "already streaming"
+                    }
+                )?;
+                if setup.handed_back > 0 {
+                    writeln!(
+                        stdout(),
+                        "the slot was made anew: {} event(s) it had not confirmed were handed to \
+                         the workers",
+                        setup.handed_back
+                    )?;
+                }
+            }
+            config::Mode::Claim => {
+                if store.stream_status(slot).await?.table_streaming {
+                    let handed = store.stop_streaming(slot, true).await?;
+                    writeln!(
+                        stdout(),
+                        "switched back from streaming to claims: slot {slot} dropped, {handed} \
+                         event(s) handed to the workers"
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -645,6 +760,7 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         )?,
         None => writeln!(stdout(), "oldest pending: none")?,
     }
+    print_stream(&store, &config).await?;
     print_paused(&store).await?;
     let types = store.paused_types().await?;
     if !types.is_empty() {
@@ -672,6 +788,52 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// The log-reading relay's slot: lag, whether a relay reads it, and a loud warning for a slot
+/// nobody reads that keeps WAL (it fills the disk) or one that lost it.
+async fn print_stream(store: &PgStore, config: &Config) -> Result<(), CliError> {
+    let slot = &config.relay.stream.slot;
+    let status = store.stream_status(slot).await?;
+    if !status.exists && !status.table_streaming {
+        return Ok(());
+    }
+    writeln!(stdout())?;
+    if !status.exists {
+        writeln!(
+            stdout(),
+            "WARNING: the table is streaming but slot {slot} does not exist: run `outbox migrate`"
+        )?;
+        return Ok(());
+    }
+    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+    writeln!(
+        stdout(),
+        "stream slot {slot}: {} by a relay, lag {:.1} MiB, retaining {:.1} MiB of WAL ({})",
+        if status.active { "read" } else { "NOT read" },
+        mib(status.lag_bytes),
+        mib(status.retained_bytes),
+        status.wal_status.as_deref().unwrap_or("unknown"),
+    )?;
+    if matches!(status.wal_status.as_deref(), Some("lost" | "unreserved")) {
+        writeln!(
+            stdout(),
+            "WARNING: slot {slot} has lost (or is about to lose) WAL it needs: run `outbox \
+             migrate` to make it anew; its unconfirmed events go to the workers"
+        )?;
+    } else if !status.active && status.retained_bytes > ABANDONED_SLOT_BYTES {
+        writeln!(
+            stdout(),
+            "WARNING: no relay reads slot {slot} and the server keeps {:.0} MiB of WAL for it; \
+             it grows until the disk is full. Start a relay with relay.mode = \"stream\", or \
+             switch back with relay.mode = \"claim\" and `outbox migrate` (drops the slot)",
+            mib(status.retained_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+/// WAL retained by a slot nobody reads beyond which `outbox status` warns.
+const ABANDONED_SLOT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Routes a relay has paused (their circuit breaker is open): the pending events they gave back
 /// untried, by route, from the events' last error.
