@@ -41,6 +41,8 @@ mod sql;
 mod store;
 mod stream;
 #[cfg(feature = "testing")]
+pub mod scratch;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{MAX_TABLE_LEN, PgConfig, validate_identifier};

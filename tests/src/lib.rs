@@ -7,4 +7,15 @@
 pub mod conformance;
 pub mod harness;
 pub mod kafka;
-pub mod logical;
+
+/// A PostgreSQL cluster with `wal_level = logical` per test (the log-reading relay's tests).
+pub mod logical {
+    pub use outbox_postgres::scratch::Cluster;
+
+    /// A scratch cluster, or a panic with one line saying what is missing.
+    pub fn cluster() -> Cluster {
+        Cluster::start().unwrap_or_else(|e| {
+            panic!("cannot start a scratch PostgreSQL cluster with wal_level = logical: {e}")
+        })
+    }
+}

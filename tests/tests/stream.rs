@@ -16,7 +16,7 @@ use outbox_core::{
     Transport,
 };
 use outbox_postgres::{PgConfig, PgStore};
-use outbox_tests::logical::Cluster;
+use outbox_tests::logical::{Cluster, cluster};
 use outbox_worker::{Worker, WorkerError, WorkerReport};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -144,7 +144,7 @@ async fn emit(store: &PgStore, events: Vec<NewEvent>) -> Vec<EventId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_events_arrive_in_commit_order_per_key_without_a_notification() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let store = store_on(&cluster).await;
     let setup = store.start_streaming(SLOT).await.unwrap();
     assert!(setup.created_publication && setup.created_slot && setup.switched);
@@ -251,7 +251,7 @@ async fn concurrent_producers_events_arrive_in_commit_order_per_key_without_a_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_event_goes_to_the_table_and_later_events_of_its_key_wait_behind_it() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();
@@ -308,7 +308,7 @@ async fn a_failed_event_goes_to_the_table_and_later_events_of_its_key_wait_behin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_killed_mid_stream_resumes_from_the_confirmed_position() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let first = Recorder::default();
@@ -358,7 +358,7 @@ async fn a_reader_killed_mid_stream_resumes_from_the_confirmed_position() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_crashing_mid_stream_loses_nothing() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();
@@ -376,8 +376,8 @@ async fn the_database_crashing_mid_stream_loses_nothing() {
         );
     }
     until("some deliveries", || transport.count() > 0).await;
-    cluster.crash();
-    cluster.restart();
+    cluster.crash().unwrap();
+    cluster.restart().unwrap();
     for chunk in 10..20 {
         let events: Vec<NewEvent> = (0..50)
             .map(|n| event(Some(&format!("k{}", n % 5)), json!({ "n": chunk * 50 + n })))
@@ -431,7 +431,7 @@ async fn the_database_crashing_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_from_under_the_reader_fails_clearly_and_migrate_recovers() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();

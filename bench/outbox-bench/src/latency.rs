@@ -41,25 +41,30 @@ impl Transport for StampTransport {
     }
 }
 
-/// Offers `rate` events/s (one per transaction) for `seconds`, with one worker delivering;
-/// returns the commit → delivery histogram in microseconds.
-async fn measure(
+/// Offers `rate` events/s (one per transaction) for `seconds`, with one worker delivering
+/// (claiming, or reading the replication slot `stream`); returns the commit → delivery
+/// histogram in microseconds.
+pub(crate) async fn measure(
     pool: &PgPool,
     config: PgConfig,
     poll: Duration,
     rate: u32,
     seconds: u64,
+    stream: Option<&str>,
 ) -> Result<Histogram<u64>, BenchError> {
     let store = PgStore::new(pool.clone(), config)?;
     let delivered = Stamps::default();
     let worker = Worker::builder(store.clone(), StampTransport(delivered.clone()))
         .claim_mode(outbox_worker::ClaimMode::Locked)
         .poll_interval(poll)
-        .batch_size(100)
+        .batch_size(if stream.is_some() { 1000 } else { 100 })
         .concurrency(16)
         .retention(None)
         .build()?;
-    let running = worker.spawn();
+    let running = match stream {
+        Some(slot) => worker.spawn_stream(store.stream(slot)?),
+        None => worker.spawn(),
+    };
     // Let the listener connect before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -120,7 +125,7 @@ async fn measure(
     Ok(histogram)
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
@@ -137,12 +142,12 @@ pub async fn run(
 ) -> Result<(), BenchError> {
     let seconds = seconds(quick);
     let config = PgConfig::new().with_schema(schema);
-    let notify = measure(pool, config.clone(), Duration::from_secs(1), 1000, seconds).await?;
+    let notify = measure(pool, config.clone(), Duration::from_secs(1), 1000, seconds, None).await?;
     summary.put("latency.notify_p50_ms", ms(&notify, 0.50), "ms");
     summary.put("latency.notify_p99_ms", ms(&notify, 0.99), "ms");
     summary.put("latency.notify_max_ms", notify.max() as f64 / 1000.0, "ms");
     let poll = Duration::from_millis(100);
-    let polled = measure(pool, config.with_listen(false), poll, 1000, seconds).await?;
+    let polled = measure(pool, config.with_listen(false), poll, 1000, seconds, None).await?;
     summary.put("latency.poll_100ms_p50_ms", ms(&polled, 0.50), "ms");
     summary.put("latency.poll_p99_ms", ms(&polled, 0.99), "ms");
     summary.put(

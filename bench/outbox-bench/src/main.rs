@@ -5,6 +5,7 @@
 //! `target/outbox-bench/summary.json`.
 
 mod admin;
+mod cdc;
 mod growth;
 mod latency;
 mod memory;
@@ -36,7 +37,7 @@ struct Args {
     #[arg(long)]
     transports: bool,
     /// Run only these workloads (comma-separated: memory-store, emit, relay, ordering, latency,
-    /// growth, rss, admin); summary.json then holds only their keys.
+    /// growth, rss, admin, cdc); summary.json then holds only their keys.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
@@ -71,6 +72,9 @@ pub enum Workload {
     Rss,
     /// The web admin's pages, search and counts on ten million kept events.
     Admin,
+    /// The log-reading relay on a cluster of its own (`wal_level = logical`), beside the
+    /// claim-based relay, pgmq and plain inserts.
+    Cdc,
 }
 
 impl Args {
@@ -135,6 +139,12 @@ async fn run(args: Args) -> Result<Summary, BenchError> {
     }
     if args.runs(Workload::MemoryStore) {
         memory::run(&args, &mut summary).await?;
+    }
+    if args.runs(Workload::Cdc) {
+        cdc::run(&args, &mut summary).await?;
+        if args.only == [Workload::Cdc] {
+            return Ok(summary);
+        }
     }
     let url = args
         .database_url

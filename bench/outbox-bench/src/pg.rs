@@ -53,8 +53,9 @@ pub(crate) async fn setup(url: &str, connections: u32) -> Result<Setup, BenchErr
     .migrate()
     .await?;
     // Nor the per-key ordering triggers (they fire only for keyed rows, which the baseline never
-    // writes, but their conditions would still be evaluated on every row).
-    for trigger in ["notify", "admit", "readmit"] {
+    // writes, but their conditions would still be evaluated on every row), nor the streamed
+    // rows' admission on update.
+    for trigger in ["notify", "admit", "readmit", "unstream"] {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP TRIGGER raw_event_{trigger} ON {SCHEMA}.raw_event"
         )))
@@ -83,7 +84,7 @@ async fn analyze(pool: &PgPool) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn event(n: usize, bytes: usize) -> Result<NewEvent, BenchError> {
+pub(crate) fn event(n: usize, bytes: usize) -> Result<NewEvent, BenchError> {
     Ok(NewEvent::builder("file.stored", "upload", n.to_string())
         .payload(payload(n, bytes))
         .build()?)
@@ -175,7 +176,7 @@ async fn produce(
 /// An unmeasured warm-up round of each side comes first, so that neither side pays for opening
 /// the pool's connections or preparing statements on them; then the sides take turns going
 /// first, so that neither always runs on the other's leftovers (dirty buffers, WAL to flush).
-async fn emit_pair(
+pub(crate) async fn emit_pair(
     s: &Arc<Setup>,
     producers: usize,
     txs_each: usize,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use outbox_core::{Emit, EventId, NewEvent};
 use outbox_postgres::{PgConfig, PgStore};
-use outbox_tests::logical::Cluster;
+use outbox_tests::logical::cluster;
 
 mod common;
 
@@ -83,7 +83,7 @@ async fn read_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order() {
-    let cluster = Cluster::start();
+    let cluster = cluster();
     let stream = format!("outbox-stream-test-{}", uuid::Uuid::now_v7());
     let (_dir, file) = config_file(
         "stream-relay",

@@ -1,6 +1,7 @@
-//! A PostgreSQL cluster of a test's own with `wal_level = logical`, for the log-reading relay:
-//! created with Debian's `pg_createcluster` on a free loopback port, started, restarted or
-//! crashed by the test, and dropped when the value is. The shared server is never touched.
+//! A PostgreSQL cluster of a test's (or a benchmark's) own with `wal_level = logical`, for the
+//! log-reading relay: created with Debian's `pg_createcluster` (postgresql-common) on a free
+//! loopback port, started, crashed or restarted by its owner, and dropped when the value is.
+//! A shared server is never touched. Needs root, as `pg_createcluster` does.
 
 use std::process::Command;
 
@@ -30,15 +31,19 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 impl Cluster {
-    /// Creates and starts a cluster of the newest installed PostgreSQL version. Panics with one
-    /// line saying what is missing if it cannot (the tests need `pg_createcluster`, run as root).
-    pub fn start() -> Self {
-        Self::try_start().unwrap_or_else(|e| {
-            panic!("cannot start a scratch PostgreSQL cluster with wal_level = logical: {e}")
-        })
+    /// Creates and starts a cluster of the newest installed PostgreSQL version, or says what
+    /// is missing (`pg_createcluster`, run as root). `fsync` is off: for tests, whose data
+    /// need not survive the machine (an immediate shutdown still loses nothing).
+    pub fn start() -> Result<Self, String> {
+        Self::start_with(false)
     }
 
-    fn try_start() -> Result<Self, String> {
+    /// The same, with `fsync` on, as a production server runs: for benchmarks.
+    pub fn start_durable() -> Result<Self, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Result<Self, String> {
         let version = std::fs::read_dir("/usr/lib/postgresql")
             .map_err(|e| format!("/usr/lib/postgresql: {e} (install Debian's postgresql)"))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -72,10 +77,13 @@ impl Cluster {
             "/etc/postgresql/{}/{}/conf.d/outbox-logical.conf",
             cluster.version, cluster.name
         );
+        let fsync = if fsync { "on" } else { "off" };
         std::fs::write(
             &conf,
-            "wal_level = logical\nmax_replication_slots = 10\nmax_wal_senders = 10\n\
-             listen_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 200\n",
+            format!(
+                "wal_level = logical\nmax_replication_slots = 10\nmax_wal_senders = 10\n\
+                 listen_addresses = '127.0.0.1'\nfsync = {fsync}\nmax_connections = 200\n"
+            ),
         )
         .map_err(|e| format!("{conf}: {e}"))?;
         cluster.ctl("start")?;
@@ -100,7 +108,7 @@ impl Cluster {
     }
 
     /// Stops the server as a crash would (immediate shutdown: no checkpoint, connections cut).
-    pub fn crash(&self) {
+    pub fn crash(&self) -> Result<(), String> {
         run(
             "pg_ctlcluster",
             &[
@@ -112,13 +120,11 @@ impl Cluster {
                 "immediate",
             ],
         )
-        .unwrap_or_else(|e| panic!("crashing the scratch cluster: {e}"));
     }
 
     /// Starts it again after [`crash`](Self::crash).
-    pub fn restart(&self) {
+    pub fn restart(&self) -> Result<(), String> {
         self.ctl("start")
-            .unwrap_or_else(|e| panic!("starting the scratch cluster again: {e}"));
     }
 }
 
