@@ -75,7 +75,11 @@ pub struct StreamBatch {
 #[async_trait]
 pub trait EventStream: Send {
     /// Reads the events committed after the confirmed position: whole transactions, stopping
-    /// after the one that reaches `max` events. Empty when there is nothing new.
+    /// after the one that reaches `max` events. Empty when there is nothing new (a source may
+    /// wait a short while for new events first).
+    ///
+    /// A batch read and not confirmed is read again: after an error anywhere in its
+    /// settlement, the next read starts from the confirmed position, so nothing is skipped.
     async fn next_batch(&mut self, max: usize) -> Result<StreamBatch, StoreError>;
 
     /// Takes `ids` (streamed events of the current batch that failed or were deferred) into

@@ -37,11 +37,11 @@ mod notify;
 mod pgoutput;
 mod row;
 mod schema;
+#[cfg(feature = "testing")]
+pub mod scratch;
 mod sql;
 mod store;
 mod stream;
-#[cfg(feature = "testing")]
-pub mod scratch;
 #[cfg(feature = "testing")]
 pub mod testing;
 

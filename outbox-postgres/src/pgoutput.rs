@@ -192,19 +192,6 @@ pub(crate) fn pg_time(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
         .and_then(chrono::DateTime::from_timestamp_micros)
 }
 
-/// A `pg_lsn` in its text form, `X/Y`.
-pub(crate) fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// A `pg_lsn` read from its text form.
-pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    (hi <= 0xFFFF_FFFF && lo <= 0xFFFF_FFFF).then_some((hi << 32) | lo)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,15 +293,5 @@ mod tests {
         odd.push(b'?');
         assert!(decode(&odd).is_err());
         assert_eq!(decode(b"Y"), Ok(Message::Other(b'Y')));
-    }
-
-    #[test]
-    fn lsns_round_trip_through_text() {
-        for lsn in [0u64, 0x16_B374_D848, u64::MAX] {
-            assert_eq!(parse_lsn(&lsn_text(lsn)), Some(lsn));
-        }
-        assert_eq!(parse_lsn("0/16B374D8"), Some(0x16B3_74D8));
-        assert_eq!(parse_lsn("nonsense"), None);
-        assert_eq!(parse_lsn("1FFFFFFFF/0"), None);
     }
 }

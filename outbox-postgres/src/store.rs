@@ -967,8 +967,15 @@ impl LockedBatch for PgLockedBatch {
         settlement: &Settlement,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        settlement.validate()?;
         let mut this = *self;
+        if let Err(error) = settlement.validate() {
+            // Give the rows back now: a transaction merely dropped is rolled back only when its
+            // connection is next used, and until then a claim skips the rows it still locks.
+            if let Some(tx) = this.tx.take() {
+                let _ = tx.rollback().await;
+            }
+            return Err(error.into());
+        }
         let (store, ids) = (this.store.clone(), std::mem::take(&mut this.ids));
         let sql = &store.sql.locked;
         let mine: HashSet<EventId> = ids.iter().copied().collect();

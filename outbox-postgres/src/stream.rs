@@ -1,20 +1,23 @@
 //! The log-reading relay's source: committed outbox rows read from a logical replication slot
-//! (`pgoutput`, through the SQL-level slot functions), in commit order, confirmed by LSN.
+//! (`pgoutput` over the streaming replication protocol), in commit order, confirmed by LSN.
 //!
 //! - [`PgStore::start_streaming`] checks `wal_level`, creates the publication (inserts into the
 //!   outbox table only) and the slot, then switches the table: new rows take status `streaming`
 //!   (the column's default, so producers need not know) and the wake-up trigger is disabled —
 //!   producers send no notification at all.
 //! - [`PgStore::stream`] opens the one reader of a slot ([`PgStream`], an
-//!   [`EventStream`]): a connection of its own holding an advisory lock on the slot's name,
-//!   through which it peeks at the slot and advances it. A second reader waits (its
+//!   [`EventStream`]): a replication connection (`replication=database`, through the
+//!   `pgwire-replication` client) on which the server pushes the slot's committed
+//!   transactions as `pgoutput` messages, and to which the reader reports the position it has
+//!   settled (the slot's confirmed position) only after delivery. The server lets one
+//!   connection stream a slot: a second reader waits (its
 //!   [`next_batch`](EventStream::next_batch) answers "unavailable") and takes over when the
 //!   first one's connection ends.
 //! - [`PgStore::stream_status`] reports the slot's lag, whether a reader holds it, and whether
 //!   it still retains the WAL it needs.
 //!
-//! See `docs/stream.md` for why the SQL-level functions and not the streaming protocol, what
-//! the server needs, and the failure behaviour.
+//! See `docs/stream.md` for why the streaming protocol and not the SQL-level slot functions,
+//! what the server needs, and the failure behaviour.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,9 +31,12 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::pgoutput::{self, Message, Value, lsn_text, parse_lsn, pg_time};
+use crate::pgoutput::{self, Message, Value, pg_time};
 use crate::row::STREAMING;
 use crate::store::PgStore;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
 
 /// Longest replication slot name PostgreSQL accepts.
 const MAX_SLOT_LEN: usize = 63;
@@ -78,7 +84,7 @@ pub struct SlotStatus {
     pub slot: String,
     /// Whether the slot exists.
     pub exists: bool,
-    /// Whether a reader holds it (reading now, or between two reads).
+    /// Whether a reader is streaming it.
     pub active: bool,
     /// Bytes of WAL written since the confirmed position: what a reader has yet to go through.
     pub lag_bytes: i64,
@@ -180,15 +186,7 @@ impl PgStore {
         let mut tx = conn.begin().await.map_err(db_error)?;
         let streaming = table_streaming(&mut tx, &self.config.schema, &self.config.table).await?;
         if !streaming {
-            let switch = format!(
-                "ALTER TABLE {t} ALTER COLUMN status SET DEFAULT '{STREAMING}'; \
-                 ALTER TABLE {t} DISABLE TRIGGER \"{}_notify\"",
-                self.config.table
-            );
-            sqlx::raw_sql(AssertSqlSafe(switch))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+            self.switch(&mut tx, true).await?;
             setup.switched = true;
         } else if setup.created_slot {
             // The old slot is gone, and with it the events committed before the new one: the
@@ -213,15 +211,7 @@ impl PgStore {
         validate_slot(slot)?;
         let t = self.config.qualified_table();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let switch = format!(
-            "ALTER TABLE {t} ALTER COLUMN status SET DEFAULT 'pending'; \
-             ALTER TABLE {t} ENABLE TRIGGER \"{}_notify\"",
-            self.config.table
-        );
-        sqlx::raw_sql(AssertSqlSafe(switch))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        self.switch(&mut tx, false).await?;
         let handed = hand_back(&mut tx, &t).await?;
         crate::notify::send(&mut *tx, &self.sql.channel, crate::notify::STREAMING_OFF)
             .await
@@ -247,12 +237,8 @@ impl PgStore {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let table_streaming =
             table_streaming(&mut conn, &self.config.schema, &self.config.table).await?;
-        // The reader holds the slot itself only while it reads; between reads, its advisory
-        // lock on the slot's name says it is there.
         let row = sqlx::query(
-            "SELECT active OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-             AND objsubid = 1 AND granted \
-             AND ((classid::int8 << 32) | objid::int8) = hashtextextended('outbox-stream:' || $1, 0)), \
+            "SELECT active, \
              wal_status::text, \
              COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8, \
              COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 \
@@ -281,17 +267,49 @@ impl PgStore {
         Ok(status)
     }
 
-    /// Opens the reader of `slot`. Touches the database only when first read from.
-    pub fn stream(&self, slot: &str) -> Result<PgStream, StoreError> {
+    /// Switches the table's mode: what `status` defaults to, and whether the notify trigger
+    /// runs.
+    async fn switch(&self, conn: &mut PgConnection, streaming: bool) -> Result<(), StoreError> {
+        let t = self.config.qualified_table();
+        let (status, trigger) = if streaming {
+            (STREAMING, "DISABLE")
+        } else {
+            ("pending", "ENABLE")
+        };
+        let switch = format!(
+            "ALTER TABLE {t} ALTER COLUMN status SET DEFAULT '{status}'; \
+             ALTER TABLE {t} {trigger} TRIGGER \"{}_notify\"",
+            self.config.table
+        );
+        sqlx::raw_sql(AssertSqlSafe(switch))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Opens the reader of `slot` over a replication connection to `database_url` (the
+    /// same database as the store's pool; a URL because the pool's options do not give its
+    /// password back). Connects when first read from.
+    ///
+    /// The URL takes `postgres://user:password@host:port/database`, `?host=/socket/dir` for a
+    /// Unix socket and `?sslmode=`: `disable`, `allow` and `prefer` connect without TLS;
+    /// `require`, `verify-ca` and `verify-full` need the crate's `stream-tls` feature.
+    pub fn stream(&self, slot: &str, database_url: &str) -> Result<PgStream, StoreError> {
         validate_slot(slot)?;
+        let target = Target::parse(database_url)?;
         Ok(PgStream {
             store: self.clone(),
             slot: slot.to_owned(),
             publication: self.publication(),
-            conn: None,
+            target,
+            poll: std::time::Duration::from_millis(10),
+            client: None,
             relations: HashMap::new(),
             batch: HashMap::new(),
             confirmed: 0,
+            unsettled: false,
+            idle_end: 0,
         })
     }
 }
@@ -360,14 +378,23 @@ pub struct PgStream {
     store: PgStore,
     slot: String,
     publication: String,
-    /// The connection holding the slot's advisory lock; peeks and advances go through it.
-    conn: Option<PgConnection>,
+    target: Target,
+    /// How long a read waits for a first event before answering "nothing new".
+    poll: std::time::Duration,
+    /// The replication connection, while it is open.
+    client: Option<ReplicationClient>,
     /// Column names of the relations seen, by relation id.
     relations: HashMap<u32, Relation>,
     /// The ordering keys of the current batch's events (`None`: no key), by id.
     batch: HashMap<EventId, Option<String>>,
     /// The position last confirmed.
     confirmed: u64,
+    /// A batch was read and not confirmed: the next read starts again from the confirmed
+    /// position (on a new connection), so nothing read is ever skipped.
+    unsettled: bool,
+    /// The server's WAL end as of its last keepalive outside a transaction: an idle stream may
+    /// be confirmed up to it.
+    idle_end: u64,
 }
 
 impl std::fmt::Debug for PgStream {
@@ -375,7 +402,7 @@ impl std::fmt::Debug for PgStream {
         f.debug_struct("PgStream")
             .field("slot", &self.slot)
             .field("publication", &self.publication)
-            .field("connected", &self.conn.is_some())
+            .field("connected", &self.client.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -386,50 +413,143 @@ struct Relation {
     columns: Vec<String>,
 }
 
+/// Where the replication connection goes, read from a connection URL.
+#[derive(Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+    tls: TlsConfig,
+}
+
+impl Target {
+    fn parse(database_url: &str) -> Result<Self, StoreError> {
+        let bad =
+            |reason: String| -> StoreError { ValidationError::new("database_url", reason).into() };
+        let url = url::Url::parse(database_url).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(bad(format!("scheme {:?} is not postgres://", url.scheme())));
+        }
+        let decode = |s: &str| -> Result<String, StoreError> {
+            percent_decode(s).ok_or_else(|| bad("a part is not valid percent-encoded UTF-8".into()))
+        };
+        let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let host = match query.get("host") {
+            Some(h) => h.clone(),
+            None => url.host_str().unwrap_or("localhost").to_owned(),
+        };
+        let user = match url.username() {
+            "" => query
+                .get("user")
+                .cloned()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "postgres".into()),
+            u => decode(u)?,
+        };
+        let password = match url.password() {
+            Some(p) => decode(p)?,
+            None => query.get("password").cloned().unwrap_or_default(),
+        };
+        let database = match url.path().trim_start_matches('/') {
+            "" => query.get("dbname").cloned().unwrap_or_else(|| user.clone()),
+            d => decode(d)?,
+        };
+        let tls = match query.get("sslmode").map(String::as_str) {
+            None | Some("disable" | "allow" | "prefer") => TlsConfig::disabled(),
+            Some(mode @ ("require" | "verify-ca" | "verify-full")) => tls_for(mode).map_err(bad)?,
+            Some(other) => return Err(bad(format!("unknown sslmode {other:?}"))),
+        };
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(5432),
+            user,
+            password,
+            database,
+            tls,
+        })
+    }
+}
+
+/// TLS for the replication connection.
+#[cfg(feature = "stream-tls")]
+fn tls_for(mode: &str) -> Result<TlsConfig, String> {
+    Ok(match mode {
+        "require" => TlsConfig::require(),
+        "verify-ca" => TlsConfig::verify_ca(None),
+        _ => TlsConfig::verify_full(None),
+    })
+}
+
+/// TLS for the replication connection: not built in.
+#[cfg(not(feature = "stream-tls"))]
+fn tls_for(mode: &str) -> Result<TlsConfig, String> {
+    Err(format!(
+        "sslmode={mode} for the stream's replication connection needs outbox-postgres's \
+         `stream-tls` feature"
+    ))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 impl PgStream {
     /// The slot read.
     pub fn slot(&self) -> &str {
         &self.slot
     }
 
-    /// The reader's connection, opened and locked if it is not yet.
-    async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
-        if self.conn.is_none() {
-            let options = self.store.pool.connect_options();
-            let mut conn = PgConnection::connect_with(&options)
-                .await
-                .map_err(db_error)?;
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(format!("outbox-stream:{}", self.slot))
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(db_error)?;
-            if !locked {
-                return Err(StoreError::Unavailable {
-                    source: format!(
-                        "another relay is reading slot {:?}; this one takes over when it stops",
-                        self.slot
-                    )
-                    .into(),
-                });
-            }
-            let confirmed: Option<String> = sqlx::query_scalar(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    /// How long a read waits for the first new event before answering that there is none
+    /// (default 10 ms; events are pushed by the server, so this bounds only how often an idle
+    /// reader comes back to its caller).
+    pub fn with_poll(mut self, poll: std::time::Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// The replication connection, opened (from the confirmed position) if it is not.
+    async fn client(&mut self) -> Result<&mut ReplicationClient, StoreError> {
+        if self.client.is_none() {
+            let t = &self.target;
+            let config = ReplicationConfig::new(
+                t.host.clone(),
+                t.user.clone(),
+                t.password.clone(),
+                t.database.clone(),
+                self.slot.clone(),
+                self.publication.clone(),
             )
-            .bind(&self.slot)
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(db_error)?
-            .flatten();
-            let Some(confirmed) = confirmed else {
-                return Err(self.slot_missing());
-            };
-            self.confirmed = parse_lsn(&confirmed).unwrap_or(0);
+            .with_port(t.port)
+            .with_tls(t.tls.clone())
+            .with_binary(true)
+            .with_status_interval(STATUS_INTERVAL)
+            .with_wakeup_interval(std::time::Duration::from_secs(1))
+            .with_application_name(format!("outbox stream {}", self.slot));
+            let mut client = ReplicationClient::connect(config)
+                .await
+                .map_err(|e| self.classify(e))?;
+            // The server starts from the slot's confirmed position; a first event (or
+            // keepalive) tells whether it accepted the slot at all.
+            client.wait_started().await.map_err(|e| self.classify(e))?;
             self.relations.clear();
-            self.conn = Some(conn);
+            self.client = Some(client);
         }
-        self.conn.as_mut().ok_or_else(|| StoreError::Backend {
+        self.client.as_mut().ok_or_else(|| StoreError::Backend {
             source: "stream connection missing".into(),
         })
     }
@@ -446,18 +566,55 @@ impl PgStream {
         }
     }
 
-    /// Drops the connection after an error, so the next call reconnects (and locks again).
-    fn reset_on<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
-        result.map_err(|error| {
-            let missing = matches!(&error, sqlx::Error::Database(db)
-                if db.code().as_deref() == Some("42704"));
-            self.conn = None;
-            if missing {
+    /// Maps a replication error: a missing slot stops the reader; a slot another reader
+    /// holds, a lost connection or a server restarting can pass.
+    fn classify(&self, error: PgWireError) -> StoreError {
+        let text = error.to_string();
+        match error {
+            PgWireError::Server(_)
+                if text.contains("does not exist") && text.contains(&self.slot) =>
+            {
                 self.slot_missing()
-            } else {
-                db_error(error)
             }
-        })
+            PgWireError::Server(_) if text.contains("is active for PID") => {
+                StoreError::Unavailable {
+                    source: format!(
+                        "another relay is reading slot {:?}; this one takes over when it stops",
+                        self.slot
+                    )
+                    .into(),
+                }
+            }
+            PgWireError::Auth(_) | PgWireError::Tls(_) => StoreError::Backend {
+                source: format!("replication connection to slot {:?}: {text}", self.slot).into(),
+            },
+            PgWireError::Server(_)
+                if !text.contains("SQLSTATE 08")
+                    && !text.contains("SQLSTATE 57P")
+                    && !text.contains("SQLSTATE 53") =>
+            {
+                StoreError::Backend {
+                    source: format!("replication of slot {:?}: {text}", self.slot).into(),
+                }
+            }
+            _ => StoreError::Unavailable {
+                source: format!("replication of slot {:?}: {text}", self.slot).into(),
+            },
+        }
+    }
+
+    /// Drops the replication connection (the next read reconnects from the confirmed
+    /// position) and passes the error on.
+    fn reset(&mut self, error: StoreError) -> StoreError {
+        self.disconnect();
+        error
+    }
+
+    /// Closes the replication connection, if open.
+    fn disconnect(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            client.abort();
+        }
     }
 
     fn decode_insert(
@@ -605,89 +762,106 @@ fn event_from(id: EventId, fields: &mut HashMap<&str, Value>) -> Result<OutboxEv
 #[async_trait]
 impl EventStream for PgStream {
     async fn next_batch(&mut self, max: usize) -> Result<StreamBatch, StoreError> {
-        let limit = i32::try_from(max.max(1)).unwrap_or(i32::MAX);
-        let slot = self.slot.clone();
-        let publication = self.publication.clone();
-        let conn = self.conn().await?;
-        // Everything written before this point is decoded by the peek below (it reads to the
-        // end of the WAL): a batch that does not fill up may confirm up to it, past
-        // transactions that touched no outbox row, so an idle outbox holds back no WAL.
-        let flushed: Result<String, _> =
-            sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
-                .fetch_one(&mut *conn)
-                .await;
-        let rows = match flushed {
-            Ok(flushed) => sqlx::query(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3, 'binary', 'true')",
-            )
-            .bind(&slot)
-            .bind(limit)
-            .bind(&publication)
-            .fetch_all(&mut *conn)
-            .await
-            .map(|rows| (flushed, rows)),
-            Err(e) => Err(e),
-        };
-        let (flushed, rows) = self.reset_on(rows)?;
-        let now = self.store.local_now();
-        let full = rows.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut batch = StreamBatch {
-            full,
-            ..StreamBatch::default()
-        };
+        if std::mem::take(&mut self.unsettled) {
+            // The last batch was not confirmed (its settlement failed): read it again.
+            self.disconnect();
+        }
+        let max = max.max(1);
+        let poll = self.poll;
+        let mut batch = StreamBatch::default();
         let mut last_end = None;
-        for row in &rows {
-            let data: &[u8] = row.try_get(0).map_err(db_error)?;
-            let message = pgoutput::decode(data).map_err(|e| StoreError::Backend {
-                source: e.to_string().into(),
-            })?;
-            match message {
-                Message::Begin { commit_time, .. } => {
-                    if batch.first_commit.is_none() {
-                        batch.first_commit = pg_time(commit_time);
-                    }
-                }
-                Message::Commit { end_lsn } => last_end = Some(end_lsn),
-                Message::Relation {
-                    id,
-                    namespace,
-                    name,
-                    columns,
-                } => {
-                    let ours =
-                        namespace == self.store.config.schema && name == self.store.config.table;
-                    self.relations.insert(
-                        id,
-                        Relation {
-                            ours,
-                            columns: columns.into_iter().map(|c| c.name).collect(),
-                        },
-                    );
-                }
-                Message::Insert { relation, values } => {
-                    let Some(rel) = self.relations.get(&relation).filter(|r| r.ours) else {
-                        continue;
+        let mut in_transaction = false;
+        let now = self.store.local_now();
+        loop {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => return Err(self.reset(e)),
+            };
+            // Wait for the first event up to `poll`, and inside a transaction for the rest of
+            // it; otherwise take only what has already arrived.
+            let wait = if in_transaction {
+                TRANSACTION_WAIT
+            } else if last_end.is_none() && batch.events.is_empty() {
+                poll
+            } else {
+                std::time::Duration::ZERO
+            };
+            let event = match tokio::time::timeout(wait, client.recv()).await {
+                Err(_) if in_transaction => {
+                    let e = StoreError::Unavailable {
+                        source: format!(
+                            "slot {:?}: a transaction's changes stopped arriving",
+                            self.slot
+                        )
+                        .into(),
                     };
-                    let rel = rel.clone();
-                    if let Some(streamed) = self.decode_insert(&rel, values, now) {
-                        batch.events.push(streamed);
+                    return Err(self.reset(e));
+                }
+                Err(_) => break,
+                Ok(Ok(Some(event))) => event,
+                Ok(Ok(None)) => {
+                    let e = StoreError::Unavailable {
+                        source: format!("slot {:?}: the replication stream ended", self.slot)
+                            .into(),
+                    };
+                    return Err(self.reset(e));
+                }
+                Ok(Err(e)) => {
+                    let e = self.classify(e);
+                    return Err(self.reset(e));
+                }
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    commit_time_micros, ..
+                } => {
+                    in_transaction = true;
+                    if batch.first_commit.is_none() {
+                        batch.first_commit = pg_time(commit_time_micros);
                     }
                 }
-                Message::Other(_) => {}
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    in_transaction = false;
+                    last_end = Some(end_lsn.as_u64());
+                    if batch.events.len() >= max {
+                        batch.full = true;
+                        break;
+                    }
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let message = pgoutput::decode(&data).map_err(|e| StoreError::Backend {
+                        source: e.to_string().into(),
+                    });
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(e) => return Err(self.reset(e)),
+                    };
+                    self.absorb(message, now, &mut batch);
+                }
+                // Everything before a keepalive's position has been sent (and read, the
+                // connection being ordered): an idle stream may be confirmed up to it.
+                ReplicationEvent::KeepAlive { wal_end, .. }
+                    if !in_transaction && last_end.is_none() =>
+                {
+                    self.idle_end = self.idle_end.max(wal_end.as_u64());
+                }
+                _ => {}
             }
         }
-        let mut position = last_end.unwrap_or(self.confirmed);
-        if !full {
-            position = position.max(parse_lsn(&flushed).unwrap_or(0));
-        }
+        let position = match last_end {
+            Some(end) => end,
+            None => self.idle_end,
+        };
         batch.position = StreamPosition(position.max(self.confirmed));
-        self.mark_holds(&mut batch.events).await?;
+        if let Err(e) = self.mark_holds(&mut batch.events).await {
+            return Err(self.reset(e));
+        }
         self.batch = batch
             .events
             .iter()
             .map(|s| (s.event.id, s.event.ordering_key.clone()))
             .collect();
+        self.unsettled = last_end.is_some();
         Ok(batch)
     }
 
@@ -790,22 +964,56 @@ impl EventStream for PgStream {
                 .map_err(db_error)?;
         }
         if position.0 > self.confirmed {
-            let slot = self.slot.clone();
-            let conn = self.conn().await?;
-            let advanced = sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
-                .bind(&slot)
-                .bind(lsn_text(position.0))
-                .execute(&mut *conn)
-                .await;
-            self.reset_on(advanced)?;
+            // Reported to the server with the next status update (within a second).
+            if let Some(client) = &self.client {
+                client.update_applied_lsn(Lsn::from_u64(position.0));
+            }
             self.confirmed = position.0;
         }
+        self.unsettled = false;
         self.batch.clear();
         Ok(())
     }
 }
 
+/// How soon a settled position is reported to the server: what a crash may deliver again.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Longest wait for the rest of a transaction whose beginning has arrived.
+const TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl PgStream {
+    /// Takes one decoded message into the batch being read.
+    fn absorb(&mut self, message: Message, now: DateTime<Utc>, batch: &mut StreamBatch) {
+        match message {
+            Message::Relation {
+                id,
+                namespace,
+                name,
+                columns,
+            } => {
+                let ours = namespace == self.store.config.schema && name == self.store.config.table;
+                self.relations.insert(
+                    id,
+                    Relation {
+                        ours,
+                        columns: columns.into_iter().map(|c| c.name).collect(),
+                    },
+                );
+            }
+            Message::Insert { relation, values } => {
+                let Some(rel) = self.relations.get(&relation).filter(|r| r.ours).cloned() else {
+                    return;
+                };
+                if let Some(streamed) = self.decode_insert(&rel, values, now) {
+                    batch.events.push(streamed);
+                }
+            }
+            // Transaction boundaries arrive as events of their own; the rest is not ours.
+            Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {}
+        }
+    }
+
     /// Marks the events that must go through the table's path: their type is paused, or their
     /// ordering key has an event there already.
     async fn mark_holds(&mut self, events: &mut [Streamed]) -> Result<(), StoreError> {

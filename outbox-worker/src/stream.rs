@@ -16,11 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span, info, warn};
 
 use crate::metrics;
-use crate::worker::{Delivery, Worker, WorkerError, WorkerReport};
+use crate::worker::{Delivery, Worker, WorkerError, WorkerReport, deliver_timed};
 
 /// How often an idle stream confirms the position it has read to, letting the server recycle
 /// WAL written by other tables meanwhile.
 const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+/// An empty read that took at least this long waited for events: no pause after it.
+const SOURCE_WAITED: Duration = Duration::from_millis(1);
 
 /// What became of one streamed event.
 enum Fate {
@@ -42,7 +45,8 @@ where
     /// workers retry it — and confirms the stream past the batch. Nothing is written per
     /// delivered event beyond the confirmation.
     ///
-    /// Waits `poll_interval` between reads while the stream is idle. Store errors that may
+    /// A source may wait a little for new events before answering that there are none; a
+    /// source that answers at once is read again after `poll_interval`. Store errors that may
     /// pass (a lost connection, a restarting database, another reader holding the stream) are
     /// logged and retried after `error_backoff`; any other error (the stream's slot is gone,
     /// say) stops it: the events are still in the table, and the error says how to go on.
@@ -55,13 +59,15 @@ where
         let mut last_idle_confirm = Instant::now();
         info!(worker = %self.config.worker_id, "outbox stream reader started");
         while !cancel.is_cancelled() {
+            let asked = Instant::now();
             match self
                 .stream_step(&mut source, &cancel, &mut last_idle_confirm)
                 .await
             {
                 Ok((read, full, step)) => {
                     report += step;
-                    if full || read > 0 {
+                    // A source that waited for new events paces the loop itself.
+                    if full || read > 0 || asked.elapsed() >= SOURCE_WAITED {
                         continue;
                     }
                 }
@@ -223,21 +229,9 @@ where
                     let _permit = permits.acquire().await;
                     let event = &s.event;
                     let span = debug_span!("outbox_deliver", event_id = %event.id, event_type = %event.event_type, attempt = event.attempts() + 1, streamed = true);
-                    let started = Instant::now();
-                    let result = match tokio::time::timeout(timeout, transport.deliver(event))
+                    let result = deliver_timed(transport.as_ref(), event, timeout)
                         .instrument(span)
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(DeliveryError::retryable(format!(
-                            "delivery timed out after {timeout:?}"
-                        ))),
-                    };
-                    metrics::delivery(
-                        &event.event_type,
-                        metrics::delivery_outcome(&result),
-                        started.elapsed(),
-                    );
+                        .await;
                     match result {
                         Ok(()) => out.push((i, Fate::Delivered)),
                         Err(error) => {

@@ -338,19 +338,7 @@ where
                     if stop.is_cancelled() {
                         return (id, None);
                     }
-                    let started = Instant::now();
-                    let result =
-                        match tokio::time::timeout(timeout, transport.deliver(&event)).await {
-                            Ok(result) => result,
-                            Err(_) => Err(DeliveryError::retryable(format!(
-                                "delivery timed out after {timeout:?}"
-                            ))),
-                        };
-                    metrics::delivery(
-                        &event.event_type,
-                        metrics::delivery_outcome(&result),
-                        started.elapsed(),
-                    );
+                    let result = deliver_timed(transport.as_ref(), &event, timeout).await;
                     let outcome = match result {
                         Ok(()) => Delivery::Delivered,
                         Err(error) => Delivery::Failed(error),
@@ -588,6 +576,27 @@ where
             None => Ok(report),
         }
     }
+}
+
+/// One delivery, cut off after `timeout` (a retryable failure), measured into the metrics.
+pub(crate) async fn deliver_timed<T: Transport + ?Sized>(
+    transport: &T,
+    event: &OutboxEvent,
+    timeout: Duration,
+) -> Result<(), DeliveryError> {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(timeout, transport.deliver(event)).await {
+        Ok(result) => result,
+        Err(_) => Err(DeliveryError::retryable(format!(
+            "delivery timed out after {timeout:?}"
+        ))),
+    };
+    metrics::delivery(
+        &event.event_type,
+        metrics::delivery_outcome(&result),
+        started.elapsed(),
+    );
+    result
 }
 
 /// Counts what the store reported doing.

@@ -96,6 +96,7 @@ fn stream_worker(store: &PgStore, transport: Recorder) -> Worker<PgStore, Record
 
 fn spawn_stream(
     store: &PgStore,
+    url: &str,
     transport: Recorder,
 ) -> (
     CancellationToken,
@@ -103,7 +104,7 @@ fn spawn_stream(
 ) {
     let cancel = CancellationToken::new();
     let worker = stream_worker(store, transport);
-    let source = store.stream(SLOT).unwrap();
+    let source = store.stream(SLOT, url).unwrap();
     let stop = cancel.clone();
     let task = tokio::spawn(async move { worker.stream(source, stop).await });
     (cancel, task)
@@ -172,7 +173,7 @@ async fn concurrent_producers_events_arrive_in_commit_order_per_key_without_a_no
             .unwrap();
     }
     let transport = Recorder::default();
-    let (cancel, task) = spawn_stream(&store, transport.clone());
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
     let mut producers = Vec::new();
     for p in 0..4u64 {
         let store = store.clone();
@@ -255,7 +256,7 @@ async fn a_failed_event_goes_to_the_table_and_later_events_of_its_key_wait_behin
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();
-    let (cancel, task) = spawn_stream(&store, transport.clone());
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
 
     let failing = emit(&store, vec![event(Some("a"), json!({ "n": 1, "fail": 1 }))]).await[0];
     let mut later = Vec::new();
@@ -312,13 +313,38 @@ async fn a_reader_killed_mid_stream_resumes_from_the_confirmed_position() {
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let first = Recorder::default();
-    let (_cancel, task) = spawn_stream(&store, first.clone());
+    let (_cancel, task) = spawn_stream(&store, &cluster.url(), first.clone());
     let early: Vec<EventId> = emit(
         &store,
         (0..50).map(|n| event(None, json!({ "n": n }))).collect(),
     )
     .await;
     until("the first 50", || first.count() == 50).await;
+    // The reader reports what it settled to the server asynchronously (within a second):
+    // wait until the server has the first 50 confirmed.
+    let after_early: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let confirmed: bool = sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+        )
+        .bind(&after_early)
+        .bind(SLOT)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if confirmed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first 50 were never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A batch that never finishes delivering: the reader is killed inside it.
     let stalled = emit(
         &store,
@@ -344,7 +370,7 @@ async fn a_reader_killed_mid_stream_resumes_from_the_confirmed_position() {
         no_stall: true,
         ..Recorder::default()
     };
-    let (cancel, task) = spawn_stream(&store, second.clone());
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), second.clone());
     until("everything after the kill", || second.count() >= 52).await;
     cancel.cancel();
     task.await.unwrap().unwrap();
@@ -362,7 +388,7 @@ async fn the_database_crashing_mid_stream_loses_nothing() {
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();
-    let (cancel, task) = spawn_stream(&store, transport.clone());
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
     let mut emitted = Vec::new();
     for chunk in 0..10 {
         emitted.extend(
@@ -435,17 +461,29 @@ async fn a_slot_dropped_from_under_the_reader_fails_clearly_and_migrate_recovers
     let store = store_on(&cluster).await;
     store.start_streaming(SLOT).await.unwrap();
     let transport = Recorder::default();
-    let (_cancel, task) = spawn_stream(&store, transport.clone());
+    let (_cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
     emit(&store, vec![event(None, json!({ "n": 0 }))]).await;
     until("the first event", || transport.count() == 1).await;
-    // The reader holds the slot only while it reads: drop it between two reads.
+    // The reader's replication connection holds the slot: end it, and drop the slot before
+    // the reader is back (it reconnects after its error backoff).
     let deadline = tokio::time::Instant::now() + GUARD;
-    while let Err(e) = sqlx::query("SELECT pg_drop_replication_slot($1)")
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+        )
         .bind(SLOT)
         .execute(store.pool())
         .await
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{e}");
+        .unwrap();
+        match sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(SLOT)
+            .execute(store.pool())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
     }
     let lost = emit(
         &store,

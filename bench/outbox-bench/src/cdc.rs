@@ -91,7 +91,7 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
         .retention(None)
         .build()?;
     let start = Instant::now();
-    let running = reader.spawn_stream(s.store.stream(SLOT)?);
+    let running = reader.spawn_stream(s.store.stream(SLOT, &url)?);
     let deadline = start + Duration::from_secs(600);
     while counting.0.load(Ordering::Relaxed) < backlog as u64 {
         if Instant::now() > deadline {
@@ -117,7 +117,7 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
     .await?;
     summary.put("cdc.rows_left", left as f64, "rows");
 
-    // Commit → delivery at 1k/s, one reader polling an idle stream every 10 ms.
+    // Commit → delivery at 1k/s, one reader on the replication connection.
     let seconds = crate::latency::seconds(args.quick);
     let config = PgConfig::new().with_schema(SCHEMA);
     let h = measure(
@@ -126,7 +126,7 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
         Duration::from_millis(10),
         1000,
         seconds,
-        Some(SLOT),
+        Some((SLOT, &url)),
     )
     .await?;
     summary.put("cdc.p50_ms", ms(&h, 0.50), "ms");

@@ -42,15 +42,15 @@ impl Transport for StampTransport {
 }
 
 /// Offers `rate` events/s (one per transaction) for `seconds`, with one worker delivering
-/// (claiming, or reading the replication slot `stream`); returns the commit → delivery
-/// histogram in microseconds.
+/// (claiming, or reading the replication slot `stream`: its name and the database's URL);
+/// returns the commit → delivery histogram in microseconds.
 pub(crate) async fn measure(
     pool: &PgPool,
     config: PgConfig,
     poll: Duration,
     rate: u32,
     seconds: u64,
-    stream: Option<&str>,
+    stream: Option<(&str, &str)>,
 ) -> Result<Histogram<u64>, BenchError> {
     let store = PgStore::new(pool.clone(), config)?;
     let delivered = Stamps::default();
@@ -62,7 +62,7 @@ pub(crate) async fn measure(
         .retention(None)
         .build()?;
     let running = match stream {
-        Some(slot) => worker.spawn_stream(store.stream(slot)?),
+        Some((slot, url)) => worker.spawn_stream(store.stream(slot, url)?),
         None => worker.spawn(),
     };
     // Let the listener connect before the clock starts.
@@ -142,7 +142,15 @@ pub async fn run(
 ) -> Result<(), BenchError> {
     let seconds = seconds(quick);
     let config = PgConfig::new().with_schema(schema);
-    let notify = measure(pool, config.clone(), Duration::from_secs(1), 1000, seconds, None).await?;
+    let notify = measure(
+        pool,
+        config.clone(),
+        Duration::from_secs(1),
+        1000,
+        seconds,
+        None,
+    )
+    .await?;
     summary.put("latency.notify_p50_ms", ms(&notify, 0.50), "ms");
     summary.put("latency.notify_p99_ms", ms(&notify, 0.99), "ms");
     summary.put("latency.notify_max_ms", notify.max() as f64 / 1000.0, "ms");

@@ -608,7 +608,11 @@ async fn start(
                 .config(settings)
                 .worker_id(format!("{host}-{}-stream", std::process::id()))
                 .build()?;
-            Some(reader.spawn_stream(store.stream(slot)?))
+            let url = config.database_url.as_deref().unwrap_or_default();
+            let source = store
+                .stream(slot, url)?
+                .with_poll(Duration::from_millis(r.stream.poll_ms));
+            Some(reader.spawn_stream(source))
         }
         None => None,
     };

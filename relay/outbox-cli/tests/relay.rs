@@ -14,22 +14,16 @@ use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
 mod common;
 
-use common::{Killed, config_file, free_port, log_lines, wait_for, which};
+use common::{Killed, config_file, free_port, log_lines, stdout_of, wait_for, which};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
 fn outbox(args: &[&str], url: &str, schema: &str) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--database-url", url, "--schema", schema])
-        .output()
-        .expect("run outbox");
-    assert!(
-        out.status.success(),
-        "outbox {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(
+        Command::new(BIN)
+            .args(args)
+            .args(["--database-url", url, "--schema", schema]),
+    )
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the response text.

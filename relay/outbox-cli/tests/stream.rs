@@ -15,30 +15,28 @@ use outbox_tests::logical::cluster;
 
 mod common;
 
-use common::{Killed, config_file};
+use common::{Killed, config_file, stdout_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
-fn run(args: &[&str], file: &std::path::Path) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(file)
-        .output()
-        .expect("run outbox");
-    assert!(
-        out.status.success(),
-        "outbox {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `outbox <args> --config <file> --database-url <url>`: the flag, since a `DATABASE_URL` in
+/// the environment (CI sets one, for the shared server) would win over the file.
+fn run(args: &[&str], file: &std::path::Path, url: &str) -> String {
+    stdout_of(
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(file)
+            .args(["--database-url", url]),
+    )
 }
 
-fn relay(file: &std::path::Path) -> Killed {
+fn relay(file: &std::path::Path, url: &str) -> Killed {
     Killed(
         Command::new(BIN)
             .args(["relay", "--config"])
             .arg(file)
+            .args(["--database-url", url])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,21 +86,20 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
     let (_dir, file) = config_file(
         "stream-relay",
         &format!(
-            "database_url = \"{}\"\n[relay]\nmode = \"stream\"\nworkers = 1\npoll_interval_ms = 100\n\
+            "[relay]\nmode = \"stream\"\nworkers = 1\npoll_interval_ms = 100\n\
              [relay.stream]\nslot = \"outbox_relay\"\n\
              [[routes]]\npattern = \"*\"\ntransport = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
-             stream = \"{stream}\"\n",
-            cluster.url()
+             stream = \"{stream}\"\n"
         ),
     );
-    let migrated = run(&["migrate"], &file);
+    let migrated = run(&["migrate"], &file, &cluster.url());
     assert!(
         migrated.contains("publication public.outbox_event_stream created")
             && migrated.contains("slot outbox_relay created")
             && migrated.contains("switched to streaming"),
         "{migrated}"
     );
-    let idle = run(&["status"], &file);
+    let idle = run(&["status"], &file, &cluster.url());
     assert!(
         idle.contains("stream slot outbox_relay: NOT read"),
         "{idle}"
@@ -139,7 +136,7 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
     // Killed three times while events keep coming, each time once it has delivered more.
     let mut seen = 0;
     for _ in 0..3 {
-        let _relay = relay(&file);
+        let _relay = relay(&file, &cluster.url());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let len: usize = redis::cmd("XLEN")
@@ -160,7 +157,7 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
         // `_relay` is dropped here: SIGKILL.
     }
     let emitted: Vec<EventId> = producer.await.unwrap();
-    let relay_now = relay(&file);
+    let relay_now = relay(&file, &cluster.url());
     let want: HashSet<EventId> = emitted.iter().copied().collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let entries = loop {
@@ -177,7 +174,7 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let reading = run(&["status"], &file);
+    let reading = run(&["status"], &file, &cluster.url());
     assert!(
         reading.contains("stream slot outbox_relay: read by a relay"),
         "{reading}"

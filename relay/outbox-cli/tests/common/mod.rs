@@ -4,6 +4,18 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
+/// Runs `command` to the end and returns its standard output; panics with its standard error
+/// if it failed.
+pub fn stdout_of(command: &mut std::process::Command) -> String {
+    let out = command.output().expect("run outbox");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A port free on loopback now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
