@@ -103,7 +103,7 @@ pub enum Mode {
 pub struct StreamConfig {
     /// The logical replication slot read (created by `outbox migrate`).
     pub slot: String,
-    /// How often an idle stream is read, in milliseconds.
+    /// How long an idle read waits for the first event, in milliseconds.
     pub poll_ms: u64,
     /// Events per read (whole transactions: a larger transaction is read whole).
     pub batch_size: usize,
