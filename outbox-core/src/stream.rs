@@ -106,4 +106,11 @@ pub trait EventStream: Send {
         delivered: &[EventId],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Ends reading: what was confirmed reaches the source before this returns, so a reader
+    /// that takes over starts after it. The default does nothing (for sources that confirm
+    /// synchronously).
+    async fn close(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

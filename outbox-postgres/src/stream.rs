@@ -294,7 +294,8 @@ impl PgStore {
     ///
     /// The URL takes `postgres://user:password@host:port/database`, `?host=/socket/dir` for a
     /// Unix socket and `?sslmode=`: `disable`, `allow` and `prefer` connect without TLS;
-    /// `require`, `verify-ca` and `verify-full` need the crate's `stream-tls` feature.
+    /// `require`, `verify-ca` and `verify-full` are refused: the replication connection has no
+    /// TLS yet.
     pub fn stream(&self, slot: &str, database_url: &str) -> Result<PgStream, StoreError> {
         validate_slot(slot)?;
         let target = Target::parse(database_url)?;
@@ -472,22 +473,11 @@ impl Target {
     }
 }
 
-/// TLS for the replication connection.
-#[cfg(feature = "stream-tls")]
-fn tls_for(mode: &str) -> Result<TlsConfig, String> {
-    Ok(match mode {
-        "require" => TlsConfig::require(),
-        "verify-ca" => TlsConfig::verify_ca(None),
-        _ => TlsConfig::verify_full(None),
-    })
-}
-
-/// TLS for the replication connection: not built in.
-#[cfg(not(feature = "stream-tls"))]
+/// TLS for the replication connection: not offered yet.
 fn tls_for(mode: &str) -> Result<TlsConfig, String> {
     Err(format!(
-        "sslmode={mode} for the stream's replication connection needs outbox-postgres's \
-         `stream-tls` feature"
+        "sslmode={mode}: the stream's replication connection cannot use TLS yet; connect it \
+         over a trusted network or a Unix socket (?host=/run/postgresql)"
     ))
 }
 
@@ -861,7 +851,9 @@ impl EventStream for PgStream {
             .iter()
             .map(|s| (s.event.id, s.event.ordering_key.clone()))
             .collect();
-        self.unsettled = last_end.is_some();
+        // A batch of transactions without events needs no settling; a later confirmation
+        // covers its position.
+        self.unsettled = !batch.events.is_empty();
         Ok(batch)
     }
 
@@ -974,6 +966,41 @@ impl EventStream for PgStream {
         self.batch.clear();
         Ok(())
     }
+
+    /// Stops the replication connection, then moves the slot to the last settled position
+    /// itself: the client reports positions every 200 ms, and one settled since its last report
+    /// would otherwise be delivered again by the next reader.
+    async fn close(&mut self) -> Result<(), StoreError> {
+        if let Some(mut client) = self.client.take() {
+            let _ = client.shutdown().await;
+        }
+        if self.confirmed == 0 {
+            return Ok(());
+        }
+        let position = Lsn::from_u64(self.confirmed).to_pg_string();
+        // The server needs a moment to release the slot after the connection ends.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let advanced = sqlx::query(
+                "SELECT pg_replication_slot_advance(slot_name, $2::pg_lsn) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND confirmed_flush_lsn < $2::pg_lsn",
+            )
+            .bind(&self.slot)
+            .bind(&position)
+            .execute(&self.store.pool)
+            .await;
+            match advanced {
+                Ok(_) => return Ok(()),
+                Err(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some("55006")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(db_error(e)),
+            }
+        }
+    }
 }
 
 /// How soon a settled position is reported to the server: what a crash may deliver again.
@@ -1062,5 +1089,54 @@ impl PgStream {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_urls_are_read_as_libpq_reads_them() {
+        let t = Target::parse("postgres://relay:p%40ss@db.example:6432/app").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.user.as_str(),
+                t.password.as_str()
+            ),
+            ("db.example", 6432, "relay", "p@ss")
+        );
+        assert_eq!(t.database, "app");
+        let socket = Target::parse("postgresql://root@/test?host=/run/postgresql").unwrap();
+        assert_eq!(
+            (socket.host.as_str(), socket.port),
+            ("/run/postgresql", 5432)
+        );
+        let no_db = Target::parse("postgres://ann@localhost").unwrap();
+        assert_eq!(no_db.database, "ann", "the user's name, as libpq does");
+        assert!(Target::parse("postgres://a@h/d?sslmode=prefer").is_ok());
+    }
+
+    #[test]
+    fn urls_it_cannot_serve_are_refused_with_the_reason() {
+        let refused = |url: &str| match Target::parse(url) {
+            Err(StoreError::InvalidInput(e)) => e.to_string(),
+            Err(other) => panic!("{url}: {other}"),
+            Ok(_) => panic!("{url} was accepted"),
+        };
+        assert!(refused("mysql://a@h/d").contains("not postgres://"));
+        assert!(refused("postgres://a@h/d?sslmode=require").contains("cannot use TLS"));
+        assert!(refused("postgres://a@h/d?sslmode=sometimes").contains("unknown sslmode"));
+        assert!(refused("not a url").contains("database_url"));
+    }
+
+    #[test]
+    fn slot_names_are_checked_as_postgresql_does() {
+        assert!(validate_slot("outbox_relay_2").is_ok());
+        for bad in ["", "Outbox", "outbox-relay", &"x".repeat(64)] {
+            assert_eq!(validate_slot(bad).unwrap_err().field(), "slot", "{bad:?}");
+        }
     }
 }

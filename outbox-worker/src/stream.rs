@@ -83,6 +83,7 @@ where
                 }
                 Err(error) => {
                     warn!(worker = %self.config.worker_id, %error, "the stream cannot go on; stopping");
+                    let _ = source.close().await;
                     return Err(WorkerError::Store(error));
                 }
             }
@@ -90,6 +91,9 @@ where
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
+        }
+        if let Err(error) = source.close().await {
+            warn!(worker = %self.config.worker_id, %error, "closing the stream failed; the next reader repeats what this one delivered since its last report");
         }
         info!(worker = %self.config.worker_id, ?report, "outbox stream reader stopped");
         Ok(report)

@@ -513,6 +513,80 @@ async fn a_slot_dropped_from_under_the_reader_fails_clearly_and_migrate_recovers
     assert!(lost.iter().all(|id| got.contains(id)));
 }
 
+/// A reader stopped (not killed) leaves the slot confirmed up to what it delivered: the next
+/// one repeats nothing, however soon it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_stopped_gracefully_hands_over_without_repeats() {
+    let cluster = cluster();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let first = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), first.clone());
+    for chunk in 0..20 {
+        emit(
+            &store,
+            (0..50)
+                .map(|n| event(None, json!({ "n": chunk * 50 + n })))
+                .collect(),
+        )
+        .await;
+    }
+    until("the first reader's 1,000", || first.count() == 1000).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let second = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), second.clone());
+    let last = emit(&store, vec![event(None, json!({ "n": "after" }))]).await;
+    until("the event after the hand-over", || second.count() >= 1).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(second.ids(), last, "nothing delivered before the stop came again");
+}
+
+/// Many small transactions committed while the reader runs, as a service's requests would:
+/// each arrives, none is left behind in a half-read batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_trickle_of_small_transactions_arrives_whole() {
+    let cluster = cluster();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let transport = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
+    // One transaction per event, each on a task of its own, a thousand a second.
+    let mut producers = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    for n in 0..2000 {
+        ticker.tick().await;
+        let store = store.clone();
+        producers.spawn(async move { emit(&store, vec![event(None, json!({ "n": n }))]).await });
+    }
+    let mut want = HashSet::new();
+    while let Some(ids) = producers.join_next().await {
+        want.extend(ids.unwrap());
+    }
+    let arrived = tokio::time::timeout(GUARD, async {
+        loop {
+            let got: HashSet<EventId> = transport.ids().into_iter().collect();
+            if want.is_subset(&got) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    cancel.cancel();
+    let report = task.await.unwrap().unwrap();
+    let got: HashSet<EventId> = transport.ids().into_iter().collect();
+    let missing: Vec<&EventId> = want.difference(&got).collect();
+    assert!(
+        arrived.is_ok(),
+        "{} missing, e.g. {:?}; {report:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(report.held + report.retried, 0);
+}
+
 #[tokio::test]
 async fn a_server_without_logical_wal_is_refused_naming_the_setting() {
     use outbox_tests::conformance::Harness;

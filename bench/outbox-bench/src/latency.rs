@@ -105,7 +105,7 @@ pub(crate) async fn measure(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    running.shutdown().await?;
+    let report = running.shutdown().await?;
 
     let (committed, delivered) = (committed.take(), delivered.take());
     let mut histogram = Histogram::<u64>::new(3)?;
@@ -117,7 +117,7 @@ pub(crate) async fn measure(
     }
     if histogram.len() < total {
         return Err(format!(
-            "only {} of {total} events were delivered in time",
+            "only {} of {total} events were delivered in time ({report:?})",
             histogram.len()
         )
         .into());
