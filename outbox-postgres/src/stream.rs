@@ -311,6 +311,7 @@ impl PgStore {
             confirmed: 0,
             unsettled: false,
             idle_end: 0,
+            pending: None,
         })
     }
 }
@@ -396,6 +397,9 @@ pub struct PgStream {
     /// The server's WAL end as of its last keepalive outside a transaction: an idle stream may
     /// be confirmed up to it.
     idle_end: u64,
+    /// The last confirmed batch's delivered rows being deleted, and its position, reported
+    /// once they are.
+    pending: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, u64)>,
 }
 
 impl std::fmt::Debug for PgStream {
@@ -598,6 +602,32 @@ impl PgStream {
     fn reset(&mut self, error: StoreError) -> StoreError {
         self.disconnect();
         error
+    }
+
+    /// Waits for the last batch's rows to be deleted, then reports its position.
+    async fn settle_pending(&mut self) -> Result<(), StoreError> {
+        if let Some((task, position)) = self.pending.take() {
+            match task.await {
+                Ok(Ok(())) => self.report(position),
+                Ok(Err(error)) => return Err(error),
+                Err(error) => {
+                    return Err(StoreError::Backend {
+                        source: format!("deleting delivered events failed: {error}").into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports `position` as settled: to the server with the client's next status update.
+    fn report(&mut self, position: u64) {
+        if position > self.confirmed {
+            if let Some(client) = &self.client {
+                client.update_applied_lsn(Lsn::from_u64(position));
+            }
+            self.confirmed = position;
+        }
     }
 
     /// Closes the replication connection, if open.
@@ -935,12 +965,17 @@ impl EventStream for PgStream {
         delivered: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if !delivered.is_empty() {
+        // The previous batch's rows are gone before its position is reported.
+        self.settle_pending().await?;
+        if delivered.is_empty() {
+            self.report(position.0);
+        } else {
             let t = self.store.config.qualified_table();
             let n = "COALESCE($2::timestamptz, statement_timestamp())";
-            // Delivered events leave the table at once, their delivery recorded by the slot's
+            // Delivered events leave the table, their delivery recorded by the slot's
             // position; those with an idempotency key stay, delivered, so the key goes on
-            // refusing duplicates until the retention sweep.
+            // refusing duplicates until the retention sweep. The statement runs while the next
+            // batch is read and delivered; the position is reported once it is done.
             let sql = format!(
                 "WITH gone AS (DELETE FROM {t} WHERE id = ANY($1) AND status = '{STREAMING}' \
                  AND idempotency_key IS NULL) \
@@ -948,19 +983,18 @@ impl EventStream for PgStream {
                  delivered_at = {n}, updated_at = {n} \
                  WHERE id = ANY($1) AND status = '{STREAMING}' AND idempotency_key IS NOT NULL"
             );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(delivered.iter().map(|id| *id.as_uuid()).collect::<Vec<_>>())
-                .bind(self.store.injected_now())
-                .execute(&self.store.pool)
-                .await
-                .map_err(db_error)?;
-        }
-        if position.0 > self.confirmed {
-            // Reported to the server with the next status update (within a second).
-            if let Some(client) = &self.client {
-                client.update_applied_lsn(Lsn::from_u64(position.0));
-            }
-            self.confirmed = position.0;
+            let ids: Vec<Uuid> = delivered.iter().map(|id| *id.as_uuid()).collect();
+            let (pool, now) = (self.store.pool.clone(), self.store.injected_now());
+            let task = tokio::spawn(async move {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(ids)
+                    .bind(now)
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(db_error)
+            });
+            self.pending = Some((task, position.0));
         }
         self.unsettled = false;
         self.batch.clear();
@@ -971,9 +1005,11 @@ impl EventStream for PgStream {
     /// itself: the client reports positions every 200 ms, and one settled since its last report
     /// would otherwise be delivered again by the next reader.
     async fn close(&mut self) -> Result<(), StoreError> {
+        let settled = self.settle_pending().await;
         if let Some(mut client) = self.client.take() {
             let _ = client.shutdown().await;
         }
+        settled?;
         if self.confirmed == 0 {
             return Ok(());
         }

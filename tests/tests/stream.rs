@@ -540,7 +540,11 @@ async fn a_reader_stopped_gracefully_hands_over_without_repeats() {
     until("the event after the hand-over", || second.count() >= 1).await;
     cancel.cancel();
     task.await.unwrap().unwrap();
-    assert_eq!(second.ids(), last, "nothing delivered before the stop came again");
+    assert_eq!(
+        second.ids(),
+        last,
+        "nothing delivered before the stop came again"
+    );
 }
 
 /// Many small transactions committed while the reader runs, as a service's requests would:
