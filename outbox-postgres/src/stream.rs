@@ -94,6 +94,9 @@ pub struct SlotStatus {
     pub wal_status: Option<String>,
     /// Whether the table takes new events as `streaming`.
     pub table_streaming: bool,
+    /// When the oldest event still waiting to be streamed was created: the lag in time (the
+    /// table keeps only what is not yet delivered, so this reads few rows).
+    pub oldest_streaming: Option<DateTime<Utc>>,
 }
 
 impl PgStore {
@@ -256,7 +259,17 @@ impl PgStore {
             retained_bytes: 0,
             wal_status: None,
             table_streaming,
+            oldest_streaming: None,
         };
+        if table_streaming {
+            status.oldest_streaming = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT min(created_at) FROM {} WHERE status = '{STREAMING}'",
+                self.config.qualified_table()
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        }
         if let Some(row) = row {
             status.exists = true;
             status.active = row.try_get(0).map_err(db_error)?;

@@ -31,6 +31,8 @@ const SLOT_LAG: &str = "outbox_stream_slot_lag_bytes";
 const SLOT_RETAINED: &str = "outbox_stream_slot_retained_bytes";
 /// Gauge: 1 while a reader holds the stream's slot, else 0.
 const SLOT_ACTIVE: &str = "outbox_stream_slot_active";
+/// Gauge: age in seconds of the oldest event still waiting to be streamed (0: none).
+const STREAM_OLDEST: &str = "outbox_stream_oldest_age_seconds";
 
 /// The slot whose gauges a scrape reads, in stream mode.
 static SLOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -44,6 +46,10 @@ pub fn watch_slot(slot: &str) {
         "Bytes of WAL the server keeps for the stream's slot."
     );
     metrics::describe_gauge!(SLOT_ACTIVE, "1 while a reader holds the stream's slot.");
+    metrics::describe_gauge!(
+        STREAM_OLDEST,
+        "Age in seconds of the oldest event still waiting to be streamed."
+    );
 }
 
 /// Installs the process-wide Prometheus recorder (once, also when called from several threads
@@ -144,6 +150,11 @@ async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
         metrics::gauge!(SLOT_LAG).set(status.lag_bytes as f64);
         metrics::gauge!(SLOT_RETAINED).set(status.retained_bytes as f64);
         metrics::gauge!(SLOT_ACTIVE).set(if status.active { 1.0 } else { 0.0 });
+        let oldest = status
+            .oldest_streaming
+            .map(|at| (SystemClock.now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics::gauge!(STREAM_OLDEST).set(oldest);
     }
     Ok(())
 }

@@ -812,9 +812,16 @@ async fn print_stream(store: &PgStore, config: &Config) -> Result<(), CliError> 
     let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
     writeln!(
         stdout(),
-        "stream slot {slot}: {} by a relay, lag {:.1} MiB, retaining {:.1} MiB of WAL ({})",
+        "stream slot {slot}: {} by a relay, lag {:.1} MiB / {}, retaining {:.1} MiB of WAL ({})",
         if status.active { "read" } else { "NOT read" },
         mib(status.lag_bytes),
+        match status.oldest_streaming {
+            Some(at) => format!(
+                "oldest undelivered event {}s old",
+                (SystemClock.now() - at).num_seconds().max(0)
+            ),
+            None => "nothing undelivered".to_owned(),
+        },
         mib(status.retained_bytes),
         status.wal_status.as_deref().unwrap_or("unknown"),
     )?;

@@ -101,7 +101,7 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
     );
     let idle = run(&["status"], &file, &cluster.url());
     assert!(
-        idle.contains("stream slot outbox_relay: NOT read"),
+        idle.contains("stream slot outbox_relay: NOT read") && idle.contains("nothing undelivered"),
         "{idle}"
     );
 
@@ -157,6 +157,9 @@ async fn a_stream_relay_killed_again_and_again_delivers_every_event_in_key_order
         // `_relay` is dropped here: SIGKILL.
     }
     let emitted: Vec<EventId> = producer.await.unwrap();
+    // No relay runs now: the undelivered events' age is the lag in time.
+    let behind = run(&["status"], &file, &cluster.url());
+    assert!(behind.contains("s old"), "{behind}");
     let relay_now = relay(&file, &cluster.url());
     let want: HashSet<EventId> = emitted.iter().copied().collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
