@@ -17,14 +17,14 @@ impl fmt::Display for Malformed {
     }
 }
 
-/// One column value of a tuple.
+/// One column value of a tuple, borrowed from the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Value {
+pub(crate) enum Value<'a> {
     Null,
     /// An unchanged TOASTed value (only in updates, which the outbox's publication excludes).
     Unchanged,
-    Text(Vec<u8>),
-    Binary(Vec<u8>),
+    Text(&'a [u8]),
+    Binary(&'a [u8]),
 }
 
 /// A column of a relation, as the `R` message describes it.
@@ -36,7 +36,7 @@ pub(crate) struct Column {
 
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
+pub(crate) enum Message<'a> {
     Begin {
         final_lsn: u64,
         /// Microseconds since 2000-01-01 UTC.
@@ -53,7 +53,7 @@ pub(crate) enum Message {
     },
     Insert {
         relation: u32,
-        values: Vec<Value>,
+        values: Vec<Value<'a>>,
     },
     /// Any other message (update, delete, truncate, type, origin, logical message).
     Other(u8),
@@ -107,7 +107,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes one message.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Message, Malformed> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Message<'_>, Malformed> {
     let mut r = Reader { bytes, at: 0 };
     let tag = r.u8("the tag")?;
     match tag {
@@ -163,7 +163,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, Malformed> {
                     b'u' => Value::Unchanged,
                     kind @ (b't' | b'b') => {
                         let len = r.u32("a value's length")? as usize;
-                        let data = r.take(len, "a value")?.to_vec();
+                        let data = r.take(len, "a value")?;
                         if kind == b't' {
                             Value::Text(data)
                         } else {
@@ -266,11 +266,7 @@ mod tests {
             decode(&insert),
             Ok(Message::Insert {
                 relation: 16384,
-                values: vec![
-                    Value::Binary(vec![1, 2]),
-                    Value::Null,
-                    Value::Text(vec![b'x'])
-                ],
+                values: vec![Value::Binary(&[1, 2]), Value::Null, Value::Text(b"x")],
             })
         );
     }

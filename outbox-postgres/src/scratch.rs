@@ -131,5 +131,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = run("pg_dropcluster", &["--stop", &self.version, &self.name]);
+        // pg_dropcluster leaves the configuration directory behind when it holds a file of
+        // its own making (ours, in conf.d): without this, `pg_lsclusters` reports a corrupted
+        // cluster for every test run.
+        let _ = std::fs::remove_dir_all(format!("/etc/postgresql/{}/{}", self.version, self.name));
     }
 }

@@ -321,6 +321,7 @@ impl PgStore {
             client: None,
             relations: HashMap::new(),
             batch: HashMap::new(),
+            idempotent: HashSet::new(),
             confirmed: 0,
             unsettled: false,
             idle_end: 0,
@@ -402,6 +403,8 @@ pub struct PgStream {
     relations: HashMap<u32, Relation>,
     /// The ordering keys of the current batch's events (`None`: no key), by id.
     batch: HashMap<EventId, Option<String>>,
+    /// The current batch's events that carry an idempotency key.
+    idempotent: HashSet<EventId>,
     /// The position last confirmed.
     confirmed: u64,
     /// A batch was read and not confirmed: the next read starts again from the confirmed
@@ -446,7 +449,14 @@ impl Target {
     fn parse(database_url: &str) -> Result<Self, StoreError> {
         let bad =
             |reason: String| -> StoreError { ValidationError::new("database_url", reason).into() };
-        let url = url::Url::parse(database_url).map_err(|e| bad(e.to_string()))?;
+        // libpq takes `user@/db?host=/socket/dir`; the URL parser wants a host after `@`.
+        let url = match url::Url::parse(database_url) {
+            Err(url::ParseError::EmptyHost) => {
+                url::Url::parse(&database_url.replacen("@/", "@localhost/", 1))
+            }
+            parsed => parsed,
+        }
+        .map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(bad(format!("scheme {:?} is not postgres://", url.scheme())));
         }
@@ -653,10 +663,10 @@ impl PgStream {
     fn decode_insert(
         &self,
         relation: &Relation,
-        values: Vec<Value>,
+        values: Vec<Value<'_>>,
         now: DateTime<Utc>,
     ) -> Option<Streamed> {
-        let mut fields: HashMap<&str, Value> = relation
+        let mut fields: HashMap<&str, Value<'_>> = relation
             .columns
             .iter()
             .map(String::as_str)
@@ -708,7 +718,7 @@ impl PgStream {
     }
 }
 
-fn bytes(value: &Value) -> Result<&[u8], String> {
+fn bytes<'a>(value: &Value<'a>) -> Result<&'a [u8], String> {
     match value {
         Value::Binary(b) | Value::Text(b) => Ok(b),
         Value::Null => Err("is null".into()),
@@ -716,22 +726,24 @@ fn bytes(value: &Value) -> Result<&[u8], String> {
     }
 }
 
-fn text(value: &Value) -> Result<String, String> {
-    String::from_utf8(bytes(value)?.to_vec()).map_err(|_| "is not UTF-8".to_owned())
+fn text(value: &Value<'_>) -> Result<String, String> {
+    std::str::from_utf8(bytes(value)?)
+        .map(str::to_owned)
+        .map_err(|_| "is not UTF-8".to_owned())
 }
 
-fn uuid(value: &Value) -> Result<Uuid, String> {
+fn uuid(value: &Value<'_>) -> Result<Uuid, String> {
     Uuid::from_slice(bytes(value)?).map_err(|e| e.to_string())
 }
 
-fn int4(value: &Value) -> Result<u32, String> {
+fn int4(value: &Value<'_>) -> Result<u32, String> {
     let b: [u8; 4] = bytes(value)?
         .try_into()
         .map_err(|_| "is not a 4-byte integer".to_owned())?;
     u32::try_from(i32::from_be_bytes(b)).map_err(|_| "is negative".to_owned())
 }
 
-fn time(value: &Value) -> Result<DateTime<Utc>, String> {
+fn time(value: &Value<'_>) -> Result<DateTime<Utc>, String> {
     let b: [u8; 8] = bytes(value)?
         .try_into()
         .map_err(|_| "is not an 8-byte timestamp".to_owned())?;
@@ -739,7 +751,7 @@ fn time(value: &Value) -> Result<DateTime<Utc>, String> {
 }
 
 /// A `jsonb` value in its binary form: a version byte (1), then the JSON text.
-fn json(value: &Value) -> Result<serde_json::Value, String> {
+fn json(value: &Value<'_>) -> Result<serde_json::Value, String> {
     let b = bytes(value)?;
     let body = match (value, b.split_first()) {
         (Value::Binary(_), Some((1, body))) => body,
@@ -750,8 +762,8 @@ fn json(value: &Value) -> Result<serde_json::Value, String> {
 }
 
 fn optional<T>(
-    value: Option<&Value>,
-    read: impl Fn(&Value) -> Result<T, String>,
+    value: Option<&Value<'_>>,
+    read: impl Fn(&Value<'_>) -> Result<T, String>,
 ) -> Result<Option<T>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -760,7 +772,7 @@ fn optional<T>(
 }
 
 /// The event of a streamed row, or what is wrong with it.
-fn event_from(id: EventId, fields: &mut HashMap<&str, Value>) -> Result<OutboxEvent, String> {
+fn event_from(id: EventId, fields: &mut HashMap<&str, Value<'_>>) -> Result<OutboxEvent, String> {
     let get = |name: &'static str| {
         fields
             .get(name)
@@ -894,6 +906,12 @@ impl EventStream for PgStream {
             .iter()
             .map(|s| (s.event.id, s.event.ordering_key.clone()))
             .collect();
+        self.idempotent = batch
+            .events
+            .iter()
+            .filter(|s| s.event.idempotency_key.is_some())
+            .map(|s| s.event.id)
+            .collect();
         // A batch of transactions without events needs no settling; a later confirmation
         // covers its position.
         self.unsettled = !batch.events.is_empty();
@@ -989,28 +1007,34 @@ impl EventStream for PgStream {
             // position; those with an idempotency key stay, delivered, so the key goes on
             // refusing duplicates until the retention sweep. The statement runs while the next
             // batch is read and delivered; the position is reported once it is done.
-            let sql = format!(
-                "WITH gone AS (DELETE FROM {t} WHERE id = ANY($1) AND status = '{STREAMING}' \
-                 AND idempotency_key IS NULL) \
-                 UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
-                 delivered_at = {n}, updated_at = {n} \
-                 WHERE id = ANY($1) AND status = '{STREAMING}' AND idempotency_key IS NOT NULL"
+            let delete = format!(
+                "DELETE FROM {t} WHERE id = ANY($1) AND status = '{STREAMING}' \
+                 AND idempotency_key IS NULL"
             );
+            let keep = delivered.iter().any(|id| self.idempotent.contains(id));
+            let sql = if keep {
+                format!(
+                    "WITH gone AS ({delete}) \
+                     UPDATE {t} SET status = 'delivered', attempts = LEAST(attempts + 1, max_attempts), \
+                     delivered_at = {n}, updated_at = {n} \
+                     WHERE id = ANY($1) AND status = '{STREAMING}' AND idempotency_key IS NOT NULL"
+                )
+            } else {
+                // The usual batch: nothing to keep.
+                delete
+            };
             let ids: Vec<Uuid> = delivered.iter().map(|id| *id.as_uuid()).collect();
             let (pool, now) = (self.store.pool.clone(), self.store.injected_now());
             let task = tokio::spawn(async move {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(ids)
-                    .bind(now)
-                    .execute(&pool)
-                    .await
-                    .map(drop)
-                    .map_err(db_error)
+                let query = sqlx::query(AssertSqlSafe(sql)).bind(ids);
+                let query = if keep { query.bind(now) } else { query };
+                query.execute(&pool).await.map(drop).map_err(db_error)
             });
             self.pending = Some((task, position.0));
         }
         self.unsettled = false;
         self.batch.clear();
+        self.idempotent.clear();
         Ok(())
     }
 
@@ -1060,7 +1084,7 @@ const TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(60)
 
 impl PgStream {
     /// Takes one decoded message into the batch being read.
-    fn absorb(&mut self, message: Message, now: DateTime<Utc>, batch: &mut StreamBatch) {
+    fn absorb(&mut self, message: Message<'_>, now: DateTime<Utc>, batch: &mut StreamBatch) {
         match message {
             Message::Relation {
                 id,

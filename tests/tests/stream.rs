@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::{
-    DeliveryError, Emit, EventId, NewEvent, OutboxEvent, OutboxStoreExt, RetryPolicy, Status,
-    Transport,
+    DeliveryError, Emit, EventId, NewEvent, OutboxEvent, OutboxStore, OutboxStoreExt, RetryPolicy,
+    Status, Transport,
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::logical::{Cluster, cluster};
@@ -545,6 +545,39 @@ async fn a_reader_stopped_gracefully_hands_over_without_repeats() {
         last,
         "nothing delivered before the stop came again"
     );
+}
+
+/// An event with an idempotency key is kept, delivered, once streamed: the key goes on
+/// refusing duplicates; the events without one leave the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_idempotency_key_goes_on_refusing_duplicates() {
+    let cluster = cluster();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let transport = Recorder::default();
+    let (cancel, task) = spawn_stream(&store, &cluster.url(), transport.clone());
+    let keyed = || {
+        NewEvent::builder("order.paid", "order", "7")
+            .idempotency_key("order-7-paid")
+            .build()
+            .unwrap()
+    };
+    let first = emit(&store, vec![keyed(), event(None, json!({ "n": 1 }))]).await;
+    until("both events", || transport.count() == 2).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        store.fetch(first[0]).await.unwrap().status(),
+        Status::Delivered
+    );
+    assert!(
+        store.get(first[1]).await.unwrap().is_none(),
+        "the unkeyed one is gone"
+    );
+    let mut tx = store.begin().await.unwrap();
+    let again = tx.emit(keyed()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(again, outbox_core::Emitted::Duplicate(first[0]));
 }
 
 /// Many small transactions committed while the reader runs, as a service's requests would:
