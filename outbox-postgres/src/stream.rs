@@ -389,7 +389,7 @@ async fn hand_back(conn: &mut PgConnection, t: &str) -> Result<u64, StoreError> 
 }
 
 /// The reader of one replication slot: an [`EventStream`] of the outbox table's committed
-/// inserts. See the [module](self) documentation.
+/// inserts. See `docs/stream.md` in the repository for how it reads, settles and fails.
 pub struct PgStream {
     store: PgStore,
     slot: String,
