@@ -140,9 +140,10 @@ async fn listen(
             continue;
         }
         debug!(%channel, "outbox listener connected");
-        read_mode().await;
+        // Listening first: a commit while the mode is read must already count as heard.
         notifier.listening(true, pool, channel);
         wake();
+        read_mode().await;
         loop {
             match listener.try_recv().await {
                 Ok(Some(message)) if message.payload() == IDLE => {
@@ -158,9 +159,9 @@ async fn listen(
                 // The connection was lost and made anew (notifications meanwhile are lost).
                 Ok(None) => {
                     debug!(%channel, "outbox listener lost its connection; reconnected");
-                    read_mode().await;
                     notifier.listening(true, pool, channel);
                     wake();
+                    read_mode().await;
                 }
                 Err(sqlx::Error::PoolClosed) => {
                     notifier.listening(false, pool, channel);
