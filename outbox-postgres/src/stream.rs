@@ -666,7 +666,7 @@ impl PgStream {
         values: Vec<Value<'_>>,
         now: DateTime<Utc>,
     ) -> Option<Streamed> {
-        let mut fields: HashMap<&str, Value<'_>> = relation
+        let fields: HashMap<&str, Value<'_>> = relation
             .columns
             .iter()
             .map(String::as_str)
@@ -685,7 +685,7 @@ impl PgStream {
             // path has it.
             _ => return None,
         }
-        match event_from(id, &mut fields) {
+        match event_from(id, &fields) {
             Ok(event) => {
                 let not_due = event.lifecycle.next_attempt_at > event.created_at
                     && event.lifecycle.next_attempt_at > now;
@@ -695,7 +695,7 @@ impl PgStream {
                 })
             }
             Err(reason) => {
-                let mut event = OutboxEvent {
+                let event = OutboxEvent {
                     id,
                     event_type: String::new(),
                     aggregate_type: String::new(),
@@ -703,12 +703,12 @@ impl PgStream {
                     payload: serde_json::Value::Null,
                     headers: Default::default(),
                     idempotency_key: None,
-                    ordering_key: None,
+                    // Kept when readable: the event holds its key's place in the table.
+                    ordering_key: fields.get("ordering_key").and_then(|v| text(v).ok()),
                     lifecycle: Lifecycle::pending(1, now),
                     created_at: now,
                     updated_at: now,
                 };
-                event.ordering_key = fields.get("ordering_key").and_then(|v| text(v).ok());
                 Some(Streamed {
                     event,
                     hold: Some(HoldReason::Undecodable(reason)),
@@ -750,8 +750,8 @@ fn time(value: &Value<'_>) -> Result<DateTime<Utc>, String> {
     pg_time(i64::from_be_bytes(b)).ok_or_else(|| "is out of range".to_owned())
 }
 
-/// A `jsonb` value in its binary form: a version byte (1), then the JSON text.
-fn json(value: &Value<'_>) -> Result<serde_json::Value, String> {
+/// A `jsonb` value in its binary form (a version byte, 1, then the JSON text), read as `T`.
+fn json<T: serde::de::DeserializeOwned>(value: &Value<'_>) -> Result<T, String> {
     let b = bytes(value)?;
     let body = match (value, b.split_first()) {
         (Value::Binary(_), Some((1, body))) => body,
@@ -772,16 +772,16 @@ fn optional<T>(
 }
 
 /// The event of a streamed row, or what is wrong with it.
-fn event_from(id: EventId, fields: &mut HashMap<&str, Value<'_>>) -> Result<OutboxEvent, String> {
+fn event_from(id: EventId, fields: &HashMap<&str, Value<'_>>) -> Result<OutboxEvent, String> {
     let get = |name: &'static str| {
         fields
             .get(name)
             .ok_or_else(|| format!("column {name} is missing"))
     };
     let field = |name: &'static str, e: String| format!("{name} {e}");
+    // Read straight into the map: no intermediate JSON tree per event.
     let headers: std::collections::BTreeMap<String, String> =
-        serde_json::from_value(json(get("headers")?).map_err(|e| field("headers", e))?)
-            .map_err(|e| field("headers", e.to_string()))?;
+        json(get("headers")?).map_err(|e| field("headers", e))?;
     let created_at = time(get("created_at")?).map_err(|e| field("created_at", e))?;
     let max_attempts = int4(get("max_attempts")?).map_err(|e| field("max_attempts", e))?;
     let next_attempt_at = time(get("next_attempt_at")?).map_err(|e| field("next_attempt_at", e))?;
