@@ -200,6 +200,90 @@ impl Harness for PgHarness {
     }
 }
 
+/// The MySQL/MariaDB server the MySQL tests use: `MYSQL_URL`, else the local server at
+/// `mysql://root@127.0.0.1:3306/test`.
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// A pool on [`mysql_url`], or a panic with one line saying how to provide a server.
+pub async fn mysql_pool(max_connections: u32) -> sqlx::MySqlPool {
+    let url = mysql_url();
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to MySQL/MariaDB at {url} ({e}); start one (MariaDB: `service mariadb start`) or set MYSQL_URL"
+            )
+        })
+}
+
+/// A [`MySqlStore`](outbox_mysql::MySqlStore) on a table of its own (`t_<random>`), dropped
+/// by [`Harness::cleanup`], on a [`ManualClock`].
+#[derive(Debug, Clone)]
+pub struct MySqlHarness {
+    store: outbox_mysql::MySqlStore,
+    clock: ManualClock,
+}
+
+impl MySqlHarness {
+    /// A fresh, migrated, empty store on a table of its own.
+    pub async fn new() -> Self {
+        Self::with_config(4, |config| config).await
+    }
+
+    /// As [`new`](Self::new), with a pool of `max_connections` and the store's settings
+    /// adjusted by `adjust` (the table is the harness's own).
+    pub async fn with_config(
+        max_connections: u32,
+        adjust: impl FnOnce(outbox_mysql::MySqlConfig) -> outbox_mysql::MySqlConfig,
+    ) -> Self {
+        let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let pool = mysql_pool(max_connections).await;
+        let clock = ManualClock::new(t0());
+        let config = adjust(outbox_mysql::MySqlConfig::new()).with_table(&table);
+        let store = outbox_mysql::MySqlStore::new(pool, config)
+            .expect("valid config")
+            .with_clock(Arc::new(clock.clone()));
+        store.migrate().await.expect("migrate");
+        Self { store, clock }
+    }
+}
+
+#[async_trait]
+impl Harness for MySqlHarness {
+    type Store = outbox_mysql::MySqlStore;
+
+    fn store(&self) -> outbox_mysql::MySqlStore {
+        self.store.clone()
+    }
+
+    fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    async fn emit(&self, events: Vec<NewEvent>, commit: bool) -> Result<Vec<Emitted>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let emitted = tx.emit_all(events).await?;
+        if commit {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(emitted)
+    }
+
+    async fn cleanup(&self) {
+        self.store
+            .migrate_down()
+            .await
+            .expect("drop the test tables");
+        self.store.pool().close().await;
+    }
+}
+
 /// Writes a row into the harness's outbox table as another writer could (raw SQL, an older
 /// version of the library), bypassing every check: `payload` and `headers` are JSON text.
 /// Returns its id; it is pending and due at the harness clock's time.

@@ -1,0 +1,937 @@
+//! [`MySqlStore`]: the outbox contract on MySQL and MariaDB.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_core::clock::translate;
+use outbox_core::event::validate_event_type;
+use outbox_core::locked::validate_hold;
+use outbox_core::{
+    AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
+    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
+    PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError,
+    ValidationError, WakeupSender, Wakeups, distinct_ids,
+};
+use sea_query::{Alias, Expr, ExprTrait, MysqlQueryBuilder, Order, Query};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::mysql::MySqlArguments;
+use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
+use uuid::Uuid;
+
+use crate::config::MySqlConfig;
+use crate::error::{DUPLICATE_KEY, db_error, error_number};
+use crate::row::{COLUMNS, decode, text};
+use crate::schema;
+use crate::work::{Work, add};
+
+/// Rows changed per statement by the sweeps (reclaim, purge), so one call never holds a huge
+/// number of row locks; the sweeps loop until done.
+const SWEEP_CHUNK: usize = 5_000;
+
+/// The outbox on MySQL 8 or MariaDB 10.6 and later. Cheap to clone; clones share the pool and
+/// the wake-ups.
+///
+/// Emit through [`MySqlStore::begin`] (a transaction of the store's pool) or
+/// [`MySqlStore::emitter`] (any connection or transaction of yours); workers use the
+/// [`OutboxStore`] methods.
+///
+/// **Time comes from the database** (`UTC_TIMESTAMP(6)`), so relays whose clocks disagree
+/// still agree on every lease; [`with_clock`](Self::with_clock) injects one for tests.
+///
+/// **Wake-ups** are in-process: a commit through [`begin`](Self::begin) wakes the workers of
+/// this process at once. Events committed elsewhere (another process, or your own transaction
+/// through [`emitter`](Self::emitter)) are found by the workers' polling.
+#[derive(Clone, Debug)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+    config: Arc<MySqlConfig>,
+    clock: Option<Arc<dyn Clock>>,
+    wake: Arc<WakeupSender>,
+}
+
+impl MySqlStore {
+    /// A store for `config`'s table on `pool`. Fails if the configuration is invalid; touches
+    /// no database (call [`migrate`](Self::migrate) to create the tables).
+    pub fn new(pool: MySqlPool, config: MySqlConfig) -> Result<Self, ValidationError> {
+        config.validate()?;
+        Ok(Self {
+            pool,
+            config: Arc::new(config),
+            clock: None,
+            wake: Arc::new(WakeupSender::new()),
+        })
+    }
+
+    /// Decides every time on `clock` instead of the database's. For tests.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The pool the store uses.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &MySqlConfig {
+        &self.config
+    }
+
+    /// Creates or upgrades the outbox tables; returns how many migrations ran (0 when current).
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        schema::migrate_up(&self.pool, &self.config).await
+    }
+
+    /// Reverts every migration of this table (drops its tables and their events); returns how
+    /// many ran.
+    pub async fn migrate_down(&self) -> Result<usize, StoreError> {
+        schema::migrate_down(&self.pool, &self.config).await
+    }
+
+    /// The table's schema version (0 before [`migrate`](Self::migrate)).
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        schema::version(&self.pool, &self.config).await
+    }
+
+    /// The injected clock's time; `None` lets the database decide.
+    pub(crate) fn injected_now(&self) -> Option<DateTime<Utc>> {
+        self.clock.as_ref().map(|c| c.now())
+    }
+
+    /// This process's idea of now, for checks that tolerate skew.
+    pub(crate) fn local_now(&self) -> DateTime<Utc> {
+        self.injected_now().unwrap_or_else(Utc::now)
+    }
+
+    /// The store's clock reading, on `conn` (the database's, unless one was injected).
+    pub(crate) async fn now_on(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        if let Some(now) = self.injected_now() {
+            return Ok(now);
+        }
+        sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.wake();
+    }
+
+    fn table(&self) -> &str {
+        self.config.table()
+    }
+
+    /// The `SELECT` of due, unpaused pending events, oldest due first, locked with `SKIP LOCKED`.
+    fn due_query(
+        &self,
+        at: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(String, MySqlArguments), StoreError> {
+        let t = self.table();
+        let sql = format!(
+            "SELECT {COLUMNS}, attempt_log FROM `{t}` WHERE status = 'pending' \
+             AND next_attempt_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM `{t}_paused` p WHERE p.event_type = `{t}`.event_type) \
+             ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+        );
+        let mut args = MySqlArguments::default();
+        add(&mut args, at)?;
+        add(&mut args, u64::try_from(limit).unwrap_or(u64::MAX))?;
+        Ok((sql, args))
+    }
+
+    /// Applies a lease-holder transition to each named event and reports what became of each;
+    /// events not held under the lease are left alone and reported lost.
+    async fn fenced(
+        &self,
+        items: Vec<(EventId, outbox_core::Transition)>,
+        delete_delivered: bool,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(items.iter().map(|(id, _)| *id))?;
+        let mut work = Work::begin(self).await?;
+        let ids: Vec<EventId> = items.iter().map(|(id, _)| *id).collect();
+        work.lock_ids(&ids, false).await?;
+        let mut recorded = Vec::with_capacity(items.len());
+        for (id, t) in items {
+            let outcome = match work.apply(id, &t) {
+                Err(_) => Outcome::LeaseLost,
+                Ok(event) => outcome_of(&t, &event),
+            };
+            if delete_delivered
+                && outcome == Outcome::Delivered
+                && work.event(id).is_some_and(|e| e.idempotency_key.is_none())
+            {
+                work.delete(id);
+            }
+            recorded.push(Recorded { id, outcome });
+        }
+        work.commit().await?;
+        Ok(recorded)
+    }
+}
+
+/// What a lease-holder transition that was applied did to `event`, as reported to the caller.
+pub(crate) fn outcome_of(t: &outbox_core::Transition, event: &OutboxEvent) -> Outcome {
+    use outbox_core::Transition;
+    match (t, event.status()) {
+        (Transition::Release { .. }, _) => Outcome::Released,
+        (Transition::Defer { .. }, _) => Outcome::Deferred {
+            at: event.lifecycle.next_attempt_at,
+        },
+        (_, Status::Delivered) => Outcome::Delivered,
+        (_, Status::Dead) => Outcome::Dead,
+        _ => Outcome::Retrying {
+            at: event.lifecycle.next_attempt_at,
+        },
+    }
+}
+
+fn not_a_dead_head(event: &OutboxEvent) -> StoreError {
+    StoreError::Transition {
+        id: event.id,
+        source: outbox_core::TransitionError::Illegal {
+            from: event.status(),
+            transition: "skip",
+        },
+    }
+}
+
+fn bytes_of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend {
+        source: Box::new(e),
+    })
+}
+
+#[async_trait]
+impl OutboxStore for MySqlStore {
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let (sql, args) = self.due_query(at, limit)?;
+        let ids = work.load(sql, args).await?;
+        let claim = outbox_core::Transition::Claim {
+            lease: Lease {
+                until: translate(lease.until, now, at),
+                ..lease.clone()
+            },
+        };
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            events.push(work.apply(id, &claim)?);
+        }
+        work.commit().await?;
+        Ok(events)
+    }
+
+    async fn renew(
+        &self,
+        lease: LeaseId,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let sql = format!(
+            "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE status = 'in_flight' AND lease_id = ? \
+             FOR UPDATE",
+            self.table()
+        );
+        let mut args = MySqlArguments::default();
+        add(&mut args, *lease.as_uuid())?;
+        let ids = work.load(sql, args).await?;
+        let renew = outbox_core::Transition::Renew {
+            lease,
+            until: translate(until, now, at),
+        };
+        for id in &ids {
+            work.apply(*id, &renew)?;
+        }
+        work.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn ack(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let items = ids
+            .iter()
+            .map(|id| (*id, outbox_core::Transition::Ack { lease }))
+            .collect();
+        self.fenced(items, self.config.delete_delivered()).await
+    }
+
+    async fn nack(
+        &self,
+        lease: LeaseId,
+        failures: &[Failure],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        // The store's reading is taken inside the transaction; the caller's times are read
+        // relative to `now` against it there.
+        distinct_ids(failures.iter().map(|f| f.id))?;
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
+        work.lock_ids(&ids, false).await?;
+        let mut recorded = Vec::with_capacity(failures.len());
+        for f in failures {
+            let t = outbox_core::Transition::Nack {
+                lease,
+                error: f.error.clone(),
+                retry_at: f.retry_at.map(|r| translate(r, now, at)),
+            };
+            let outcome = match work.apply(f.id, &t) {
+                Err(_) => Outcome::LeaseLost,
+                Ok(event) => outcome_of(&t, &event),
+            };
+            recorded.push(Recorded { id: f.id, outcome });
+        }
+        work.commit().await?;
+        self.wake();
+        Ok(recorded)
+    }
+
+    async fn release(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let items = ids
+            .iter()
+            .map(|id| (*id, outbox_core::Transition::Release { lease }))
+            .collect();
+        let recorded = self.fenced(items, false).await?;
+        self.wake();
+        Ok(recorded)
+    }
+
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        work.lock_ids(ids, false).await?;
+        let t = outbox_core::Transition::Defer {
+            lease,
+            until: translate(until, now, at),
+            reason: reason.to_owned(),
+        };
+        let mut recorded = Vec::with_capacity(ids.len());
+        for id in ids {
+            let outcome = match work.apply(*id, &t) {
+                Err(_) => Outcome::LeaseLost,
+                Ok(event) => outcome_of(&t, &event),
+            };
+            recorded.push(Recorded { id: *id, outcome });
+        }
+        work.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+        let mut reclaimed = Reclaimed::default();
+        loop {
+            let mut work = Work::begin(self).await?;
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE status = 'in_flight' \
+                 AND locked_until <= ? ORDER BY locked_until LIMIT {SWEEP_CHUNK} \
+                 FOR UPDATE SKIP LOCKED",
+                self.table()
+            );
+            let mut args = MySqlArguments::default();
+            add(&mut args, work.at)?;
+            let ids = work.load(sql, args).await?;
+            for id in &ids {
+                match work.apply(*id, &outbox_core::Transition::Expire)?.status() {
+                    Status::Dead => reclaimed.dead += 1,
+                    _ => reclaimed.pending += 1,
+                }
+            }
+            work.commit().await?;
+            if ids.len() < SWEEP_CHUNK {
+                break;
+            }
+        }
+        if reclaimed.pending > 0 {
+            self.wake();
+        }
+        Ok(reclaimed)
+    }
+
+    async fn purge_delivered(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let at = self.now_on(&mut conn).await?;
+        let before = translate(before, now, at);
+        let mut purged = 0;
+        loop {
+            let sql = format!(
+                "DELETE FROM `{}` WHERE status = 'delivered' AND delivered_at < ? LIMIT {SWEEP_CHUNK}",
+                self.table()
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(before)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+            purged += done;
+            if done < SWEEP_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM `{}` WHERE id = ?", self.table());
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(*id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => match decode(&row)? {
+                Ok(stored) => Ok(Some(stored.event)),
+                Err(bad) => Err(StoreError::Undecodable {
+                    id,
+                    reason: bad.error,
+                }),
+            },
+        }
+    }
+
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        let col = |name: &str| Expr::col(Alias::new(name));
+        let mut query = Query::select();
+        query
+            .expr(Expr::cust(COLUMNS))
+            .from(Alias::new(self.table()))
+            .order_by(
+                Alias::new("id"),
+                if filter.newest_first {
+                    Order::Desc
+                } else {
+                    Order::Asc
+                },
+            )
+            .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
+        if let Some(status) = filter.status {
+            query.and_where(col("status").eq(status.as_str()));
+        }
+        let bytes = |s: &str| s.as_bytes().to_vec();
+        if let Some(event_type) = &filter.event_type {
+            query.and_where(col("event_type").eq(bytes(event_type)));
+        }
+        if let Some(aggregate_type) = &filter.aggregate_type {
+            query.and_where(col("aggregate_type").eq(bytes(aggregate_type)));
+        }
+        if let Some(aggregate_id) = &filter.aggregate_id {
+            query.and_where(col("aggregate_id").eq(bytes(aggregate_id)));
+        }
+        if let Some(prefix) = &filter.event_type_prefix {
+            let len = u64::try_from(prefix.len()).unwrap_or(u64::MAX);
+            query.and_where(Expr::cust_with_values(
+                "LEFT(event_type, ?) = ?",
+                [
+                    sea_query::Value::from(len),
+                    sea_query::Value::from(bytes(prefix)),
+                ],
+            ));
+        }
+        if let Some(key) = &filter.idempotency_key {
+            query.and_where(col("idempotency_key").eq(bytes(key)));
+        }
+        if let Some(from) = filter.created_from {
+            query.and_where(col("created_at").gte(from));
+        }
+        if let Some(before) = filter.created_before {
+            query.and_where(col("created_at").lt(before));
+        }
+        match (filter.after, filter.newest_first) {
+            (Some(after), false) => query.and_where(col("id").gt(*after.as_uuid())),
+            (Some(after), true) => query.and_where(col("id").lt(*after.as_uuid())),
+            (None, _) => &mut query,
+        };
+        let (sql, values) = query.build_sqlx(MysqlQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut page = EventPage::default();
+        for row in &rows {
+            match decode(row)? {
+                Ok(stored) => page.events.push(stored.event),
+                Err(bad) => page.undecodable.push(bad),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let sql = format!(
+            "SELECT status, COUNT(*) AS n FROM `{}` GROUP BY status",
+            self.table()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut counts = StatusCounts::default();
+        for row in &rows {
+            let status: String = row.try_get("status").map_err(db_error)?;
+            let n: i64 = row.try_get("n").map_err(db_error)?;
+            counts.add(status.parse()?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
+        let mut counts = StatusCounts::default();
+        for status in Status::ALL {
+            let sql = format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM `{}` WHERE status = ? LIMIT ?) AS c",
+                self.table()
+            );
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(status.as_str())
+                .bind(cap)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
+            counts.add(status, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    async fn retry_dead(
+        &self,
+        id: EventId,
+        extra_attempts: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let mut work = Work::begin(self).await?;
+        work.lock_ids(&[id], false).await?;
+        if work.event(id).is_none() {
+            return Err(StoreError::NotFound(id));
+        }
+        work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
+        work.rejoin_key(id).await?;
+        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        Some(self.wake.subscribe())
+    }
+
+    async fn claim_locked(
+        &self,
+        holder: &str,
+        limit: usize,
+        hold: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<LockedClaim, StoreError> {
+        validate_hold(hold)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        // The server ends the hold: a connection idle longer than this is closed, and its
+        // transaction rolled back.
+        let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
+        sqlx::query(AssertSqlSafe(format!(
+            "SET SESSION wait_timeout = {seconds}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        drop(conn);
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let (sql, args) = self.due_query(at, limit.max(1))?;
+        let ids = if limit == 0 {
+            Vec::new()
+        } else {
+            work.load(sql, args).await?
+        };
+        let events = ids
+            .iter()
+            .filter_map(|id| work.event(*id).cloned())
+            .collect();
+        let batch = Box::new(MySqlLockedBatch {
+            store: self.clone(),
+            holder: holder.to_owned(),
+            hold,
+            ids,
+            tx: Some(work.tx),
+        });
+        Ok(LockedClaim { events, batch })
+    }
+
+    async fn delete_events(
+        &self,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let mut work = Work::begin(self).await?;
+        work.lock_ids(ids, true).await?;
+        let mut deleted = Vec::new();
+        let mut seen = BTreeSet::new();
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            match work.event(*id) {
+                Some(e) if e.status() != Status::InFlight => {
+                    work.delete(*id);
+                    deleted.push(*id);
+                }
+                _ => {}
+            }
+        }
+        work.commit().await?;
+        self.wake();
+        Ok(deleted)
+    }
+
+    async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
+        let t = self.table();
+        let sql = format!(
+            "SELECT k.ordering_key, e.id, \
+             (SELECT COUNT(*) FROM `{t}` w WHERE w.ordering_key = k.ordering_key AND w.status = 'waiting') AS waiting \
+             FROM `{t}_keys` k JOIN `{t}` e ON e.id = k.head \
+             WHERE e.status = 'dead' ORDER BY e.created_at, e.id LIMIT ?"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(u64::try_from(limit).unwrap_or(u64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let head: Uuid = row.try_get("id").map_err(db_error)?;
+                let waiting: i64 = row.try_get("waiting").map_err(db_error)?;
+                Ok(ParkedKey {
+                    key: text(row, "ordering_key")?,
+                    head: EventId::from_uuid(head),
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn skip_dead_head(
+        &self,
+        id: EventId,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let mut work = Work::begin(self).await?;
+        work.lock_ids(&[id], false).await?;
+        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        let key = event
+            .ordering_key
+            .clone()
+            .filter(|_| event.status() == Status::Dead);
+        let Some(key) = key else {
+            return Err(not_a_dead_head(&event));
+        };
+        if !work.heads_key(id).await? {
+            return Err(not_a_dead_head(&event));
+        }
+        work.touch(id);
+        work.leave_key(key, id);
+        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    async fn history(&self, id: EventId) -> Result<History, StoreError> {
+        let sql = format!(
+            "SELECT attempt_log, audit_notes FROM `{}` WHERE id = ?",
+            self.table()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(*id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or(StoreError::NotFound(id))?;
+        let read = |column: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            row.try_get(column).map_err(db_error)
+        };
+        let undecodable = |e: serde_json::Error| StoreError::Undecodable {
+            id,
+            reason: e.to_string(),
+        };
+        let mut history = History::default();
+        if let Some(log) = read("attempt_log")? {
+            history.attempts = serde_json::from_slice(&log).map_err(undecodable)?;
+        }
+        if let Some(notes) = read("audit_notes")? {
+            history.notes = serde_json::from_slice(&notes).map_err(undecodable)?;
+        }
+        Ok(history)
+    }
+
+    async fn edit_dead(
+        &self,
+        id: EventId,
+        edit: &PayloadEdit,
+        extra_attempts: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        edit.check(&self.config.limits)?;
+        let mut work = Work::begin(self).await?;
+        work.lock_ids(&[id], false).await?;
+        let previous = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        // Revived first, so a refused revive (not dead, too many attempts) changes nothing.
+        work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
+        work.rejoin_key(id).await?;
+        let at = work.at;
+        let notes_sql = format!("SELECT audit_notes FROM `{}` WHERE id = ?", self.table());
+        let notes: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(notes_sql))
+            .bind(*id.as_uuid())
+            .fetch_one(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        let mut history = History::default();
+        if let Some(notes) = notes {
+            history.notes =
+                serde_json::from_slice(&notes).map_err(|e| StoreError::Undecodable {
+                    id,
+                    reason: e.to_string(),
+                })?;
+        }
+        history.push_note(AuditNote {
+            at,
+            by: edit.by.clone(),
+            note: edit.note.clone(),
+            previous_payload: previous.payload,
+        });
+        let sql = format!(
+            "UPDATE `{}` SET payload = ?, audit_notes = ? WHERE id = ?",
+            self.table()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(bytes_of(&edit.payload)?)
+            .bind(bytes_of(&history.notes)?)
+            .bind(*id.as_uuid())
+            .execute(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        let mut event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        event.payload = edit.payload.clone();
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    async fn pause_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let at = self.now_on(&mut conn).await?;
+        let sql = format!(
+            "INSERT INTO `{}_paused` (event_type, paused_at) VALUES (?, ?)",
+            self.table()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(event_type.as_bytes())
+            .bind(at)
+            .execute(&mut *conn)
+            .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if error_number(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let sql = format!("DELETE FROM `{}_paused` WHERE event_type = ?", self.table());
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(event_type.as_bytes())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let resumed = done.rows_affected() > 0;
+        if resumed {
+            self.wake();
+        }
+        Ok(resumed)
+    }
+
+    async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+        let sql = format!(
+            "SELECT event_type, paused_at FROM `{}_paused` ORDER BY event_type",
+            self.table()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(PausedType {
+                    event_type: text(row, "event_type")?,
+                    since: row.try_get("paused_at").map_err(db_error)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivered_since(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let at = self.now_on(&mut conn).await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM `{}` WHERE status = 'delivered' AND delivered_at >= ?",
+            self.table()
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(translate(since, now, at))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A locked claim on MySQL: a transaction holding its events' row locks, ended by the server
+/// if the connection stays idle longer than the hold.
+struct MySqlLockedBatch {
+    store: MySqlStore,
+    holder: String,
+    hold: Duration,
+    ids: Vec<EventId>,
+    tx: Option<sqlx::Transaction<'static, MySql>>,
+}
+
+fn hold_ended() -> StoreError {
+    StoreError::Unavailable {
+        source: "the locked claim's hold ran out; its events were given back untried".into(),
+    }
+}
+
+#[async_trait]
+impl LockedBatch for MySqlLockedBatch {
+    async fn keep(&mut self) -> Result<(), StoreError> {
+        let tx = self.tx.as_mut().ok_or_else(hold_ended)?;
+        sqlx::query("SELECT 1")
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        settlement: &Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        settlement.validate()?;
+        let mut tx = self.tx.take().ok_or_else(hold_ended)?;
+        let at = self.store.now_on(&mut tx).await?;
+        let mut work = Work::on(&self.store, tx, at);
+        work.lock_ids(&self.ids, false).await?;
+        // The state machine's claim needs a lease: one that stands for this lock.
+        let lease = Lease {
+            id: LeaseId::new(),
+            holder: self.holder.clone(),
+            until: outbox_core::clock::add(at, self.hold),
+        };
+        let claim = outbox_core::Transition::Claim {
+            lease: lease.clone(),
+        };
+        let mine: BTreeSet<EventId> = self.ids.iter().copied().collect();
+        let mut recorded = Vec::with_capacity(self.ids.len());
+        for (id, change) in settlement.transitions(lease.id, |t| translate(t, now, at)) {
+            let outcome = match (mine.contains(&id), change) {
+                (false, _) => Outcome::LeaseLost,
+                (true, None) => Outcome::Released,
+                (true, Some(t)) => {
+                    // Settling a locked event is its claim and its outcome at once.
+                    work.apply(id, &claim)?;
+                    let event = work.apply(id, &t)?;
+                    let outcome = outcome_of(&t, &event);
+                    if self.store.config.delete_delivered()
+                        && outcome == Outcome::Delivered
+                        && event.idempotency_key.is_none()
+                    {
+                        work.delete(id);
+                    }
+                    outcome
+                }
+            };
+            recorded.push(Recorded { id, outcome });
+        }
+        let named: BTreeSet<EventId> = settlement.ids().collect();
+        recorded.extend(
+            self.ids
+                .iter()
+                .filter(|id| !named.contains(id))
+                .map(|id| Recorded {
+                    id: *id,
+                    outcome: Outcome::Released,
+                }),
+        );
+        work.flush().await?;
+        sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
+            .execute(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        work.tx.commit().await.map_err(db_error)?;
+        if recorded.iter().any(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Delivered | Outcome::Deferred { .. } | Outcome::LeaseLost
+            )
+        }) {
+            self.store.wake();
+        }
+        Ok(recorded)
+    }
+}
+
+impl Drop for MySqlLockedBatch {
+    fn drop(&mut self) {
+        if self.tx.take().is_some() {
+            // Dropping the transaction rolls it back on the connection's next use.
+            self.store.wake();
+        }
+    }
+}

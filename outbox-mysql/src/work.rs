@@ -1,0 +1,471 @@
+//! One store operation as a transaction: the rows it changes are read under row locks, changed
+//! in Rust by the core state machine ([`transition`]) exactly as the memory store changes
+//! them, and written back together before the commit. The rules live in `outbox-core`; this
+//! module only moves rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use outbox_core::ordering::keeps_key;
+use outbox_core::{Attempt, EventId, OutboxEvent, Status, StoreError, Transition, transition};
+use sqlx::mysql::MySqlArguments;
+use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
+use uuid::Uuid;
+
+use crate::error::db_error;
+use crate::row::{COLUMNS, Stored, as_int, decode_for_change, text};
+use crate::store::MySqlStore;
+
+/// Rows written back per statement.
+const WRITE_CHUNK: usize = 500;
+/// Ids looked up per statement.
+const ID_CHUNK: usize = 1000;
+
+/// An open transaction of the store with the rows it read for change.
+pub(crate) struct Work<'s> {
+    store: &'s MySqlStore,
+    pub(crate) tx: sqlx::Transaction<'static, MySql>,
+    /// The store's clock reading for this operation: every transition happens at it.
+    pub(crate) at: DateTime<Utc>,
+    rows: BTreeMap<EventId, Stored>,
+    dirty: BTreeSet<EventId>,
+    /// Ordering keys whose head may have given them up, and the events that may have headed
+    /// them.
+    leaving: BTreeMap<String, BTreeSet<EventId>>,
+    /// Rows to delete at the end.
+    gone: BTreeSet<EventId>,
+}
+
+/// `?, ?, …` for `n` values.
+pub(crate) fn marks(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// Adds a value to a statement's arguments.
+pub(crate) fn add<'q, T>(args: &mut MySqlArguments, value: T) -> Result<(), StoreError>
+where
+    T: 'q + sqlx::Encode<'q, MySql> + sqlx::Type<MySql>,
+{
+    args.add(value)
+        .map_err(|source| StoreError::Backend { source })
+}
+
+impl<'s> Work<'s> {
+    /// Begins a transaction (`READ COMMITTED`: each statement reads what is committed when it
+    /// starts, so a read after taking a lock sees what the lock's previous holder wrote).
+    pub(crate) async fn begin(store: &'s MySqlStore) -> Result<Self, StoreError> {
+        let mut tx = store
+            .pool()
+            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+            .await
+            .map_err(db_error)?;
+        let at = store.now_on(&mut tx).await?;
+        Ok(Self::on(store, tx, at))
+    }
+
+    /// Continues an open transaction.
+    pub(crate) fn on(
+        store: &'s MySqlStore,
+        tx: sqlx::Transaction<'static, MySql>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            store,
+            tx,
+            at,
+            rows: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            leaving: BTreeMap::new(),
+            gone: BTreeSet::new(),
+        }
+    }
+
+    fn table(&self) -> &str {
+        self.store.config().table()
+    }
+
+    /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
+    /// returns their ids in the order read.
+    pub(crate) async fn load(
+        &mut self,
+        sql: String,
+        args: MySqlArguments,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored = decode_for_change(row)?;
+            let id = stored.event.id;
+            self.rows.entry(id).or_insert(stored);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Reads the named events under row locks (skipping those another transaction holds, with
+    /// `skip_locked`); events that do not exist are simply not read.
+    pub(crate) async fn lock_ids(
+        &mut self,
+        ids: &[EventId],
+        skip_locked: bool,
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut args = MySqlArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE id IN ({}) FOR UPDATE{}",
+                self.table(),
+                marks(chunk.len()),
+                if skip_locked { " SKIP LOCKED" } else { "" }
+            );
+            self.load(sql, args).await?;
+        }
+        Ok(())
+    }
+
+    /// The event as read (and changed so far), if it was read.
+    pub(crate) fn event(&self, id: EventId) -> Option<&OutboxEvent> {
+        self.rows.get(&id).map(|s| &s.event)
+    }
+
+    /// Applies `t` to a read event through the core state machine, recording a failed attempt
+    /// in its history; a head whose new status no longer keeps its key is noted, to be released
+    /// before the commit.
+    pub(crate) fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
+        let at = self.at;
+        let dead_head = self.store.config().dead_head();
+        let stored = self.rows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let before = &stored.event.lifecycle;
+        let lifecycle =
+            transition(before, t, at).map_err(|source| StoreError::Transition { id, source })?;
+        if let Some(attempt) = Attempt::recorded(before, &lifecycle, at) {
+            let mut history = outbox_core::History {
+                attempts: std::mem::take(&mut stored.attempts),
+                notes: Vec::new(),
+            };
+            history.push_attempt(attempt);
+            stored.attempts = history.attempts;
+        }
+        stored.event.lifecycle = lifecycle;
+        stored.event.updated_at = at;
+        if stored.event.status() != Status::Waiting {
+            stored.key_place = None;
+        }
+        let event = stored.event.clone();
+        if let Some(key) = &event.ordering_key
+            && !keeps_key(event.status(), dead_head)
+        {
+            self.leaving.entry(key.clone()).or_default().insert(id);
+        }
+        self.dirty.insert(id);
+        Ok(event)
+    }
+
+    /// Marks a read event changed (its `updated_at` moved to now).
+    pub(crate) fn touch(&mut self, id: EventId) {
+        if let Some(stored) = self.rows.get_mut(&id) {
+            stored.event.updated_at = self.at;
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Deletes a read event before the commit; if it headed its key, the key moves on.
+    pub(crate) fn delete(&mut self, id: EventId) {
+        if let Some(stored) = self.rows.get(&id)
+            && let Some(key) = &stored.event.ordering_key
+        {
+            self.leaving.entry(key.clone()).or_default().insert(id);
+        }
+        self.dirty.remove(&id);
+        self.gone.insert(id);
+    }
+
+    /// Gives up `key` for `head` (an operator's skip).
+    pub(crate) fn leave_key(&mut self, key: String, head: EventId) {
+        self.leaving.entry(key).or_default().insert(head);
+    }
+
+    /// Locks the keys' rows, creating missing ones, in key order; returns each key's head and
+    /// next queue place.
+    pub(crate) async fn lock_keys(
+        &mut self,
+        keys: &BTreeSet<String>,
+        create: bool,
+    ) -> Result<BTreeMap<String, (Option<EventId>, i64)>, StoreError> {
+        lock_keys(&mut self.tx, self.store.config().table(), keys, create).await
+    }
+
+    /// A pending event that does not head its key rejoins it: at the back of its queue if the
+    /// key has a head, as its head if not.
+    pub(crate) async fn rejoin_key(&mut self, id: EventId) -> Result<(), StoreError> {
+        let Some(key) = self.event(id).and_then(|e| e.ordering_key.clone()) else {
+            return Ok(());
+        };
+        let keys = BTreeSet::from([key.clone()]);
+        let table = self.table_name();
+        let (head, place) = self
+            .lock_keys(&keys, true)
+            .await?
+            .remove(&key)
+            .unwrap_or((None, 0));
+        match head {
+            Some(head) if head == id => {}
+            Some(other) => {
+                self.apply(id, &Transition::Wait)?;
+                if let Some(stored) = self.rows.get_mut(&id) {
+                    stored.key_place = Some(place);
+                }
+                set_key(&mut self.tx, &table, &key, Some(other), place + 1).await?;
+            }
+            None => {
+                set_key(&mut self.tx, &table, &key, Some(id), place).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn table_name(&self) -> String {
+        self.table().to_owned()
+    }
+
+    /// Whether `id` heads its ordering key.
+    pub(crate) async fn heads_key(&mut self, id: EventId) -> Result<bool, StoreError> {
+        let Some(key) = self.event(id).and_then(|e| e.ordering_key.clone()) else {
+            return Ok(false);
+        };
+        let keys = BTreeSet::from([key.clone()]);
+        let heads = self.lock_keys(&keys, false).await?;
+        Ok(heads.get(&key).and_then(|(head, _)| *head) == Some(id))
+    }
+
+    /// Moves on every key whose head gave it up: its first waiting event is promoted, or the
+    /// key's row goes.
+    async fn release_keys(&mut self) -> Result<(), StoreError> {
+        while !self.leaving.is_empty() {
+            let leaving = std::mem::take(&mut self.leaving);
+            let keys: BTreeSet<String> = leaving.keys().cloned().collect();
+            let heads = self.lock_keys(&keys, false).await?;
+            for (key, candidates) in leaving {
+                match heads.get(&key) {
+                    Some((Some(current), place)) if candidates.contains(current) => {
+                        let sql = format!(
+                            "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE ordering_key = ? \
+                             AND status = 'waiting' ORDER BY key_place LIMIT 1 FOR UPDATE",
+                            self.table()
+                        );
+                        let mut args = MySqlArguments::default();
+                        add(&mut args, key.as_bytes().to_vec())?;
+                        let next = self.load(sql, args).await?.into_iter().next();
+                        let table = self.table_name();
+                        match next {
+                            Some(next) => {
+                                self.apply(next, &Transition::Promote)?;
+                                set_key(&mut self.tx, table, &key, Some(next), *place).await?;
+                            }
+                            None => {
+                                sqlx::query(AssertSqlSafe(format!(
+                                    "DELETE FROM `{table}_keys` WHERE ordering_key = ?"
+                                )))
+                                .bind(key.as_bytes())
+                                .execute(&mut *self.tx)
+                                .await
+                                .map_err(db_error)?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
+    /// writes every changed row back.
+    pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        let gone: Vec<EventId> = std::mem::take(&mut self.gone).into_iter().collect();
+        for chunk in gone.chunks(ID_CHUNK) {
+            let mut args = MySqlArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            let sql = format!(
+                "DELETE FROM `{}` WHERE id IN ({})",
+                self.table(),
+                marks(chunk.len())
+            );
+            sqlx::query_with(AssertSqlSafe(sql), args)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+        }
+        self.release_keys().await?;
+        let dirty: Vec<EventId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for chunk in dirty.chunks(WRITE_CHUNK) {
+            let stored: Vec<&Stored> = chunk.iter().filter_map(|id| self.rows.get(id)).collect();
+            write_back(&mut self.tx, self.store.config().table(), &stored).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and commits.
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.tx.commit().await.map_err(db_error)
+    }
+}
+
+/// Locks the keys' rows in key order (creating missing ones with `create`); returns each
+/// key's head and next queue place.
+pub(crate) async fn lock_keys(
+    conn: &mut sqlx::MySqlConnection,
+    table: &str,
+    keys: &BTreeSet<String>,
+    create: bool,
+) -> Result<BTreeMap<String, (Option<EventId>, i64)>, StoreError> {
+    let mut out = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let keys: Vec<&String> = keys.iter().collect();
+    for chunk in keys.chunks(ID_CHUNK) {
+        if create {
+            let mut args = MySqlArguments::default();
+            for key in chunk {
+                add(&mut args, key.as_bytes().to_vec())?;
+            }
+            let values = vec!["(?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO `{table}_keys` (ordering_key) VALUES {values} \
+                 ON DUPLICATE KEY UPDATE ordering_key = ordering_key"
+            );
+            sqlx::query_with(AssertSqlSafe(sql), args)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+        let mut args = MySqlArguments::default();
+        for key in chunk {
+            add(&mut args, key.as_bytes().to_vec())?;
+        }
+        let sql = format!(
+            "SELECT ordering_key, head, next_place FROM `{table}_keys` WHERE ordering_key IN ({}) \
+             ORDER BY ordering_key FOR UPDATE",
+            marks(chunk.len())
+        );
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        for row in &rows {
+            let key = text(row, "ordering_key")?;
+            let head: Option<Uuid> = row.try_get("head").map_err(db_error)?;
+            let place: i64 = row.try_get("next_place").map_err(db_error)?;
+            out.insert(key, (head.map(EventId::from_uuid), place));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets a key's head and next queue place.
+pub(crate) async fn set_key(
+    conn: &mut sqlx::MySqlConnection,
+    table: impl AsRef<str>,
+    key: &str,
+    head: Option<EventId>,
+    next_place: i64,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "UPDATE `{}_keys` SET head = ?, next_place = ? WHERE ordering_key = ?",
+        table.as_ref()
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(head.map(|h| *h.as_uuid()))
+        .bind(next_place)
+        .bind(key.as_bytes())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Writes the changeable columns of `rows` back in one statement.
+async fn write_back(
+    conn: &mut sqlx::MySqlConnection,
+    table: &str,
+    rows: &[&Stored],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut args = MySqlArguments::default();
+    let mut values = String::new();
+    for (i, stored) in rows.iter().enumerate() {
+        let e = &stored.event;
+        let l = &e.lifecycle;
+        if i == 0 {
+            values.push_str(
+                "SELECT ? AS seq, ? AS status, ? AS attempts, ? AS max_attempts, \
+                 ? AS next_attempt_at, ? AS lease_id, ? AS locked_by, ? AS locked_until, \
+                 ? AS last_error, ? AS updated_at, ? AS delivered_at, ? AS attempt_log, \
+                 ? AS key_place",
+            );
+        } else {
+            values.push_str(" UNION ALL SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?");
+        }
+        add(&mut args, stored.seq)?;
+        add(&mut args, l.status.as_str())?;
+        add(&mut args, as_int("attempts", l.attempts)?)?;
+        add(&mut args, as_int("max_attempts", l.max_attempts)?)?;
+        add(&mut args, l.next_attempt_at)?;
+        add(&mut args, l.lease.as_ref().map(|x| *x.id.as_uuid()))?;
+        add(
+            &mut args,
+            l.lease.as_ref().map(|x| x.holder.as_bytes().to_vec()),
+        )?;
+        add(&mut args, l.lease.as_ref().map(|x| x.until))?;
+        add(
+            &mut args,
+            l.last_error.as_ref().map(|x| x.as_bytes().to_vec()),
+        )?;
+        add(&mut args, e.updated_at)?;
+        add(&mut args, l.delivered_at)?;
+        let log = if stored.attempts.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_vec(&stored.attempts).map_err(|e| StoreError::Backend {
+                    source: Box::new(e),
+                })?,
+            )
+        };
+        add(&mut args, log)?;
+        add(&mut args, stored.key_place)?;
+    }
+    let sql = format!(
+        "UPDATE `{table}` AS e JOIN ({values}) AS v ON e.seq = v.seq SET \
+         e.status = v.status, e.attempts = v.attempts, e.max_attempts = v.max_attempts, \
+         e.next_attempt_at = v.next_attempt_at, e.lease_id = v.lease_id, \
+         e.locked_by = v.locked_by, e.locked_until = v.locked_until, \
+         e.last_error = v.last_error, e.updated_at = v.updated_at, \
+         e.delivered_at = v.delivered_at, e.attempt_log = v.attempt_log, \
+         e.key_place = v.key_place"
+    );
+    sqlx::query_with(AssertSqlSafe(sql), args)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
