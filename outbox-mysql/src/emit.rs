@@ -1,7 +1,7 @@
 //! Emitting inside the caller's transaction: [`MySqlEmitter`] on any connection you hold,
 //! [`MySqlTransaction`] for a transaction of the store's pool.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
@@ -10,11 +10,11 @@ use outbox_core::{
     Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError, Transaction, Transactional,
 };
 use sqlx::mysql::MySqlArguments;
-use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
+use sqlx::{Arguments, AssertSqlSafe, MySql, MySqlConnection, Row};
 use uuid::Uuid;
 
-use crate::error::db_error;
-use crate::row::{as_int, text};
+use crate::error::{DUPLICATE_KEY, db_error, error_number};
+use crate::row::text;
 use crate::store::MySqlStore;
 use crate::work::{add, lock_keys, marks, set_key};
 
@@ -25,8 +25,9 @@ const INSERT_CHUNK: usize = 1000;
 struct Prepared {
     event: OutboxEvent,
     deliver_after: Option<DateTime<Utc>>,
-    status: Status,
-    key_place: Option<i64>,
+    /// The payload and headers as stored (JSON).
+    payload: Vec<u8>,
+    headers: Vec<u8>,
 }
 
 impl MySqlStore {
@@ -83,10 +84,10 @@ impl MySqlStore {
             let deliver_after = event.deliver_after();
             let event = event.into_event(EventId::new(), now, self.config().default_max_attempts);
             rows.push(Prepared {
+                payload: json(&event.payload)?,
+                headers: json(&event.headers)?,
                 event,
                 deliver_after,
-                status: Status::Pending,
-                key_place: None,
             });
         }
         let idempotent = rows.iter().any(|r| r.event.idempotency_key.is_some());
@@ -106,55 +107,113 @@ impl MySqlStore {
     async fn insert(
         &self,
         conn: &mut MySqlConnection,
-        mut rows: Vec<Prepared>,
+        rows: Vec<Prepared>,
     ) -> Result<Vec<Emitted>, StoreError> {
         let table = self.config().table().to_owned();
-        // Admission to ordering keys, decided under the keys' locks.
+        // Admission to ordering keys is decided under the keys' locks, taken first.
         let keys: BTreeSet<String> = rows
             .iter()
             .filter_map(|r| r.event.ordering_key.clone())
             .collect();
-        let mut heads = lock_keys(conn, &table, &keys, true).await?;
-        let before = heads.clone();
-        for row in &mut rows {
-            let Some(key) = &row.event.ordering_key else {
-                continue;
-            };
-            let (head, place) = heads.entry(key.clone()).or_insert((None, 0));
-            if head.is_none() {
-                *head = Some(row.event.id);
-            } else {
-                row.status = Status::Waiting;
-                row.key_place = Some(*place);
-                *place += 1;
-            }
-        }
+        let before = lock_keys(conn, &table, &keys, true).await?;
         let idempotent = rows.iter().any(|r| r.event.idempotency_key.is_some());
+        let mut locking = false;
+        let mut round = 0;
+        loop {
+            round += 1;
+            // Keys already taken are answered without an insert: a conflicting insert would
+            // wait for the row's lock, which a worker's locked claim may hold for long.
+            let holders = if idempotent {
+                self.key_holders(conn, &rows, locking).await?
+            } else {
+                HashMap::new()
+            };
+            let mut answers = Vec::with_capacity(rows.len());
+            let mut firsts: HashMap<&str, EventId> = HashMap::new();
+            let mut stored = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id = r.event.id;
+                if let Some(key) = r.event.idempotency_key.as_deref() {
+                    if let Some(holder) = holders.get(key).or_else(|| firsts.get(key)) {
+                        answers.push(Emitted::Duplicate(*holder));
+                        continue;
+                    }
+                    firsts.insert(key, id);
+                }
+                answers.push(Emitted::Created(id));
+                stored.push(r);
+            }
+            let mut heads = before.clone();
+            let mut admitted = Vec::with_capacity(stored.len());
+            for r in &stored {
+                let admission = match &r.event.ordering_key {
+                    None => (Status::Pending, None),
+                    Some(key) => {
+                        let (head, place) = heads.entry(key.clone()).or_insert((None, 0));
+                        if head.is_none() {
+                            *head = Some(r.event.id);
+                            (Status::Pending, None)
+                        } else {
+                            *place += 1;
+                            (Status::Waiting, Some(*place - 1))
+                        }
+                    }
+                };
+                admitted.push(admission);
+            }
+            match self.insert_rows(conn, &stored, &admitted).await {
+                Ok(()) => {}
+                // A transaction that committed the same key meanwhile: read the keys again,
+                // this time waiting for their rows.
+                Err(e) if error_number(&e) == Some(DUPLICATE_KEY) && idempotent && round < 3 => {
+                    locking = true;
+                    continue;
+                }
+                Err(e) => return Err(db_error(e)),
+            }
+            for (key, state) in heads {
+                if before.get(&key) != Some(&state) {
+                    set_key(&mut *conn, &table, &key, state.0, state.1).await?;
+                }
+            }
+            return Ok(answers);
+        }
+    }
+
+    /// Inserts `rows`, each with its admission (status, place in its key's queue).
+    async fn insert_rows(
+        &self,
+        conn: &mut MySqlConnection,
+        rows: &[&Prepared],
+        admitted: &[(Status, Option<i64>)],
+    ) -> Result<(), sqlx::Error> {
         let injected = self.injected_now();
-        for chunk in rows.chunks(INSERT_CHUNK) {
+        let table = self.config().table();
+        for (chunk, admitted) in rows.chunks(INSERT_CHUNK).zip(admitted.chunks(INSERT_CHUNK)) {
             let mut args = MySqlArguments::default();
-            for r in chunk {
+            for (r, (status, place)) in chunk.iter().zip(admitted) {
                 let e = &r.event;
-                add(&mut args, *e.id.as_uuid())?;
-                add(&mut args, e.event_type.as_bytes().to_vec())?;
-                add(&mut args, e.aggregate_type.as_bytes().to_vec())?;
-                add(&mut args, e.aggregate_id.as_bytes().to_vec())?;
-                add(&mut args, json(&e.payload)?)?;
-                add(&mut args, json(&e.headers)?)?;
-                add(
-                    &mut args,
-                    e.idempotency_key.as_ref().map(|k| k.as_bytes().to_vec()),
-                )?;
-                add(
-                    &mut args,
-                    e.ordering_key.as_ref().map(|k| k.as_bytes().to_vec()),
-                )?;
-                add(&mut args, r.status.as_str())?;
-                add(&mut args, as_int("max_attempts", e.lifecycle.max_attempts)?)?;
-                add(&mut args, r.deliver_after.or(injected))?;
-                add(&mut args, injected)?;
-                add(&mut args, injected)?;
-                add(&mut args, r.key_place)?;
+                args.add(*e.id.as_uuid()).map_err(sqlx::Error::Encode)?;
+                args.add(e.event_type.as_bytes())
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(e.aggregate_type.as_bytes())
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(e.aggregate_id.as_bytes())
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(&r.payload).map_err(sqlx::Error::Encode)?;
+                args.add(&r.headers).map_err(sqlx::Error::Encode)?;
+                args.add(e.idempotency_key.as_ref().map(|k| k.as_bytes()))
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(e.ordering_key.as_ref().map(|k| k.as_bytes()))
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(status.as_str()).map_err(sqlx::Error::Encode)?;
+                args.add(i64::from(e.lifecycle.max_attempts))
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(r.deliver_after.or(injected))
+                    .map_err(sqlx::Error::Encode)?;
+                args.add(injected).map_err(sqlx::Error::Encode)?;
+                args.add(injected).map_err(sqlx::Error::Encode)?;
+                args.add(*place).map_err(sqlx::Error::Encode)?;
             }
             let values = vec![
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, COALESCE(?, UTC_TIMESTAMP(6)), \
@@ -165,74 +224,22 @@ impl MySqlStore {
             let sql = format!(
                 "INSERT INTO `{table}` (id, event_type, aggregate_type, aggregate_id, payload, \
                  headers, idempotency_key, ordering_key, status, attempts, max_attempts, \
-                 next_attempt_at, created_at, updated_at, key_place) VALUES {values}{}",
-                if idempotent {
-                    " ON DUPLICATE KEY UPDATE seq = seq"
-                } else {
-                    ""
-                }
+                 next_attempt_at, created_at, updated_at, key_place) VALUES {values}"
             );
             sqlx::query_with(AssertSqlSafe(sql), args)
                 .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
+                .await?;
         }
-        let holders = if idempotent {
-            self.key_holders(conn, &rows).await?
-        } else {
-            HashMap::new()
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        let mut stored = BTreeSet::new();
-        for r in &rows {
-            let id = r.event.id;
-            match &r.event.idempotency_key {
-                Some(key) => {
-                    let holder = holders
-                        .get(key)
-                        .copied()
-                        .ok_or_else(|| StoreError::Backend {
-                            source: format!(
-                                "idempotency key {key:?} conflicted but no event holds it"
-                            )
-                            .into(),
-                        })?;
-                    if holder == id {
-                        stored.insert(id);
-                        out.push(Emitted::Created(id));
-                    } else {
-                        out.push(Emitted::Duplicate(holder));
-                    }
-                }
-                None => {
-                    stored.insert(id);
-                    out.push(Emitted::Created(id));
-                }
-            }
-        }
-        // The keys' new heads and places, for the events stored (a duplicate takes nothing).
-        let mut after: BTreeMap<String, (Option<EventId>, i64)> = BTreeMap::new();
-        for r in rows.iter().filter(|r| stored.contains(&r.event.id)) {
-            if let Some(key) = &r.event.ordering_key
-                && let Some(state) = heads.get(key)
-            {
-                after.insert(key.clone(), *state);
-            }
-        }
-        for (key, (head, place)) in after {
-            if before.get(&key) != Some(&(head, place)) {
-                set_key(&mut *conn, &table, &key, head, place).await?;
-            }
-        }
-        Ok(out)
+        Ok(())
     }
 
-    /// Which event holds each of the rows' idempotency keys (read with a shared lock, so a
-    /// key committed by another transaction after this one began is seen).
+    /// Which event holds each of the rows' idempotency keys: a plain read, or with `locking` a
+    /// shared-lock read, which also sees a key committed after this transaction's snapshot.
     async fn key_holders(
         &self,
         conn: &mut MySqlConnection,
         rows: &[Prepared],
+        locking: bool,
     ) -> Result<HashMap<String, EventId>, StoreError> {
         let keys: BTreeSet<&str> = rows
             .iter()
@@ -246,9 +253,11 @@ impl MySqlStore {
                 add(&mut args, key.as_bytes().to_vec())?;
             }
             let sql = format!(
-                "SELECT id, idempotency_key FROM `{}` WHERE idempotency_key IN ({}) LOCK IN SHARE MODE",
-                self.config().table(),
-                marks(chunk.len())
+                "SELECT id, idempotency_key FROM `{t}` FORCE INDEX (`{t}_idempotency_key`) \
+                 WHERE idempotency_key IN ({}){}",
+                marks(chunk.len()),
+                if locking { " LOCK IN SHARE MODE" } else { "" },
+                t = self.config().table(),
             );
             let found = sqlx::query_with(AssertSqlSafe(sql), args)
                 .fetch_all(&mut *conn)

@@ -129,36 +129,96 @@ impl MySqlStore {
         self.config.table()
     }
 
-    /// The `SELECT` of due, unpaused pending events, oldest due first, locked with `SKIP LOCKED`.
-    fn due_query(
+    /// Takes up to `limit` due, unpaused pending events, oldest due first, under row locks
+    /// (skipping rows other transactions hold); returns their ids.
+    ///
+    /// The candidates are found by a plain read and then locked by id: MariaDB keeps the lock
+    /// of every row a locking read examined, matching or not, until the transaction ends, so a
+    /// locking read that walked the due index could hold rows it does not take — for as long
+    /// as a locked claim lasts. Candidates changed in between are left alone; with `exact`
+    /// (a locked claim, which holds its locks long), `Ok(None)` says one was locked all the
+    /// same and the transaction should be rolled back and tried again.
+    async fn take_due(
         &self,
-        at: DateTime<Utc>,
+        work: &mut Work<'_>,
         limit: usize,
-    ) -> Result<(String, MySqlArguments), StoreError> {
+        exact: bool,
+    ) -> Result<Option<Vec<EventId>>, StoreError> {
         let t = self.table();
-        let sql = format!(
-            "SELECT {COLUMNS}, attempt_log FROM `{t}` WHERE status = 'pending' \
-             AND next_attempt_at <= ? \
-             AND NOT EXISTS (SELECT 1 FROM `{t}_paused` p WHERE p.event_type = `{t}`.event_type) \
-             ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
-        );
-        let mut args = MySqlArguments::default();
-        add(&mut args, at)?;
-        add(&mut args, u64::try_from(limit).unwrap_or(u64::MAX))?;
-        Ok((sql, args))
+        let at = work.at;
+        let mut due: Vec<(DateTime<Utc>, EventId)> = Vec::new();
+        let mut cursor: Option<(DateTime<Utc>, EventId)> = None;
+        while due.len() < limit {
+            let want = if exact {
+                limit - due.len()
+            } else {
+                // A few more than asked, so that workers claiming at once do not all reach for
+                // the same rows and come back empty.
+                (limit - due.len()).saturating_mul(2).saturating_add(8)
+            };
+            let after = if cursor.is_some() {
+                "AND (next_attempt_at > ? OR (next_attempt_at = ? AND id > ?))"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT id, next_attempt_at FROM `{t}` FORCE INDEX (`{t}_due`) \
+                 WHERE status = 'pending' AND next_attempt_at <= ? {after} \
+                 AND NOT EXISTS (SELECT 1 FROM `{t}_paused` p WHERE p.event_type = `{t}`.event_type) \
+                 ORDER BY next_attempt_at, id LIMIT ?"
+            );
+            let mut args = MySqlArguments::default();
+            add(&mut args, at)?;
+            if let Some((due_at, id)) = cursor {
+                add(&mut args, due_at)?;
+                add(&mut args, due_at)?;
+                add(&mut args, *id.as_uuid())?;
+            }
+            add(&mut args, u64::try_from(want).unwrap_or(u64::MAX))?;
+            let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+                .fetch_all(&mut *work.tx)
+                .await
+                .map_err(db_error)?;
+            let mut candidates = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: Uuid = row.try_get("id").map_err(db_error)?;
+                let due_at: DateTime<Utc> = row.try_get("next_attempt_at").map_err(db_error)?;
+                candidates.push(EventId::from_uuid(id));
+                cursor = Some((due_at, EventId::from_uuid(id)));
+            }
+            work.lock_ids(&candidates, true).await?;
+            for id in &candidates {
+                let Some(event) = work.event(*id) else {
+                    continue; // held by another transaction: skipped
+                };
+                if event.status() == Status::Pending && event.lifecycle.next_attempt_at <= at {
+                    due.push((event.lifecycle.next_attempt_at, *id));
+                } else if exact {
+                    return Ok(None);
+                }
+            }
+            if rows.len() < want {
+                break;
+            }
+        }
+        due.sort();
+        Ok(Some(
+            due.into_iter().take(limit).map(|(_, id)| id).collect(),
+        ))
     }
 
     /// Applies a lease-holder transition to each named event and reports what became of each;
     /// events not held under the lease are left alone and reported lost.
     async fn fenced(
         &self,
+        lease: LeaseId,
         items: Vec<(EventId, outbox_core::Transition)>,
         delete_delivered: bool,
     ) -> Result<Vec<Recorded>, StoreError> {
         distinct_ids(items.iter().map(|(id, _)| *id))?;
         let mut work = Work::begin(self).await?;
         let ids: Vec<EventId> = items.iter().map(|(id, _)| *id).collect();
-        work.lock_ids(&ids, false).await?;
+        work.lock_held(&ids, lease).await?;
         let mut recorded = Vec::with_capacity(items.len());
         for (id, t) in items {
             let outcome = match work.apply(id, &t) {
@@ -223,8 +283,10 @@ impl OutboxStore for MySqlStore {
         }
         let mut work = Work::begin(self).await?;
         let at = work.at;
-        let (sql, args) = self.due_query(at, limit)?;
-        let ids = work.load(sql, args).await?;
+        let ids = self
+            .take_due(&mut work, limit, false)
+            .await?
+            .unwrap_or_default();
         let claim = outbox_core::Transition::Claim {
             lease: Lease {
                 until: translate(lease.until, now, at),
@@ -248,13 +310,20 @@ impl OutboxStore for MySqlStore {
         let mut work = Work::begin(self).await?;
         let at = work.at;
         let sql = format!(
-            "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE status = 'in_flight' AND lease_id = ? \
-             FOR UPDATE",
+            "SELECT id FROM `{}` WHERE status = 'in_flight' AND lease_id = ?",
             self.table()
         );
-        let mut args = MySqlArguments::default();
-        add(&mut args, *lease.as_uuid())?;
-        let ids = work.load(sql, args).await?;
+        let held: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(*lease.as_uuid())
+            .fetch_all(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        let held: Vec<EventId> = held.into_iter().map(EventId::from_uuid).collect();
+        work.lock_held(&held, lease).await?;
+        let ids: Vec<EventId> = held
+            .into_iter()
+            .filter(|id| work.event(*id).is_some())
+            .collect();
         let renew = outbox_core::Transition::Renew {
             lease,
             until: translate(until, now, at),
@@ -276,7 +345,8 @@ impl OutboxStore for MySqlStore {
             .iter()
             .map(|id| (*id, outbox_core::Transition::Ack { lease }))
             .collect();
-        self.fenced(items, self.config.delete_delivered()).await
+        self.fenced(lease, items, self.config.delete_delivered())
+            .await
     }
 
     async fn nack(
@@ -291,7 +361,7 @@ impl OutboxStore for MySqlStore {
         let mut work = Work::begin(self).await?;
         let at = work.at;
         let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
-        work.lock_ids(&ids, false).await?;
+        work.lock_held(&ids, lease).await?;
         let mut recorded = Vec::with_capacity(failures.len());
         for f in failures {
             let t = outbox_core::Transition::Nack {
@@ -320,7 +390,7 @@ impl OutboxStore for MySqlStore {
             .iter()
             .map(|id| (*id, outbox_core::Transition::Release { lease }))
             .collect();
-        let recorded = self.fenced(items, false).await?;
+        let recorded = self.fenced(lease, items, false).await?;
         self.wake();
         Ok(recorded)
     }
@@ -336,7 +406,7 @@ impl OutboxStore for MySqlStore {
         distinct_ids(ids.iter().copied())?;
         let mut work = Work::begin(self).await?;
         let at = work.at;
-        work.lock_ids(ids, false).await?;
+        work.lock_held(ids, lease).await?;
         let t = outbox_core::Transition::Defer {
             lease,
             until: translate(until, now, at),
@@ -359,10 +429,10 @@ impl OutboxStore for MySqlStore {
         loop {
             let mut work = Work::begin(self).await?;
             let sql = format!(
-                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE status = 'in_flight' \
-                 AND locked_until <= ? ORDER BY locked_until LIMIT {SWEEP_CHUNK} \
-                 FOR UPDATE SKIP LOCKED",
-                self.table()
+                "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_leased`) \
+                 WHERE status = 'in_flight' AND locked_until <= ? ORDER BY locked_until \
+                 LIMIT {SWEEP_CHUNK} FOR UPDATE SKIP LOCKED",
+                t = self.table()
             );
             let mut args = MySqlArguments::default();
             add(&mut args, work.at)?;
@@ -393,19 +463,37 @@ impl OutboxStore for MySqlStore {
         let at = self.now_on(&mut conn).await?;
         let before = translate(before, now, at);
         let mut purged = 0;
+        let t = self.table();
         loop {
-            let sql = format!(
-                "DELETE FROM `{}` WHERE status = 'delivered' AND delivered_at < ? LIMIT {SWEEP_CHUNK}",
-                self.table()
+            // Found by a plain read and deleted by primary key: a statement that scanned the
+            // table would wait on every row a worker holds.
+            let find = format!(
+                "SELECT seq FROM `{t}` WHERE status = 'delivered' AND delivered_at < ? \
+                 LIMIT {SWEEP_CHUNK}"
             );
-            let done = sqlx::query(AssertSqlSafe(sql))
+            let seqs: Vec<u64> = sqlx::query_scalar(AssertSqlSafe(find))
                 .bind(before)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_error)?;
+            if seqs.is_empty() {
+                break;
+            }
+            let mut args = MySqlArguments::default();
+            for seq in &seqs {
+                add(&mut args, *seq)?;
+            }
+            add(&mut args, before)?;
+            let delete = format!(
+                "DELETE FROM `{t}` WHERE seq IN ({}) AND status = 'delivered' AND delivered_at < ?",
+                crate::work::marks(seqs.len())
+            );
+            purged += sqlx::query_with(AssertSqlSafe(delete), args)
                 .execute(&mut *conn)
                 .await
                 .map_err(db_error)?
                 .rows_affected();
-            purged += done;
-            if done < SWEEP_CHUNK as u64 {
+            if seqs.len() < SWEEP_CHUNK {
                 break;
             }
         }
@@ -541,10 +629,7 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
         let mut work = Work::begin(self).await?;
-        work.lock_ids(&[id], false).await?;
-        if work.event(id).is_none() {
-            return Err(StoreError::NotFound(id));
-        }
+        work.lock_dead(id).await?;
         work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
         work.rejoin_key(id).await?;
         let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
@@ -565,35 +650,58 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<LockedClaim, StoreError> {
         validate_hold(hold)?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        // The server ends the hold: a connection idle longer than this is closed, and its
-        // transaction rolled back.
-        let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
-        sqlx::query(AssertSqlSafe(format!(
-            "SET SESSION wait_timeout = {seconds}"
-        )))
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        drop(conn);
-        let mut work = Work::begin(self).await?;
-        let at = work.at;
-        let (sql, args) = self.due_query(at, limit.max(1))?;
-        let ids = if limit == 0 {
-            Vec::new()
-        } else {
-            work.load(sql, args).await?
+        let mut tries = 0;
+        let (mut work, ids) = loop {
+            tries += 1;
+            let mut work = Work::begin(self).await?;
+            // The server ends the hold: a connection idle longer than this is closed, and its
+            // transaction rolled back.
+            let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
+            sqlx::query(AssertSqlSafe(format!(
+                "SET SESSION wait_timeout = {seconds}"
+            )))
+            .execute(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+            if limit == 0 {
+                break (work, Vec::new());
+            }
+            match self.take_due(&mut work, limit, true).await? {
+                Some(ids) => break (work, ids),
+                // A row changed between finding and locking it; let go of everything and
+                // look again, rather than hold a row this claim does not take.
+                None if tries < 5 => {
+                    work.tx.rollback().await.map_err(db_error)?;
+                }
+                None => {
+                    work.tx.rollback().await.map_err(db_error)?;
+                    return Err(StoreError::Conflict {
+                        reason: "the due events kept changing under a locked claim".into(),
+                    });
+                }
+            }
         };
         let events = ids
             .iter()
             .filter_map(|id| work.event(*id).cloned())
             .collect();
+        let tx = if ids.is_empty() {
+            // Nothing locked: end the transaction now rather than hold a connection for it.
+            sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
+                .execute(&mut *work.tx)
+                .await
+                .map_err(db_error)?;
+            work.tx.rollback().await.map_err(db_error)?;
+            None
+        } else {
+            Some(work.tx)
+        };
         let batch = Box::new(MySqlLockedBatch {
             store: self.clone(),
             holder: holder.to_owned(),
             hold,
             ids,
-            tx: Some(work.tx),
+            tx,
         });
         Ok(LockedClaim { events, batch })
     }
@@ -656,7 +764,7 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
         let mut work = Work::begin(self).await?;
-        work.lock_ids(&[id], false).await?;
+        work.lock_dead(id).await?;
         let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         let key = event
             .ordering_key
@@ -713,7 +821,7 @@ impl OutboxStore for MySqlStore {
     ) -> Result<OutboxEvent, StoreError> {
         edit.check(&self.config.limits)?;
         let mut work = Work::begin(self).await?;
-        work.lock_ids(&[id], false).await?;
+        work.lock_dead(id).await?;
         let previous = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         // Revived first, so a refused revive (not dead, too many attempts) changes nothing.
         work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
@@ -850,6 +958,9 @@ fn hold_ended() -> StoreError {
 #[async_trait]
 impl LockedBatch for MySqlLockedBatch {
     async fn keep(&mut self) -> Result<(), StoreError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
         let tx = self.tx.as_mut().ok_or_else(hold_ended)?;
         sqlx::query("SELECT 1")
             .execute(&mut **tx)
@@ -864,6 +975,16 @@ impl LockedBatch for MySqlLockedBatch {
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
         settlement.validate()?;
+        if self.ids.is_empty() {
+            // It holds nothing: every event named was not its to settle.
+            return Ok(settlement
+                .ids()
+                .map(|id| Recorded {
+                    id,
+                    outcome: Outcome::LeaseLost,
+                })
+                .collect());
+        }
         let mut tx = self.tx.take().ok_or_else(hold_ended)?;
         let at = self.store.now_on(&mut tx).await?;
         let mut work = Work::on(&self.store, tx, at);

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use outbox_core::ordering::keeps_key;
-use outbox_core::{Attempt, EventId, OutboxEvent, Status, StoreError, Transition, transition};
+use outbox_core::{
+    Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition,
+};
 use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
 use uuid::Uuid;
@@ -125,10 +127,89 @@ impl<'s> Work<'s> {
                 add(&mut args, *id.as_uuid())?;
             }
             let sql = format!(
-                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE id IN ({}) FOR UPDATE{}",
-                self.table(),
+                "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_id`) WHERE id IN ({}) \
+                 FOR UPDATE{}",
                 marks(chunk.len()),
-                if skip_locked { " SKIP LOCKED" } else { "" }
+                if skip_locked { " SKIP LOCKED" } else { "" },
+                t = self.table(),
+            );
+            self.load(sql, args).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads under row locks those of the named events that match `condition` now (a plain
+    /// read first, so a row another transaction holds for another reason — a locked claim's
+    /// pending event, say — is never waited for); returns whether any matched.
+    pub(crate) async fn lock_ids_where(
+        &mut self,
+        ids: &[EventId],
+        condition: &str,
+        values: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let mut matching = Vec::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut args = MySqlArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            for value in values {
+                add(&mut args, value.to_vec())?;
+            }
+            let sql = format!(
+                "SELECT id FROM `{}` WHERE id IN ({}) AND {condition}",
+                self.table(),
+                marks(chunk.len())
+            );
+            let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+            for row in &rows {
+                let id: Uuid = row.try_get("id").map_err(db_error)?;
+                matching.push(EventId::from_uuid(id));
+            }
+        }
+        self.lock_ids(&matching, false).await
+    }
+
+    /// Reads under row locks the named events held under `lease`; the others are not read (a
+    /// change to them is refused as a lost lease).
+    pub(crate) async fn lock_held(
+        &mut self,
+        ids: &[EventId],
+        lease: LeaseId,
+    ) -> Result<(), StoreError> {
+        let lease = lease.as_uuid().as_bytes().to_vec();
+        self.lock_ids_where(ids, "status = 'in_flight' AND lease_id = ?", &[&lease])
+            .await
+    }
+
+    /// Reads event `id` under its row lock if it is dead, and without a lock otherwise (an
+    /// operator's change to it is then refused by the state machine, without waiting for a
+    /// worker that holds it); [`StoreError::NotFound`] if there is no such event.
+    pub(crate) async fn lock_dead(&mut self, id: EventId) -> Result<(), StoreError> {
+        self.lock_ids_where(&[id], "status = 'dead'", &[]).await?;
+        if self.event(id).is_none() {
+            self.peek(&[id]).await?;
+        }
+        if self.event(id).is_none() {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    /// Reads the named events without locking them (to answer why a change is refused).
+    pub(crate) async fn peek(&mut self, ids: &[EventId]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut args = MySqlArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE id IN ({})",
+                self.table(),
+                marks(chunk.len())
             );
             self.load(sql, args).await?;
         }
@@ -261,9 +342,10 @@ impl<'s> Work<'s> {
                 match heads.get(&key) {
                     Some((Some(current), place)) if candidates.contains(current) => {
                         let sql = format!(
-                            "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE ordering_key = ? \
-                             AND status = 'waiting' ORDER BY key_place LIMIT 1 FOR UPDATE",
-                            self.table()
+                            "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_waiting`) \
+                             WHERE ordering_key = ? AND status = 'waiting' ORDER BY key_place \
+                             LIMIT 1 FOR UPDATE",
+                            t = self.table()
                         );
                         let mut args = MySqlArguments::default();
                         add(&mut args, key.as_bytes().to_vec())?;
@@ -295,14 +377,17 @@ impl<'s> Work<'s> {
     /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
     /// writes every changed row back.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        let gone: Vec<EventId> = std::mem::take(&mut self.gone).into_iter().collect();
+        let gone: Vec<u64> = std::mem::take(&mut self.gone)
+            .into_iter()
+            .filter_map(|id| self.rows.get(&id).map(|s| s.seq))
+            .collect();
         for chunk in gone.chunks(ID_CHUNK) {
             let mut args = MySqlArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
+            for seq in chunk {
+                add(&mut args, *seq)?;
             }
             let sql = format!(
-                "DELETE FROM `{}` WHERE id IN ({})",
+                "DELETE FROM `{}` WHERE seq IN ({})",
                 self.table(),
                 marks(chunk.len())
             );
@@ -361,8 +446,8 @@ pub(crate) async fn lock_keys(
             add(&mut args, key.as_bytes().to_vec())?;
         }
         let sql = format!(
-            "SELECT ordering_key, head, next_place FROM `{table}_keys` WHERE ordering_key IN ({}) \
-             ORDER BY ordering_key FOR UPDATE",
+            "SELECT ordering_key, head, next_place FROM `{table}_keys` FORCE INDEX (PRIMARY) \
+             WHERE ordering_key IN ({}) ORDER BY ordering_key FOR UPDATE",
             marks(chunk.len())
         );
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
@@ -455,7 +540,8 @@ async fn write_back(
         add(&mut args, stored.key_place)?;
     }
     let sql = format!(
-        "UPDATE `{table}` AS e JOIN ({values}) AS v ON e.seq = v.seq SET \
+        "UPDATE ({values}) AS v STRAIGHT_JOIN `{table}` AS e FORCE INDEX (PRIMARY) \
+         ON e.seq = v.seq SET \
          e.status = v.status, e.attempts = v.attempts, e.max_attempts = v.max_attempts, \
          e.next_attempt_at = v.next_attempt_at, e.lease_id = v.lease_id, \
          e.locked_by = v.locked_by, e.locked_until = v.locked_until, \

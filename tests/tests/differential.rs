@@ -1,7 +1,8 @@
-//! The memory store and PostgreSQL, side by side: the same random operations on both, every
-//! answer and every event's lifecycle compared after each step. PostgreSQL re-encodes each
-//! transition in SQL; this is what holds the SQL equal to `outbox_core::transition`, and the
-//! memory store equal to what applications run in production.
+//! The memory store beside PostgreSQL, and beside MySQL: the same random operations on both,
+//! every answer and every event's lifecycle compared after each step. PostgreSQL re-encodes
+//! each transition in SQL, MySQL applies `outbox_core::transition` to locked rows; this is what
+//! holds both equal to the core state machine, and the memory store equal to what applications
+//! run in production.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +16,7 @@ use outbox_core::{
     TransitionError,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{MemoryHarness, PgHarness, runtime};
+use outbox_tests::harness::{MemoryHarness, MySqlHarness, PgHarness, runtime};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -506,9 +507,9 @@ impl<H: Harness> Side<H> {
     }
 }
 
-async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn differential<H: Harness>(ops: Vec<Op>, other: H, name: &str) -> Result<(), TestCaseError> {
     let mut memory = Side::new(MemoryHarness::new().await);
-    let mut pg = Side::new(PgHarness::new().await);
+    let mut pg = Side::new(other);
     let mut leases: Vec<Option<Lease>> = vec![None; 3];
     // What each worker's last claim took, and (last) the dead events.
     let mut held: Vec<Vec<usize>> = vec![Vec::new(); 4 + LOCK_SLOTS];
@@ -535,7 +536,7 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         if m != p {
             result = Err(TestCaseError::fail(format!(
-                "step {step} {op:?}: memory answered {m:?}, PostgreSQL {p:?}"
+                "step {step} {op:?}: memory answered {m:?}, {name} {p:?}"
             )));
             break;
         }
@@ -556,7 +557,7 @@ async fn differential(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 .iter()
                 .zip(&ps)
                 .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("memory {a:#?}\nPostgreSQL {b:#?}"))
+                .map(|(a, b)| format!("memory {a:#?}\n{name} {b:#?}"))
                 .unwrap_or_else(|| format!("{} vs {} events", ms.len(), ps.len()));
             result = Err(TestCaseError::fail(format!(
                 "after step {step} {op:?}, the stores differ:\n{first}"
@@ -593,6 +594,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn memory_and_postgres_agree(ops in proptest::collection::vec(op(), 1..50)) {
-        runtime().block_on(differential(ops))?;
+        runtime().block_on(async { differential(ops, PgHarness::new().await, "PostgreSQL").await })?;
+    }
+
+    #[test]
+    fn memory_and_mysql_agree(ops in proptest::collection::vec(op(), 1..50)) {
+        runtime().block_on(async { differential(ops, MySqlHarness::new().await, "MySQL").await })?;
     }
 }
