@@ -132,18 +132,18 @@ impl MySqlStore {
     /// Takes up to `limit` due, unpaused pending events, oldest due first, under row locks
     /// (skipping rows other transactions hold); returns their ids.
     ///
-    /// The candidates are found by a plain read and then locked by id: MariaDB keeps the lock
-    /// of every row a locking read examined, matching or not, until the transaction ends, so a
-    /// locking read that walked the due index could hold rows it does not take — for as long
-    /// as a locked claim lasts. Candidates changed in between are left alone; with `exact`
-    /// (a locked claim, which holds its locks long), `Ok(None)` says one was locked all the
-    /// same and the transaction should be rolled back and tried again.
+    /// The candidates are found by a plain read and then locked by id, page by page: MariaDB
+    /// keeps the lock of every row a locking read examined, matching or not, until the
+    /// transaction ends, so a locking read that walked the due index could hold rows it does
+    /// not take — for as long as a locked claim lasts. A candidate another transaction changed
+    /// and committed between the two reads is locked all the same and left alone; with `exact`
+    /// (a locked claim) no more candidates than still wanted are locked.
     async fn take_due(
         &self,
         work: &mut Work<'_>,
         limit: usize,
         exact: bool,
-    ) -> Result<Option<Vec<EventId>>, StoreError> {
+    ) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let at = work.at;
         let mut due: Vec<(DateTime<Utc>, EventId)> = Vec::new();
@@ -193,8 +193,6 @@ impl MySqlStore {
                 };
                 if event.status() == Status::Pending && event.lifecycle.next_attempt_at <= at {
                     due.push((event.lifecycle.next_attempt_at, *id));
-                } else if exact {
-                    return Ok(None);
                 }
             }
             if rows.len() < want {
@@ -202,9 +200,7 @@ impl MySqlStore {
             }
         }
         due.sort();
-        Ok(Some(
-            due.into_iter().take(limit).map(|(_, id)| id).collect(),
-        ))
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     /// Applies a lease-holder transition to each named event and reports what became of each;
@@ -283,10 +279,7 @@ impl OutboxStore for MySqlStore {
         }
         let mut work = Work::begin(self).await?;
         let at = work.at;
-        let ids = self
-            .take_due(&mut work, limit, false)
-            .await?
-            .unwrap_or_default();
+        let ids = self.take_due(&mut work, limit, false).await?;
         let claim = outbox_core::Transition::Claim {
             lease: Lease {
                 until: translate(lease.until, now, at),
@@ -650,36 +643,20 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<LockedClaim, StoreError> {
         validate_hold(hold)?;
-        let mut tries = 0;
-        let (mut work, ids) = loop {
-            tries += 1;
-            let mut work = Work::begin(self).await?;
-            // The server ends the hold: a connection idle longer than this is closed, and its
-            // transaction rolled back.
-            let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
-            sqlx::query(AssertSqlSafe(format!(
-                "SET SESSION wait_timeout = {seconds}"
-            )))
-            .execute(&mut *work.tx)
-            .await
-            .map_err(db_error)?;
-            if limit == 0 {
-                break (work, Vec::new());
-            }
-            match self.take_due(&mut work, limit, true).await? {
-                Some(ids) => break (work, ids),
-                // A row changed between finding and locking it; let go of everything and
-                // look again, rather than hold a row this claim does not take.
-                None if tries < 5 => {
-                    work.tx.rollback().await.map_err(db_error)?;
-                }
-                None => {
-                    work.tx.rollback().await.map_err(db_error)?;
-                    return Err(StoreError::Conflict {
-                        reason: "the due events kept changing under a locked claim".into(),
-                    });
-                }
-            }
+        let mut work = Work::begin(self).await?;
+        // The server ends the hold: a connection idle longer than this is closed, and its
+        // transaction rolled back.
+        let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
+        sqlx::query(AssertSqlSafe(format!(
+            "SET SESSION wait_timeout = {seconds}"
+        )))
+        .execute(&mut *work.tx)
+        .await
+        .map_err(db_error)?;
+        let ids = if limit == 0 {
+            Vec::new()
+        } else {
+            self.take_due(&mut work, limit, true).await?
         };
         let events = ids
             .iter()

@@ -1,9 +1,10 @@
 //! Test support for the outbox workspace: the [conformance suite](conformance) every store
-//! passes, [harnesses](harness) that give each test a fresh store, and a [Kafka-protocol
+//! passes, the [concurrency cases](concurrency) every database backend passes, [harnesses](harness) that give each test a fresh store, and a [Kafka-protocol
 //! broker](kafka) per test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod concurrency;
 pub mod conformance;
 pub mod harness;
 pub mod kafka;

@@ -1,12 +1,20 @@
-//! MySQL/MariaDB specifics beyond the conformance suite: what row locks must never hold up.
+//! MySQL/MariaDB beyond the conformance suite: transactions of the application's own, batch
+//! emit and idempotency races, many workers, crashed workers, per-key commit order under
+//! concurrent producers, bad input, migrations, and what row locks must never hold up. Each
+//! test owns its tables.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{NewEvent, OutboxStore, OutboxStoreExt};
+use outbox_core::{Emit, Emitted, NewEvent, OutboxStore, OutboxStoreExt, StoreError, SystemClock};
+use outbox_mysql::{MySqlConfig, MySqlStore};
+use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::MySqlHarness;
+use outbox_tests::harness::{MySqlHarness, mysql_pool};
+use outbox_worker::ClaimMode;
+use serde_json::json;
 
 /// Longest a store call may take here; a guard against a lock wait, not a pace.
 const GUARD: Duration = Duration::from_secs(10);
@@ -83,4 +91,330 @@ async fn a_locked_claim_holds_no_row_it_passed_over() {
     assert_eq!(deleted, ids[..1].to_vec(), "the paused event was not held");
     drop(locked);
     h.cleanup().await;
+}
+
+fn upload(n: usize) -> NewEvent {
+    NewEvent::builder("file.stored", "upload", n.to_string())
+        .payload(json!({ "n": n }))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_row_and_event_commit_or_roll_back_together() {
+    let h = MySqlHarness::new().await;
+    let store = h.store();
+    let table = format!("{}_uploads", store.config().table());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE `{table}` (id BIGINT PRIMARY KEY, name TEXT NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO `{table}` (id, name) VALUES (?, ?)");
+
+    // Rolled back: neither the row nor the event.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+        .bind(1_i64)
+        .bind("a.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lost = store.emitter(&mut tx).emit(upload(1)).await.unwrap().id();
+    tx.rollback().await.unwrap();
+    assert!(store.get(lost).await.unwrap().is_none());
+
+    // Committed: both, and the event is claimable, but not before the commit.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert))
+        .bind(2_i64)
+        .bind("b.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let kept = store.emitter(&mut tx).emit(upload(2)).await.unwrap().id();
+    let (_, seen) = store
+        .claim_for("w", 10, Duration::from_secs(30), h.clock().now_utc())
+        .await
+        .unwrap();
+    assert!(seen.is_empty(), "an uncommitted event was claimed");
+    tx.commit().await.unwrap();
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{table}`"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+    let (_, claimed) = store
+        .claim_for("w", 10, Duration::from_secs(30), h.clock().now_utc())
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![kept]);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE `{table}`")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_emit_resolves_duplicates_within_and_across_batches() {
+    let h = MySqlHarness::new().await;
+    let keyed_once = |n: usize, key: &str| {
+        NewEvent::builder("order.paid", "order", n.to_string())
+            .idempotency_key(key)
+            .build()
+            .unwrap()
+    };
+    let earlier = h.emit(vec![keyed_once(0, "k-old")], true).await.unwrap()[0].id();
+    let mut events: Vec<NewEvent> = (1..=1500).map(upload).collect();
+    events.push(keyed_once(1501, "k-new"));
+    events.push(keyed_once(1502, "k-new")); // same key twice in one batch
+    events.push(keyed_once(1503, "k-old")); // key already committed
+    events.push(keyed_once(1504, "K-NEW")); // keys are byte-exact, not case-folded
+    let emitted = h.emit(events, true).await.unwrap();
+    assert_eq!(emitted.len(), 1504);
+    assert!(
+        emitted[..1501]
+            .iter()
+            .all(|e| matches!(e, Emitted::Created(_)))
+    );
+    assert_eq!(emitted[1501], Emitted::Duplicate(emitted[1500].id()));
+    assert_eq!(emitted[1502], Emitted::Duplicate(earlier));
+    assert!(matches!(emitted[1503], Emitted::Created(_)));
+    assert_eq!(h.store().count_by_status().await.unwrap().pending, 1503);
+    h.cleanup().await;
+}
+
+/// The first transaction holds an idempotency key uncommitted; a second emitting the same key
+/// waits on the unique index until the first commits, then learns the committed event's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transactions_on_one_idempotency_key_store_one_event() {
+    let h = MySqlHarness::new().await;
+    let store = h.store();
+    let same = |n: usize| {
+        NewEvent::builder("file.stored", "upload", n.to_string())
+            .idempotency_key("same")
+            .build()
+            .unwrap()
+    };
+    let mut first = store.begin().await.unwrap();
+    let first_id = first.emit(same(1)).await.unwrap();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let answer = tx.emit(same(2)).await.unwrap();
+            tx.commit().await.unwrap();
+            answer
+        }
+    });
+    wait_for_lock_wait(&h).await;
+    first.commit().await.unwrap();
+    let second_id = tokio::time::timeout(GUARD, second).await.unwrap().unwrap();
+    assert_eq!(second_id, Emitted::Duplicate(first_id.id()));
+    assert_eq!(store.count_by_status().await.unwrap().total(), 1);
+    h.cleanup().await;
+}
+
+/// Returns once a connection waits on a row lock (the server's own view), or panics after the
+/// guard.
+async fn wait_for_lock_wait(h: &MySqlHarness) {
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+            )
+            .fetch_one(h.store().pool())
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(GUARD, waiting)
+        .await
+        .expect("no transaction ever waited on a lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_drain_ten_thousand_events_without_overlap() {
+    let h = MySqlHarness::with_config(10, |c| c).await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    concurrency::four_workers_drain(&h, store, ClaimMode::Lease).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_locked_workers_drain_ten_thousand_events_without_overlap() {
+    let h = MySqlHarness::with_config(10, |c| c).await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    concurrency::four_workers_drain(&h, store, ClaimMode::Locked).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_events_are_delivered_after_its_lease_expires() {
+    let h = MySqlHarness::new().await;
+    concurrency::a_crashed_workers_events_are_delivered_after_its_lease_expires(&h).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order() {
+    let h = MySqlHarness::with_config(16, |c| c).await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    let counters = format!("{}_counters", store.config().table());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE `{counters}` (k VARCHAR(16) PRIMARY KEY, n BIGINT NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..50).map(|i| format!("('k{i}', 0)")).collect();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO `{counters}` (k, n) VALUES {}",
+        values.join(", ")
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let produce: concurrency::Produce = {
+        let (store, counters) = (store.clone(), counters.clone());
+        Arc::new(move |key: String| {
+            let (store, counters) = (store.clone(), counters.clone());
+            Box::pin(async move {
+                let mut tx = store.begin().await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE `{counters}` SET n = n + 1 WHERE k = ?"
+                )))
+                .bind(&key)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT n FROM `{counters}` WHERE k = ?"
+                )))
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                tx.emit(keyed(&key, u64::try_from(n).unwrap()))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+    };
+    let committed = async {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT k, n FROM `{counters}`"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap()))
+            .collect()
+    };
+    concurrency::producers_and_workers_on_shared_keys_keep_each_keys_commit_order(
+        store.clone(),
+        produce,
+        committed,
+    )
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE `{counters}`")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let h = MySqlHarness::new().await;
+    let store = h.store();
+    // An event that skipped the builder (deserialized) is validated on emit too.
+    let sneaky: NewEvent = serde_json::from_value(json!({
+        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
+        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null, "max_attempts": null
+    }))
+    .unwrap();
+    match h.emit(vec![upload(1), sneaky], true).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "aggregate_id"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Payloads over the configured limit.
+    let small = MySqlStore::new(
+        store.pool().clone(),
+        MySqlConfig::new()
+            .with_table(store.config().table())
+            .with_limits(outbox_core::EmitLimits {
+                max_payload_bytes: 64,
+                ..Default::default()
+            }),
+    )
+    .unwrap();
+    let big = NewEvent::builder("a.b", "t", "1")
+        .payload(json!({ "blob": "x".repeat(100) }))
+        .build()
+        .unwrap();
+    let mut tx = small.begin().await.unwrap();
+    match tx.emit(big).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
+        other => panic!("expected a payload error, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(store.count_by_status().await.unwrap().total(), 0);
+    // Table names are validated, never spliced as given.
+    for table in ["outbox; drop table x", "Outbox", "`t`", ""] {
+        let config = MySqlConfig::new().with_table(table);
+        assert!(
+            MySqlStore::new(store.pool().clone(), config).is_err(),
+            "{table:?} accepted"
+        );
+    }
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_roll_back() {
+    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let pool = mysql_pool(4).await;
+    let store = MySqlStore::new(pool.clone(), MySqlConfig::new().with_table(&table)).unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 0);
+    // Several processes starting at once apply each step exactly once.
+    let runs = futures_util::future::join_all((0..4).map(|_| store.migrate())).await;
+    let applied: usize = runs.into_iter().map(|r| r.unwrap()).sum();
+    assert_eq!(applied, outbox_mysql::LATEST_VERSION as usize);
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        outbox_mysql::LATEST_VERSION
+    );
+    h_emit(&store).await;
+    assert_eq!(
+        store.migrate_down().await.unwrap(),
+        outbox_mysql::LATEST_VERSION as usize
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE CONCAT(?, '%')",
+    )
+    .bind(&table)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the way back drops every table");
+    assert_eq!(store.schema_version().await.unwrap(), 0);
+}
+
+async fn h_emit(store: &MySqlStore) {
+    let mut tx = store.begin().await.unwrap();
+    tx.emit(upload(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.count_by_status().await.unwrap().pending, 1);
 }

@@ -4,32 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use outbox_core::{
-    Clock, DeliveryError, Emit, EventId, FastRandom, NewEvent, OutboxEvent, OutboxStore,
-    OutboxStoreExt, RandomSource, RetryPolicy, Status, SystemClock, Transport,
-};
+use outbox_core::{Clock, Emit, EventId, OutboxStore, OutboxStoreExt, Status, SystemClock};
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{PgHarness, Stuck, wait_for_lock_wait};
-use outbox_worker::{ClaimMode, Worker};
-use serde_json::json;
+use outbox_worker::Worker;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Longest a test waits for something that should take milliseconds; a guard, not a pace.
 const GUARD: Duration = Duration::from_secs(30);
 
-fn keyed(key: &str, n: u64) -> NewEvent {
-    NewEvent::builder("order.changed", "order", key)
-        .payload(json!({ "key": key, "n": n }))
-        .ordering_key(key)
-        .build()
-        .unwrap()
-}
+use outbox_tests::concurrency::{self, keyed};
 
 /// The classic way to strand a successor: a producer's event on the key is not yet committed
 /// when the head is acknowledged. The acknowledgement waits for the producer's transaction and
@@ -162,106 +149,26 @@ async fn a_worker_killed_on_a_head_holds_its_key_until_the_head_is_redelivered()
     h.cleanup().await;
 }
 
-/// What the consumer saw, per key: the last `n` acknowledged, events in delivery, and any
-/// breach of order.
-#[derive(Default)]
-struct Consumer {
-    last: Mutex<HashMap<String, u64>>,
-    in_delivery: Mutex<HashSet<String>>,
-    breaches: Mutex<Vec<String>>,
-    failures: Mutex<u64>,
-    rng: Mutex<Option<FastRandom>>,
-}
-
-#[async_trait]
-impl Transport for Consumer {
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let key = event.payload["key"].as_str().unwrap_or_default().to_owned();
-        let n = event.payload["n"].as_u64().unwrap_or_default();
-        if !self.in_delivery.lock().unwrap().insert(key.clone()) {
-            self.breaches
-                .lock()
-                .unwrap()
-                .push(format!("{key}: two events in delivery at once"));
-        }
-        tokio::task::yield_now().await;
-        self.in_delivery.lock().unwrap().remove(&key);
-        let fail = self
-            .rng
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| FastRandom::with_seed(7))
-            .next_unit()
-            < 0.1;
-        if fail {
-            *self.failures.lock().unwrap() += 1;
-            return Err(DeliveryError::retryable("the consumer is busy"));
-        }
-        let mut last = self.last.lock().unwrap();
-        let seen = last.entry(key.clone()).or_insert(0);
-        if n > *seen + 1 {
-            self.breaches.lock().unwrap().push(format!(
-                "{key}: {n} handed over before {} was delivered",
-                *seen + 1
-            ));
-        }
-        *seen = (*seen).max(n);
-        Ok(())
-    }
-}
-
-/// 8 producers commit 20,000 events on 50 shared keys (each transaction numbers its event by a
-/// per-key counter row it updates, so `n` is the key's commit order) while 4 workers — two
-/// leasing, two locking — deliver through a consumer that fails one delivery in ten: each key
-/// reaches the consumer in commit order, one event at a time, every event delivered.
+/// 8 producers commit 20,000 events on 50 shared keys while 4 workers deliver them: each key
+/// reaches the consumer in commit order (see
+/// [`concurrency`](outbox_tests::concurrency::producers_and_workers_on_shared_keys_keep_each_keys_commit_order)).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order() {
-    const KEYS: usize = 50;
-    const PRODUCERS: usize = 8;
-    const PER_PRODUCER: usize = 2_500;
     let h = PgHarness::with_pool_size(16).await;
     let store = h.store().with_clock(Arc::new(SystemClock));
     let counters = format!("{}.counters", h.schema());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {counters} (key text PRIMARY KEY, n bigint NOT NULL); \
-         INSERT INTO {counters} SELECT 'k' || i, 0 FROM generate_series(0, {}) AS i",
-        KEYS - 1
+         INSERT INTO {counters} SELECT 'k' || i, 0 FROM generate_series(0, 49) AS i"
     )))
     .execute(store.pool())
     .await
     .unwrap();
-
-    let consumer = Arc::new(Consumer::default());
-    let mut workers = tokio::task::JoinSet::new();
-    let stop = CancellationToken::new();
-    for w in 0..4 {
-        let mode = if w % 2 == 0 {
-            ClaimMode::Lease
-        } else {
-            ClaimMode::Locked
-        };
-        let worker = Worker::builder(store.clone(), consumer.clone())
-            .worker_id(format!("w{w}"))
-            .claim_mode(mode)
-            .batch_size(100)
-            .concurrency(16)
-            .retry_policy(RetryPolicy::immediate())
-            .max_attempts(Some(1_000))
-            .poll_interval(Duration::from_millis(50))
-            .build()
-            .unwrap();
-        let stop = stop.clone();
-        workers.spawn(async move { worker.run(stop).await.unwrap() });
-    }
-
-    let mut producers = tokio::task::JoinSet::new();
-    for p in 0..PRODUCERS {
-        let store = store.clone();
-        let counters = counters.clone();
-        producers.spawn(async move {
-            let mut rng = FastRandom::with_seed(p as u64);
-            for _ in 0..PER_PRODUCER {
-                let key = format!("k{}", (rng.next_unit() * KEYS as f64) as usize % KEYS);
+    let produce: concurrency::Produce = {
+        let (store, counters) = (store.clone(), counters.clone());
+        Arc::new(move |key: String| {
+            let (store, counters) = (store.clone(), counters.clone());
+            Box::pin(async move {
                 let mut tx = store.begin().await.unwrap();
                 let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "UPDATE {counters} SET n = n + 1 WHERE key = $1 RETURNING n"
@@ -274,67 +181,25 @@ async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order() {
                     .await
                     .unwrap();
                 tx.commit().await.unwrap();
-            }
-        });
-    }
-    while let Some(done) = producers.join_next().await {
-        done.unwrap();
-    }
-    // The producers are done; the workers finish what they hold and stop, and one more worker
-    // delivers whatever is left (each of its runs ends when a claim finds nothing).
-    stop.cancel();
-    while let Some(done) = workers.join_next().await {
-        done.unwrap();
-    }
-    let total = (PRODUCERS * PER_PRODUCER) as u64;
-    let last_worker = Worker::builder(store.clone(), consumer.clone())
-        .worker_id("last")
-        .batch_size(100)
-        .concurrency(16)
-        .retry_policy(RetryPolicy::immediate())
-        .max_attempts(Some(1_000))
-        .build()
+            })
+        })
+    };
+    let committed = async {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT key, n FROM {counters}"
+        )))
+        .fetch_all(store.pool())
+        .await
         .unwrap();
-    let mut counts = store.count_by_status().await.unwrap();
-    for _ in 0..1_000 {
-        if counts.delivered == total {
-            break;
-        }
-        last_worker.run_until_idle().await.unwrap();
-        counts = store.count_by_status().await.unwrap();
-    }
-    assert_eq!(
-        (
-            counts.delivered,
-            counts.waiting,
-            counts.pending,
-            counts.dead
-        ),
-        (total, 0, 0, 0)
-    );
-    let breaches = consumer.breaches.lock().unwrap().clone();
-    assert!(
-        breaches.is_empty(),
-        "{:?}",
-        &breaches[..breaches.len().min(5)]
-    );
-    let committed: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT key, n FROM {counters}"
-    )))
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
-    let last = consumer.last.lock().unwrap().clone();
-    for (key, n) in committed {
-        assert_eq!(
-            last.get(&key).copied().unwrap_or(0),
-            u64::try_from(n).unwrap(),
-            "{key}: the consumer did not reach the last event"
-        );
-    }
-    assert!(
-        *consumer.failures.lock().unwrap() > total / 20,
-        "the consumer failed too rarely to test retries"
-    );
+        rows.into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap()))
+            .collect()
+    };
+    concurrency::producers_and_workers_on_shared_keys_keep_each_keys_commit_order(
+        store.clone(),
+        produce,
+        committed,
+    )
+    .await;
     h.cleanup().await;
 }

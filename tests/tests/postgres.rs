@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,9 +13,10 @@ use outbox_core::{
     OutboxStoreExt, Status, StoreError, SystemClock, Transport,
 };
 use outbox_postgres::{PgConfig, PgStore};
+use outbox_tests::concurrency;
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{
-    PgHarness, Stuck, database_url, foreign_row, pool, pool_with, wait_for_lock_wait,
+    PgHarness, database_url, foreign_row, pool, pool_with, wait_for_lock_wait,
 };
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
@@ -185,169 +186,26 @@ async fn racing_transactions_on_one_idempotency_key_store_one_event() {
     h.cleanup().await;
 }
 
-/// Records deliveries and flags any event delivered by two workers at once.
-#[derive(Default)]
-struct Exclusive {
-    in_delivery: Mutex<HashSet<EventId>>,
-    delivered: Mutex<Vec<EventId>>,
-    overlaps: Mutex<Vec<EventId>>,
-}
-
-#[async_trait]
-impl Transport for Exclusive {
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        if !self.in_delivery.lock().unwrap().insert(event.id) {
-            self.overlaps.lock().unwrap().push(event.id);
-        }
-        tokio::task::yield_now().await;
-        self.in_delivery.lock().unwrap().remove(&event.id);
-        self.delivered.lock().unwrap().push(event.id);
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_drain_ten_thousand_events_without_overlap() {
-    four_workers_drain(ClaimMode::Lease).await;
+    let h = PgHarness::with_pool_size(10).await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    concurrency::four_workers_drain(&h, store, ClaimMode::Lease).await;
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_locked_workers_drain_ten_thousand_events_without_overlap() {
-    four_workers_drain(ClaimMode::Locked).await;
-}
-
-async fn four_workers_drain(mode: ClaimMode) {
     let h = PgHarness::with_pool_size(10).await;
     let store = h.store().with_clock(Arc::new(SystemClock));
-    for chunk in 0..10 {
-        let events = (chunk * 1000..(chunk + 1) * 1000).map(upload).collect();
-        let mut tx = store.begin().await.unwrap();
-        tx.emit_all(events).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    let transport = Arc::new(Exclusive::default());
-    let mut workers = tokio::task::JoinSet::new();
-    for w in 0..4 {
-        let worker = Worker::builder(store.clone(), transport.clone())
-            .worker_id(format!("w{w}"))
-            .claim_mode(mode)
-            .batch_size(100)
-            .concurrency(8)
-            .build()
-            .unwrap();
-        workers.spawn(async move { worker.run_until_idle().await.unwrap() });
-    }
-    let mut delivered_by_reports = 0;
-    let mut busy_workers = 0;
-    while let Some(report) = tokio::time::timeout(Duration::from_secs(300), workers.join_next())
-        .await
-        .unwrap()
-    {
-        let report = report.unwrap();
-        busy_workers += usize::from(report.batches > 0);
-        delivered_by_reports += report.delivered;
-    }
-    assert_eq!(delivered_by_reports, 10_000);
-    assert!(
-        busy_workers >= 2,
-        "the workers did not share the work: {busy_workers} took part"
-    );
-    assert!(
-        transport.overlaps.lock().unwrap().is_empty(),
-        "events held by two workers at once"
-    );
-    let delivered = transport.delivered.lock().unwrap().clone();
-    let unique: HashSet<EventId> = delivered.iter().copied().collect();
-    assert_eq!(
-        (delivered.len(), unique.len()),
-        (10_000, 10_000),
-        "each event delivered exactly once"
-    );
-    let counts = store.count_by_status().await.unwrap();
-    assert_eq!(
-        (
-            counts.delivered,
-            counts.pending,
-            counts.in_flight,
-            counts.dead
-        ),
-        (10_000, 0, 0, 0)
-    );
-    let odd: Vec<OutboxEvent> = store
-        .list(&EventFilter {
-            limit: 20_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| {
-            e.attempts() != 1 || e.lifecycle.lease.is_some() || e.lifecycle.delivered_at.is_none()
-        })
-        .collect();
-    assert!(
-        odd.is_empty(),
-        "inconsistent rows: {:?}",
-        &odd[..odd.len().min(3)]
-    );
+    concurrency::four_workers_drain(&h, store, ClaimMode::Locked).await;
     h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_workers_events_are_delivered_after_its_lease_expires() {
     let h = PgHarness::new().await;
-    let ids: Vec<EventId> = h
-        .emit((0..5).map(upload).collect(), true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    let clock: Arc<dyn Clock> = Arc::new(h.clock().clone());
-
-    let (started, mut starts) = mpsc::unbounded_channel();
-    let doomed = Worker::builder(h.store(), Stuck(started))
-        .worker_id("doomed")
-        .clock(clock.clone())
-        .lease(Duration::from_secs(30))
-        .delivery_timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let task = tokio::spawn(async move { doomed.run_until_idle().await });
-    for _ in 0..5 {
-        tokio::time::timeout(GUARD, starts.recv())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    task.abort(); // dies mid-delivery: no ack, no release
-    let _ = task.await;
-    let held = h.store().count_by_status().await.unwrap();
-    assert_eq!(held.in_flight, 5);
-
-    let transport = outbox_memory::RecordingTransport::new();
-    let rescuer = Worker::builder(h.store(), transport.clone())
-        .worker_id("rescuer")
-        .clock(clock)
-        .build()
-        .unwrap();
-    assert_eq!(
-        rescuer.run_until_idle().await.unwrap().delivered,
-        0,
-        "the lease is still live"
-    );
-    h.clock().advance(Duration::from_secs(30));
-    let report = rescuer.run_until_idle().await.unwrap();
-    assert_eq!((report.reclaimed, report.delivered), (5, 5));
-    for id in ids {
-        let e = h.store().fetch(id).await.unwrap();
-        assert_eq!(
-            (e.status(), e.attempts()),
-            (Status::Delivered, 2),
-            "the crashed attempt counts"
-        );
-    }
+    concurrency::a_crashed_workers_events_are_delivered_after_its_lease_expires(&h).await;
     h.cleanup().await;
 }
 
