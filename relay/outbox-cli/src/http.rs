@@ -7,13 +7,13 @@
 //! the log; the endpoints answer with their status code and a word, never a database message
 //! (which can name hosts, users, schemas and tables).
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox_core::{Clock, OutboxStore, Status, SystemClock};
+use outbox_core::{Clock, DynOutboxStore, OutboxStore, Status, SystemClock};
 use outbox_postgres::PgStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -78,7 +78,7 @@ pub fn recorder() -> Result<PrometheusHandle, BuildError> {
 /// Serves the endpoints on a bound `listener` in a background task.
 pub fn serve(
     listener: TcpListener,
-    store: PgStore,
+    store: Served,
     handle: PrometheusHandle,
     admin: Option<axum::Router>,
 ) -> Result<JoinHandle<()>, std::io::Error> {
@@ -105,12 +105,34 @@ pub fn serve(
     }))
 }
 
-type AppState = State<(PgStore, PrometheusHandle)>;
+/// The store the endpoint reads: any backend's, and PostgreSQL's own for the slot gauges.
+#[derive(Clone)]
+pub struct Served {
+    store: Arc<DynOutboxStore>,
+    pg: Option<PgStore>,
+}
+
+impl Served {
+    /// A PostgreSQL store (slot gauges included when a slot is watched).
+    pub fn postgres(store: PgStore) -> Self {
+        Self {
+            store: Arc::new(store.clone()),
+            pg: Some(store),
+        }
+    }
+
+    /// Any other store.
+    pub fn other(store: Arc<DynOutboxStore>) -> Self {
+        Self { store, pg: None }
+    }
+}
+
+type AppState = State<(Served, PrometheusHandle)>;
 
 /// Ready when the database answers.
 async fn ready(State((store, _)): AppState) -> (StatusCode, &'static str) {
     // One row at most from each status's index: as cheap on ten million events as on none.
-    match store.count_capped(1).await {
+    match store.store.count_capped(1).await {
         Ok(_) => (StatusCode::OK, "ready\n"),
         Err(error) => {
             tracing::warn!(%error, "/readyz: the outbox table cannot be read");
@@ -134,7 +156,8 @@ async fn scrape(State((store, handle)): AppState) -> (StatusCode, String) {
 }
 
 /// Sets the outbox table's gauges from the database.
-async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
+async fn table_gauges(served: &Served) -> Result<(), outbox_core::StoreError> {
+    let store = &served.store;
     let counts = store.count_by_status().await?;
     let oldest = store
         .oldest_pending()
@@ -145,8 +168,8 @@ async fn table_gauges(store: &PgStore) -> Result<(), outbox_core::StoreError> {
         metrics::gauge!(EVENTS, "status" => s.as_str()).set(counts.get(s) as f64);
     }
     metrics::gauge!(OLDEST_PENDING).set(oldest);
-    if let Some(slot) = SLOT.get() {
-        let status = store.stream_status(slot).await?;
+    if let (Some(slot), Some(pg)) = (SLOT.get(), &served.pg) {
+        let status = pg.stream_status(slot).await?;
         metrics::gauge!(SLOT_LAG).set(status.lag_bytes as f64);
         metrics::gauge!(SLOT_RETAINED).set(status.retained_bytes as f64);
         metrics::gauge!(SLOT_ACTIVE).set(if status.active { 1.0 } else { 0.0 });
@@ -176,7 +199,7 @@ mod tests {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         foreign_row(&h, &deep, "{}").await;
         let handle = recorder().unwrap();
-        let (status, body) = scrape(State((h.store(), handle.clone()))).await;
+        let (status, body) = scrape(State((Served::postgres(h.store()), handle.clone()))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let age: f64 = body
             .lines()
@@ -192,7 +215,7 @@ mod tests {
         );
 
         h.cleanup().await; // the table is gone: the next scrape must say so
-        let (status, body) = scrape(State((h.store(), handle))).await;
+        let (status, body) = scrape(State((Served::postgres(h.store()), handle))).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     }
 
@@ -224,14 +247,14 @@ mod tests {
         let schema = h.schema().to_owned();
         let handle = recorder().unwrap();
         assert_eq!(
-            ready(State((h.store(), handle.clone()))).await,
+            ready(State((Served::postgres(h.store()), handle.clone()))).await,
             (StatusCode::OK, "ready\n")
         );
         h.cleanup().await;
-        let (status, body) = ready(State((h.store(), handle.clone()))).await;
+        let (status, body) = ready(State((Served::postgres(h.store()), handle.clone()))).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, "database unavailable\n");
-        let (_, body) = scrape(State((h.store(), handle))).await;
+        let (_, body) = scrape(State((Served::postgres(h.store()), handle))).await;
         assert!(
             !body.contains(&schema) && !body.contains("relation"),
             "{body}"

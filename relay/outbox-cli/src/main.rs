@@ -1,4 +1,5 @@
-//! `outbox`: run the relay against PostgreSQL, migrate the schema, show status.
+//! `outbox`: run the relay against PostgreSQL or MySQL/MariaDB, migrate the schema, show
+//! status.
 //!
 //! ```text
 //! outbox relay --config relay.toml          # deliver until SIGTERM/SIGINT
@@ -26,9 +27,11 @@ use outbox_core::{
     Clock, EventFilter, EventId, EventPage, OutboxEvent, OutboxStore, Status, StoreError,
     SystemClock,
 };
+use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_worker::Worker;
 use sqlx::Connection;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use std::str::FromStr;
 use tracing::{info, warn};
@@ -65,10 +68,10 @@ struct Target {
     /// A TOML config file (`outbox config example` prints one, every key documented).
     #[arg(long, short, env = "OUTBOX_CONFIG")]
     config: Option<PathBuf>,
-    /// PostgreSQL URL.
+    /// Database URL: `postgres://…`, or `mysql://…` / `mariadb://…`.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
-    /// Schema of the outbox table [default: public].
+    /// Schema of the outbox table [default: public] (PostgreSQL; on MySQL the URL's database).
     #[arg(long, env = "OUTBOX_SCHEMA")]
     schema: Option<String>,
     /// The outbox table [default: outbox_event].
@@ -368,27 +371,88 @@ fn load(target: &Target) -> Result<Config, CliError> {
 /// minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The database URL, checked: PostgreSQL's scheme only (`postgress://` or `mysql://` used to be
-/// taken as PostgreSQL and fail later, or connect somewhere unexpected).
-fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
+/// The database a URL names, by its scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// `postgres://`, `postgresql://`.
+    Postgres,
+    /// `mysql://`, `mariadb://`.
+    MySql,
+}
+
+/// The database URL and its backend, checked by scheme (a misspelt scheme such as
+/// `postgress://` used to be taken as PostgreSQL and fail later, or connect somewhere
+/// unexpected).
+fn database_url(config: &Config) -> Result<(&str, Backend), CliError> {
     let url = config
         .database_url
         .as_deref()
         .ok_or("no database: set database_url in the config, DATABASE_URL, or --database-url")?;
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     match scheme {
-        Some("postgres" | "postgresql") => {}
-        Some(other) => {
-            return Err(format!(
-                "database_url: scheme {other:?} is not PostgreSQL's; write postgres://user@host:port/database"
-            )
-            .into());
-        }
-        None => {
-            return Err("database_url: not a URL; write postgres://user@host:port/database".into());
-        }
+        Some("postgres" | "postgresql") => Ok((url, Backend::Postgres)),
+        Some("mysql" | "mariadb") => Ok((url, Backend::MySql)),
+        Some(other) => Err(format!(
+            "database_url: scheme {other:?} is not a database this relay knows; write \
+             postgres://user@host:port/database or mysql://user@host:port/database"
+        )
+        .into()),
+        None => Err(
+            "database_url: not a URL; write postgres://user@host:port/database or \
+             mysql://user@host:port/database"
+                .into(),
+        ),
+    }
+}
+
+/// The database URL, checked: PostgreSQL's scheme, for the commands only PostgreSQL serves.
+fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
+    let (url, backend) = database_url(config)?;
+    if backend != Backend::Postgres {
+        return Err(
+            "this command needs PostgreSQL; on MySQL/MariaDB the relay, migrate and status work \
+             (see docs/mysql.md)"
+                .into(),
+        );
     }
     PgConnectOptions::from_str(url).map_err(|e| format!("database_url: cannot be read: {e}").into())
+}
+
+/// Connects to MySQL/MariaDB (retrying until `startup`'s deadline, each failure logged) and
+/// opens a pool of `connections` for the config's table.
+async fn mysql_store(
+    config: &Config,
+    connections: u32,
+    startup: Startup,
+) -> Result<MySqlStore, CliError> {
+    let (url, _) = database_url(config)?;
+    // sqlx reads MySQL's scheme; MariaDB speaks the same protocol.
+    let url = url.replacen("mariadb://", "mysql://", 1);
+    let options = MySqlConnectOptions::from_str(&url)
+        .map_err(|e| format!("database_url: cannot be read: {e}"))?;
+    startup
+        .retry("MySQL", || async {
+            match tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
+                .await
+            {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close().await;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
+            }
+        })
+        .await?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
+    let store_config = MySqlConfig::new()
+        .with_table(&config.table)
+        .with_delete_delivered(config.delete_delivered)
+        .with_dead_head(config.dead_head);
+    Ok(MySqlStore::new(pool, store_config)?)
 }
 
 /// Connects to PostgreSQL (retrying until `startup`'s deadline, each failure logged with its
@@ -543,6 +607,53 @@ async fn start(
     let metrics = http::recorder()?;
     let router =
         Arc::new(config::build_router(&config.routes, &startup, settings.delivery_timeout).await?);
+    if database_url(&config)?.1 == Backend::MySql {
+        if stream_settings.is_some() {
+            return Err(STREAM_NEEDS_POSTGRES.into());
+        }
+        if config.http.admin {
+            return Err(
+                "[http] admin needs PostgreSQL for now; on MySQL/MariaDB use \
+                        `outbox status` and the metrics endpoint"
+                    .into(),
+            );
+        }
+        let store = mysql_store(
+            &config,
+            u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
+            startup,
+        )
+        .await?;
+        let (version, latest) = (store.schema_version().await?, outbox_mysql::LATEST_VERSION);
+        if version < latest {
+            return Err(format!(
+                "the outbox table {} is at schema version {version}, this build needs {latest}: \
+                 run `outbox migrate` with the same database and table first",
+                store.config().table()
+            )
+            .into());
+        }
+        let server = match listener {
+            Some(listener) => Some(http::serve(
+                listener,
+                http::Served::other(Arc::new(store.clone())),
+                metrics,
+                None,
+            )?),
+            None => None,
+        };
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+        let mut running = Vec::new();
+        for i in 0..r.workers {
+            let worker = Worker::builder(store.clone(), Arc::clone(&router))
+                .config(settings.clone())
+                .worker_id(format!("{host}-{}-{i}", std::process::id()))
+                .build()?;
+            running.push(worker.spawn());
+        }
+        info!(workers = r.workers, table = %store.config().table(), "relay started on MySQL");
+        return Ok((running, None, server));
+    }
     let store = store(
         &config,
         u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
@@ -589,7 +700,12 @@ async fn start(
         None
     };
     let server = match listener {
-        Some(listener) => Some(http::serve(listener, store.clone(), metrics, admin_routes)?),
+        Some(listener) => Some(http::serve(
+            listener,
+            http::Served::postgres(store.clone()),
+            metrics,
+            admin_routes,
+        )?),
         None => None,
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
@@ -690,6 +806,9 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
         );
     }
     let config = load(&target)?;
+    if database_url(&config)?.1 == Backend::MySql {
+        return migrate_mysql(&config, down).await;
+    }
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     let table = store.config().qualified_table();
     let slot = &config.relay.stream.slot;
@@ -748,9 +867,59 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
     Ok(())
 }
 
+/// `outbox migrate` on MySQL/MariaDB: the tables and their history (no stream mode there).
+async fn migrate_mysql(config: &Config, down: bool) -> Result<(), CliError> {
+    if config.relay.mode == config::Mode::Stream {
+        return Err(STREAM_NEEDS_POSTGRES.into());
+    }
+    let store = mysql_store(config, 2, Startup::within(Duration::ZERO)).await?;
+    let table = store.config().table().to_owned();
+    if down {
+        let n = store.migrate_down().await?;
+        writeln!(stdout(), "reverted {n} migration(s); {table} is gone")?;
+    } else {
+        let n = store.migrate().await?;
+        writeln!(
+            stdout(),
+            "applied {n} migration(s); {table} is at version {}",
+            outbox_mysql::LATEST_VERSION
+        )?;
+    }
+    Ok(())
+}
+
+/// Why stream mode is refused on MySQL/MariaDB.
+const STREAM_NEEDS_POSTGRES: &str = "relay.mode = \"stream\" reads PostgreSQL's write-ahead \
+    log; on MySQL/MariaDB use relay.mode = \"claim\"";
+
 async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     let config = load(&target)?;
+    if database_url(&config)?.1 == Backend::MySql {
+        let store = mysql_store(&config, 2, Startup::within(Duration::ZERO)).await?;
+        if store.schema_version().await? == 0 {
+            return Err(format!(
+                "the outbox table {} does not exist: run `outbox migrate` with this config first",
+                store.config().table()
+            )
+            .into());
+        }
+        return print_status(&store, dead).await;
+    }
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
+    print_counts(&store).await?;
+    print_stream(&store, &config).await?;
+    print_paused(&store).await?;
+    print_rest(&store, dead).await
+}
+
+/// `outbox status` on any store: counts, oldest pending, paused types, parked keys, dead events.
+async fn print_status<S: OutboxStore>(store: &S, dead: usize) -> Result<(), CliError> {
+    print_counts(store).await?;
+    print_rest(store, dead).await
+}
+
+/// Counts by status and the oldest pending event's age.
+async fn print_counts<S: OutboxStore>(store: &S) -> Result<(), CliError> {
     let counts = store.count_by_status().await?;
     writeln!(stdout(), "{:<10} {:>12}", "status", "events")?;
     for s in Status::ALL {
@@ -764,8 +933,11 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
         )?,
         None => writeln!(stdout(), "oldest pending: none")?,
     }
-    print_stream(&store, &config).await?;
-    print_paused(&store).await?;
+    Ok(())
+}
+
+/// Paused types, parked keys and the newest dead events.
+async fn print_rest<S: OutboxStore>(store: &S, dead: usize) -> Result<(), CliError> {
     let types = store.paused_types().await?;
     if !types.is_empty() {
         writeln!(stdout())?;
@@ -778,7 +950,7 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
             writeln!(stdout(), "{:<32} {}", t.event_type, t.since)?;
         }
     }
-    print_parked(&store).await?;
+    print_parked(store).await?;
     let dead_events = store
         .list(&EventFilter {
             status: Some(Status::Dead),
@@ -876,7 +1048,7 @@ async fn print_paused(store: &PgStore) -> Result<(), CliError> {
 }
 
 /// Ordering keys parked behind a dead head.
-async fn print_parked(store: &PgStore) -> Result<(), CliError> {
+async fn print_parked<S: OutboxStore>(store: &S) -> Result<(), CliError> {
     let parked = store.parked_keys(PARKED_SHOWN).await?;
     if !parked.is_empty() {
         writeln!(stdout())?;

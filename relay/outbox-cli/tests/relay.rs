@@ -537,13 +537,13 @@ fn relay_once(file: &std::path::Path, url: &str) -> (bool, String) {
     )
 }
 
-/// Only PostgreSQL URLs are taken: a misspelt scheme or another database's URL is refused by
-/// name, without connecting (both used to be taken as PostgreSQL).
+/// Only the URLs of databases the relay knows are taken: a misspelt scheme or another
+/// database's URL is refused by name, without connecting (both used to be taken as PostgreSQL).
 #[test]
 fn database_urls_of_other_schemes_are_refused() {
     for (url, scheme) in [
         ("postgress://root@127.0.0.1:5432/test", "postgress"),
-        ("mysql://root@127.0.0.1:3306/test", "mysql"),
+        ("sqlserver://root@127.0.0.1:1433/test", "sqlserver"),
     ] {
         let out = Command::new(BIN)
             .args(["status", "--database-url", url])
