@@ -3,16 +3,18 @@
 //! Saving an upload writes the file record **and** its `file.stored` event in one transaction;
 //! a worker then delivers each event to a transport that prints one line per delivery. The
 //! service logic (`save_upload`) is written once, against the store-independent transaction
-//! boundary, and runs unchanged on both stores:
+//! boundary, and runs unchanged on every store:
 //!
 //! ```text
 //! cargo run --example uploads                                          # in memory, zero setup
 //! DATABASE_URL=postgres://root@127.0.0.1:5432/test \
 //!     cargo run --example uploads --features outbox-examples/postgres   # on PostgreSQL
+//! DATABASE_URL=mysql://root@127.0.0.1:3306/test \
+//!     cargo run --example uploads --features outbox-examples/mysql      # on MySQL/MariaDB
 //! ```
 //!
-//! On PostgreSQL it creates the outbox table (`public.outbox_event`) and an `uploads` table, and
-//! leaves the delivered rows there for inspection with psql. `examples/consumer.rs` is the other
+//! On a database it creates the outbox table (`outbox_event`) and an `uploads` table, and
+//! leaves the delivered rows there for inspection. `examples/consumer.rs` is the other
 //! side: a thumbnailer that receives `file.stored` from NATS and handles each event once.
 
 use outbox_core::{
@@ -81,6 +83,19 @@ impl Files for sqlx::PgConnection {
                 .fetch_one(self)
                 .await?;
         Ok(id)
+    }
+}
+
+#[cfg(feature = "mysql")]
+#[outbox_core::async_trait]
+impl Files for sqlx::MySqlConnection {
+    async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
+        let done = sqlx::query("INSERT INTO uploads (name, bytes) VALUES (?, ?)")
+            .bind(&file.name)
+            .bind(file.bytes)
+            .execute(self)
+            .await?;
+        Ok(i64::try_from(done.last_insert_id())?)
     }
 }
 
@@ -199,20 +214,58 @@ async fn run_on_postgres(url: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+#[cfg(feature = "mysql")]
+async fn run_on_mysql(url: &str) -> Result<(), AppError> {
+    use outbox_mysql::{MySqlConfig, MySqlStore};
+    println!("outbox: MySQL/MariaDB store");
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&url.replacen("mariadb://", "mysql://", 1))
+        .await?;
+    let store = MySqlStore::new(pool.clone(), MySqlConfig::new())?;
+    let applied = store.migrate().await?;
+    println!(
+        "migrations applied: {applied} (table {})",
+        store.config().table()
+    );
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS uploads (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+         name TEXT NOT NULL, bytes BIGINT NOT NULL, \
+         stored_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+    )
+    .execute(&pool)
+    .await?;
+    run(store.clone()).await?;
+    println!(
+        "inspect with:\n  mysql -e \"SELECT HEX(id), event_type, status, attempts, delivered_at \
+         FROM outbox_event ORDER BY seq DESC LIMIT 5\""
+    );
+    Ok(())
+}
+
+/// The feature a URL's database needs, when this build lacks it.
+fn missing(feature: &str) -> Result<(), AppError> {
+    eprintln!(
+        "DATABASE_URL names a database this build has no store for: run\n  \
+         cargo run --example uploads --features outbox-examples/{feature}"
+    );
+    std::process::exit(2)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), AppError> {
     let url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-    match url {
-        #[cfg(feature = "postgres")]
-        Some(url) => run_on_postgres(&url).await,
-        #[cfg(not(feature = "postgres"))]
-        Some(_) => {
-            eprintln!(
-                "DATABASE_URL is set, but this build has no PostgreSQL: run\n  \
-                 cargo run --example uploads --features outbox-examples/postgres"
-            );
-            std::process::exit(2)
-        }
-        None => run_in_memory().await,
+    let Some(url) = url else {
+        return run_in_memory().await;
+    };
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        #[cfg(feature = "mysql")]
+        return run_on_mysql(&url).await;
+        #[cfg(not(feature = "mysql"))]
+        return missing("mysql");
     }
+    #[cfg(feature = "postgres")]
+    return run_on_postgres(&url).await;
+    #[cfg(not(feature = "postgres"))]
+    return missing("postgres");
 }

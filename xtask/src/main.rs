@@ -103,7 +103,7 @@ fn ci() -> Result<(), String> {
     // to run, not to lint).
     for selection in [
         &["--workspace"][..],
-        &["-p", "outbox-examples", "--features", "consumer"],
+        &["-p", "outbox-examples", "--features", "consumer,mysql"],
     ] {
         let mut args = vec!["clippy"];
         args.extend(selection);
@@ -270,8 +270,8 @@ fn package() -> Result<(), String> {
 }
 
 /// Runs the README's first command (the zero-setup uploads example) and checks that it
-/// delivered its three events and rolled the fourth back; then, when `DATABASE_URL` is set, the
-/// same example on PostgreSQL.
+/// delivered its three events and rolled the fourth back; then the same example on PostgreSQL
+/// when `DATABASE_URL` is set, and on MySQL/MariaDB when `MYSQL_URL` is.
 fn example() -> Result<(), String> {
     let memory = ["run", "--quiet", "--locked", "--example", "uploads"];
     run_example(&memory, None)?;
@@ -279,6 +279,10 @@ fn example() -> Result<(), String> {
         let postgres = [&memory[..], &["--features", "outbox-examples/postgres"]].concat();
         run_example(&postgres, Some(url))?;
         consumer_example()?;
+    }
+    if let Some(url) = env::var_os("MYSQL_URL") {
+        let mysql = [&memory[..], &["--features", "outbox-examples/mysql"]].concat();
+        run_example(&mysql, Some(url))?;
     }
     Ok(())
 }
