@@ -132,12 +132,13 @@ impl MySqlStore {
     /// Takes up to `limit` due, unpaused pending events, oldest due first, under row locks
     /// (skipping rows other transactions hold); returns their ids.
     ///
-    /// The candidates are found by a plain read and then locked by id, page by page: MariaDB
+    /// A claim under a lease (`exact` false) takes them with one locking read. A locked claim
+    /// (`exact`) finds candidates by a plain read and then locks them by id, page by page: MariaDB
     /// keeps the lock of every row a locking read examined, matching or not, until the
     /// transaction ends, so a locking read that walked the due index could hold rows it does
     /// not take — for as long as a locked claim lasts. A candidate another transaction changed
-    /// and committed between the two reads is locked all the same and left alone; with `exact`
-    /// (a locked claim) no more candidates than still wanted are locked.
+    /// and committed between the two reads is locked all the same and left alone, and no more
+    /// candidates than still wanted are locked.
     async fn take_due(
         &self,
         work: &mut Work<'_>,
@@ -146,16 +147,24 @@ impl MySqlStore {
     ) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let at = work.at;
+        if !exact {
+            // A claim that commits at once: one locking read along the due index. The rows it
+            // passes over (a paused type's) stay locked only until that commit.
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_due`) \
+                 WHERE status = 'pending' AND next_attempt_at <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM `{t}_paused` p WHERE p.event_type = `{t}`.event_type) \
+                 ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+            );
+            let mut args = MySqlArguments::default();
+            add(&mut args, at)?;
+            add(&mut args, u64::try_from(limit).unwrap_or(u64::MAX))?;
+            return work.load(sql, args).await;
+        }
         let mut due: Vec<(DateTime<Utc>, EventId)> = Vec::new();
         let mut cursor: Option<(DateTime<Utc>, EventId)> = None;
         while due.len() < limit {
-            let want = if exact {
-                limit - due.len()
-            } else {
-                // A few more than asked, so that workers claiming at once do not all reach for
-                // the same rows and come back empty.
-                (limit - due.len()).saturating_mul(2).saturating_add(8)
-            };
+            let want = limit - due.len();
             let after = if cursor.is_some() {
                 "AND (next_attempt_at > ? OR (next_attempt_at = ? AND id > ?))"
             } else {
@@ -212,7 +221,7 @@ impl MySqlStore {
         delete_delivered: bool,
     ) -> Result<Vec<Recorded>, StoreError> {
         distinct_ids(items.iter().map(|(id, _)| *id))?;
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         let ids: Vec<EventId> = items.iter().map(|(id, _)| *id).collect();
         work.lock_held(&ids, lease).await?;
         let mut recorded = Vec::with_capacity(items.len());
@@ -277,7 +286,7 @@ impl OutboxStore for MySqlStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         let at = work.at;
         let ids = self.take_due(&mut work, limit, false).await?;
         let claim = outbox_core::Transition::Claim {
@@ -300,7 +309,7 @@ impl OutboxStore for MySqlStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         let at = work.at;
         let sql = format!(
             "SELECT id FROM `{}` WHERE status = 'in_flight' AND lease_id = ?",
@@ -351,7 +360,7 @@ impl OutboxStore for MySqlStore {
         // The store's reading is taken inside the transaction; the caller's times are read
         // relative to `now` against it there.
         distinct_ids(failures.iter().map(|f| f.id))?;
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         let at = work.at;
         let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
         work.lock_held(&ids, lease).await?;
@@ -397,7 +406,7 @@ impl OutboxStore for MySqlStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
         distinct_ids(ids.iter().copied())?;
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         let at = work.at;
         work.lock_held(ids, lease).await?;
         let t = outbox_core::Transition::Defer {
@@ -420,7 +429,7 @@ impl OutboxStore for MySqlStore {
     async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
         let mut reclaimed = Reclaimed::default();
         loop {
-            let mut work = Work::begin(self).await?;
+            let mut work = Work::begin(self, None).await?;
             let sql = format!(
                 "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_leased`) \
                  WHERE status = 'in_flight' AND locked_until <= ? ORDER BY locked_until \
@@ -621,7 +630,7 @@ impl OutboxStore for MySqlStore {
         extra_attempts: u32,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         work.lock_dead(id).await?;
         work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
         work.rejoin_key(id).await?;
@@ -643,16 +652,7 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<LockedClaim, StoreError> {
         validate_hold(hold)?;
-        let mut work = Work::begin(self).await?;
-        // The server ends the hold: a connection idle longer than this is closed, and its
-        // transaction rolled back.
-        let seconds = Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0);
-        sqlx::query(AssertSqlSafe(format!(
-            "SET SESSION wait_timeout = {seconds}"
-        )))
-        .execute(&mut *work.tx)
-        .await
-        .map_err(db_error)?;
+        let mut work = Work::begin(self, Some(hold)).await?;
         let ids = if limit == 0 {
             Vec::new()
         } else {
@@ -662,12 +662,11 @@ impl OutboxStore for MySqlStore {
             .iter()
             .filter_map(|id| work.event(*id).cloned())
             .collect();
+        // The rows as read under their locks, which no one else can change while they last:
+        // the settlement needs not read them again.
+        let rows = work.take_rows(&ids);
         let tx = if ids.is_empty() {
             // Nothing locked: end the transaction now rather than hold a connection for it.
-            sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
-                .execute(&mut *work.tx)
-                .await
-                .map_err(db_error)?;
             work.tx.rollback().await.map_err(db_error)?;
             None
         } else {
@@ -678,6 +677,7 @@ impl OutboxStore for MySqlStore {
             holder: holder.to_owned(),
             hold,
             ids,
+            rows,
             tx,
         });
         Ok(LockedClaim { events, batch })
@@ -688,7 +688,7 @@ impl OutboxStore for MySqlStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         work.lock_ids(ids, true).await?;
         let mut deleted = Vec::new();
         let mut seen = BTreeSet::new();
@@ -740,7 +740,7 @@ impl OutboxStore for MySqlStore {
         id: EventId,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         work.lock_dead(id).await?;
         let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         let key = event
@@ -797,7 +797,7 @@ impl OutboxStore for MySqlStore {
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
         edit.check(&self.config.limits)?;
-        let mut work = Work::begin(self).await?;
+        let mut work = Work::begin(self, None).await?;
         work.lock_dead(id).await?;
         let previous = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         // Revived first, so a refused revive (not dead, too many attempts) changes nothing.
@@ -923,6 +923,8 @@ struct MySqlLockedBatch {
     holder: String,
     hold: Duration,
     ids: Vec<EventId>,
+    /// The claimed rows as read.
+    rows: Vec<crate::row::Stored>,
     tx: Option<sqlx::Transaction<'static, MySql>>,
 }
 
@@ -965,7 +967,7 @@ impl LockedBatch for MySqlLockedBatch {
         let mut tx = self.tx.take().ok_or_else(hold_ended)?;
         let at = self.store.now_on(&mut tx).await?;
         let mut work = Work::on(&self.store, tx, at);
-        work.lock_ids(&self.ids, false).await?;
+        work.keep_rows(std::mem::take(&mut self.rows));
         // The state machine's claim needs a lease: one that stands for this lock.
         let lease = Lease {
             id: LeaseId::new(),
@@ -1008,10 +1010,6 @@ impl LockedBatch for MySqlLockedBatch {
                 }),
         );
         work.flush().await?;
-        sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
-            .execute(&mut *work.tx)
-            .await
-            .map_err(db_error)?;
         work.tx.commit().await.map_err(db_error)?;
         if recorded.iter().any(|r| {
             !matches!(

@@ -62,14 +62,43 @@ where
 impl<'s> Work<'s> {
     /// Begins a transaction (`READ COMMITTED`: each statement reads what is committed when it
     /// starts, so a read after taking a lock sees what the lock's previous holder wrote).
-    pub(crate) async fn begin(store: &'s MySqlStore) -> Result<Self, StoreError> {
+    ///
+    /// The connection's idle limit is set in the same round trip: the server's default, or with
+    /// `hold` (a locked claim) that many seconds, after which the server closes the connection
+    /// and rolls the transaction back.
+    pub(crate) async fn begin(
+        store: &'s MySqlStore,
+        hold: Option<std::time::Duration>,
+    ) -> Result<Self, StoreError> {
+        let idle = match hold {
+            Some(hold) => {
+                (Ord::max(hold.as_secs(), 1) + u64::from(hold.subsec_nanos() > 0)).to_string()
+            }
+            None => "@@GLOBAL.wait_timeout".to_owned(),
+        };
+        let begin = format!(
+            "SET SESSION wait_timeout = {idle}; \
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+        );
         let mut tx = store
             .pool()
-            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+            .begin_with(AssertSqlSafe(begin))
             .await
             .map_err(db_error)?;
         let at = store.now_on(&mut tx).await?;
         Ok(Self::on(store, tx, at))
+    }
+
+    /// The rows read so far, to carry into a later [`Work`] on the same transaction.
+    pub(crate) fn take_rows(&mut self, ids: &[EventId]) -> Vec<Stored> {
+        ids.iter().filter_map(|id| self.rows.remove(id)).collect()
+    }
+
+    /// Rows read earlier in this transaction (and still locked by it), as if read now.
+    pub(crate) fn keep_rows(&mut self, rows: Vec<Stored>) {
+        for stored in rows {
+            self.rows.insert(stored.event.id, stored);
+        }
     }
 
     /// Continues an open transaction.

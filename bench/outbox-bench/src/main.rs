@@ -9,6 +9,7 @@ mod cdc;
 mod growth;
 mod latency;
 mod memory;
+mod mysql;
 mod ordering;
 mod peers;
 mod pg;
@@ -31,13 +32,20 @@ struct Args {
     /// PostgreSQL to measure; the tables live in a schema of their own, dropped afterwards.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// MySQL/MariaDB to measure (the `mysql` workload); its tables are dropped afterwards.
+    #[arg(
+        long,
+        env = "MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306/test"
+    )]
+    mysql_url: String,
     /// Measure delivery through the real transports (NATS, RabbitMQ, Redis, a webhook receiver
     /// on loopback, Kafka on a tansu broker the run starts) instead
     /// of the storage workloads.
     #[arg(long)]
     transports: bool,
     /// Run only these workloads (comma-separated: memory-store, emit, relay, ordering, latency,
-    /// growth, rss, admin, cdc); summary.json then holds only their keys.
+    /// growth, rss, admin, cdc, mysql); summary.json then holds only their keys.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
@@ -75,6 +83,8 @@ pub enum Workload {
     /// The log-reading relay on a cluster of its own (`wal_level = logical`), beside the
     /// claim-based relay, pgmq and plain inserts.
     Cdc,
+    /// Emit and relay on MySQL/MariaDB, beside the raw SQL a user would write.
+    Mysql,
 }
 
 impl Args {
@@ -140,11 +150,19 @@ async fn run(args: Args) -> Result<Summary, BenchError> {
     if args.runs(Workload::MemoryStore) {
         memory::run(&args, &mut summary).await?;
     }
+    if args.runs(Workload::Mysql) {
+        mysql::run(&args, &args.mysql_url, &mut summary).await?;
+    }
     if args.runs(Workload::Cdc) {
         cdc::run(&args, &mut summary).await?;
-        if args.only == [Workload::Cdc] {
-            return Ok(summary);
-        }
+    }
+    if !args.only.is_empty()
+        && args
+            .only
+            .iter()
+            .all(|w| matches!(w, Workload::Cdc | Workload::Mysql | Workload::MemoryStore))
+    {
+        return Ok(summary);
     }
     let url = args
         .database_url
