@@ -244,6 +244,7 @@ async fn run_on_mysql(url: &str) -> Result<(), AppError> {
 }
 
 /// The feature a URL's database needs, when this build lacks it.
+#[cfg(not(all(feature = "postgres", feature = "mysql")))]
 fn missing(feature: &str) -> Result<(), AppError> {
     eprintln!(
         "DATABASE_URL names a database this build has no store for: run\n  \
