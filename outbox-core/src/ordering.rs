@@ -87,6 +87,18 @@ pub fn keeps_key(status: Status, policy: DeadHead) -> bool {
     }
 }
 
+/// Why [`OutboxStore::skip_dead_head`](crate::OutboxStore::skip_dead_head) refuses `event`: it
+/// is not a dead event heading its key.
+pub fn not_a_dead_head(event: &crate::OutboxEvent) -> crate::StoreError {
+    crate::StoreError::Transition {
+        id: event.id,
+        source: crate::TransitionError::Illegal {
+            from: event.status(),
+            transition: "skip",
+        },
+    }
+}
+
 /// A key whose head is dead under [`DeadHead::Block`]: nothing of it is delivered until an
 /// operator retries or skips the head.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::event::{EventId, NewEvent, OutboxEvent};
 use crate::history::{History, PayloadEdit};
 use crate::locked::LockedClaim;
 use crate::ordering::ParkedKey;
-use crate::status::{Lease, LeaseId, Status};
+use crate::status::{Lease, LeaseId, Status, Transition};
 
 /// What emitting an event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +133,24 @@ pub enum Outcome {
     /// Not held under the caller's lease any more (it expired, and the event was reclaimed or
     /// claimed by another worker since); left unchanged.
     LeaseLost,
+}
+
+impl Outcome {
+    /// What a lease holder's transition `t`, applied, did to `event` (now after it), as every
+    /// store reports it.
+    pub fn of(t: &Transition, event: &OutboxEvent) -> Self {
+        match (t, event.status()) {
+            (Transition::Release { .. }, _) => Outcome::Released,
+            (Transition::Defer { .. }, _) => Outcome::Deferred {
+                at: event.lifecycle.next_attempt_at,
+            },
+            (_, Status::Delivered) => Outcome::Delivered,
+            (_, Status::Dead) => Outcome::Dead,
+            _ => Outcome::Retrying {
+                at: event.lifecycle.next_attempt_at,
+            },
+        }
+    }
 }
 
 /// One event's [`Outcome`].

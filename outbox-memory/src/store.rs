@@ -10,7 +10,7 @@ use std::time::Duration;
 use outbox_core::clock::{add, translate};
 use outbox_core::event::validate_event_type;
 use outbox_core::locked::validate_hold;
-use outbox_core::ordering::keeps_key;
+use outbox_core::ordering::{keeps_key, not_a_dead_head};
 use outbox_core::{
     Attempt, AuditNote, Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId,
     EventPage, Failure, History, Lease, LeaseId, Lifecycle, LockedBatch, LockedClaim, OutboxEvent,
@@ -303,37 +303,11 @@ impl State {
             .map(|(id, t)| {
                 let outcome = match self.apply(id, &t, now) {
                     Err(_) => Outcome::LeaseLost,
-                    Ok(e) => outcome_of(&t, &e),
+                    Ok(e) => Outcome::of(&t, &e),
                 };
                 Recorded { id, outcome }
             })
             .collect())
-    }
-}
-
-/// Why [`OutboxStore::skip_dead_head`] refused `event`.
-pub(crate) fn not_a_dead_head(event: &OutboxEvent) -> StoreError {
-    StoreError::Transition {
-        id: event.id,
-        source: outbox_core::TransitionError::Illegal {
-            from: event.status(),
-            transition: "skip",
-        },
-    }
-}
-
-/// What a lease-holder transition that was applied did to `event`, as reported to the caller.
-fn outcome_of(t: &Transition, event: &OutboxEvent) -> Outcome {
-    match (t, event.status()) {
-        (Transition::Release { .. }, _) => Outcome::Released,
-        (Transition::Defer { .. }, _) => Outcome::Deferred {
-            at: event.lifecycle.next_attempt_at,
-        },
-        (_, Status::Delivered) => Outcome::Delivered,
-        (_, Status::Dead) => Outcome::Dead,
-        _ => Outcome::Retrying {
-            at: event.lifecycle.next_attempt_at,
-        },
     }
 }
 
@@ -1032,7 +1006,7 @@ impl LockedBatch for MemoryLockedBatch {
                                 transition(&event.lifecycle, &claim, at).map_err(refused)?;
                             event.lifecycle = transition(&claimed, &t, at).map_err(refused)?;
                             event.updated_at = at;
-                            let outcome = outcome_of(&t, &event);
+                            let outcome = Outcome::of(&t, &event);
                             let attempt = Attempt::recorded(&claimed, &event.lifecycle, at);
                             settled.push((event, attempt));
                             outcome

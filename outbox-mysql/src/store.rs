@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use outbox_core::clock::translate;
 use outbox_core::event::validate_event_type;
 use outbox_core::locked::validate_hold;
+use outbox_core::ordering::not_a_dead_head;
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
     LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
@@ -228,7 +229,7 @@ impl MySqlStore {
         for (id, t) in items {
             let outcome = match work.apply(id, &t) {
                 Err(_) => Outcome::LeaseLost,
-                Ok(event) => outcome_of(&t, &event),
+                Ok(event) => Outcome::of(&t, &event),
             };
             if delete_delivered
                 && outcome == Outcome::Delivered
@@ -240,32 +241,6 @@ impl MySqlStore {
         }
         work.commit().await?;
         Ok(recorded)
-    }
-}
-
-/// What a lease-holder transition that was applied did to `event`, as reported to the caller.
-pub(crate) fn outcome_of(t: &outbox_core::Transition, event: &OutboxEvent) -> Outcome {
-    use outbox_core::Transition;
-    match (t, event.status()) {
-        (Transition::Release { .. }, _) => Outcome::Released,
-        (Transition::Defer { .. }, _) => Outcome::Deferred {
-            at: event.lifecycle.next_attempt_at,
-        },
-        (_, Status::Delivered) => Outcome::Delivered,
-        (_, Status::Dead) => Outcome::Dead,
-        _ => Outcome::Retrying {
-            at: event.lifecycle.next_attempt_at,
-        },
-    }
-}
-
-fn not_a_dead_head(event: &OutboxEvent) -> StoreError {
-    StoreError::Transition {
-        id: event.id,
-        source: outbox_core::TransitionError::Illegal {
-            from: event.status(),
-            transition: "skip",
-        },
     }
 }
 
@@ -373,7 +348,7 @@ impl OutboxStore for MySqlStore {
             };
             let outcome = match work.apply(f.id, &t) {
                 Err(_) => Outcome::LeaseLost,
-                Ok(event) => outcome_of(&t, &event),
+                Ok(event) => Outcome::of(&t, &event),
             };
             recorded.push(Recorded { id: f.id, outcome });
         }
@@ -418,7 +393,7 @@ impl OutboxStore for MySqlStore {
         for id in ids {
             let outcome = match work.apply(*id, &t) {
                 Err(_) => Outcome::LeaseLost,
-                Ok(event) => outcome_of(&t, &event),
+                Ok(event) => Outcome::of(&t, &event),
             };
             recorded.push(Recorded { id: *id, outcome });
         }
@@ -987,7 +962,7 @@ impl LockedBatch for MySqlLockedBatch {
                     // Settling a locked event is its claim and its outcome at once.
                     work.apply(id, &claim)?;
                     let event = work.apply(id, &t)?;
-                    let outcome = outcome_of(&t, &event);
+                    let outcome = Outcome::of(&t, &event);
                     if self.store.config.delete_delivered()
                         && outcome == Outcome::Delivered
                         && event.idempotency_key.is_none()
