@@ -202,7 +202,7 @@ async fn racing_transactions_on_one_idempotency_key_store_one_event() {
     };
     let mut first = store.begin().await.unwrap();
     let first_id = first.emit(same(1)).await.unwrap();
-    let second = tokio::spawn({
+    let mut second = tokio::spawn({
         let store = store.clone();
         async move {
             let mut tx = store.begin().await.unwrap();
@@ -211,7 +211,11 @@ async fn racing_transactions_on_one_idempotency_key_store_one_event() {
             answer
         }
     });
-    wait_for_lock_wait(&h).await;
+    // The second transaction must wait on the key; if it ends first, say how.
+    tokio::select! {
+        () = wait_for_lock_wait(&h) => {}
+        ended = &mut second => panic!("the second emit did not wait for the first: {ended:?}"),
+    }
     first.commit().await.unwrap();
     let second_id = tokio::time::timeout(GUARD, second).await.unwrap().unwrap();
     assert_eq!(second_id, Emitted::Duplicate(first_id.id()));
@@ -219,8 +223,8 @@ async fn racing_transactions_on_one_idempotency_key_store_one_event() {
     h.cleanup().await;
 }
 
-/// Returns once a connection waits on a row lock (the server's own view), or panics after the
-/// guard.
+/// Returns once a connection waits on a row lock (the server's own view), or panics after 60 s
+/// (a guard for a loaded machine, not a pace).
 async fn wait_for_lock_wait(h: &MySqlHarness) {
     let waiting = async {
         loop {
@@ -236,7 +240,7 @@ async fn wait_for_lock_wait(h: &MySqlHarness) {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(GUARD, waiting)
+    tokio::time::timeout(Duration::from_secs(60), waiting)
         .await
         .expect("no transaction ever waited on a lock");
 }
