@@ -213,31 +213,35 @@ impl MySqlStore {
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
-    /// Applies a lease-holder transition to each named event and reports what became of each;
-    /// events not held under the lease are left alone and reported lost.
+    /// Applies a lease-holder transition to each named event — `transition(i, at)` for the
+    /// `i`th, at the store's clock reading `at` — and reports what became of each; events not
+    /// held under the lease are left alone and reported lost. With `delete_delivered`, a
+    /// delivered event without an idempotency key is deleted.
     async fn fenced(
         &self,
         lease: LeaseId,
-        items: Vec<(EventId, outbox_core::Transition)>,
+        ids: &[EventId],
         delete_delivered: bool,
+        transition: impl Fn(usize, DateTime<Utc>) -> outbox_core::Transition + Send,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(items.iter().map(|(id, _)| *id))?;
+        distinct_ids(ids.iter().copied())?;
         let mut work = Work::begin(self, None).await?;
-        let ids: Vec<EventId> = items.iter().map(|(id, _)| *id).collect();
-        work.lock_held(&ids, lease).await?;
-        let mut recorded = Vec::with_capacity(items.len());
-        for (id, t) in items {
-            let outcome = match work.apply(id, &t) {
+        let at = work.at;
+        work.lock_held(ids, lease).await?;
+        let mut recorded = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let t = transition(i, at);
+            let outcome = match work.apply(*id, &t) {
                 Err(_) => Outcome::LeaseLost,
                 Ok(event) => Outcome::of(&t, &event),
             };
             if delete_delivered
                 && outcome == Outcome::Delivered
-                && work.event(id).is_some_and(|e| e.idempotency_key.is_none())
+                && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
             {
-                work.delete(id);
+                work.delete(*id);
             }
-            recorded.push(Recorded { id, outcome });
+            recorded.push(Recorded { id: *id, outcome });
         }
         work.commit().await?;
         Ok(recorded)
@@ -318,12 +322,10 @@ impl OutboxStore for MySqlStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        let items = ids
-            .iter()
-            .map(|id| (*id, outbox_core::Transition::Ack { lease }))
-            .collect();
-        self.fenced(lease, items, self.config.delete_delivered())
-            .await
+        self.fenced(lease, ids, self.config.delete_delivered(), |_, _| {
+            outbox_core::Transition::Ack { lease }
+        })
+        .await
     }
 
     async fn nack(
@@ -332,27 +334,15 @@ impl OutboxStore for MySqlStore {
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        // The store's reading is taken inside the transaction; the caller's times are read
-        // relative to `now` against it there.
-        distinct_ids(failures.iter().map(|f| f.id))?;
-        let mut work = Work::begin(self, None).await?;
-        let at = work.at;
+        // The caller's times are read relative to `now`, against the store's reading.
         let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
-        work.lock_held(&ids, lease).await?;
-        let mut recorded = Vec::with_capacity(failures.len());
-        for f in failures {
-            let t = outbox_core::Transition::Nack {
+        let recorded = self
+            .fenced(lease, &ids, false, |i, at| outbox_core::Transition::Nack {
                 lease,
-                error: f.error.clone(),
-                retry_at: f.retry_at.map(|r| translate(r, now, at)),
-            };
-            let outcome = match work.apply(f.id, &t) {
-                Err(_) => Outcome::LeaseLost,
-                Ok(event) => Outcome::of(&t, &event),
-            };
-            recorded.push(Recorded { id: f.id, outcome });
-        }
-        work.commit().await?;
+                error: failures[i].error.clone(),
+                retry_at: failures[i].retry_at.map(|r| translate(r, now, at)),
+            })
+            .await?;
         self.wake();
         Ok(recorded)
     }
@@ -363,11 +353,11 @@ impl OutboxStore for MySqlStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        let items = ids
-            .iter()
-            .map(|id| (*id, outbox_core::Transition::Release { lease }))
-            .collect();
-        let recorded = self.fenced(lease, items, false).await?;
+        let recorded = self
+            .fenced(lease, ids, false, |_, _| outbox_core::Transition::Release {
+                lease,
+            })
+            .await?;
         self.wake();
         Ok(recorded)
     }
@@ -380,25 +370,12 @@ impl OutboxStore for MySqlStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        let mut work = Work::begin(self, None).await?;
-        let at = work.at;
-        work.lock_held(ids, lease).await?;
-        let t = outbox_core::Transition::Defer {
+        self.fenced(lease, ids, false, |_, at| outbox_core::Transition::Defer {
             lease,
             until: translate(until, now, at),
             reason: reason.to_owned(),
-        };
-        let mut recorded = Vec::with_capacity(ids.len());
-        for id in ids {
-            let outcome = match work.apply(*id, &t) {
-                Err(_) => Outcome::LeaseLost,
-                Ok(event) => Outcome::of(&t, &event),
-            };
-            recorded.push(Recorded { id: *id, outcome });
-        }
-        work.commit().await?;
-        Ok(recorded)
+        })
+        .await
     }
 
     async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
