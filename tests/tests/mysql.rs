@@ -188,63 +188,6 @@ async fn batch_emit_resolves_duplicates_within_and_across_batches() {
     h.cleanup().await;
 }
 
-/// The first transaction holds an idempotency key uncommitted; a second emitting the same key
-/// waits on the unique index until the first commits, then learns the committed event's id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_transactions_on_one_idempotency_key_store_one_event() {
-    let h = MySqlHarness::new().await;
-    let store = h.store();
-    let same = |n: usize| {
-        NewEvent::builder("file.stored", "upload", n.to_string())
-            .idempotency_key("same")
-            .build()
-            .unwrap()
-    };
-    let mut first = store.begin().await.unwrap();
-    let first_id = first.emit(same(1)).await.unwrap();
-    let mut second = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let mut tx = store.begin().await.unwrap();
-            let answer = tx.emit(same(2)).await.unwrap();
-            tx.commit().await.unwrap();
-            answer
-        }
-    });
-    // The second transaction must wait on the key; if it ends first, say how.
-    tokio::select! {
-        () = wait_for_lock_wait(&h) => {}
-        ended = &mut second => panic!("the second emit did not wait for the first: {ended:?}"),
-    }
-    first.commit().await.unwrap();
-    let second_id = tokio::time::timeout(GUARD, second).await.unwrap().unwrap();
-    assert_eq!(second_id, Emitted::Duplicate(first_id.id()));
-    assert_eq!(store.count_by_status().await.unwrap().total(), 1);
-    h.cleanup().await;
-}
-
-/// Returns once a connection waits on a row lock (the server's own view), or panics after 60 s
-/// (a guard for a loaded machine, not a pace).
-async fn wait_for_lock_wait(h: &MySqlHarness) {
-    let waiting = async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
-            )
-            .fetch_one(h.store().pool())
-            .await
-            .unwrap();
-            if n > 0 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("no transaction ever waited on a lock");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_drain_ten_thousand_events_without_overlap() {
     let h = MySqlHarness::with_config(10, |c| c).await;
