@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{StoreError, ValidationError};
 use crate::event::{EventId, OutboxEvent};
 use crate::status::{LeaseId, Transition};
-use crate::store::{Failure, Recorded, distinct_ids};
+use crate::store::{Failure, Outcome, Recorded, distinct_ids};
 
 /// Events given back untried, due again only at `until` (a time on the caller's clock, read
 /// relatively like every other): their destination is paused. See
@@ -127,6 +127,66 @@ pub trait LockedBatch: Send {
         settlement: &Settlement,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError>;
+}
+
+/// Settles a locked batch, the same way on every store: `held` are the batch's events (in
+/// claim order), `holder` and `hold` what it was claimed with, `at` the store's clock reading
+/// and `now` the caller's. Each event of the batch that `settlement` gives an outcome gets
+/// `change(id, claim, outcome)`, which applies the state machine's claim and then the outcome
+/// to the stored event and returns it as changed (and may delete a delivered one, as the
+/// store's acks do); an id not in the batch is reported lost and left alone; the batch's
+/// events named nowhere, or released, are reported released and left as they were. The
+/// answer is in [`Settlement::ids`] order, then the unnamed ones.
+pub fn settle(
+    settlement: &Settlement,
+    held: &[EventId],
+    holder: &str,
+    hold: Duration,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    mut change: impl FnMut(EventId, &Transition, &Transition) -> Result<OutboxEvent, StoreError>,
+) -> Result<Vec<Recorded>, StoreError> {
+    settlement.validate()?;
+    // The state machine's claim needs a lease: one that stands for the lock.
+    let lease = crate::status::Lease {
+        id: LeaseId::new(),
+        holder: holder.to_owned(),
+        until: crate::clock::add(at, hold),
+    };
+    let claim = Transition::Claim {
+        lease: lease.clone(),
+    };
+    let mine: std::collections::BTreeSet<EventId> = held.iter().copied().collect();
+    let mut recorded = Vec::with_capacity(held.len());
+    for (id, t) in settlement.transitions(lease.id, |t| crate::clock::translate(t, now, at)) {
+        let outcome = match (mine.contains(&id), t) {
+            (false, _) => Outcome::LeaseLost,
+            (true, None) => Outcome::Released,
+            (true, Some(t)) => Outcome::of(&t, &change(id, &claim, &t)?),
+        };
+        recorded.push(Recorded { id, outcome });
+    }
+    let named: std::collections::BTreeSet<EventId> = settlement.ids().collect();
+    recorded.extend(
+        held.iter()
+            .filter(|id| !named.contains(id))
+            .map(|id| Recorded {
+                id: *id,
+                outcome: Outcome::Released,
+            }),
+    );
+    Ok(recorded)
+}
+
+/// Whether a settlement's outcomes made events claimable again (retries, releases, revivals
+/// of keys), so idle workers should be woken.
+pub fn wakes_workers(recorded: &[Recorded]) -> bool {
+    recorded.iter().any(|r| {
+        !matches!(
+            r.outcome,
+            Outcome::Delivered | Outcome::Deferred { .. } | Outcome::LeaseLost
+        )
+    })
 }
 
 /// What [`OutboxStore::claim_locked`](crate::OutboxStore::claim_locked) returns: the events

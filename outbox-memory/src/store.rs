@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use outbox_core::clock::{add, translate};
 use outbox_core::event::validate_event_type;
-use outbox_core::locked::validate_hold;
+use outbox_core::locked::{settle, validate_hold, wakes_workers};
 use outbox_core::ordering::{keeps_key, not_a_dead_head};
 use outbox_core::{
     Attempt, AuditNote, Clock, DEFAULT_MAX_ATTEMPTS, DeadHead, EmitLimits, EventFilter, EventId,
@@ -973,74 +973,48 @@ impl LockedBatch for MemoryLockedBatch {
     ) -> Result<Vec<Recorded>, StoreError> {
         settlement.validate()?;
         let at = self.store.now();
-        let recorded =
-            {
-                let mut state = self.store.lock();
-                self.held(&mut state, at)?;
-                // The state machine's claim needs a lease: one that stands for this lock.
-                let lease = Lease {
-                    id: LeaseId::new(),
-                    holder: self.holder.clone(),
-                    until: add(at, self.hold),
-                };
-                let claim = Transition::Claim {
-                    lease: lease.clone(),
-                };
-                let mine: BTreeSet<EventId> = self.ids.iter().copied().collect();
-                // Decided in full before anything changes: the settlement is one commit.
-                let mut recorded = Vec::with_capacity(self.ids.len());
-                let mut settled = Vec::new();
-                for (id, change) in settlement.transitions(lease.id, |t| translate(t, now, at)) {
-                    let outcome = match (mine.contains(&id), change) {
-                        (false, _) => Outcome::LeaseLost,
-                        (true, None) => Outcome::Released,
-                        (true, Some(t)) => {
-                            // Settling a locked event is its claim and its outcome at once.
-                            let mut event = state
-                                .events
-                                .get(&id)
-                                .cloned()
-                                .ok_or(StoreError::NotFound(id))?;
-                            let refused = |source| StoreError::Transition { id, source };
-                            let claimed =
-                                transition(&event.lifecycle, &claim, at).map_err(refused)?;
-                            event.lifecycle = transition(&claimed, &t, at).map_err(refused)?;
-                            event.updated_at = at;
-                            let outcome = Outcome::of(&t, &event);
-                            let attempt = Attempt::recorded(&claimed, &event.lifecycle, at);
-                            settled.push((event, attempt));
-                            outcome
-                        }
-                    };
-                    recorded.push(Recorded { id, outcome });
+        let recorded = {
+            let mut state = self.store.lock();
+            self.held(&mut state, at)?;
+            // Decided in full before anything changes: the settlement is one commit.
+            let mut settled = Vec::new();
+            let recorded = settle(
+                settlement,
+                &self.ids,
+                &self.holder,
+                self.hold,
+                at,
+                now,
+                |id, claim, t| {
+                    let mut event = state
+                        .events
+                        .get(&id)
+                        .cloned()
+                        .ok_or(StoreError::NotFound(id))?;
+                    let refused = |source| StoreError::Transition { id, source };
+                    let claimed = transition(&event.lifecycle, claim, at).map_err(refused)?;
+                    event.lifecycle = transition(&claimed, t, at).map_err(refused)?;
+                    event.updated_at = at;
+                    let attempt = Attempt::recorded(&claimed, &event.lifecycle, at);
+                    settled.push((event.clone(), attempt));
+                    Ok(event)
+                },
+            )?;
+            for (event, attempt) in settled {
+                let id = event.id;
+                state.update(event, at)?;
+                if let Some(attempt) = attempt {
+                    state.history.entry(id).or_default().push_attempt(attempt);
                 }
-                for (event, attempt) in settled {
-                    let id = event.id;
-                    state.update(event, at)?;
-                    if let Some(attempt) = attempt {
-                        state.history.entry(id).or_default().push_attempt(attempt);
-                    }
-                }
-                let named: BTreeSet<EventId> = settlement.ids().collect();
-                recorded.extend(self.ids.iter().filter(|id| !named.contains(id)).map(|id| {
-                    Recorded {
-                        id: *id,
-                        outcome: Outcome::Released,
-                    }
-                }));
-                if self.store.inner.delete_delivered {
-                    state.forget_delivered(&recorded);
-                }
-                state.end_hold(self.number);
-                recorded
-            };
+            }
+            if self.store.inner.delete_delivered {
+                state.forget_delivered(&recorded);
+            }
+            state.end_hold(self.number);
+            recorded
+        };
         self.open = false;
-        if recorded.iter().any(|r| {
-            !matches!(
-                r.outcome,
-                Outcome::Delivered | Outcome::Deferred { .. } | Outcome::LeaseLost
-            )
-        }) {
+        if wakes_workers(&recorded) {
             self.store.wake();
         }
         Ok(recorded)

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::clock::translate;
 use outbox_core::event::validate_event_type;
-use outbox_core::locked::validate_hold;
+use outbox_core::locked::{settle, validate_hold, wakes_workers};
 use outbox_core::ordering::not_a_dead_head;
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
@@ -920,55 +920,30 @@ impl LockedBatch for MySqlLockedBatch {
         let at = self.store.now_on(&mut tx).await?;
         let mut work = Work::on(&self.store, tx, at);
         work.keep_rows(std::mem::take(&mut self.rows));
-        // The state machine's claim needs a lease: one that stands for this lock.
-        let lease = Lease {
-            id: LeaseId::new(),
-            holder: self.holder.clone(),
-            until: outbox_core::clock::add(at, self.hold),
-        };
-        let claim = outbox_core::Transition::Claim {
-            lease: lease.clone(),
-        };
-        let mine: BTreeSet<EventId> = self.ids.iter().copied().collect();
-        let mut recorded = Vec::with_capacity(self.ids.len());
-        for (id, change) in settlement.transitions(lease.id, |t| translate(t, now, at)) {
-            let outcome = match (mine.contains(&id), change) {
-                (false, _) => Outcome::LeaseLost,
-                (true, None) => Outcome::Released,
-                (true, Some(t)) => {
-                    // Settling a locked event is its claim and its outcome at once.
-                    work.apply(id, &claim)?;
-                    let event = work.apply(id, &t)?;
-                    let outcome = Outcome::of(&t, &event);
-                    if self.store.config.delete_delivered()
-                        && outcome == Outcome::Delivered
-                        && event.idempotency_key.is_none()
-                    {
-                        work.delete(id);
-                    }
-                    outcome
+        let delete_delivered = self.store.config.delete_delivered();
+        let recorded = settle(
+            settlement,
+            &self.ids,
+            &self.holder,
+            self.hold,
+            at,
+            now,
+            |id, claim, t| {
+                // Settling a locked event is its claim and its outcome at once.
+                work.apply(id, claim)?;
+                let event = work.apply(id, t)?;
+                if delete_delivered
+                    && event.status() == Status::Delivered
+                    && event.idempotency_key.is_none()
+                {
+                    work.delete(id);
                 }
-            };
-            recorded.push(Recorded { id, outcome });
-        }
-        let named: BTreeSet<EventId> = settlement.ids().collect();
-        recorded.extend(
-            self.ids
-                .iter()
-                .filter(|id| !named.contains(id))
-                .map(|id| Recorded {
-                    id: *id,
-                    outcome: Outcome::Released,
-                }),
-        );
+                Ok(event)
+            },
+        )?;
         work.flush().await?;
         work.tx.commit().await.map_err(db_error)?;
-        if recorded.iter().any(|r| {
-            !matches!(
-                r.outcome,
-                Outcome::Delivered | Outcome::Deferred { .. } | Outcome::LeaseLost
-            )
-        }) {
+        if wakes_workers(&recorded) {
             self.store.wake();
         }
         Ok(recorded)
