@@ -284,6 +284,101 @@ impl Harness for MySqlHarness {
     }
 }
 
+/// A fresh SQLite database file in the system's temporary directory (`outbox-<random>.db`),
+/// removed with its log files by [`remove_sqlite_file`].
+pub fn sqlite_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("outbox-{}.db", uuid::Uuid::now_v7().simple()))
+}
+
+/// Removes a database file [`sqlite_file`] named, with its write-ahead log and shared-memory
+/// files.
+pub fn remove_sqlite_file(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
+
+/// A [`SqliteStore`](outbox_sqlite::SqliteStore) on a database file of its own, removed by
+/// [`Harness::cleanup`], on a [`ManualClock`].
+#[derive(Debug, Clone)]
+pub struct SqliteHarness {
+    store: outbox_sqlite::SqliteStore,
+    clock: ManualClock,
+    path: std::path::PathBuf,
+}
+
+impl SqliteHarness {
+    /// A fresh, migrated, empty store on a file of its own.
+    pub async fn new() -> Self {
+        Self::with_config(|config| config).await
+    }
+
+    /// As [`new`](Self::new), with the store's settings adjusted by `adjust`.
+    pub async fn with_config(
+        adjust: impl FnOnce(outbox_sqlite::SqliteConfig) -> outbox_sqlite::SqliteConfig,
+    ) -> Self {
+        let path = sqlite_file();
+        let clock = ManualClock::new(t0());
+        let store = outbox_sqlite::SqliteStore::connect(
+            &format!("sqlite://{}", path.display()),
+            adjust(outbox_sqlite::SqliteConfig::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a SQLite database at {}: {e}", path.display()))
+        .with_clock(Arc::new(clock.clone()));
+        store.migrate().await.expect("migrate");
+        Self { store, clock, path }
+    }
+
+    /// Another store on the same file, with its own pool and its own turn among writers: what
+    /// a second process sees.
+    pub async fn second_process(&self) -> outbox_sqlite::SqliteStore {
+        outbox_sqlite::SqliteStore::connect(
+            &format!("sqlite://{}", self.path.display()),
+            self.store.config().clone(),
+        )
+        .await
+        .expect("open the same file again")
+        .with_clock(Arc::new(self.clock.clone()))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+#[async_trait]
+impl Harness for SqliteHarness {
+    type Store = outbox_sqlite::SqliteStore;
+
+    fn store(&self) -> outbox_sqlite::SqliteStore {
+        self.store.clone()
+    }
+
+    fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    async fn emit(&self, events: Vec<NewEvent>, commit: bool) -> Result<Vec<Emitted>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let emitted = tx.emit_all(events).await?;
+        if commit {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(emitted)
+    }
+
+    async fn cleanup(&self) {
+        self.store.pool().close().await;
+        remove_sqlite_file(&self.path);
+    }
+}
+
 /// Writes a row into the harness's outbox table as another writer could (raw SQL, an older
 /// version of the library), bypassing every check: `payload` and `headers` are JSON text.
 /// Returns its id; it is pending and due at the harness clock's time.

@@ -1,0 +1,1011 @@
+//! [`SqliteStore`]: the outbox contract on SQLite.
+
+use std::collections::BTreeSet;
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_core::clock::{add as add_time, translate};
+use outbox_core::event::validate_event_type;
+use outbox_core::locked::{settle, validate_hold, wakes_workers};
+use outbox_core::ordering::not_a_dead_head;
+use outbox_core::{
+    AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
+    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
+    PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
+    Transition, ValidationError, WakeupSender, Wakeups, distinct_ids,
+};
+use sea_query::{Alias, Expr, ExprTrait, Order, Query, SqliteQueryBuilder};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use uuid::Uuid;
+
+use crate::config::SqliteConfig;
+use crate::error::{db_error, is_unique_violation};
+use crate::row::{COLUMNS, decode, json, micros, time};
+use crate::schema;
+use crate::work::{Work, add};
+
+/// Rows changed per transaction by the sweeps (reclaim, purge), so one call never keeps other
+/// writers waiting long; the sweeps loop until done.
+const SWEEP_CHUNK: usize = 5_000;
+
+/// The connection settings the store is meant for, from a `sqlite://` URL (or a path): the
+/// file created if missing, write-ahead logging (readers never wait for the writer), full
+/// sync (a commit survives a power cut), foreign keys on, and `busy_timeout` as long as the
+/// default write wait (5 s). Change what you like before building your pool; the store needs
+/// only WAL for readers and writers to run side by side.
+pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| {
+        StoreError::from(ValidationError::new(
+            "url",
+            format!("not a SQLite URL or path ({e})"),
+        ))
+    })?;
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(SqliteConfig::new().write_wait()))
+}
+
+/// The outbox on SQLite, for one process or several on one machine sharing the file. Cheap
+/// to clone; clones share the pool, the wake-ups and the writers' turn.
+///
+/// Emit through [`SqliteStore::begin`] (a write transaction of the store's pool, taking this
+/// process's writers' turn) or [`SqliteStore::emitter`] (any connection or transaction of
+/// yours, best begun with `BEGIN IMMEDIATE`); workers use the [`OutboxStore`] methods.
+///
+/// **One writer at a time.** SQLite lets one transaction write the file at a time. The store's
+/// writes take turns within the process (no busy-waiting between them), then wait up to the
+/// connection's `busy_timeout` for any other process's write; past
+/// [`SqliteConfig::with_write_wait`] a write fails as
+/// [`StoreError::Unavailable`], to be retried. Reads never wait (write-ahead logging).
+///
+/// **Time comes from the store's clock**: the system clock, shared by every process on the
+/// machine ([`with_clock`](Self::with_clock) injects one for tests).
+///
+/// **Wake-ups** are in-process: a commit through [`begin`](Self::begin) wakes the workers of
+/// this process at once. Events committed elsewhere (another process, or your own transaction
+/// through [`emitter`](Self::emitter)) are found by the workers' polling.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    config: Arc<SqliteConfig>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<WakeupSender>,
+    /// This process's writers take turns here before they ask SQLite for the write lock.
+    turn: Arc<Mutex<()>>,
+}
+
+impl SqliteStore {
+    /// A store for `config`'s table on `pool`. Fails if the configuration is invalid; touches
+    /// no database (call [`migrate`](Self::migrate) to create the tables). Build the pool from
+    /// [`connect_options`], or see [`connect`](Self::connect).
+    pub fn new(pool: SqlitePool, config: SqliteConfig) -> Result<Self, ValidationError> {
+        config.validate()?;
+        Ok(Self {
+            pool,
+            config: Arc::new(config),
+            clock: Arc::new(SystemClock),
+            wake: Arc::new(WakeupSender::new()),
+            turn: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Opens (creating if missing) the database at `url` (`sqlite://path/to/file.db`, or a
+    /// path) with [`connect_options`] and `config`'s write wait as its `busy_timeout`, on a
+    /// pool of four connections.
+    pub async fn connect(url: &str, config: SqliteConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let options = connect_options(url)?.busy_timeout(config.write_wait());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        Ok(Self::new(pool, config)?)
+    }
+
+    /// Decides every time on `clock` instead of the system's. For tests.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The pool the store uses.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    /// Creates or upgrades the outbox tables; returns how many migrations ran (0 when current).
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        schema::migrate_up(self).await
+    }
+
+    /// Reverts every migration of this table (drops its tables and their events); returns how
+    /// many ran.
+    pub async fn migrate_down(&self) -> Result<usize, StoreError> {
+        schema::migrate_down(self).await
+    }
+
+    /// The table's schema version (0 before [`migrate`](Self::migrate)).
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        schema::version(self).await
+    }
+
+    /// The store's clock reading.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.wake();
+    }
+
+    fn table(&self) -> &str {
+        self.config.table()
+    }
+
+    /// Begins a write transaction: this process's turn first, then SQLite's write lock
+    /// (`BEGIN IMMEDIATE`, waiting up to the connection's `busy_timeout` for another process).
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let wait = self.config.write_wait();
+        let turn = tokio::time::timeout(wait, self.turn.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Unavailable {
+                source: format!(
+                    "another write transaction of this process held the database for {wait:?}"
+                )
+                .into(),
+            })?;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Takes up to `limit` due, unpaused pending events that no locked claim holds, oldest
+    /// due first; returns their ids.
+    async fn take_due(&self, work: &mut Work<'_>, limit: usize) -> Result<Vec<EventId>, StoreError> {
+        let t = self.table();
+        let sql = format!(
+            "SELECT {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
+             WHERE status = 'pending' AND next_attempt_at <= ? \
+             AND (hold_until IS NULL OR hold_until <= ?) \
+             AND event_type NOT IN (SELECT event_type FROM \"{t}_paused\") \
+             ORDER BY next_attempt_at, id LIMIT ?"
+        );
+        let at = micros(work.at);
+        let mut args = SqliteArguments::default();
+        add(&mut args, at)?;
+        add(&mut args, at)?;
+        add(&mut args, i64::try_from(limit).unwrap_or(i64::MAX))?;
+        work.load(sql, args).await
+    }
+
+    /// Applies a lease-holder transition to each named event — `transition(i, at)` for the
+    /// `i`th, at the store's clock reading `at` — and reports what became of each; events not
+    /// held under the lease are left alone and reported lost. With `delete_delivered`, a
+    /// delivered event without an idempotency key is deleted.
+    async fn fenced(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        delete_delivered: bool,
+        transition: impl Fn(usize, DateTime<Utc>) -> Transition + Send,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        distinct_ids(ids.iter().copied())?;
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        work.read_held(ids, lease).await?;
+        let mut recorded = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let t = transition(i, at);
+            let outcome = match work.apply(*id, &t) {
+                Err(_) => Outcome::LeaseLost,
+                Ok(event) => Outcome::of(&t, &event),
+            };
+            if delete_delivered
+                && outcome == Outcome::Delivered
+                && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
+            {
+                work.delete(*id);
+            }
+            recorded.push(Recorded { id: *id, outcome });
+        }
+        work.commit().await?;
+        Ok(recorded)
+    }
+}
+
+/// A write transaction of the store, holding this process's writers' turn until it ends.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    /// Commits, then lets the next writer of this process go.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_error)
+    }
+
+    /// Rolls back, then lets the next writer of this process go.
+    pub(crate) async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(db_error)
+    }
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTx").finish_non_exhaustive()
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let ids = self.take_due(&mut work, limit).await?;
+        let claim = Transition::Claim {
+            lease: Lease {
+                until: translate(lease.until, now, at),
+                ..lease.clone()
+            },
+        };
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            events.push(work.apply(id, &claim)?);
+        }
+        work.commit().await?;
+        Ok(events)
+    }
+
+    async fn renew(
+        &self,
+        lease: LeaseId,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut work = Work::begin(self).await?;
+        let at = work.at;
+        let sql = format!(
+            "SELECT {COLUMNS}, attempt_log FROM \"{}\" WHERE status = 'in_flight' AND lease_id = ?",
+            self.table()
+        );
+        let mut args = SqliteArguments::default();
+        add(&mut args, *lease.as_uuid())?;
+        let ids = work.load(sql, args).await?;
+        let renew = Transition::Renew {
+            lease,
+            until: translate(until, now, at),
+        };
+        for id in &ids {
+            work.apply(*id, &renew)?;
+        }
+        work.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn ack(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.fenced(lease, ids, self.config.delete_delivered(), |_, _| {
+            Transition::Ack { lease }
+        })
+        .await
+    }
+
+    async fn nack(
+        &self,
+        lease: LeaseId,
+        failures: &[Failure],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        // The caller's times are read relative to `now`, against the store's reading.
+        let ids: Vec<EventId> = failures.iter().map(|f| f.id).collect();
+        let recorded = self
+            .fenced(lease, &ids, false, |i, at| Transition::Nack {
+                lease,
+                error: failures[i].error.clone(),
+                retry_at: failures[i].retry_at.map(|r| translate(r, now, at)),
+            })
+            .await?;
+        self.wake();
+        Ok(recorded)
+    }
+
+    async fn release(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let recorded = self
+            .fenced(lease, ids, false, |_, _| Transition::Release { lease })
+            .await?;
+        self.wake();
+        Ok(recorded)
+    }
+
+    async fn defer(
+        &self,
+        lease: LeaseId,
+        ids: &[EventId],
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.fenced(lease, ids, false, |_, at| Transition::Defer {
+            lease,
+            until: translate(until, now, at),
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    async fn reclaim_expired(&self, _now: DateTime<Utc>) -> Result<Reclaimed, StoreError> {
+        let mut reclaimed = Reclaimed::default();
+        loop {
+            let mut work = Work::begin(self).await?;
+            let t = self.table();
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_leased\" \
+                 WHERE status = 'in_flight' AND locked_until <= ? ORDER BY locked_until \
+                 LIMIT {SWEEP_CHUNK}"
+            );
+            let mut args = SqliteArguments::default();
+            add(&mut args, micros(work.at))?;
+            let ids = work.load(sql, args).await?;
+            for id in &ids {
+                match work.apply(*id, &Transition::Expire)?.status() {
+                    Status::Dead => reclaimed.dead += 1,
+                    _ => reclaimed.pending += 1,
+                }
+            }
+            work.commit().await?;
+            if ids.len() < SWEEP_CHUNK {
+                break;
+            }
+        }
+        if reclaimed.pending > 0 {
+            self.wake();
+        }
+        Ok(reclaimed)
+    }
+
+    async fn purge_delivered(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let before = micros(translate(before, now, self.now()));
+        let t = self.table();
+        let mut purged = 0;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let sql = format!(
+                "DELETE FROM \"{t}\" WHERE rowid IN (SELECT rowid FROM \"{t}\" \
+                 INDEXED BY \"{t}_delivered\" WHERE status = 'delivered' AND delivered_at < ? \
+                 LIMIT {SWEEP_CHUNK})"
+            );
+            let n = sqlx::query(AssertSqlSafe(sql))
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+            tx.commit().await?;
+            purged += n;
+            if n < SWEEP_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM \"{}\" WHERE id = ?", self.table());
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(*id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => match decode(&row)? {
+                Ok(stored) => Ok(Some(stored.event)),
+                Err(bad) => Err(StoreError::Undecodable {
+                    id,
+                    reason: bad.error,
+                }),
+            },
+        }
+    }
+
+    async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        let col = |name: &str| Expr::col(Alias::new(name));
+        let mut query = Query::select();
+        query
+            .expr(Expr::cust(COLUMNS))
+            .from(Alias::new(self.table()))
+            .order_by(
+                Alias::new("id"),
+                if filter.newest_first {
+                    Order::Desc
+                } else {
+                    Order::Asc
+                },
+            )
+            .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
+        if let Some(status) = filter.status {
+            query.and_where(col("status").eq(status.as_str()));
+        }
+        if let Some(event_type) = &filter.event_type {
+            query.and_where(col("event_type").eq(event_type.as_str()));
+        }
+        if let Some(aggregate_type) = &filter.aggregate_type {
+            query.and_where(col("aggregate_type").eq(aggregate_type.as_str()));
+        }
+        if let Some(aggregate_id) = &filter.aggregate_id {
+            query.and_where(col("aggregate_id").eq(aggregate_id.as_str()));
+        }
+        if let Some(prefix) = &filter.event_type_prefix {
+            // By bytes: `substr` counts characters in text, so the prefix is compared as a blob.
+            let len = i64::try_from(prefix.len()).unwrap_or(i64::MAX);
+            query.and_where(Expr::cust_with_values(
+                "substr(CAST(event_type AS BLOB), 1, ?) = ?",
+                [
+                    sea_query::Value::from(len),
+                    sea_query::Value::from(prefix.as_bytes().to_vec()),
+                ],
+            ));
+        }
+        if let Some(key) = &filter.idempotency_key {
+            query.and_where(col("idempotency_key").eq(key.as_str()));
+        }
+        if let Some(from) = filter.created_from {
+            query.and_where(col("created_at").gte(micros(from)));
+        }
+        if let Some(before) = filter.created_before {
+            query.and_where(col("created_at").lt(micros(before)));
+        }
+        let after = filter.after.map(|a| a.as_uuid().as_bytes().to_vec());
+        match (after, filter.newest_first) {
+            (Some(after), false) => query.and_where(col("id").gt(after)),
+            (Some(after), true) => query.and_where(col("id").lt(after)),
+            (None, _) => &mut query,
+        };
+        let (sql, values) = query.build_sqlx(SqliteQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut page = EventPage::default();
+        for row in &rows {
+            match decode(row)? {
+                Ok(stored) => page.events.push(stored.event),
+                Err(bad) => page.undecodable.push(bad),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let sql = format!(
+            "SELECT status, COUNT(*) AS n FROM \"{}\" GROUP BY status",
+            self.table()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut counts = StatusCounts::default();
+        for row in &rows {
+            let status: String = row.try_get("status").map_err(db_error)?;
+            let n: i64 = row.try_get("n").map_err(db_error)?;
+            counts.add(status.parse()?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
+        let mut counts = StatusCounts::default();
+        for status in Status::ALL {
+            let sql = format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM \"{}\" WHERE status = ? LIMIT ?)",
+                self.table()
+            );
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(status.as_str())
+                .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
+            counts.add(status, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    async fn retry_dead(
+        &self,
+        id: EventId,
+        extra_attempts: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let mut work = Work::begin(self).await?;
+        work.read_one(id).await?;
+        work.apply(id, &Transition::Revive { extra_attempts })?;
+        work.rejoin_key(id).await?;
+        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        Some(self.wake.subscribe())
+    }
+
+    async fn claim_locked(
+        &self,
+        holder: &str,
+        limit: usize,
+        hold: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<LockedClaim, StoreError> {
+        validate_hold(hold)?;
+        let number = Uuid::now_v7();
+        let (ids, events) = if limit == 0 {
+            (Vec::new(), Vec::new())
+        } else {
+            let mut work = Work::begin(self).await?;
+            let until = add_time(work.at, hold);
+            let ids = self.take_due(&mut work, limit).await?;
+            for id in &ids {
+                work.set_hold(*id, Some((number, until)));
+            }
+            let events = ids
+                .iter()
+                .filter_map(|id| work.event(*id).cloned())
+                .collect();
+            work.commit().await?;
+            (ids, events)
+        };
+        let batch = Box::new(SqliteLockedBatch {
+            store: self.clone(),
+            holder: holder.to_owned(),
+            hold,
+            number,
+            open: !ids.is_empty(),
+            ids,
+        });
+        Ok(LockedClaim { events, batch })
+    }
+
+    async fn delete_events(
+        &self,
+        ids: &[EventId],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let mut work = Work::begin(self).await?;
+        work.read(ids).await?;
+        let at = work.at;
+        let mut deleted = Vec::new();
+        let mut seen = BTreeSet::new();
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let held = work.hold_of(*id).is_some_and(|(_, until)| until > at);
+            match work.event(*id) {
+                Some(e) if e.status() != Status::InFlight && !held => {
+                    work.delete(*id);
+                    deleted.push(*id);
+                }
+                _ => {}
+            }
+        }
+        work.commit().await?;
+        self.wake();
+        Ok(deleted)
+    }
+
+    async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
+        let t = self.table();
+        let sql = format!(
+            "SELECT k.ordering_key, e.id, \
+             (SELECT COUNT(*) FROM \"{t}\" w WHERE w.ordering_key = k.ordering_key AND w.status = 'waiting') AS waiting \
+             FROM \"{t}_keys\" k JOIN \"{t}\" e ON e.id = k.head \
+             WHERE e.status = 'dead' ORDER BY e.created_at, e.id LIMIT ?"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let waiting: i64 = row.try_get("waiting").map_err(db_error)?;
+                Ok(ParkedKey {
+                    key: row.try_get("ordering_key").map_err(db_error)?,
+                    head: crate::row::id_of(row)?,
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn skip_dead_head(
+        &self,
+        id: EventId,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        let mut work = Work::begin(self).await?;
+        let event = work.read_one(id).await?;
+        let key = event
+            .ordering_key
+            .clone()
+            .filter(|_| event.status() == Status::Dead);
+        let Some(key) = key else {
+            return Err(not_a_dead_head(&event));
+        };
+        if !work.heads_key(id).await? {
+            return Err(not_a_dead_head(&event));
+        }
+        work.touch(id);
+        work.leave_key(key, id);
+        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    async fn history(&self, id: EventId) -> Result<History, StoreError> {
+        let sql = format!(
+            "SELECT attempt_log, audit_notes FROM \"{}\" WHERE id = ?",
+            self.table()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(*id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or(StoreError::NotFound(id))?;
+        let read = |column: &str| -> Result<Option<String>, StoreError> {
+            row.try_get(column).map_err(db_error)
+        };
+        let undecodable = |e: serde_json::Error| StoreError::Undecodable {
+            id,
+            reason: e.to_string(),
+        };
+        let mut history = History::default();
+        if let Some(log) = read("attempt_log")? {
+            history.attempts = serde_json::from_str(&log).map_err(undecodable)?;
+        }
+        if let Some(notes) = read("audit_notes")? {
+            history.notes = serde_json::from_str(&notes).map_err(undecodable)?;
+        }
+        Ok(history)
+    }
+
+    async fn edit_dead(
+        &self,
+        id: EventId,
+        edit: &PayloadEdit,
+        extra_attempts: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<OutboxEvent, StoreError> {
+        edit.check(&self.config.limits)?;
+        let mut work = Work::begin(self).await?;
+        let previous = work.read_one(id).await?;
+        // Revived first, so a refused revive (not dead, too many attempts) changes nothing.
+        work.apply(id, &Transition::Revive { extra_attempts })?;
+        work.rejoin_key(id).await?;
+        let at = work.at;
+        let notes_sql = format!("SELECT audit_notes FROM \"{}\" WHERE id = ?", self.table());
+        let notes: Option<String> = sqlx::query_scalar(AssertSqlSafe(notes_sql))
+            .bind(*id.as_uuid())
+            .fetch_one(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        let mut history = History::default();
+        if let Some(notes) = notes {
+            history.notes = serde_json::from_str(&notes).map_err(|e| StoreError::Undecodable {
+                id,
+                reason: e.to_string(),
+            })?;
+        }
+        history.push_note(AuditNote {
+            at,
+            by: edit.by.clone(),
+            note: edit.note.clone(),
+            previous_payload: previous.payload,
+        });
+        let sql = format!(
+            "UPDATE \"{}\" SET payload = ?, audit_notes = ? WHERE id = ?",
+            self.table()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(json(&edit.payload)?)
+            .bind(json(&history.notes)?)
+            .bind(*id.as_uuid())
+            .execute(&mut *work.tx)
+            .await
+            .map_err(db_error)?;
+        let mut event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+        event.payload = edit.payload.clone();
+        work.commit().await?;
+        self.wake();
+        Ok(event)
+    }
+
+    async fn pause_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "INSERT INTO \"{}_paused\" (event_type, paused_at) VALUES (?, ?)",
+            self.table()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(event_type)
+            .bind(micros(self.now()))
+            .execute(&mut *tx)
+            .await;
+        match done {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(true)
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                Ok(false)
+            }
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        validate_event_type(event_type)?;
+        let mut tx = self.begin_write().await?;
+        let sql = format!("DELETE FROM \"{}_paused\" WHERE event_type = ?", self.table());
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(event_type)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await?;
+        let resumed = done.rows_affected() > 0;
+        if resumed {
+            self.wake();
+        }
+        Ok(resumed)
+    }
+
+    async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
+        let sql = format!(
+            "SELECT event_type, paused_at FROM \"{}_paused\" ORDER BY event_type",
+            self.table()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let since: i64 = row.try_get("paused_at").map_err(db_error)?;
+                Ok(PausedType {
+                    event_type: row.try_get("event_type").map_err(db_error)?,
+                    since: time("paused_at", since)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivered_since(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM \"{}\" WHERE status = 'delivered' AND delivered_at >= ?",
+            self.table()
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(micros(translate(since, now, self.now())))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A locked claim on SQLite: its events stay pending, marked with the claim's number and
+/// when its hold ends (on the store's clock); every claim skips a marked event until then.
+struct SqliteLockedBatch {
+    store: SqliteStore,
+    holder: String,
+    hold: Duration,
+    number: Uuid,
+    ids: Vec<EventId>,
+    /// Whether dropping still has to give the events back.
+    open: bool,
+}
+
+fn hold_ended() -> StoreError {
+    StoreError::Unavailable {
+        source: "the locked claim's hold ran out; its events were given back untried".into(),
+    }
+}
+
+impl SqliteLockedBatch {
+    /// Reads the batch's events still under its hold at the transaction's clock reading; fails
+    /// if the hold ended.
+    async fn held(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let at = micros(work.at);
+        let mut args = SqliteArguments::default();
+        add(&mut args, self.number)?;
+        add(&mut args, at)?;
+        let sql = format!(
+            "SELECT {COLUMNS}, attempt_log FROM \"{}\" INDEXED BY \"{t}_held\" \
+             WHERE hold_id = ? AND hold_until > ?",
+            self.store.table(),
+            t = self.store.table()
+        );
+        if work.load(sql, args).await?.is_empty() {
+            return Err(hold_ended());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LockedBatch for SqliteLockedBatch {
+    async fn keep(&mut self) -> Result<(), StoreError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let mut work = Work::begin(&self.store).await?;
+        self.held(&mut work).await?;
+        let until = add_time(work.at, self.hold);
+        for id in &self.ids {
+            if work.hold_of(*id).is_some() {
+                work.set_hold(*id, Some((self.number, until)));
+            }
+        }
+        work.commit().await
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        settlement: &Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        settlement.validate()?;
+        if self.ids.is_empty() {
+            // It holds nothing: every event named was not its to settle.
+            return Ok(settlement
+                .ids()
+                .map(|id| Recorded {
+                    id,
+                    outcome: Outcome::LeaseLost,
+                })
+                .collect());
+        }
+        let mut work = Work::begin(&self.store).await?;
+        self.held(&mut work).await?;
+        let at = work.at;
+        let delete_delivered = self.store.config.delete_delivered();
+        let recorded = settle(
+            settlement,
+            &self.ids,
+            &self.holder,
+            self.hold,
+            at,
+            now,
+            |id, claim, t| {
+                // Settling a locked event is its claim and its outcome at once.
+                work.apply(id, claim)?;
+                let event = work.apply(id, t)?;
+                if delete_delivered
+                    && event.status() == Status::Delivered
+                    && event.idempotency_key.is_none()
+                {
+                    work.delete(id);
+                }
+                Ok(event)
+            },
+        )?;
+        // The released ones lose the claim's mark, and nothing else.
+        for id in &self.ids {
+            if work.hold_of(*id).is_some_and(|(n, _)| n == self.number) {
+                work.set_hold(*id, None);
+            }
+        }
+        work.commit().await?;
+        self.open = false;
+        if wakes_workers(&recorded) {
+            self.store.wake();
+        }
+        Ok(recorded)
+    }
+}
+
+impl Drop for SqliteLockedBatch {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        // Gives the events back now, in the background; without a runtime to run on, the hold
+        // runs out on its own.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let number = self.number;
+        runtime.spawn(async move {
+            let given_back = async {
+                let mut tx = store.begin_write().await?;
+                let sql = format!(
+                    "UPDATE \"{t}\" INDEXED BY \"{t}_held\" SET hold_id = NULL, hold_until = NULL \
+                     WHERE hold_id = ?",
+                    t = store.table()
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(number)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                tx.commit().await
+            };
+            match given_back.await {
+                Ok(()) => store.wake(),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "a dropped locked claim could not give its events back; they come back when its hold runs out"
+                ),
+            }
+        });
+    }
+}

@@ -1,0 +1,441 @@
+//! One store operation as a write transaction: SQLite lets one writer at a time hold the
+//! file, so the rows an operation changes are read inside its `BEGIN IMMEDIATE` transaction,
+//! changed in Rust by the core state machine ([`transition`]) exactly as the memory store
+//! changes them, and written back together before the commit. The rules live in
+//! `outbox-core`; this module only moves rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use outbox_core::ordering::keeps_key;
+use outbox_core::{Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition};
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use crate::error::db_error;
+use crate::row::{COLUMNS, Stored, decode_for_change, json, micros};
+use crate::store::{SqliteStore, WriteTx};
+
+/// Rows written back per statement.
+const WRITE_CHUNK: usize = 500;
+/// Ids looked up per statement.
+pub(crate) const ID_CHUNK: usize = 1000;
+
+/// `?, ?, …` for `n` values.
+pub(crate) fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Adds a value to a statement's arguments.
+pub(crate) fn add<'q, T>(args: &mut SqliteArguments, value: T) -> Result<(), StoreError>
+where
+    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+{
+    args.add(value)
+        .map_err(|source| StoreError::Backend { source })
+}
+
+/// A count (`attempts`, `max_attempts`) as the table stores it.
+pub(crate) fn as_int(n: u32) -> i64 {
+    i64::from(n)
+}
+
+/// An open write transaction of the store with the rows it read for change.
+pub(crate) struct Work<'s> {
+    store: &'s SqliteStore,
+    pub(crate) tx: WriteTx,
+    /// The store's clock reading for this operation: every transition happens at it.
+    pub(crate) at: DateTime<Utc>,
+    rows: BTreeMap<EventId, Stored>,
+    dirty: BTreeSet<EventId>,
+    /// Ordering keys whose head may have given them up, and the events that may have headed
+    /// them.
+    leaving: BTreeMap<String, BTreeSet<EventId>>,
+    /// Rows to delete at the end.
+    gone: BTreeSet<EventId>,
+}
+
+impl<'s> Work<'s> {
+    /// Begins a write transaction (after this process's other writers, then any other
+    /// process's), at the store's clock reading.
+    pub(crate) async fn begin(store: &'s SqliteStore) -> Result<Self, StoreError> {
+        let tx = store.begin_write().await?;
+        Ok(Self {
+            store,
+            tx,
+            at: store.now(),
+            rows: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            leaving: BTreeMap::new(),
+            gone: BTreeSet::new(),
+        })
+    }
+
+    fn table(&self) -> &'s str {
+        self.store.config().table()
+    }
+
+    /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
+    /// returns their ids in the order read.
+    pub(crate) async fn load(
+        &mut self,
+        sql: String,
+        args: SqliteArguments,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored = decode_for_change(row)?;
+            let id = stored.event.id;
+            self.rows.entry(id).or_insert(stored);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Reads those of the named events that match `condition` (SQL over the row, with
+    /// `values` bound in order); events that do not exist or do not match are not read.
+    pub(crate) async fn read_where(
+        &mut self,
+        ids: &[EventId],
+        condition: &str,
+        values: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut args = SqliteArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            for value in values {
+                add(&mut args, value.to_vec())?;
+            }
+            let sql = format!(
+                "SELECT {COLUMNS}, attempt_log FROM \"{}\" WHERE id IN ({}) AND {condition}",
+                self.table(),
+                marks(chunk.len())
+            );
+            self.load(sql, args).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the named events; events that do not exist are simply not read.
+    pub(crate) async fn read(&mut self, ids: &[EventId]) -> Result<(), StoreError> {
+        self.read_where(ids, "1", &[]).await
+    }
+
+    /// Reads the named events held under `lease`; the others are not read (a change to them
+    /// is refused as a lost lease).
+    pub(crate) async fn read_held(
+        &mut self,
+        ids: &[EventId],
+        lease: LeaseId,
+    ) -> Result<(), StoreError> {
+        let lease = lease.as_uuid().as_bytes().to_vec();
+        self.read_where(ids, "status = 'in_flight' AND lease_id = ?", &[&lease])
+            .await
+    }
+
+    /// Reads event `id`; [`StoreError::NotFound`] if there is no such event.
+    pub(crate) async fn read_one(&mut self, id: EventId) -> Result<OutboxEvent, StoreError> {
+        self.read(&[id]).await?;
+        self.event(id).cloned().ok_or(StoreError::NotFound(id))
+    }
+
+    /// The event as read (and changed so far), if it was read.
+    pub(crate) fn event(&self, id: EventId) -> Option<&OutboxEvent> {
+        self.rows.get(&id).map(|s| &s.event)
+    }
+
+    /// The locked claim holding a read event, and until when.
+    pub(crate) fn hold_of(&self, id: EventId) -> Option<(Uuid, DateTime<Utc>)> {
+        self.rows.get(&id).and_then(|s| s.hold)
+    }
+
+    /// Marks a read event held by the locked claim `hold` until `until`; the event itself
+    /// does not change.
+    pub(crate) fn set_hold(&mut self, id: EventId, hold: Option<(Uuid, DateTime<Utc>)>) {
+        if let Some(stored) = self.rows.get_mut(&id) {
+            stored.hold = hold;
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Applies `t` to a read event through the core state machine, recording a failed attempt
+    /// in its history; a head whose new status no longer keeps its key is noted, to be released
+    /// before the commit. Any locked claim's mark on the event goes.
+    pub(crate) fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
+        let at = self.at;
+        let dead_head = self.store.config().dead_head();
+        let stored = self.rows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let before = &stored.event.lifecycle;
+        let lifecycle =
+            transition(before, t, at).map_err(|source| StoreError::Transition { id, source })?;
+        if let Some(attempt) = Attempt::recorded(before, &lifecycle, at) {
+            let mut history = outbox_core::History {
+                attempts: std::mem::take(&mut stored.attempts),
+                notes: Vec::new(),
+            };
+            history.push_attempt(attempt);
+            stored.attempts = history.attempts;
+        }
+        stored.event.lifecycle = lifecycle;
+        stored.event.updated_at = at;
+        stored.hold = None;
+        if stored.event.status() != Status::Waiting {
+            stored.key_place = None;
+        }
+        let event = stored.event.clone();
+        if let Some(key) = &event.ordering_key
+            && !keeps_key(event.status(), dead_head)
+        {
+            self.leaving.entry(key.clone()).or_default().insert(id);
+        }
+        self.dirty.insert(id);
+        Ok(event)
+    }
+
+    /// Marks a read event changed (its `updated_at` moved to now).
+    pub(crate) fn touch(&mut self, id: EventId) {
+        if let Some(stored) = self.rows.get_mut(&id) {
+            stored.event.updated_at = self.at;
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Deletes a read event before the commit; if it headed its key, the key moves on.
+    pub(crate) fn delete(&mut self, id: EventId) {
+        if let Some(stored) = self.rows.get(&id)
+            && let Some(key) = &stored.event.ordering_key
+        {
+            self.leaving.entry(key.clone()).or_default().insert(id);
+        }
+        self.dirty.remove(&id);
+        self.gone.insert(id);
+    }
+
+    /// Gives up `key` for `head` (an operator's skip).
+    pub(crate) fn leave_key(&mut self, key: String, head: EventId) {
+        self.leaving.entry(key).or_default().insert(head);
+    }
+
+    /// A pending event that does not head its key rejoins it: at the back of its queue if the
+    /// key has a head, as its head if not.
+    pub(crate) async fn rejoin_key(&mut self, id: EventId) -> Result<(), StoreError> {
+        let Some(key) = self.event(id).and_then(|e| e.ordering_key.clone()) else {
+            return Ok(());
+        };
+        let table = self.table();
+        let keys = BTreeSet::from([key.clone()]);
+        let (head, place) = read_keys(&mut self.tx, table, &keys)
+            .await?
+            .remove(&key)
+            .unwrap_or((None, 0));
+        match head {
+            Some(head) if head == id => {}
+            Some(other) => {
+                self.apply(id, &Transition::Wait)?;
+                if let Some(stored) = self.rows.get_mut(&id) {
+                    stored.key_place = Some(place);
+                }
+                set_key(&mut self.tx, table, &key, Some(other), place + 1).await?;
+            }
+            None => set_key(&mut self.tx, table, &key, Some(id), place).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether `id` heads its ordering key.
+    pub(crate) async fn heads_key(&mut self, id: EventId) -> Result<bool, StoreError> {
+        let Some(key) = self.event(id).and_then(|e| e.ordering_key.clone()) else {
+            return Ok(false);
+        };
+        let keys = BTreeSet::from([key.clone()]);
+        let table = self.table();
+        let heads = read_keys(&mut self.tx, table, &keys).await?;
+        Ok(heads.get(&key).and_then(|(head, _)| *head) == Some(id))
+    }
+
+    /// Moves on every key whose head gave it up: its first waiting event is promoted, or the
+    /// key's row goes.
+    async fn release_keys(&mut self) -> Result<(), StoreError> {
+        let table = self.table();
+        while !self.leaving.is_empty() {
+            let leaving = std::mem::take(&mut self.leaving);
+            let keys: BTreeSet<String> = leaving.keys().cloned().collect();
+            let heads = read_keys(&mut self.tx, table, &keys).await?;
+            for (key, candidates) in leaving {
+                let Some((Some(current), place)) = heads.get(&key) else {
+                    continue;
+                };
+                if !candidates.contains(current) {
+                    continue;
+                }
+                let sql = format!(
+                    "SELECT {COLUMNS}, attempt_log FROM \"{table}\" \
+                     WHERE ordering_key = ? AND status = 'waiting' ORDER BY key_place LIMIT 1"
+                );
+                let mut args = SqliteArguments::default();
+                add(&mut args, key.clone())?;
+                match self.load(sql, args).await?.into_iter().next() {
+                    Some(next) => {
+                        self.apply(next, &Transition::Promote)?;
+                        set_key(&mut self.tx, table, &key, Some(next), *place).await?;
+                    }
+                    None => {
+                        sqlx::query(AssertSqlSafe(format!(
+                            "DELETE FROM \"{table}_keys\" WHERE ordering_key = ?"
+                        )))
+                        .bind(&key)
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(db_error)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
+    /// writes every changed row back.
+    pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        let gone: Vec<EventId> = std::mem::take(&mut self.gone).into_iter().collect();
+        for chunk in gone.chunks(ID_CHUNK) {
+            let mut args = SqliteArguments::default();
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            let sql = format!(
+                "DELETE FROM \"{}\" WHERE id IN ({})",
+                self.table(),
+                marks(chunk.len())
+            );
+            sqlx::query_with(AssertSqlSafe(sql), args)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+        }
+        self.release_keys().await?;
+        let dirty: Vec<EventId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for chunk in dirty.chunks(WRITE_CHUNK) {
+            let stored: Vec<&Stored> = chunk.iter().filter_map(|id| self.rows.get(id)).collect();
+            write_back(&mut self.tx, self.store.config().table(), &stored).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and commits.
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.tx.commit().await
+    }
+}
+
+/// Each key's head and next queue place, for the keys that have a row.
+pub(crate) async fn read_keys(
+    conn: &mut SqliteConnection,
+    table: &str,
+    keys: &BTreeSet<String>,
+) -> Result<BTreeMap<String, (Option<EventId>, i64)>, StoreError> {
+    let mut out = BTreeMap::new();
+    let keys: Vec<&String> = keys.iter().collect();
+    for chunk in keys.chunks(ID_CHUNK) {
+        let mut args = SqliteArguments::default();
+        for key in chunk {
+            add(&mut args, (*key).clone())?;
+        }
+        let sql = format!(
+            "SELECT ordering_key, head, next_place FROM \"{table}_keys\" WHERE ordering_key IN ({})",
+            marks(chunk.len())
+        );
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        for row in &rows {
+            let key: String = row.try_get("ordering_key").map_err(db_error)?;
+            let head: Option<Uuid> = row.try_get("head").map_err(db_error)?;
+            let place: i64 = row.try_get("next_place").map_err(db_error)?;
+            out.insert(key, (head.map(EventId::from_uuid), place));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets a key's head and next queue place, creating its row if need be.
+pub(crate) async fn set_key(
+    conn: &mut SqliteConnection,
+    table: &str,
+    key: &str,
+    head: Option<EventId>,
+    next_place: i64,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO \"{table}_keys\" (ordering_key, head, next_place) VALUES (?, ?, ?) \
+         ON CONFLICT (ordering_key) DO UPDATE SET head = excluded.head, next_place = excluded.next_place"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(key)
+        .bind(head.map(|h| *h.as_uuid()))
+        .bind(next_place)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Writes the changeable columns of `rows` back in one statement.
+async fn write_back(
+    conn: &mut SqliteConnection,
+    table: &str,
+    rows: &[&Stored],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut args = SqliteArguments::default();
+    for stored in rows {
+        let e = &stored.event;
+        let l = &e.lifecycle;
+        add(&mut args, *e.id.as_uuid())?;
+        add(&mut args, l.status.as_str())?;
+        add(&mut args, as_int(l.attempts))?;
+        add(&mut args, as_int(l.max_attempts))?;
+        add(&mut args, micros(l.next_attempt_at))?;
+        add(&mut args, l.lease.as_ref().map(|x| *x.id.as_uuid()))?;
+        add(&mut args, l.lease.as_ref().map(|x| x.holder.clone()))?;
+        add(&mut args, l.lease.as_ref().map(|x| micros(x.until)))?;
+        add(&mut args, l.last_error.clone())?;
+        add(&mut args, micros(e.updated_at))?;
+        add(&mut args, l.delivered_at.map(micros))?;
+        let log = if stored.attempts.is_empty() {
+            None
+        } else {
+            Some(json(&stored.attempts)?)
+        };
+        add(&mut args, log)?;
+        add(&mut args, stored.key_place)?;
+        add(&mut args, stored.hold.map(|(id, _)| id))?;
+        add(&mut args, stored.hold.map(|(_, until)| micros(until)))?;
+    }
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+    // `VALUES` names its columns column1, column2, … in order.
+    let sql = format!(
+        "UPDATE \"{table}\" SET status = v.column2, attempts = v.column3, \
+         max_attempts = v.column4, next_attempt_at = v.column5, lease_id = v.column6, \
+         locked_by = v.column7, locked_until = v.column8, last_error = v.column9, \
+         updated_at = v.column10, delivered_at = v.column11, attempt_log = v.column12, \
+         key_place = v.column13, hold_id = v.column14, hold_until = v.column15 \
+         FROM (VALUES {values}) AS v WHERE \"{table}\".id = v.column1"
+    );
+    sqlx::query_with(AssertSqlSafe(sql), args)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
