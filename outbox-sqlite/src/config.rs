@@ -124,7 +124,10 @@ impl SqliteConfig {
             ));
         }
         if self.write_wait.is_zero() {
-            return Err(ValidationError::new("write_wait", "must be longer than zero"));
+            return Err(ValidationError::new(
+                "write_wait",
+                "must be longer than zero",
+            ));
         }
         self.limits.validate()
     }

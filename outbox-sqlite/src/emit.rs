@@ -77,7 +77,12 @@ impl SqliteStore {
             prepared.push((event, due));
         }
         let holders = self
-            .key_holders(conn, prepared.iter().filter_map(|(e, _)| e.idempotency_key.as_deref()))
+            .key_holders(
+                conn,
+                prepared
+                    .iter()
+                    .filter_map(|(e, _)| e.idempotency_key.as_deref()),
+            )
             .await?;
         let mut answers = Vec::with_capacity(prepared.len());
         let mut firsts: HashMap<&str, EventId> = HashMap::new();
@@ -159,15 +164,17 @@ impl SqliteStore {
             add(&mut args, micros(e.updated_at))?;
             add(&mut args, r.place)?;
         }
-        let values =
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
         let sql = format!(
             "INSERT INTO \"{}\" (id, event_type, aggregate_type, aggregate_id, payload, headers, \
              idempotency_key, ordering_key, status, attempts, max_attempts, next_attempt_at, \
              created_at, updated_at, key_place) VALUES {values}",
             self.config().table()
         );
-        match sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *conn).await {
+        match sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(&mut *conn)
+            .await
+        {
             Ok(_) => Ok(()),
             // Only possible when this transaction read the keys on a snapshot another writer
             // has since overtaken: run it again.

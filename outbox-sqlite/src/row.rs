@@ -121,7 +121,9 @@ fn stored_from_row(row: &SqliteRow) -> Result<Stored, StoreError> {
     let headers: BTreeMap<String, String> =
         serde_json::from_str(&headers).map_err(|e| bad(format!("headers: {e}")))?;
     let attempts = match row.try_get::<Option<String>, _>("attempt_log") {
-        Ok(Some(log)) => serde_json::from_str(&log).map_err(|e| bad(format!("attempt_log: {e}")))?,
+        Ok(Some(log)) => {
+            serde_json::from_str(&log).map_err(|e| bad(format!("attempt_log: {e}")))?
+        }
         Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => Vec::new(),
         Err(e) => return Err(db_error(e)),
     };

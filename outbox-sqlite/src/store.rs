@@ -43,6 +43,15 @@ const SWEEP_CHUNK: usize = 5_000;
 /// default write wait (5 s). Change what you like before building your pool; the store needs
 /// only WAL for readers and writers to run side by side.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    if let Some((scheme, _)) = url.split_once("://")
+        && scheme != "sqlite"
+    {
+        return Err(ValidationError::new(
+            "url",
+            format!("{scheme}:// is not SQLite's; use sqlite://path/to/file.db or a path"),
+        )
+        .into());
+    }
     let options = SqliteConnectOptions::from_str(url).map_err(|e| {
         StoreError::from(ValidationError::new(
             "url",
@@ -182,7 +191,11 @@ impl SqliteStore {
 
     /// Takes up to `limit` due, unpaused pending events that no locked claim holds, oldest
     /// due first; returns their ids.
-    async fn take_due(&self, work: &mut Work<'_>, limit: usize) -> Result<Vec<EventId>, StoreError> {
+    async fn take_due(
+        &self,
+        work: &mut Work<'_>,
+        limit: usize,
+    ) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let sql = format!(
             "SELECT {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
@@ -809,7 +822,10 @@ impl OutboxStore for SqliteStore {
     async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         validate_event_type(event_type)?;
         let mut tx = self.begin_write().await?;
-        let sql = format!("DELETE FROM \"{}_paused\" WHERE event_type = ?", self.table());
+        let sql = format!(
+            "DELETE FROM \"{}_paused\" WHERE event_type = ?",
+            self.table()
+        );
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(event_type)
             .execute(&mut *tx)

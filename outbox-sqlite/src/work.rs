@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use outbox_core::ordering::keeps_key;
-use outbox_core::{Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition};
+use outbox_core::{
+    Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition,
+};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;

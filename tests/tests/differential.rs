@@ -1,8 +1,9 @@
-//! The memory store beside PostgreSQL, and beside MySQL: the same random operations on both,
-//! every answer and every event's lifecycle compared after each step. PostgreSQL re-encodes
-//! each transition in SQL, MySQL applies `outbox_core::transition` to locked rows; this is what
-//! holds both equal to the core state machine, and the memory store equal to what applications
-//! run in production.
+//! The memory store beside PostgreSQL, MySQL and SQLite: the same random operations on both
+//! stores of a pair, every answer and every event's lifecycle compared after each step.
+//! PostgreSQL re-encodes each transition in SQL; MySQL and SQLite apply
+//! `outbox_core::transition` to rows read in their transactions. This is what holds each
+//! equal to the core state machine, and the memory store equal to what applications run in
+//! production.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +17,7 @@ use outbox_core::{
     TransitionError,
 };
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{MemoryHarness, MySqlHarness, PgHarness, runtime};
+use outbox_tests::harness::{MemoryHarness, MySqlHarness, PgHarness, SqliteHarness, runtime};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -600,5 +601,10 @@ proptest! {
     #[test]
     fn memory_and_mysql_agree(ops in proptest::collection::vec(op(), 1..50)) {
         runtime().block_on(async { differential(ops, MySqlHarness::new().await, "MySQL").await })?;
+    }
+
+    #[test]
+    fn memory_and_sqlite_agree(ops in proptest::collection::vec(op(), 1..50)) {
+        runtime().block_on(async { differential(ops, SqliteHarness::new().await, "SQLite").await })?;
     }
 }

@@ -1,0 +1,389 @@
+//! SQLite beyond the conformance suite: transactions of the application's own, batch emit and
+//! idempotency, many workers, crashed workers, per-key commit order under concurrent
+//! producers, two processes on one file, a busy database, bad input and migrations. Each test
+//! owns its database file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{Emit, Emitted, NewEvent, OutboxStore, OutboxStoreExt, StoreError, SystemClock};
+use outbox_sqlite::{SqliteConfig, SqliteStore};
+use outbox_tests::concurrency::{self, keyed};
+use outbox_tests::conformance::{Harness, NowUtc};
+use outbox_tests::harness::{SqliteHarness, remove_sqlite_file, sqlite_file};
+use outbox_worker::ClaimMode;
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn upload(n: usize) -> NewEvent {
+    NewEvent::builder("file.stored", "upload", n.to_string())
+        .payload(json!({ "n": n }))
+        .build()
+        .unwrap()
+}
+
+async fn create_uploads(store: &SqliteStore) {
+    sqlx::raw_sql("CREATE TABLE uploads (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_row_and_event_commit_or_roll_back_together() {
+    let h = SqliteHarness::new().await;
+    let store = h.store();
+    create_uploads(&store).await;
+    let insert = "INSERT INTO uploads (id, name) VALUES (?, ?)";
+
+    // Through the store's transaction. Rolled back: neither the row nor the event.
+    let mut tx = store.begin().await.unwrap();
+    sqlx::query(insert)
+        .bind(1_i64)
+        .bind("a.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lost = tx.emit(upload(1)).await.unwrap().id();
+    tx.rollback().await.unwrap();
+    assert!(store.get(lost).await.unwrap().is_none());
+
+    // Through the application's own transaction. Committed: both, and the event is not
+    // claimable before the commit (a reader sees the last commit).
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query(insert)
+        .bind(2_i64)
+        .bind("b.png")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let kept = store.emitter(&mut tx).emit(upload(2)).await.unwrap().id();
+    let before: Vec<_> = store.list(&Default::default()).await.unwrap().events;
+    assert!(before.is_empty(), "an uncommitted event was visible");
+    tx.commit().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let (_, claimed) = store
+        .claim_for("w", 10, LEASE, h.clock().now_utc())
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![kept]);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_emit_resolves_duplicates_within_and_across_batches() {
+    let h = SqliteHarness::new().await;
+    let keyed_once = |n: usize, key: &str| {
+        NewEvent::builder("order.paid", "order", n.to_string())
+            .idempotency_key(key)
+            .build()
+            .unwrap()
+    };
+    let earlier = h.emit(vec![keyed_once(0, "k-old")], true).await.unwrap()[0].id();
+    let mut events: Vec<NewEvent> = (1..=1500).map(upload).collect();
+    events.push(keyed_once(1501, "k-new"));
+    events.push(keyed_once(1502, "k-new")); // same key twice in one batch
+    events.push(keyed_once(1503, "k-old")); // key already committed
+    events.push(keyed_once(1504, "K-NEW")); // keys are byte-exact, not case-folded
+    let emitted = h.emit(events, true).await.unwrap();
+    assert_eq!(emitted.len(), 1504);
+    assert!(
+        emitted[..1501]
+            .iter()
+            .all(|e| matches!(e, Emitted::Created(_)))
+    );
+    assert_eq!(emitted[1501], Emitted::Duplicate(emitted[1500].id()));
+    assert_eq!(emitted[1502], Emitted::Duplicate(earlier));
+    assert!(matches!(emitted[1503], Emitted::Created(_)));
+    assert_eq!(h.store().count_by_status().await.unwrap().pending, 1503);
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_drain_ten_thousand_events_without_overlap() {
+    let h = SqliteHarness::new().await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    concurrency::four_workers_drain(&h, store, ClaimMode::Lease).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_locked_workers_drain_ten_thousand_events_without_overlap() {
+    let h = SqliteHarness::new().await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    concurrency::four_workers_drain(&h, store, ClaimMode::Locked).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_events_are_delivered_after_its_lease_expires() {
+    let h = SqliteHarness::new().await;
+    concurrency::a_crashed_workers_events_are_delivered_after_its_lease_expires(&h).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order() {
+    let h = SqliteHarness::new().await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    sqlx::raw_sql("CREATE TABLE counters (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..50).map(|i| format!("('k{i}', 0)")).collect();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO counters (k, n) VALUES {}",
+        values.join(", ")
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let produce: concurrency::Produce = {
+        let store = store.clone();
+        Arc::new(move |key: String| {
+            let store = store.clone();
+            Box::pin(async move {
+                let mut tx = store.begin().await.unwrap();
+                let n: i64 =
+                    sqlx::query_scalar("UPDATE counters SET n = n + 1 WHERE k = ? RETURNING n")
+                        .bind(&key)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
+                tx.emit(keyed(&key, u64::try_from(n).unwrap()))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+    };
+    let committed = async {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT k, n FROM counters")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap()))
+            .collect()
+    };
+    concurrency::producers_and_workers_on_shared_keys_keep_each_keys_commit_order(
+        store.clone(),
+        produce,
+        committed,
+    )
+    .await;
+    h.cleanup().await;
+}
+
+/// Two processes on one file: what one emits the other claims, a locked claim made by one is
+/// skipped by the other, and each sees the other's settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_file() {
+    let h = SqliteHarness::new().await;
+    let (a, b) = (h.store(), h.second_process().await);
+    let now = h.clock().now_utc();
+    let mut tx = a.begin().await.unwrap();
+    let ids: Vec<_> = tx
+        .emit_all((0..3).map(upload).collect())
+        .await
+        .unwrap()
+        .iter()
+        .map(Emitted::id)
+        .collect();
+    tx.commit().await.unwrap();
+    let held = b.claim_locked("b", 2, LEASE, now).await.unwrap();
+    assert_eq!(
+        held.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    let (lease, rest) = a.claim_for("a", 10, LEASE, now).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[2]]);
+    let settled = held
+        .batch
+        .finish(
+            &outbox_core::Settlement {
+                delivered: ids[..2].to_vec(),
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 2);
+    b.ack(lease.id, &[ids[2]], now).await.unwrap();
+    let counts = a.count_by_status().await.unwrap();
+    assert_eq!((counts.delivered, counts.total()), (3, 3));
+    b.pool().close().await;
+    h.cleanup().await;
+}
+
+/// A database another process keeps busy is waited for up to the write wait, then refused as
+/// retryable; once it is free, the same write goes through. Reads never wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_is_waited_for_then_refused_as_retryable() {
+    let h = SqliteHarness::new().await;
+    let other = h.store();
+    let patient = SqliteStore::connect(
+        &format!("sqlite://{}", h.path().display()),
+        SqliteConfig::new().with_write_wait(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let mut busy = other.begin().await.unwrap();
+    busy.emit(upload(1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut tx = match patient.begin().await {
+        Err(e @ StoreError::Unavailable { .. }) => {
+            assert!(e.is_retryable(), "{e}");
+            assert!(
+                started.elapsed() >= Duration::from_millis(150),
+                "refused before waiting: {:?}",
+                started.elapsed()
+            );
+            // Readers are not held up by the writer.
+            assert_eq!(patient.count_by_status().await.unwrap().total(), 0);
+            busy.commit().await.unwrap();
+            patient.begin().await.expect("free again")
+        }
+        other => panic!("expected Unavailable while another process writes, got {other:?}"),
+    };
+    tx.emit(upload(2)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(patient.count_by_status().await.unwrap().pending, 2);
+    patient.pool().close().await;
+    h.cleanup().await;
+}
+
+/// An application transaction begun deferred (`BEGIN`) that read before another connection
+/// wrote cannot write on its stale snapshot: its emit is refused as a conflict to run again,
+/// never answered from what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_deferred_transaction_is_refused_as_a_conflict() {
+    let h = SqliteHarness::new().await;
+    let store = h.store();
+    let once = |n| {
+        NewEvent::builder("order.paid", "order", "1")
+            .idempotency_key("k")
+            .payload(json!({ "n": n }))
+            .build()
+            .unwrap()
+    };
+    let mut stale = store.pool().begin().await.unwrap();
+    let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM \"{}\"",
+        store.config().table()
+    )))
+    .fetch_one(&mut *stale)
+    .await
+    .unwrap();
+    assert_eq!(seen, 0);
+    let first = h.emit(vec![once(1)], true).await.unwrap()[0];
+    match store.emitter(&mut stale).emit(once(2)).await {
+        Err(e @ StoreError::Conflict { .. }) => assert!(e.is_retryable(), "{e}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    stale.rollback().await.unwrap();
+    assert_eq!(
+        h.emit(vec![once(3)], true).await.unwrap(),
+        vec![Emitted::Duplicate(first.id())]
+    );
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let h = SqliteHarness::new().await;
+    let store = h.store();
+    // An event that skipped the builder (deserialized) is validated on emit too.
+    let sneaky: NewEvent = serde_json::from_value(json!({
+        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
+        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null, "max_attempts": null
+    }))
+    .unwrap();
+    match h.emit(vec![upload(1), sneaky], true).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "aggregate_id"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Payloads over the configured limit.
+    let small = SqliteStore::new(
+        store.pool().clone(),
+        SqliteConfig::new().with_limits(outbox_core::EmitLimits {
+            max_payload_bytes: 64,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let big = NewEvent::builder("a.b", "t", "1")
+        .payload(json!({ "blob": "x".repeat(100) }))
+        .build()
+        .unwrap();
+    let mut tx = small.begin().await.unwrap();
+    match tx.emit(big).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
+        other => panic!("expected a payload error, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(store.count_by_status().await.unwrap().total(), 0);
+    // Table names are validated, never spliced as given.
+    for table in ["outbox; drop table x", "Outbox", "\"t\"", "", "sqlite_t"] {
+        let config = SqliteConfig::new().with_table(table);
+        assert!(
+            SqliteStore::new(store.pool().clone(), config).is_err(),
+            "{table:?} accepted"
+        );
+    }
+    // A URL that is not SQLite's.
+    match SqliteStore::connect("postgres://localhost/x", SqliteConfig::new()).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "url"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_roll_back() {
+    let path = sqlite_file();
+    let url = format!("sqlite://{}", path.display());
+    // Two processes starting at once apply each step exactly once.
+    let a = SqliteStore::connect(&url, SqliteConfig::new())
+        .await
+        .unwrap();
+    let b = SqliteStore::connect(&url, SqliteConfig::new())
+        .await
+        .unwrap();
+    assert_eq!(a.schema_version().await.unwrap(), 0);
+    let runs =
+        futures_util::future::join_all([a.migrate(), b.migrate(), a.migrate(), b.migrate()]).await;
+    let applied: usize = runs.into_iter().map(|r| r.unwrap()).sum();
+    assert_eq!(applied, outbox_sqlite::LATEST_VERSION as usize);
+    assert_eq!(b.migrate().await.unwrap(), 0);
+    assert_eq!(
+        a.schema_version().await.unwrap(),
+        outbox_sqlite::LATEST_VERSION
+    );
+    let mut tx = a.begin().await.unwrap();
+    tx.emit(upload(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(b.count_by_status().await.unwrap().pending, 1);
+    assert_eq!(
+        a.migrate_down().await.unwrap(),
+        outbox_sqlite::LATEST_VERSION as usize
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'outbox_event%'")
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "the way back drops every table and index");
+    assert_eq!(a.schema_version().await.unwrap(), 0);
+    a.pool().close().await;
+    b.pool().close().await;
+    remove_sqlite_file(&path);
+}
