@@ -29,6 +29,7 @@ use outbox_core::{
 };
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_postgres::{PgConfig, PgStore};
+use outbox_sqlite::{SqliteConfig, SqliteStore};
 use outbox_worker::Worker;
 use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -378,6 +379,8 @@ enum Backend {
     Postgres,
     /// `mysql://`, `mariadb://`.
     MySql,
+    /// `sqlite://`.
+    Sqlite,
 }
 
 /// The database URL and its backend, checked by scheme (a misspelt scheme such as
@@ -392,14 +395,16 @@ fn database_url(config: &Config) -> Result<(&str, Backend), CliError> {
     match scheme {
         Some("postgres" | "postgresql") => Ok((url, Backend::Postgres)),
         Some("mysql" | "mariadb") => Ok((url, Backend::MySql)),
+        Some("sqlite") => Ok((url, Backend::Sqlite)),
         Some(other) => Err(format!(
             "database_url: scheme {other:?} is not a database this relay knows; write \
-             postgres://user@host:port/database or mysql://user@host:port/database"
+             postgres://user@host:port/database, mysql://user@host:port/database or \
+             sqlite://path/to/file.db"
         )
         .into()),
         None => Err(
-            "database_url: not a URL; write postgres://user@host:port/database or \
-             mysql://user@host:port/database"
+            "database_url: not a URL; write postgres://user@host:port/database, \
+             mysql://user@host:port/database or sqlite://path/to/file.db"
                 .into(),
         ),
     }
@@ -410,8 +415,8 @@ fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
     let (url, backend) = database_url(config)?;
     if backend != Backend::Postgres {
         return Err(
-            "this command needs PostgreSQL; on MySQL/MariaDB the relay, migrate and status work \
-             (see docs/mysql.md)"
+            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate and \
+             status work (see docs/mysql.md, docs/sqlite.md)"
                 .into(),
         );
     }
@@ -453,6 +458,70 @@ async fn mysql_store(
         .with_delete_delivered(config.delete_delivered)
         .with_dead_head(config.dead_head);
     Ok(MySqlStore::new(pool, store_config)?)
+}
+
+/// Opens the SQLite database file (created if missing) for the config's table.
+async fn sqlite_store(config: &Config) -> Result<SqliteStore, CliError> {
+    let (url, _) = database_url(config)?;
+    let store_config = SqliteConfig::new()
+        .with_table(&config.table)
+        .with_delete_delivered(config.delete_delivered)
+        .with_dead_head(config.dead_head);
+    Ok(SqliteStore::connect(url, store_config).await?)
+}
+
+/// A store other than PostgreSQL's, as the relay, `migrate` and `status` use it: its tables
+/// and their version, without stream mode or the operator's pages.
+#[outbox_core::async_trait]
+trait SqlStore: OutboxStore + Clone + 'static {
+    /// The database's name in messages.
+    const NAME: &'static str;
+    /// The newest schema version this build knows.
+    const LATEST: i32;
+    /// The outbox table's name.
+    fn table(&self) -> &str;
+    /// The table's schema version (0 before the first migration).
+    async fn schema_version(&self) -> Result<i32, StoreError>;
+    /// Applies missing migrations; how many ran.
+    async fn migrate(&self) -> Result<usize, StoreError>;
+    /// Reverts every migration; how many ran.
+    async fn migrate_down(&self) -> Result<usize, StoreError>;
+}
+
+#[outbox_core::async_trait]
+impl SqlStore for MySqlStore {
+    const NAME: &'static str = "MySQL/MariaDB";
+    const LATEST: i32 = outbox_mysql::LATEST_VERSION;
+    fn table(&self) -> &str {
+        self.config().table()
+    }
+    async fn schema_version(&self) -> Result<i32, StoreError> {
+        MySqlStore::schema_version(self).await
+    }
+    async fn migrate(&self) -> Result<usize, StoreError> {
+        MySqlStore::migrate(self).await
+    }
+    async fn migrate_down(&self) -> Result<usize, StoreError> {
+        MySqlStore::migrate_down(self).await
+    }
+}
+
+#[outbox_core::async_trait]
+impl SqlStore for SqliteStore {
+    const NAME: &'static str = "SQLite";
+    const LATEST: i32 = outbox_sqlite::LATEST_VERSION;
+    fn table(&self) -> &str {
+        self.config().table()
+    }
+    async fn schema_version(&self) -> Result<i32, StoreError> {
+        SqliteStore::schema_version(self).await
+    }
+    async fn migrate(&self) -> Result<usize, StoreError> {
+        SqliteStore::migrate(self).await
+    }
+    async fn migrate_down(&self) -> Result<usize, StoreError> {
+        SqliteStore::migrate_down(self).await
+    }
 }
 
 /// Connects to PostgreSQL (retrying until `startup`'s deadline, each failure logged with its
@@ -560,6 +629,54 @@ async fn relay(
     Ok(())
 }
 
+/// The relay's workers (and endpoint) on a store other than PostgreSQL's, once its table is
+/// at this build's version.
+async fn start_on<S: SqlStore>(
+    store: S,
+    config: &Config,
+    router: &Arc<outbox_router::Router>,
+    listener: Option<tokio::net::TcpListener>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<
+    (
+        Vec<outbox_worker::RunningWorker>,
+        Option<outbox_worker::RunningWorker>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    CliError,
+> {
+    let r = &config.relay;
+    let (version, latest) = (store.schema_version().await?, S::LATEST);
+    if version < latest {
+        return Err(format!(
+            "the outbox table {} is at schema version {version}, this build needs {latest}: \
+             run `outbox migrate` with the same database and table first",
+            store.table()
+        )
+        .into());
+    }
+    let server = match listener {
+        Some(listener) => Some(http::serve(
+            listener,
+            http::Served::other(Arc::new(store.clone())),
+            metrics,
+            None,
+        )?),
+        None => None,
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+    let mut running = Vec::new();
+    for i in 0..r.workers {
+        let worker = Worker::builder(store.clone(), Arc::clone(router))
+            .config(r.worker_config()?)
+            .worker_id(format!("{host}-{}-{i}", std::process::id()))
+            .build()?;
+        running.push(worker.spawn());
+    }
+    info!(workers = r.workers, table = %store.table(), "relay started on {}", S::NAME);
+    Ok((running, None, server))
+}
+
 /// Everything before delivering: config, endpoint, brokers, database, then the workers.
 async fn start(
     target: &Target,
@@ -607,52 +724,37 @@ async fn start(
     let metrics = http::recorder()?;
     let router =
         Arc::new(config::build_router(&config.routes, &startup, settings.delivery_timeout).await?);
-    if database_url(&config)?.1 == Backend::MySql {
+    let backend = database_url(&config)?.1;
+    if backend != Backend::Postgres {
         if stream_settings.is_some() {
             return Err(STREAM_NEEDS_POSTGRES.into());
         }
         if config.http.admin {
             return Err(
-                "[http] admin needs PostgreSQL for now; on MySQL/MariaDB use \
+                "[http] admin needs PostgreSQL for now; on MySQL/MariaDB and SQLite use \
                         `outbox status` and the metrics endpoint"
                     .into(),
             );
         }
-        let store = mysql_store(
-            &config,
-            u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX),
-            startup,
-        )
-        .await?;
-        let (version, latest) = (store.schema_version().await?, outbox_mysql::LATEST_VERSION);
-        if version < latest {
-            return Err(format!(
-                "the outbox table {} is at schema version {version}, this build needs {latest}: \
-                 run `outbox migrate` with the same database and table first",
-                store.config().table()
-            )
-            .into());
-        }
-        let server = match listener {
-            Some(listener) => Some(http::serve(
-                listener,
-                http::Served::other(Arc::new(store.clone())),
-                metrics,
-                None,
-            )?),
-            None => None,
+        let connections =
+            u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX);
+        let running = match backend {
+            Backend::Sqlite => {
+                start_on(
+                    sqlite_store(&config).await?,
+                    &config,
+                    &router,
+                    listener,
+                    metrics,
+                )
+                .await?
+            }
+            _ => {
+                let store = mysql_store(&config, connections, startup).await?;
+                start_on(store, &config, &router, listener, metrics).await?
+            }
         };
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
-        let mut running = Vec::new();
-        for i in 0..r.workers {
-            let worker = Worker::builder(store.clone(), Arc::clone(&router))
-                .config(settings.clone())
-                .worker_id(format!("{host}-{}-{i}", std::process::id()))
-                .build()?;
-            running.push(worker.spawn());
-        }
-        info!(workers = r.workers, table = %store.config().table(), "relay started on MySQL");
-        return Ok((running, None, server));
+        return Ok(running);
     }
     let store = store(
         &config,
@@ -806,8 +908,13 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
         );
     }
     let config = load(&target)?;
-    if database_url(&config)?.1 == Backend::MySql {
-        return migrate_mysql(&config, down).await;
+    match database_url(&config)?.1 {
+        Backend::MySql => {
+            let store = mysql_store(&config, 2, Startup::within(Duration::ZERO)).await?;
+            return migrate_on(store, &config, down).await;
+        }
+        Backend::Sqlite => return migrate_on(sqlite_store(&config).await?, &config, down).await,
+        Backend::Postgres => {}
     }
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     let table = store.config().qualified_table();
@@ -867,13 +974,13 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
     Ok(())
 }
 
-/// `outbox migrate` on MySQL/MariaDB: the tables and their history (no stream mode there).
-async fn migrate_mysql(config: &Config, down: bool) -> Result<(), CliError> {
+/// `outbox migrate` on a store other than PostgreSQL's: the tables and their history (no
+/// stream mode there).
+async fn migrate_on<S: SqlStore>(store: S, config: &Config, down: bool) -> Result<(), CliError> {
     if config.relay.mode == config::Mode::Stream {
         return Err(STREAM_NEEDS_POSTGRES.into());
     }
-    let store = mysql_store(config, 2, Startup::within(Duration::ZERO)).await?;
-    let table = store.config().table().to_owned();
+    let table = store.table().to_owned();
     if down {
         let n = store.migrate_down().await?;
         writeln!(stdout(), "reverted {n} migration(s); {table} is gone")?;
@@ -882,28 +989,25 @@ async fn migrate_mysql(config: &Config, down: bool) -> Result<(), CliError> {
         writeln!(
             stdout(),
             "applied {n} migration(s); {table} is at version {}",
-            outbox_mysql::LATEST_VERSION
+            S::LATEST
         )?;
     }
     Ok(())
 }
 
-/// Why stream mode is refused on MySQL/MariaDB.
+/// Why stream mode is refused on MySQL/MariaDB and SQLite.
 const STREAM_NEEDS_POSTGRES: &str = "relay.mode = \"stream\" reads PostgreSQL's write-ahead \
-    log; on MySQL/MariaDB use relay.mode = \"claim\"";
+    log; on MySQL/MariaDB and SQLite use relay.mode = \"claim\"";
 
 async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     let config = load(&target)?;
-    if database_url(&config)?.1 == Backend::MySql {
-        let store = mysql_store(&config, 2, Startup::within(Duration::ZERO)).await?;
-        if store.schema_version().await? == 0 {
-            return Err(format!(
-                "the outbox table {} does not exist: run `outbox migrate` with this config first",
-                store.config().table()
-            )
-            .into());
+    match database_url(&config)?.1 {
+        Backend::MySql => {
+            let store = mysql_store(&config, 2, Startup::within(Duration::ZERO)).await?;
+            return status_on(&store, dead).await;
         }
-        return print_status(&store, dead).await;
+        Backend::Sqlite => return status_on(&sqlite_store(&config).await?, dead).await,
+        Backend::Postgres => {}
     }
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
     print_counts(&store).await?;
@@ -912,8 +1016,16 @@ async fn status(target: Target, dead: usize) -> Result<(), CliError> {
     print_rest(&store, dead).await
 }
 
-/// `outbox status` on any store: counts, oldest pending, paused types, parked keys, dead events.
-async fn print_status<S: OutboxStore>(store: &S, dead: usize) -> Result<(), CliError> {
+/// `outbox status` on a store other than PostgreSQL's: counts, oldest pending, paused types,
+/// parked keys, dead events.
+async fn status_on<S: SqlStore>(store: &S, dead: usize) -> Result<(), CliError> {
+    if store.schema_version().await? == 0 {
+        return Err(format!(
+            "the outbox table {} does not exist: run `outbox migrate` with this config first",
+            store.table()
+        )
+        .into());
+    }
     print_counts(store).await?;
     print_rest(store, dead).await
 }

@@ -1,0 +1,176 @@
+//! The `outbox` binary on SQLite: the backend chosen by the URL's scheme; migrate, status and
+//! a relay process sharing the database file with this one, delivering what this process
+//! commits before and while it runs, serving its endpoints and draining on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use outbox_core::{Emit, EventId, NewEvent, OutboxStore};
+use outbox_sqlite::{SqliteConfig, SqliteStore};
+use outbox_tests::harness::{remove_sqlite_file, sqlite_file};
+
+mod common;
+
+use common::{free_port, stdout_of};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+
+fn outbox(args: &[&str], url: &str) -> String {
+    stdout_of(Command::new(BIN).args(args).args(["--database-url", url]))
+}
+
+async fn emit(store: &SqliteStore, from: usize, n: usize) -> HashSet<EventId> {
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = HashSet::new();
+    for i in from..from + n {
+        let event = NewEvent::builder("file.stored", "upload", i.to_string())
+            .build()
+            .unwrap();
+        ids.insert(tx.emit(event).await.unwrap().id());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_and_a_relay_on_sqlite() {
+    let path = sqlite_file();
+    let url = format!("sqlite://{}", path.display());
+    let applied = outbox(&["migrate"], &url);
+    assert!(applied.contains("applied 1 migration(s)"), "{applied}");
+    assert!(outbox(&["migrate"], &url).contains("applied 0 migration(s)"));
+
+    let store = SqliteStore::connect(&url, SqliteConfig::new())
+        .await
+        .unwrap();
+    let mut committed = emit(&store, 0, 5).await;
+    let status = outbox(&["status"], &url);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("pending") && l.trim_end().ends_with(" 5")),
+        "{status}"
+    );
+
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("outbox-sqlite-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\nworkers = 2\npoll_interval_ms = 200\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "relay", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first, rest) = tokio::sync::oneshot::channel();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = HashSet::new();
+        let mut first = Some(first);
+        for line in BufReader::new(stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            seen.insert(v["id"].as_str().unwrap().parse::<EventId>().unwrap());
+            if seen.len() == 5
+                && let Some(first) = first.take()
+            {
+                let _ = first.send(());
+            }
+            if seen.len() == 10 {
+                break;
+            }
+        }
+        seen
+    });
+    // Five more, committed by this process while the relay runs: found by its polling.
+    tokio::time::timeout(Duration::from_secs(60), rest)
+        .await
+        .expect("relay delivered nothing")
+        .unwrap();
+    committed.extend(emit(&store, 5, 5).await);
+    let seen = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .expect("relay did not deliver what was committed while it ran")
+        .unwrap();
+    assert_eq!(seen, committed);
+    // The acknowledgement follows the print (another process's; a bounded guard, not a pace).
+    let acked = async {
+        while store.count_by_status().await.unwrap().delivered < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("the relay never acknowledged what it printed");
+    let metrics = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("outbox_events{status=\"delivered\"} 10"),
+        "{metrics}"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "relay exit {:?}: {stderr}",
+        out.status
+    );
+    assert!(stderr.contains("relay started on SQLite"), "{stderr}");
+    assert!(stderr.contains("relay stopped"), "{stderr}");
+
+    // Stream mode is PostgreSQL's; asked for on SQLite it is refused by name.
+    std::fs::write(
+        &config,
+        "[relay]\nmode = \"stream\"\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+    )
+    .unwrap();
+    let refused = Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("relay.mode = \"claim\""),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    store.pool().close().await;
+    let down = outbox(&["migrate", "--down", "--yes"], &url);
+    assert!(down.contains("reverted 1 migration(s)"), "{down}");
+    let _ = std::fs::remove_dir_all(dir);
+    remove_sqlite_file(&path);
+}
