@@ -11,6 +11,8 @@
 //!     cargo run --example uploads --features outbox-examples/postgres   # on PostgreSQL
 //! DATABASE_URL=mysql://root@127.0.0.1:3306/test \
 //!     cargo run --example uploads --features outbox-examples/mysql      # on MySQL/MariaDB
+//! DATABASE_URL=sqlite:///tmp/uploads.db \
+//!     cargo run --example uploads --features outbox-examples/sqlite     # on SQLite
 //! ```
 //!
 //! On a database it creates the outbox table (`outbox_event`) and an `uploads` table, and
@@ -96,6 +98,19 @@ impl Files for sqlx::MySqlConnection {
             .execute(self)
             .await?;
         Ok(i64::try_from(done.last_insert_id())?)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[outbox_core::async_trait]
+impl Files for sqlx::SqliteConnection {
+    async fn insert_file(&mut self, file: &FileRecord) -> Result<i64, AppError> {
+        let id = sqlx::query_scalar("INSERT INTO uploads (name, bytes) VALUES (?, ?) RETURNING id")
+            .bind(&file.name)
+            .bind(file.bytes)
+            .fetch_one(self)
+            .await?;
+        Ok(id)
     }
 }
 
@@ -243,8 +258,33 @@ async fn run_on_mysql(url: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+#[cfg(feature = "sqlite")]
+async fn run_on_sqlite(url: &str) -> Result<(), AppError> {
+    use outbox_sqlite::{SqliteConfig, SqliteStore};
+    println!("outbox: SQLite store");
+    let store = SqliteStore::connect(url, SqliteConfig::new()).await?;
+    let applied = store.migrate().await?;
+    println!(
+        "migrations applied: {applied} (table {})",
+        store.config().table()
+    );
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS uploads (id INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+         bytes INTEGER NOT NULL, stored_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    )
+    .execute(store.pool())
+    .await?;
+    run(store.clone()).await?;
+    let file = url.trim_start_matches("sqlite://");
+    println!(
+        "inspect with:\n  sqlite3 {file} \"SELECT hex(id), event_type, status, attempts, \
+         delivered_at FROM outbox_event ORDER BY created_at DESC LIMIT 5\""
+    );
+    Ok(())
+}
+
 /// The feature a URL's database needs, when this build lacks it.
-#[cfg(not(all(feature = "postgres", feature = "mysql")))]
+#[cfg(not(all(feature = "postgres", feature = "mysql", feature = "sqlite")))]
 fn missing(feature: &str) -> Result<(), AppError> {
     eprintln!(
         "DATABASE_URL names a database this build has no store for: run\n  \
@@ -264,6 +304,12 @@ async fn main() -> Result<(), AppError> {
         return run_on_mysql(&url).await;
         #[cfg(not(feature = "mysql"))]
         return missing("mysql");
+    }
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        return run_on_sqlite(&url).await;
+        #[cfg(not(feature = "sqlite"))]
+        return missing("sqlite");
     }
     #[cfg(feature = "postgres")]
     return run_on_postgres(&url).await;

@@ -103,7 +103,12 @@ fn ci() -> Result<(), String> {
     // to run, not to lint).
     for selection in [
         &["--workspace"][..],
-        &["-p", "outbox-examples", "--features", "consumer,mysql"],
+        &[
+            "-p",
+            "outbox-examples",
+            "--features",
+            "consumer,mysql,sqlite",
+        ],
     ] {
         let mut args = vec!["clippy"];
         args.extend(selection);
@@ -270,11 +275,19 @@ fn package() -> Result<(), String> {
 }
 
 /// Runs the README's first command (the zero-setup uploads example) and checks that it
-/// delivered its three events and rolled the fourth back; then the same example on PostgreSQL
-/// when `DATABASE_URL` is set, and on MySQL/MariaDB when `MYSQL_URL` is.
+/// delivered its three events and rolled the fourth back; then the same example on a fresh
+/// SQLite file, on PostgreSQL when `DATABASE_URL` is set, and on MySQL/MariaDB when `MYSQL_URL`
+/// is.
 fn example() -> Result<(), String> {
     let memory = ["run", "--quiet", "--locked", "--example", "uploads"];
     run_example(&memory, None)?;
+    let file = env::temp_dir().join(format!("outbox-uploads-{}.db", std::process::id()));
+    let sqlite = [&memory[..], &["--features", "outbox-examples/sqlite"]].concat();
+    let ran = run_example(&sqlite, Some(format!("sqlite://{}", file.display()).into()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    ran?;
     if let Some(url) = env::var_os("DATABASE_URL") {
         let postgres = [&memory[..], &["--features", "outbox-examples/postgres"]].concat();
         run_example(&postgres, Some(url))?;
