@@ -610,21 +610,19 @@ impl OutboxStore for SqliteStore {
     ) -> Result<LockedClaim, StoreError> {
         validate_hold(hold)?;
         let number = Uuid::now_v7();
-        let (ids, events) = if limit == 0 {
-            (Vec::new(), Vec::new())
+        let (ids, events, rows) = if limit == 0 {
+            (Vec::new(), Vec::new(), Vec::new())
         } else {
             let mut work = Work::begin(self).await?;
             let until = add_time(work.at, hold);
             let ids = self.take_due(&mut work, limit).await?;
-            for id in &ids {
-                work.set_hold(*id, Some((number, until)));
-            }
             let events = ids
                 .iter()
                 .filter_map(|id| work.event(*id).cloned())
                 .collect();
+            let rows = work.hold(&ids, number, until).await?;
             work.commit().await?;
-            (ids, events)
+            (ids, events, rows)
         };
         let batch = Box::new(SqliteLockedBatch {
             store: self.clone(),
@@ -633,6 +631,7 @@ impl OutboxStore for SqliteStore {
             number,
             open: !ids.is_empty(),
             ids,
+            rows,
         });
         Ok(LockedClaim { events, batch })
     }
@@ -885,6 +884,8 @@ struct SqliteLockedBatch {
     hold: Duration,
     number: Uuid,
     ids: Vec<EventId>,
+    /// The claimed rows as read (and marked): no one changes them while the hold lasts.
+    rows: Vec<crate::row::Stored>,
     /// Whether dropping still has to give the events back.
     open: bool,
 }
@@ -896,20 +897,42 @@ fn hold_ended() -> StoreError {
 }
 
 impl SqliteLockedBatch {
-    /// Reads the batch's events still under its hold at the transaction's clock reading; fails
-    /// if the hold ended.
-    async fn held(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+    /// Fails unless every event of the batch is still under its hold at the transaction's
+    /// clock reading. With `until`, restarts the hold to end then.
+    async fn held(
+        &self,
+        work: &mut Work<'_>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let t = self.store.table();
         let at = micros(work.at);
-        let mut args = SqliteArguments::default();
-        add(&mut args, self.number)?;
-        add(&mut args, at)?;
-        let sql = format!(
-            "SELECT {COLUMNS}, attempt_log FROM \"{}\" INDEXED BY \"{t}_held\" \
-             WHERE hold_id = ? AND hold_until > ?",
-            self.store.table(),
-            t = self.store.table()
-        );
-        if work.load(sql, args).await?.is_empty() {
+        let touched = match until {
+            // Renewed by the statement that checks, so both see the same rows.
+            Some(until) => sqlx::query(AssertSqlSafe(format!(
+                "UPDATE \"{t}\" INDEXED BY \"{t}_held\" SET hold_until = ? \
+                 WHERE hold_id = ? AND hold_until > ?"
+            )))
+            .bind(micros(until))
+            .bind(self.number)
+            .bind(at)
+            .execute(&mut *work.tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected(),
+            None => {
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM \"{t}\" INDEXED BY \"{t}_held\" \
+                     WHERE hold_id = ? AND hold_until > ?"
+                )))
+                .bind(self.number)
+                .bind(at)
+                .fetch_one(&mut *work.tx)
+                .await
+                .map_err(db_error)?;
+                u64::try_from(n).unwrap_or(0)
+            }
+        };
+        if touched != self.ids.len() as u64 {
             return Err(hold_ended());
         }
         Ok(())
@@ -923,14 +946,13 @@ impl LockedBatch for SqliteLockedBatch {
             return Ok(());
         }
         let mut work = Work::begin(&self.store).await?;
-        self.held(&mut work).await?;
         let until = add_time(work.at, self.hold);
-        for id in &self.ids {
-            if work.hold_of(*id).is_some() {
-                work.set_hold(*id, Some((self.number, until)));
-            }
+        self.held(&mut work, Some(until)).await?;
+        work.commit().await?;
+        for stored in &mut self.rows {
+            stored.hold = Some((self.number, until));
         }
-        work.commit().await
+        Ok(())
     }
 
     async fn finish(
@@ -950,7 +972,8 @@ impl LockedBatch for SqliteLockedBatch {
                 .collect());
         }
         let mut work = Work::begin(&self.store).await?;
-        self.held(&mut work).await?;
+        self.held(&mut work, None).await?;
+        work.keep_rows(std::mem::take(&mut self.rows))?;
         let at = work.at;
         let delete_delivered = self.store.config.delete_delivered();
         let recorded = settle(

@@ -50,6 +50,9 @@ pub(crate) struct Work<'s> {
     /// The store's clock reading for this operation: every transition happens at it.
     pub(crate) at: DateTime<Utc>,
     rows: BTreeMap<EventId, Stored>,
+    /// The changeable columns of each row as the table holds them, to write back only what
+    /// changed.
+    read: BTreeMap<EventId, Vec<Cell>>,
     dirty: BTreeSet<EventId>,
     /// Ordering keys whose head may have given them up, and the events that may have headed
     /// them.
@@ -68,6 +71,7 @@ impl<'s> Work<'s> {
             tx,
             at: store.now(),
             rows: BTreeMap::new(),
+            read: BTreeMap::new(),
             dirty: BTreeSet::new(),
             leaving: BTreeMap::new(),
             gone: BTreeSet::new(),
@@ -93,7 +97,10 @@ impl<'s> Work<'s> {
         for row in &rows {
             let stored = decode_for_change(row)?;
             let id = stored.event.id;
-            self.rows.entry(id).or_insert(stored);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.rows.entry(id) {
+                self.read.insert(id, columns(&stored)?);
+                slot.insert(stored);
+            }
             ids.push(id);
         }
         Ok(ids)
@@ -158,13 +165,59 @@ impl<'s> Work<'s> {
         self.rows.get(&id).and_then(|s| s.hold)
     }
 
-    /// Marks a read event held by the locked claim `hold` until `until`; the event itself
-    /// does not change.
+    /// Marks a read event held by the locked claim `hold` until `until` (or by none); the
+    /// event itself does not change.
     pub(crate) fn set_hold(&mut self, id: EventId, hold: Option<(Uuid, DateTime<Utc>)>) {
         if let Some(stored) = self.rows.get_mut(&id) {
             stored.hold = hold;
             self.dirty.insert(id);
         }
+    }
+
+    /// Marks the named events, as read, held by the locked claim `hold` until `until`, with
+    /// one narrow statement at once (the rest of each row is unchanged); returns the rows, to
+    /// settle later without reading them again.
+    pub(crate) async fn hold(
+        &mut self,
+        ids: &[EventId],
+        hold: Uuid,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut args = SqliteArguments::default();
+            add(&mut args, hold)?;
+            add(&mut args, micros(until))?;
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            let sql = format!(
+                "UPDATE \"{}\" SET hold_id = ?, hold_until = ? WHERE id IN ({})",
+                self.table(),
+                marks(chunk.len())
+            );
+            sqlx::query_with(AssertSqlSafe(sql), args)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.rows.remove(id))
+            .map(|mut stored| {
+                stored.hold = Some((hold, until));
+                stored
+            })
+            .collect())
+    }
+
+    /// Rows read earlier (by a locked claim, and unchanged since: every writer leaves an event
+    /// under a live hold alone), as if read now.
+    pub(crate) fn keep_rows(&mut self, rows: Vec<Stored>) -> Result<(), StoreError> {
+        for stored in rows {
+            self.read.insert(stored.event.id, columns(&stored)?);
+            self.rows.insert(stored.event.id, stored);
+        }
+        Ok(())
     }
 
     /// Applies `t` to a read event through the core state machine, recording a failed attempt
@@ -323,10 +376,40 @@ impl<'s> Work<'s> {
                 .map_err(db_error)?;
         }
         self.release_keys().await?;
-        let dirty: Vec<EventId> = std::mem::take(&mut self.dirty).into_iter().collect();
-        for chunk in dirty.chunks(WRITE_CHUNK) {
-            let stored: Vec<&Stored> = chunk.iter().filter_map(|id| self.rows.get(id)).collect();
-            write_back(&mut self.tx, self.store.config().table(), &stored).await?;
+        // Rows whose changes are alike (a batch delivered, say) go back in one narrow statement
+        // per kind of change; a batch of unlike changes in one statement of every column.
+        let mut alike: BTreeMap<Vec<(&'static str, Cell)>, Vec<EventId>> = BTreeMap::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(stored) = self.rows.get(&id) else {
+                continue;
+            };
+            let now = columns(stored)?;
+            let changed: Vec<(&'static str, Cell)> = match self.read.get(&id) {
+                Some(before) => WRITTEN
+                    .iter()
+                    .zip(now.iter().zip(before))
+                    .filter(|(_, (now, before))| now != before)
+                    .map(|(name, (now, _))| (*name, now.clone()))
+                    .collect(),
+                None => WRITTEN.iter().copied().zip(now.iter().cloned()).collect(),
+            };
+            if !changed.is_empty() {
+                alike.entry(changed).or_default().push(id);
+            }
+            self.read.insert(id, now);
+        }
+        let table = self.store.config().table();
+        if alike.len() <= MAX_ALIKE {
+            for (changed, ids) in &alike {
+                write_alike(&mut self.tx, table, changed, ids).await?;
+            }
+        } else {
+            let ids: Vec<EventId> = alike.into_values().flatten().collect();
+            for chunk in ids.chunks(WRITE_CHUNK) {
+                let stored: Vec<&Stored> =
+                    chunk.iter().filter_map(|id| self.rows.get(id)).collect();
+                write_back(&mut self.tx, table, &stored).await?;
+            }
         }
         Ok(())
     }
@@ -391,6 +474,110 @@ pub(crate) async fn set_key(
     Ok(())
 }
 
+/// Kinds of change written back one narrow statement each before a batch goes back whole.
+const MAX_ALIKE: usize = 4;
+
+/// One value of a changeable column, as bound to a statement.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Uuid),
+}
+
+impl Cell {
+    fn bind(&self, args: &mut SqliteArguments) -> Result<(), StoreError> {
+        match self {
+            Cell::Null => add(args, None::<i64>),
+            Cell::Int(n) => add(args, *n),
+            Cell::Text(t) => add(args, t.clone()),
+            Cell::Blob(u) => add(args, *u),
+        }
+    }
+}
+
+fn opt<T>(value: Option<T>, cell: impl FnOnce(T) -> Cell) -> Cell {
+    value.map_or(Cell::Null, cell)
+}
+
+/// The changeable columns, in the order [`columns`] gives their values.
+const WRITTEN: [&str; 14] = [
+    "status",
+    "attempts",
+    "max_attempts",
+    "next_attempt_at",
+    "lease_id",
+    "locked_by",
+    "locked_until",
+    "last_error",
+    "updated_at",
+    "delivered_at",
+    "attempt_log",
+    "key_place",
+    "hold_id",
+    "hold_until",
+];
+
+/// A row's changeable columns as the table stores them.
+fn columns(stored: &Stored) -> Result<Vec<Cell>, StoreError> {
+    let e = &stored.event;
+    let l = &e.lifecycle;
+    let log = if stored.attempts.is_empty() {
+        Cell::Null
+    } else {
+        Cell::Text(json(&stored.attempts)?)
+    };
+    Ok(vec![
+        Cell::Text(l.status.as_str().to_owned()),
+        Cell::Int(as_int(l.attempts)),
+        Cell::Int(as_int(l.max_attempts)),
+        Cell::Int(micros(l.next_attempt_at)),
+        opt(l.lease.as_ref(), |x| Cell::Blob(*x.id.as_uuid())),
+        opt(l.lease.as_ref(), |x| Cell::Text(x.holder.clone())),
+        opt(l.lease.as_ref(), |x| Cell::Int(micros(x.until))),
+        opt(l.last_error.as_ref(), |x| Cell::Text(x.clone())),
+        Cell::Int(micros(e.updated_at)),
+        opt(l.delivered_at, |x| Cell::Int(micros(x))),
+        log,
+        opt(stored.key_place, Cell::Int),
+        opt(stored.hold, |(id, _)| Cell::Blob(id)),
+        opt(stored.hold, |(_, until)| Cell::Int(micros(until))),
+    ])
+}
+
+/// Sets `changed` columns to the same values on every row of `ids`.
+async fn write_alike(
+    conn: &mut SqliteConnection,
+    table: &str,
+    changed: &[(&'static str, Cell)],
+    ids: &[EventId],
+) -> Result<(), StoreError> {
+    let set = changed
+        .iter()
+        .map(|(name, _)| format!("{name} = ?"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for chunk in ids.chunks(ID_CHUNK) {
+        let mut args = SqliteArguments::default();
+        for (_, value) in changed {
+            value.bind(&mut args)?;
+        }
+        for id in chunk {
+            add(&mut args, *id.as_uuid())?;
+        }
+        let sql = format!(
+            "UPDATE \"{table}\" SET {set} WHERE id IN ({})",
+            marks(chunk.len())
+        );
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 /// Writes the changeable columns of `rows` back in one statement.
 async fn write_back(
     conn: &mut SqliteConnection,
@@ -402,28 +589,10 @@ async fn write_back(
     }
     let mut args = SqliteArguments::default();
     for stored in rows {
-        let e = &stored.event;
-        let l = &e.lifecycle;
-        add(&mut args, *e.id.as_uuid())?;
-        add(&mut args, l.status.as_str())?;
-        add(&mut args, as_int(l.attempts))?;
-        add(&mut args, as_int(l.max_attempts))?;
-        add(&mut args, micros(l.next_attempt_at))?;
-        add(&mut args, l.lease.as_ref().map(|x| *x.id.as_uuid()))?;
-        add(&mut args, l.lease.as_ref().map(|x| x.holder.clone()))?;
-        add(&mut args, l.lease.as_ref().map(|x| micros(x.until)))?;
-        add(&mut args, l.last_error.clone())?;
-        add(&mut args, micros(e.updated_at))?;
-        add(&mut args, l.delivered_at.map(micros))?;
-        let log = if stored.attempts.is_empty() {
-            None
-        } else {
-            Some(json(&stored.attempts)?)
-        };
-        add(&mut args, log)?;
-        add(&mut args, stored.key_place)?;
-        add(&mut args, stored.hold.map(|(id, _)| id))?;
-        add(&mut args, stored.hold.map(|(_, until)| micros(until)))?;
+        add(&mut args, *stored.event.id.as_uuid())?;
+        for cell in columns(stored)? {
+            cell.bind(&mut args)?;
+        }
     }
     let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
     // `VALUES` names its columns column1, column2, … in order.

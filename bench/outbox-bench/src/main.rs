@@ -14,6 +14,7 @@ mod ordering;
 mod peers;
 mod pg;
 mod plot;
+mod sqlite;
 mod transports;
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ struct Args {
     #[arg(long)]
     transports: bool,
     /// Run only these workloads (comma-separated: memory-store, emit, relay, ordering, latency,
-    /// growth, rss, admin, cdc, mysql); summary.json then holds only their keys.
+    /// growth, rss, admin, cdc, mysql, sqlite); summary.json then holds only their keys.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Internal: drain the benchmark schema with one worker and report this process's peak
@@ -85,6 +86,9 @@ pub enum Workload {
     Cdc,
     /// Emit and relay on MySQL/MariaDB, beside the raw SQL a user would write.
     Mysql,
+    /// Emit and relay on SQLite (a file in the temporary directory), beside the raw SQL a user
+    /// would write.
+    Sqlite,
 }
 
 impl Args {
@@ -153,14 +157,19 @@ async fn run(args: Args) -> Result<Summary, BenchError> {
     if args.runs(Workload::Mysql) {
         mysql::run(&args, &args.mysql_url, &mut summary).await?;
     }
+    if args.runs(Workload::Sqlite) {
+        sqlite::run(&args, &mut summary).await?;
+    }
     if args.runs(Workload::Cdc) {
         cdc::run(&args, &mut summary).await?;
     }
     if !args.only.is_empty()
-        && args
-            .only
-            .iter()
-            .all(|w| matches!(w, Workload::Cdc | Workload::Mysql | Workload::MemoryStore))
+        && args.only.iter().all(|w| {
+            matches!(
+                w,
+                Workload::Cdc | Workload::Mysql | Workload::Sqlite | Workload::MemoryStore
+            )
+        })
     {
         return Ok(summary);
     }

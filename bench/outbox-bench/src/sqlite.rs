@@ -1,0 +1,350 @@
+//! SQLite workloads: emit inside transactions and relay a backlog, each beside the raw SQL a
+//! user would otherwise write, on a table of the same columns and indexes in the same file,
+//! alternating round by round. Both sides run on the store's connection settings (WAL, full
+//! sync) and take their turns as a careful hand-written program would: the baseline's
+//! writers queue for one write connection, so neither side busy-waits on SQLite's lock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use outbox_core::Emit;
+use outbox_sqlite::{SqliteConfig, SqliteStore, connect_options};
+use outbox_worker::{ClaimMode, Worker};
+use sqlx::sqlite::{SqliteArguments, SqlitePoolOptions};
+use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
+use uuid::Uuid;
+
+use crate::memory::{NoopTransport, payload};
+use crate::pg::event;
+use crate::{Args, BenchError, Summary, per_second};
+
+const TABLE: &str = "outbox_bench_event";
+const RAW: &str = "outbox_bench_raw";
+const BUSINESS: &str = "outbox_bench_business";
+const ROUNDS: usize = 4;
+
+struct Setup {
+    /// The store's pool (its writers take turns inside the store).
+    store: SqliteStore,
+    /// The baseline's writers: one connection, so they queue instead of busy-waiting.
+    writer: SqlitePool,
+    path: std::path::PathBuf,
+}
+
+async fn setup() -> Result<Setup, BenchError> {
+    let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect(&url, SqliteConfig::new().with_table(TABLE)).await?;
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect_options(&url)?)
+        .await?;
+    // The baseline's table comes from the same migration: the same columns and indexes.
+    let raw = SqliteStore::new(store.pool().clone(), SqliteConfig::new().with_table(RAW))?;
+    for s in [&store, &raw] {
+        s.migrate_down().await?;
+        s.migrate().await?;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {BUSINESS}; \
+         CREATE TABLE {BUSINESS} (id INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await?;
+    Ok(Setup {
+        store,
+        writer,
+        path,
+    })
+}
+
+async fn truncate(s: &Setup) -> Result<(), BenchError> {
+    for table in [TABLE, RAW, BUSINESS] {
+        sqlx::raw_sql(AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&s.writer)
+            .await?;
+    }
+    sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&s.writer)
+        .await?;
+    Ok(())
+}
+
+/// The baseline's insert of events numbered `range`: one multi-row statement.
+async fn raw_insert(
+    conn: &mut sqlx::SqliteConnection,
+    range: std::ops::Range<usize>,
+    bytes: usize,
+) -> Result<(), BenchError> {
+    let mut args = SqliteArguments::default();
+    let now = Utc::now().timestamp_micros();
+    let mut values = Vec::new();
+    for n in range {
+        args.add(Uuid::now_v7())?;
+        args.add("file.stored")?;
+        args.add("upload")?;
+        args.add(n.to_string())?;
+        args.add(serde_json::to_string(&payload(n, bytes))?)?;
+        args.add(now)?;
+        args.add(now)?;
+        args.add(now)?;
+        values.push("(?, ?, ?, ?, ?, '{}', 'pending', 0, 10, ?, ?, ?)");
+    }
+    let sql = format!(
+        "INSERT INTO {RAW} (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+         status, attempts, max_attempts, next_attempt_at, created_at, updated_at) VALUES {}",
+        values.join(", ")
+    );
+    sqlx::query_with(AssertSqlSafe(sql), args)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One producer's share of a round: `txs` transactions of one business row and one event.
+async fn produce(
+    s: &Setup,
+    raw: bool,
+    txs: usize,
+    bytes: usize,
+    base: usize,
+) -> Result<(), BenchError> {
+    let business = format!("INSERT INTO {BUSINESS} (name) VALUES (?)");
+    for t in 0..txs {
+        let n = base + t;
+        if raw {
+            let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(AssertSqlSafe(business.clone()))
+                .bind("upload")
+                .execute(&mut *tx)
+                .await?;
+            raw_insert(&mut tx, n..n + 1, bytes).await?;
+            tx.commit().await?;
+        } else {
+            let mut tx = s.store.begin().await?;
+            sqlx::query(AssertSqlSafe(business.clone()))
+                .bind("upload")
+                .execute(&mut *tx)
+                .await?;
+            tx.emit(event(n, bytes)?).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// `producers` concurrent producers, alternating outbox and raw rounds after a warm-up of each;
+/// returns the total time of each side.
+async fn emit_pair(
+    s: &Arc<Setup>,
+    producers: usize,
+    txs_each: usize,
+    bytes: usize,
+) -> Result<(Duration, Duration), BenchError> {
+    let mut totals = [Duration::ZERO; 2];
+    let per_round = (txs_each / ROUNDS).max(1);
+    for round in 0..=ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for raw in order {
+            let txs = if round == 0 {
+                (per_round / 4).max(1)
+            } else {
+                per_round
+            };
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for p in 0..producers {
+                let s = Arc::clone(s);
+                let base = (round * producers + p) * per_round;
+                tasks.spawn(async move { produce(&s, raw, txs, bytes, base).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            if round > 0 {
+                totals[usize::from(raw)] += start.elapsed();
+            }
+        }
+    }
+    Ok((totals[0], totals[1]))
+}
+
+/// Fills both tables with `backlog` pending events each.
+async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
+    for chunk in (0..backlog).step_by(1000) {
+        let end = (chunk + 1000).min(backlog);
+        let events = (chunk..end)
+            .map(|n| event(n, 256))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = s.store.begin().await?;
+        tx.emit_all(events).await?;
+        raw_insert(&mut tx, chunk..end, 256).await?;
+        tx.commit().await?;
+    }
+    sqlx::raw_sql("ANALYZE").execute(&s.writer).await?;
+    Ok(())
+}
+
+/// The relay a user would write by hand: in one write transaction, take the oldest due batch
+/// and mark it delivered by rowid; commit.
+async fn drain_raw(s: &Setup, workers: usize, batch: usize) -> Result<(u64, Duration), BenchError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let pool = s.writer.clone();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let now = Utc::now().timestamp_micros();
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT rowid, payload FROM {RAW} WHERE status = 'pending' \
+                     AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?"
+                )))
+                .bind(now)
+                .bind(batch as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                if rows.is_empty() {
+                    tx.commit().await?;
+                    return Ok::<u64, BenchError>(n);
+                }
+                let mut args = SqliteArguments::default();
+                args.add(now)?;
+                args.add(now)?;
+                for row in &rows {
+                    args.add(row.try_get::<i64, _>("rowid")?)?;
+                }
+                let marks = vec!["?"; rows.len()].join(", ");
+                sqlx::query_with(
+                    AssertSqlSafe(format!(
+                        "UPDATE {RAW} SET status = 'delivered', attempts = attempts + 1, \
+                         delivered_at = ?, updated_at = ? WHERE rowid IN ({marks})"
+                    )),
+                    args,
+                )
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                n += rows.len() as u64;
+            }
+        });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done??;
+    }
+    Ok((delivered, start.elapsed()))
+}
+
+async fn drain(
+    store: &SqliteStore,
+    mode: ClaimMode,
+    workers: usize,
+    batch: usize,
+) -> Result<(u64, Duration), BenchError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let worker = Worker::builder(store.clone(), NoopTransport)
+            .worker_id(format!("bench-{w}"))
+            .batch_size(batch)
+            .concurrency(32)
+            .claim_mode(mode)
+            .retention(None)
+            .build()?;
+        tasks.spawn(async move { worker.run_until_idle().await });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done??.delivered;
+    }
+    Ok((delivered, start.elapsed()))
+}
+
+/// Drains `backlog` events with the outbox and with the raw baseline, two rounds each side
+/// going first once; returns both rates in events/s.
+async fn relay_pair(
+    s: &Setup,
+    mode: ClaimMode,
+    workers: usize,
+    batch: usize,
+    backlog: usize,
+) -> Result<(f64, f64), BenchError> {
+    let mut times = [Duration::ZERO; 2];
+    let mut counts = [0u64; 2];
+    for round in 0..2 {
+        truncate(s).await?;
+        fill(s, backlog / 2).await?;
+        for raw in [round == 1, round == 0] {
+            let (n, t) = if raw {
+                drain_raw(s, workers, batch).await?
+            } else {
+                drain(&s.store, mode, workers, batch).await?
+            };
+            counts[usize::from(raw)] += n;
+            times[usize::from(raw)] += t;
+        }
+    }
+    if counts != [backlog as u64 / 2 * 2; 2] {
+        return Err(format!("relay delivered {counts:?} of {backlog} each").into());
+    }
+    Ok((
+        per_second(counts[0], times[0]),
+        per_second(counts[1], times[1]),
+    ))
+}
+
+/// The `sqlite.*` figures.
+pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
+    let s = Arc::new(setup().await?);
+    let (txs_each, backlog) = if args.quick {
+        (200, 20_000)
+    } else {
+        (1_000, 100_000)
+    };
+    for producers in [4, 16] {
+        truncate(&s).await?;
+        let (outbox, raw) = emit_pair(&s, producers, txs_each, 256).await?;
+        let total = ((txs_each / ROUNDS).max(1) * ROUNDS * producers) as u64;
+        let (o, r) = (per_second(total, outbox), per_second(total, raw));
+        summary.put(
+            &format!("sqlite.emit_p{producers}_outbox_tx_per_s"),
+            o,
+            "tx/s",
+        );
+        summary.put(&format!("sqlite.emit_p{producers}_raw_tx_per_s"), r, "tx/s");
+        summary.put(
+            &format!("sqlite.emit_p{producers}_ratio"),
+            o / r,
+            "outbox/raw",
+        );
+        if producers == 4 {
+            summary.put("sqlite.emit_ratio", o / r, "outbox/raw");
+        }
+    }
+    for (mode, name) in [(ClaimMode::Locked, "locked"), (ClaimMode::Lease, "lease")] {
+        let (o, r) = relay_pair(&s, mode, 4, 100, backlog).await?;
+        summary.put(&format!("sqlite.relay_{name}_events_per_s"), o, "events/s");
+        summary.put(
+            &format!("sqlite.relay_{name}_raw_events_per_s"),
+            r,
+            "events/s",
+        );
+        summary.put(&format!("sqlite.relay_{name}_ratio"), o / r, "outbox/raw");
+        if mode == ClaimMode::Locked {
+            summary.put("sqlite.relay_ratio", o / r, "outbox/raw");
+        }
+    }
+    s.store.pool().close().await;
+    s.writer.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", s.path.display()));
+    }
+    Ok(())
+}
