@@ -64,7 +64,6 @@ const MIGRATIONS: &[Migration] = &[Migration {
         r#"CREATE INDEX "{t}_leased" ON "{t}" (status, locked_until)"#,
         r#"CREATE INDEX "{t}_waiting" ON "{t}" (ordering_key, status, key_place)"#,
         r#"CREATE INDEX "{t}_delivered" ON "{t}" (status, delivered_at)"#,
-        r#"CREATE INDEX "{t}_held" ON "{t}" (hold_id) WHERE hold_id IS NOT NULL"#,
         r#"CREATE TABLE "{t}_keys" (
     ordering_key TEXT    NOT NULL PRIMARY KEY,
     head         BLOB,

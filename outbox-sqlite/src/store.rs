@@ -906,32 +906,46 @@ impl SqliteLockedBatch {
     ) -> Result<(), StoreError> {
         let t = self.store.table();
         let at = micros(work.at);
-        let touched = match until {
-            // Renewed by the statement that checks, so both see the same rows.
-            Some(until) => sqlx::query(AssertSqlSafe(format!(
-                "UPDATE \"{t}\" INDEXED BY \"{t}_held\" SET hold_until = ? \
-                 WHERE hold_id = ? AND hold_until > ?"
-            )))
-            .bind(micros(until))
-            .bind(self.number)
-            .bind(at)
-            .execute(&mut *work.tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected(),
-            None => {
-                let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM \"{t}\" INDEXED BY \"{t}_held\" \
-                     WHERE hold_id = ? AND hold_until > ?"
-                )))
-                .bind(self.number)
-                .bind(at)
-                .fetch_one(&mut *work.tx)
-                .await
-                .map_err(db_error)?;
-                u64::try_from(n).unwrap_or(0)
+        // Found by id (the batch knows its events), so the marks need no index of their own.
+        let mut touched = 0;
+        for chunk in self.ids.chunks(crate::work::ID_CHUNK) {
+            let condition = format!(
+                "id IN ({}) AND hold_id = ? AND hold_until > ?",
+                crate::work::marks(chunk.len())
+            );
+            let mut args = SqliteArguments::default();
+            if let Some(until) = until {
+                add(&mut args, micros(until))?;
             }
-        };
+            for id in chunk {
+                add(&mut args, *id.as_uuid())?;
+            }
+            add(&mut args, self.number)?;
+            add(&mut args, at)?;
+            touched += match until {
+                // Renewed by the statement that checks, so both see the same rows.
+                Some(_) => sqlx::query_with(
+                    AssertSqlSafe(format!(
+                        "UPDATE \"{t}\" SET hold_until = ? WHERE {condition}"
+                    )),
+                    args,
+                )
+                .execute(&mut *work.tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected(),
+                None => {
+                    let n: i64 = sqlx::query_scalar_with(
+                        AssertSqlSafe(format!("SELECT COUNT(*) FROM \"{t}\" WHERE {condition}")),
+                        args,
+                    )
+                    .fetch_one(&mut *work.tx)
+                    .await
+                    .map_err(db_error)?;
+                    u64::try_from(n).unwrap_or(0)
+                }
+            };
+        }
         if touched != self.ids.len() as u64 {
             return Err(hold_ended());
         }
@@ -1023,19 +1037,27 @@ impl Drop for SqliteLockedBatch {
         };
         let store = self.store.clone();
         let number = self.number;
+        let ids = std::mem::take(&mut self.ids);
         runtime.spawn(async move {
             let given_back = async {
                 let mut tx = store.begin_write().await?;
-                let sql = format!(
-                    "UPDATE \"{t}\" INDEXED BY \"{t}_held\" SET hold_id = NULL, hold_until = NULL \
-                     WHERE hold_id = ?",
-                    t = store.table()
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(number)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
+                for chunk in ids.chunks(crate::work::ID_CHUNK) {
+                    let mut args = SqliteArguments::default();
+                    for id in chunk {
+                        add(&mut args, *id.as_uuid())?;
+                    }
+                    add(&mut args, number)?;
+                    let sql = format!(
+                        "UPDATE \"{}\" SET hold_id = NULL, hold_until = NULL \
+                         WHERE id IN ({}) AND hold_id = ?",
+                        store.table(),
+                        crate::work::marks(chunk.len())
+                    );
+                    sqlx::query_with(AssertSqlSafe(sql), args)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                }
                 tx.commit().await
             };
             match given_back.await {
