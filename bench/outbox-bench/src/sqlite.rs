@@ -2,7 +2,8 @@
 //! user would otherwise write, on a table of the same columns and indexes in the same file,
 //! alternating round by round. Both sides run on the store's connection settings (WAL, full
 //! sync) and take their turns as a careful hand-written program would: the baseline's
-//! writers queue for one write connection, so neither side busy-waits on SQLite's lock.
+//! writers queue on a mutex of their own before `BEGIN IMMEDIATE`, as the store's do, so
+//! neither side busy-waits on SQLite's lock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +28,10 @@ const ROUNDS: usize = 4;
 struct Setup {
     /// The store's pool (its writers take turns inside the store).
     store: SqliteStore,
-    /// The baseline's writers: one connection, so they queue instead of busy-waiting.
+    /// The baseline's pool, the same size as the store's.
     writer: SqlitePool,
+    /// The baseline's writers take turns here, so they queue instead of busy-waiting.
+    turn: Arc<tokio::sync::Mutex<()>>,
     path: std::path::PathBuf,
 }
 
@@ -37,7 +40,7 @@ async fn setup() -> Result<Setup, BenchError> {
     let url = format!("sqlite://{}", path.display());
     let store = SqliteStore::connect(&url, SqliteConfig::new().with_table(TABLE)).await?;
     let writer = SqlitePoolOptions::new()
-        .max_connections(1)
+        .max_connections(4)
         .connect_with(connect_options(&url)?)
         .await?;
     // The baseline's table comes from the same migration: the same columns and indexes.
@@ -55,6 +58,7 @@ async fn setup() -> Result<Setup, BenchError> {
     Ok(Setup {
         store,
         writer,
+        turn: Arc::new(tokio::sync::Mutex::new(())),
         path,
     })
 }
@@ -114,6 +118,7 @@ async fn produce(
     for t in 0..txs {
         let n = base + t;
         if raw {
+            let _turn = s.turn.lock().await;
             let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(AssertSqlSafe(business.clone()))
                 .bind("upload")
@@ -204,9 +209,11 @@ async fn drain_raw(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let pool = s.writer.clone();
+        let turn = Arc::clone(&s.turn);
         tasks.spawn(async move {
             let mut n = 0u64;
             loop {
+                let mut held = turn.lock().await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let now = Utc::now().timestamp_micros();
                 let rows = sqlx::query(AssertSqlSafe(format!(
@@ -242,6 +249,8 @@ async fn drain_raw(
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
+                    drop(held);
+                    held = turn.lock().await;
                     tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 }
                 let mut args = SqliteArguments::default();
@@ -261,6 +270,7 @@ async fn drain_raw(
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                drop(held);
                 n += rows.len() as u64;
             }
         });
