@@ -16,7 +16,7 @@ use outbox_core::{
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError,
     ValidationError, WakeupSender, Wakeups, distinct_ids,
 };
-use sea_query::{Alias, Expr, ExprTrait, MysqlQueryBuilder, Order, Query};
+use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::mysql::MySqlArguments;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row};
@@ -248,6 +248,29 @@ impl MySqlStore {
     }
 }
 
+/// How MySQL's outbox table differs, for the statements built in `outbox-sql`: text is
+/// `VARBINARY` (byte-exact), ids `BINARY(16)`, times `DATETIME(6)`.
+struct MySqlDialect;
+
+impl outbox_sql::Dialect for MySqlDialect {
+    fn text(&self, s: &str) -> Value {
+        s.as_bytes().to_vec().into()
+    }
+    fn id(&self, id: EventId) -> Value {
+        (*id.as_uuid()).into()
+    }
+    fn time(&self, t: DateTime<Utc>) -> Value {
+        t.into()
+    }
+    fn starts_with(&self, column: &str, prefix: &str) -> Expr {
+        let len = u64::try_from(prefix.len()).unwrap_or(u64::MAX);
+        Expr::cust_with_values(
+            format!("LEFT({column}, ?) = ?"),
+            [Value::from(len), Value::from(prefix.as_bytes().to_vec())],
+        )
+    }
+}
+
 fn bytes_of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend {
         source: Box::new(e),
@@ -474,57 +497,7 @@ impl OutboxStore for MySqlStore {
     }
 
     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
-        let col = |name: &str| Expr::col(Alias::new(name));
-        let mut query = Query::select();
-        query
-            .expr(Expr::cust(COLUMNS))
-            .from(Alias::new(self.table()))
-            .order_by(
-                Alias::new("id"),
-                if filter.newest_first {
-                    Order::Desc
-                } else {
-                    Order::Asc
-                },
-            )
-            .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
-        if let Some(status) = filter.status {
-            query.and_where(col("status").eq(status.as_str()));
-        }
-        let bytes = |s: &str| s.as_bytes().to_vec();
-        if let Some(event_type) = &filter.event_type {
-            query.and_where(col("event_type").eq(bytes(event_type)));
-        }
-        if let Some(aggregate_type) = &filter.aggregate_type {
-            query.and_where(col("aggregate_type").eq(bytes(aggregate_type)));
-        }
-        if let Some(aggregate_id) = &filter.aggregate_id {
-            query.and_where(col("aggregate_id").eq(bytes(aggregate_id)));
-        }
-        if let Some(prefix) = &filter.event_type_prefix {
-            let len = u64::try_from(prefix.len()).unwrap_or(u64::MAX);
-            query.and_where(Expr::cust_with_values(
-                "LEFT(event_type, ?) = ?",
-                [
-                    sea_query::Value::from(len),
-                    sea_query::Value::from(bytes(prefix)),
-                ],
-            ));
-        }
-        if let Some(key) = &filter.idempotency_key {
-            query.and_where(col("idempotency_key").eq(bytes(key)));
-        }
-        if let Some(from) = filter.created_from {
-            query.and_where(col("created_at").gte(from));
-        }
-        if let Some(before) = filter.created_before {
-            query.and_where(col("created_at").lt(before));
-        }
-        match (filter.after, filter.newest_first) {
-            (Some(after), false) => query.and_where(col("id").gt(*after.as_uuid())),
-            (Some(after), true) => query.and_where(col("id").lt(*after.as_uuid())),
-            (None, _) => &mut query,
-        };
+        let query = outbox_sql::list(Alias::new(self.table()), COLUMNS, filter, &MySqlDialect);
         let (sql, values) = query.build_sqlx(MysqlQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)

@@ -14,7 +14,7 @@ use outbox_core::{
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
     Transition, ValidationError, Wakeups, distinct_ids, transition,
 };
-use sea_query::{Alias, Expr, ExprTrait, Order, PostgresQueryBuilder, Query};
+use sea_query::{Alias, Expr, PostgresQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool, Row};
@@ -411,6 +411,32 @@ async fn fenced<'c>(
         .collect())
 }
 
+/// How PostgreSQL's outbox table differs, for the statements built in `outbox-sql`: text is
+/// `text`, ids `uuid`, times `timestamptz`; a pending event may be stored as parked (its type
+/// paused) or streaming (handed to the log-reading relay).
+struct PgDialect;
+
+impl outbox_sql::Dialect for PgDialect {
+    fn text(&self, s: &str) -> Value {
+        s.into()
+    }
+    fn id(&self, id: EventId) -> Value {
+        (*id.as_uuid()).into()
+    }
+    fn time(&self, t: DateTime<Utc>) -> Value {
+        t.into()
+    }
+    fn starts_with(&self, column: &str, prefix: &str) -> Expr {
+        Expr::cust_with_values(format!("starts_with({column}, $1)"), [prefix])
+    }
+    fn statuses(&self, status: Status) -> Vec<&'static str> {
+        match status {
+            Status::Pending => vec![Status::Pending.as_str(), PARKED, STREAMING],
+            other => vec![other.as_str()],
+        }
+    }
+}
+
 fn uuids(ids: &[EventId]) -> Vec<Uuid> {
     ids.iter().map(|id| *id.as_uuid()).collect()
 }
@@ -588,61 +614,11 @@ impl OutboxStore for PgStore {
     }
 
     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
-        let col = |name: &str| Expr::col(Alias::new(name));
-        let mut query = Query::select();
-        query
-            .expr(Expr::cust(COLUMNS))
-            .from((
-                Alias::new(self.config.schema()),
-                Alias::new(self.config.table()),
-            ))
-            .order_by(
-                Alias::new("id"),
-                if filter.newest_first {
-                    Order::Desc
-                } else {
-                    Order::Asc
-                },
-            )
-            .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
-        match filter.status {
-            Some(Status::Pending) => {
-                query.and_where(col("status").is_in([Status::Pending.as_str(), PARKED, STREAMING]));
-            }
-            Some(status) => {
-                query.and_where(col("status").eq(status.as_str()));
-            }
-            None => {}
-        }
-        if let Some(event_type) = &filter.event_type {
-            query.and_where(col("event_type").eq(event_type.as_str()));
-        }
-        if let Some(aggregate_type) = &filter.aggregate_type {
-            query.and_where(col("aggregate_type").eq(aggregate_type.as_str()));
-        }
-        if let Some(aggregate_id) = &filter.aggregate_id {
-            query.and_where(col("aggregate_id").eq(aggregate_id.as_str()));
-        }
-        if let Some(prefix) = &filter.event_type_prefix {
-            query.and_where(Expr::cust_with_values(
-                "starts_with(event_type, $1)",
-                [prefix.as_str()],
-            ));
-        }
-        if let Some(key) = &filter.idempotency_key {
-            query.and_where(col("idempotency_key").eq(key.as_str()));
-        }
-        if let Some(from) = filter.created_from {
-            query.and_where(col("created_at").gte(from));
-        }
-        if let Some(before) = filter.created_before {
-            query.and_where(col("created_at").lt(before));
-        }
-        match (filter.after, filter.newest_first) {
-            (Some(after), false) => query.and_where(col("id").gt(*after.as_uuid())),
-            (Some(after), true) => query.and_where(col("id").lt(*after.as_uuid())),
-            (None, _) => &mut query,
-        };
+        let table = (
+            Alias::new(self.config.schema()),
+            Alias::new(self.config.table()),
+        );
+        let query = outbox_sql::list(table, COLUMNS, filter, &PgDialect);
         let (sql, values) = query.build_sqlx(PostgresQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)

@@ -18,7 +18,7 @@ use outbox_core::{
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
     Transition, ValidationError, WakeupSender, Wakeups, distinct_ids,
 };
-use sea_query::{Alias, Expr, ExprTrait, Order, Query, SqliteQueryBuilder};
+use sea_query::{Alias, Expr, SqliteQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -244,6 +244,30 @@ impl SqliteStore {
         }
         work.commit().await?;
         Ok(recorded)
+    }
+}
+
+/// How SQLite's outbox table differs, for the statements built in `outbox-sql`: text is
+/// `TEXT`, ids 16-byte blobs, times microseconds since the epoch; a prefix is matched on the
+/// bytes (`substr` on text counts characters).
+struct SqliteDialect;
+
+impl outbox_sql::Dialect for SqliteDialect {
+    fn text(&self, s: &str) -> Value {
+        s.into()
+    }
+    fn id(&self, id: EventId) -> Value {
+        id.as_uuid().as_bytes().to_vec().into()
+    }
+    fn time(&self, t: DateTime<Utc>) -> Value {
+        micros(t).into()
+    }
+    fn starts_with(&self, column: &str, prefix: &str) -> Expr {
+        let len = i64::try_from(prefix.len()).unwrap_or(i64::MAX);
+        Expr::cust_with_values(
+            format!("substr(CAST({column} AS BLOB), 1, ?) = ?"),
+            [Value::from(len), Value::from(prefix.as_bytes().to_vec())],
+        )
     }
 }
 
@@ -478,58 +502,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
-        let col = |name: &str| Expr::col(Alias::new(name));
-        let mut query = Query::select();
-        query
-            .expr(Expr::cust(COLUMNS))
-            .from(Alias::new(self.table()))
-            .order_by(
-                Alias::new("id"),
-                if filter.newest_first {
-                    Order::Desc
-                } else {
-                    Order::Asc
-                },
-            )
-            .limit(u64::try_from(filter.limit).unwrap_or(u64::MAX));
-        if let Some(status) = filter.status {
-            query.and_where(col("status").eq(status.as_str()));
-        }
-        if let Some(event_type) = &filter.event_type {
-            query.and_where(col("event_type").eq(event_type.as_str()));
-        }
-        if let Some(aggregate_type) = &filter.aggregate_type {
-            query.and_where(col("aggregate_type").eq(aggregate_type.as_str()));
-        }
-        if let Some(aggregate_id) = &filter.aggregate_id {
-            query.and_where(col("aggregate_id").eq(aggregate_id.as_str()));
-        }
-        if let Some(prefix) = &filter.event_type_prefix {
-            // By bytes: `substr` counts characters in text, so the prefix is compared as a blob.
-            let len = i64::try_from(prefix.len()).unwrap_or(i64::MAX);
-            query.and_where(Expr::cust_with_values(
-                "substr(CAST(event_type AS BLOB), 1, ?) = ?",
-                [
-                    sea_query::Value::from(len),
-                    sea_query::Value::from(prefix.as_bytes().to_vec()),
-                ],
-            ));
-        }
-        if let Some(key) = &filter.idempotency_key {
-            query.and_where(col("idempotency_key").eq(key.as_str()));
-        }
-        if let Some(from) = filter.created_from {
-            query.and_where(col("created_at").gte(micros(from)));
-        }
-        if let Some(before) = filter.created_before {
-            query.and_where(col("created_at").lt(micros(before)));
-        }
-        let after = filter.after.map(|a| a.as_uuid().as_bytes().to_vec());
-        match (after, filter.newest_first) {
-            (Some(after), false) => query.and_where(col("id").gt(after)),
-            (Some(after), true) => query.and_where(col("id").lt(after)),
-            (None, _) => &mut query,
-        };
+        let query = outbox_sql::list(Alias::new(self.table()), COLUMNS, filter, &SqliteDialect);
         let (sql, values) = query.build_sqlx(SqliteQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
