@@ -45,3 +45,8 @@ pub use emit::{SqliteEmitter, SqliteTransaction};
 pub use error::db_error;
 pub use schema::LATEST_VERSION;
 pub use store::{SqliteStore, connect_options};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
