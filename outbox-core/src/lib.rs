@@ -28,6 +28,7 @@
 //! ```
 
 pub mod backoff;
+pub mod changes;
 pub mod clock;
 pub mod error;
 pub mod event;

@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::changes::admit;
 use outbox_core::{
     Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError, Transaction, Transactional,
 };
@@ -150,13 +151,7 @@ impl MySqlStore {
                     None => (Status::Pending, None),
                     Some(key) => {
                         let (head, place) = heads.entry(key.clone()).or_insert((None, 0));
-                        if head.is_none() {
-                            *head = Some(r.event.id);
-                            (Status::Pending, None)
-                        } else {
-                            *place += 1;
-                            (Status::Waiting, Some(*place - 1))
-                        }
+                        admit(r.event.id, head, place)
                     }
                 };
                 admitted.push(admission);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    Attempt, EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, Undecodable,
+    EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, Undecodable,
 };
 use sqlx::Row;
 use sqlx::mysql::MySqlRow;
@@ -17,17 +17,15 @@ pub(crate) const COLUMNS: &str = "seq, id, event_type, aggregate_type, aggregate
     headers, idempotency_key, ordering_key, status, attempts, max_attempts, next_attempt_at, \
     lease_id, locked_by, locked_until, last_error, created_at, updated_at, delivered_at, key_place";
 
-/// An event as the table holds it: the event, its row number, and (for rows read to be
-/// changed) its failed attempts.
-#[derive(Clone, Debug)]
-pub(crate) struct Stored {
-    pub(crate) seq: u64,
-    pub(crate) event: OutboxEvent,
-    /// Its place in its key's queue while it waits.
-    pub(crate) key_place: Option<i64>,
-    /// The attempt log, when the row was read with it.
-    pub(crate) attempts: Vec<Attempt>,
-}
+/// A row's number (`seq`, the primary key), the one column the store keeps beside the event.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seq(pub(crate) u64);
+
+impl outbox_core::changes::Extra for Seq {}
+
+/// An event as the table holds it: the event, its place in its key's queue, (for rows read to
+/// be changed) its failed attempts, and its row number.
+pub(crate) type Stored = outbox_core::changes::Row<Seq>;
 
 fn bad(reason: impl Into<String>) -> StoreError {
     StoreError::Backend {
@@ -109,7 +107,7 @@ fn stored_from_row(row: &MySqlRow) -> Result<Stored, StoreError> {
         Err(e) => return Err(db_error(e)),
     };
     Ok(Stored {
-        seq,
+        extra: Seq(seq),
         key_place: row.try_get("key_place").map_err(db_error)?,
         attempts,
         event: OutboxEvent {

@@ -6,16 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use outbox_core::ordering::keeps_key;
-use outbox_core::{
-    Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition,
-};
+use outbox_core::changes::{Changes, Rejoin, moves_on};
+use outbox_core::{EventId, LeaseId, OutboxEvent, StoreError, Transition};
 use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::row::{COLUMNS, Stored, as_int, decode_for_change, text};
+use crate::row::{COLUMNS, Seq, Stored, as_int, decode_for_change, text};
 use crate::store::MySqlStore;
 
 /// Rows written back per statement.
@@ -23,19 +21,14 @@ const WRITE_CHUNK: usize = 500;
 /// Ids looked up per statement.
 const ID_CHUNK: usize = 1000;
 
-/// An open transaction of the store with the rows it read for change.
+/// An open transaction of the store with the rows it read for change (what a transition does
+/// to them is decided in `outbox_core::changes`).
 pub(crate) struct Work<'s> {
     store: &'s MySqlStore,
     pub(crate) tx: sqlx::Transaction<'static, MySql>,
     /// The store's clock reading for this operation: every transition happens at it.
     pub(crate) at: DateTime<Utc>,
-    rows: BTreeMap<EventId, Stored>,
-    dirty: BTreeSet<EventId>,
-    /// Ordering keys whose head may have given them up, and the events that may have headed
-    /// them.
-    leaving: BTreeMap<String, BTreeSet<EventId>>,
-    /// Rows to delete at the end.
-    gone: BTreeSet<EventId>,
+    changes: Changes<Seq>,
 }
 
 /// `?, ?, …` for `n` values.
@@ -91,14 +84,12 @@ impl<'s> Work<'s> {
 
     /// The rows read so far, to carry into a later [`Work`] on the same transaction.
     pub(crate) fn take_rows(&mut self, ids: &[EventId]) -> Vec<Stored> {
-        ids.iter().filter_map(|id| self.rows.remove(id)).collect()
+        self.changes.take(ids)
     }
 
     /// Rows read earlier in this transaction (and still locked by it), as if read now.
     pub(crate) fn keep_rows(&mut self, rows: Vec<Stored>) {
-        for stored in rows {
-            self.rows.insert(stored.event.id, stored);
-        }
+        self.changes.keep(rows);
     }
 
     /// Continues an open transaction.
@@ -111,10 +102,7 @@ impl<'s> Work<'s> {
             store,
             tx,
             at,
-            rows: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            leaving: BTreeMap::new(),
-            gone: BTreeSet::new(),
+            changes: Changes::new(at, store.config().dead_head()),
         }
     }
 
@@ -136,9 +124,8 @@ impl<'s> Work<'s> {
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
             let stored = decode_for_change(row)?;
-            let id = stored.event.id;
-            self.rows.entry(id).or_insert(stored);
-            ids.push(id);
+            ids.push(stored.event.id);
+            self.changes.read(stored);
         }
         Ok(ids)
     }
@@ -247,64 +234,27 @@ impl<'s> Work<'s> {
 
     /// The event as read (and changed so far), if it was read.
     pub(crate) fn event(&self, id: EventId) -> Option<&OutboxEvent> {
-        self.rows.get(&id).map(|s| &s.event)
+        self.changes.event(id)
     }
 
-    /// Applies `t` to a read event through the core state machine, recording a failed attempt
-    /// in its history; a head whose new status no longer keeps its key is noted, to be released
-    /// before the commit.
+    /// Applies `t` to a read event (see [`Changes::apply`]).
     pub(crate) fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
-        let at = self.at;
-        let dead_head = self.store.config().dead_head();
-        let stored = self.rows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-        let before = &stored.event.lifecycle;
-        let lifecycle =
-            transition(before, t, at).map_err(|source| StoreError::Transition { id, source })?;
-        if let Some(attempt) = Attempt::recorded(before, &lifecycle, at) {
-            let mut history = outbox_core::History {
-                attempts: std::mem::take(&mut stored.attempts),
-                notes: Vec::new(),
-            };
-            history.push_attempt(attempt);
-            stored.attempts = history.attempts;
-        }
-        stored.event.lifecycle = lifecycle;
-        stored.event.updated_at = at;
-        if stored.event.status() != Status::Waiting {
-            stored.key_place = None;
-        }
-        let event = stored.event.clone();
-        if let Some(key) = &event.ordering_key
-            && !keeps_key(event.status(), dead_head)
-        {
-            self.leaving.entry(key.clone()).or_default().insert(id);
-        }
-        self.dirty.insert(id);
-        Ok(event)
+        self.changes.apply(id, t)
     }
 
     /// Marks a read event changed (its `updated_at` moved to now).
     pub(crate) fn touch(&mut self, id: EventId) {
-        if let Some(stored) = self.rows.get_mut(&id) {
-            stored.event.updated_at = self.at;
-            self.dirty.insert(id);
-        }
+        self.changes.touch(id);
     }
 
     /// Deletes a read event before the commit; if it headed its key, the key moves on.
     pub(crate) fn delete(&mut self, id: EventId) {
-        if let Some(stored) = self.rows.get(&id)
-            && let Some(key) = &stored.event.ordering_key
-        {
-            self.leaving.entry(key.clone()).or_default().insert(id);
-        }
-        self.dirty.remove(&id);
-        self.gone.insert(id);
+        self.changes.delete(id);
     }
 
     /// Gives up `key` for `head` (an operator's skip).
     pub(crate) fn leave_key(&mut self, key: String, head: EventId) {
-        self.leaving.entry(key).or_default().insert(head);
+        self.changes.leave_key(key, head);
     }
 
     /// Locks the keys' rows, creating missing ones, in key order; returns each key's head and
@@ -330,18 +280,13 @@ impl<'s> Work<'s> {
             .await?
             .remove(&key)
             .unwrap_or((None, 0));
-        match head {
-            Some(head) if head == id => {}
-            Some(other) => {
-                self.apply(id, &Transition::Wait)?;
-                if let Some(stored) = self.rows.get_mut(&id) {
-                    stored.key_place = Some(place);
-                }
-                set_key(&mut self.tx, &table, &key, Some(other), place + 1).await?;
+        match Rejoin::of(id, head, place) {
+            Rejoin::Heads => {}
+            Rejoin::Waits { head, place } => {
+                self.changes.wait_at(id, place)?;
+                set_key(&mut self.tx, &table, &key, Some(head), place + 1).await?;
             }
-            None => {
-                set_key(&mut self.tx, &table, &key, Some(id), place).await?;
-            }
+            Rejoin::Leads => set_key(&mut self.tx, &table, &key, Some(id), place).await?,
         }
         Ok(())
     }
@@ -363,13 +308,16 @@ impl<'s> Work<'s> {
     /// Moves on every key whose head gave it up: its first waiting event is promoted, or the
     /// key's row goes.
     async fn release_keys(&mut self) -> Result<(), StoreError> {
-        while !self.leaving.is_empty() {
-            let leaving = std::mem::take(&mut self.leaving);
+        loop {
+            let leaving = self.changes.take_leaving();
+            if leaving.is_empty() {
+                return Ok(());
+            }
             let keys: BTreeSet<String> = leaving.keys().cloned().collect();
             let heads = self.lock_keys(&keys, false).await?;
             for (key, candidates) in leaving {
                 match heads.get(&key) {
-                    Some((Some(current), place)) if candidates.contains(current) => {
+                    Some((head, place)) if moves_on(*head, &candidates) => {
                         let sql = format!(
                             "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_waiting`) \
                              WHERE ordering_key = ? AND status = 'waiting' ORDER BY key_place \
@@ -400,15 +348,16 @@ impl<'s> Work<'s> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
     /// writes every changed row back.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        let gone: Vec<u64> = std::mem::take(&mut self.gone)
-            .into_iter()
-            .filter_map(|id| self.rows.get(&id).map(|s| s.seq))
+        let gone: Vec<u64> = self
+            .changes
+            .take_gone()
+            .iter()
+            .map(|row| row.extra.0)
             .collect();
         for chunk in gone.chunks(ID_CHUNK) {
             let mut args = MySqlArguments::default();
@@ -426,10 +375,10 @@ impl<'s> Work<'s> {
                 .map_err(db_error)?;
         }
         self.release_keys().await?;
-        let dirty: Vec<EventId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let table = self.store.config().table();
+        let dirty = self.changes.take_dirty();
         for chunk in dirty.chunks(WRITE_CHUNK) {
-            let stored: Vec<&Stored> = chunk.iter().filter_map(|id| self.rows.get(id)).collect();
-            write_back(&mut self.tx, self.store.config().table(), &stored).await?;
+            write_back(&mut self.tx, table, chunk).await?;
         }
         Ok(())
     }
@@ -539,7 +488,7 @@ async fn write_back(
         } else {
             values.push_str(" UNION ALL SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?");
         }
-        add(&mut args, stored.seq)?;
+        add(&mut args, stored.extra.0)?;
         add(&mut args, l.status.as_str())?;
         add(&mut args, as_int("attempts", l.attempts)?)?;
         add(&mut args, as_int("max_attempts", l.max_attempts)?)?;

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
+use outbox_core::changes::admit;
 use outbox_core::{
     Emit, Emitted, EventId, NewEvent, Status, StoreError, Transaction, Transactional,
 };
@@ -113,13 +114,7 @@ impl SqliteStore {
                 None => (Status::Pending, None),
                 Some(key) => {
                     let (head, place) = heads.entry(key.clone()).or_insert((None, 0));
-                    if head.is_none() {
-                        *head = Some(event.id);
-                        (Status::Pending, None)
-                    } else {
-                        *place += 1;
-                        (Status::Waiting, Some(*place - 1))
-                    }
+                    admit(event.id, head, place)
                 }
             };
             rows.push(Admitted {

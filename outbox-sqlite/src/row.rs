@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    Attempt, EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, Undecodable,
+    EventId, Lease, LeaseId, Lifecycle, OutboxEvent, Status, StoreError, Undecodable,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -19,18 +19,20 @@ pub(crate) const COLUMNS: &str = "id, event_type, aggregate_type, aggregate_id, 
     lease_id, locked_by, locked_until, last_error, created_at, updated_at, delivered_at, \
     key_place, hold_id, hold_until";
 
-/// An event as the table holds it: the event and, for rows read to be changed, its failed
-/// attempts, its place in its key's queue and the locked claim holding it.
-#[derive(Clone, Debug)]
-pub(crate) struct Stored {
-    pub(crate) event: OutboxEvent,
-    /// Its place in its key's queue while it waits.
-    pub(crate) key_place: Option<i64>,
-    /// The attempt log, when the row was read with it.
-    pub(crate) attempts: Vec<Attempt>,
-    /// The locked claim holding it, and until when (its mark may outlive the hold).
-    pub(crate) hold: Option<(Uuid, DateTime<Utc>)>,
+/// The locked claim marking a row, and until when (the mark may outlive the hold): the one
+/// thing the store keeps beside the event. Any change to the event ends it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Hold(pub(crate) Option<(Uuid, DateTime<Utc>)>);
+
+impl outbox_core::changes::Extra for Hold {
+    fn on_transition(&mut self) {
+        self.0 = None;
+    }
 }
+
+/// An event as the table holds it: the event, its place in its key's queue, (for rows read to
+/// be changed) its failed attempts, and the locked claim marking it.
+pub(crate) type Stored = outbox_core::changes::Row<Hold>;
 
 /// A time as the table stores it: microseconds since the Unix epoch.
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
@@ -134,7 +136,7 @@ fn stored_from_row(row: &SqliteRow) -> Result<Stored, StoreError> {
     Ok(Stored {
         key_place: row.try_get("key_place").map_err(db_error)?,
         attempts,
-        hold,
+        extra: Hold(hold),
         event: OutboxEvent {
             id: id_of(row)?,
             event_type: row.try_get("event_type").map_err(db_error)?,

@@ -937,7 +937,7 @@ impl LockedBatch for SqliteLockedBatch {
         self.held(&mut work, Some(until)).await?;
         work.commit().await?;
         for stored in &mut self.rows {
-            stored.hold = Some((self.number, until));
+            stored.extra = crate::row::Hold(Some((self.number, until)));
         }
         Ok(())
     }

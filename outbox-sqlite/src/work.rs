@@ -7,16 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use outbox_core::ordering::keeps_key;
-use outbox_core::{
-    Attempt, EventId, LeaseId, OutboxEvent, Status, StoreError, Transition, transition,
-};
+use outbox_core::changes::{Changes, Rejoin, moves_on};
+use outbox_core::{EventId, LeaseId, OutboxEvent, StoreError, Transition};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::row::{COLUMNS, Stored, decode_for_change, json, micros};
+use crate::row::{COLUMNS, Hold, Stored, decode_for_change, json, micros};
 use crate::store::{SqliteStore, WriteTx};
 
 /// Rows written back per statement.
@@ -49,16 +47,10 @@ pub(crate) struct Work<'s> {
     pub(crate) tx: WriteTx,
     /// The store's clock reading for this operation: every transition happens at it.
     pub(crate) at: DateTime<Utc>,
-    rows: BTreeMap<EventId, Stored>,
+    changes: Changes<Hold>,
     /// The changeable columns of each row as the table holds them, to write back only what
     /// changed.
     read: BTreeMap<EventId, Vec<Cell>>,
-    dirty: BTreeSet<EventId>,
-    /// Ordering keys whose head may have given them up, and the events that may have headed
-    /// them.
-    leaving: BTreeMap<String, BTreeSet<EventId>>,
-    /// Rows to delete at the end.
-    gone: BTreeSet<EventId>,
 }
 
 impl<'s> Work<'s> {
@@ -66,15 +58,13 @@ impl<'s> Work<'s> {
     /// process's), at the store's clock reading.
     pub(crate) async fn begin(store: &'s SqliteStore) -> Result<Self, StoreError> {
         let tx = store.begin_write().await?;
+        let at = store.now();
         Ok(Self {
             store,
             tx,
-            at: store.now(),
-            rows: BTreeMap::new(),
+            at,
+            changes: Changes::new(at, store.config().dead_head()),
             read: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            leaving: BTreeMap::new(),
-            gone: BTreeSet::new(),
         })
     }
 
@@ -97,9 +87,9 @@ impl<'s> Work<'s> {
         for row in &rows {
             let stored = decode_for_change(row)?;
             let id = stored.event.id;
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.rows.entry(id) {
-                self.read.insert(id, columns(&stored)?);
-                slot.insert(stored);
+            let as_read = columns(&stored)?;
+            if self.changes.read(stored) {
+                self.read.insert(id, as_read);
             }
             ids.push(id);
         }
@@ -157,20 +147,19 @@ impl<'s> Work<'s> {
 
     /// The event as read (and changed so far), if it was read.
     pub(crate) fn event(&self, id: EventId) -> Option<&OutboxEvent> {
-        self.rows.get(&id).map(|s| &s.event)
+        self.changes.event(id)
     }
 
-    /// The locked claim holding a read event, and until when.
+    /// The locked claim marking a read event, and until when.
     pub(crate) fn hold_of(&self, id: EventId) -> Option<(Uuid, DateTime<Utc>)> {
-        self.rows.get(&id).and_then(|s| s.hold)
+        self.changes.row(id).and_then(|r| r.extra.0)
     }
 
     /// Marks a read event held by the locked claim `hold` until `until` (or by none); the
     /// event itself does not change.
     pub(crate) fn set_hold(&mut self, id: EventId, hold: Option<(Uuid, DateTime<Utc>)>) {
-        if let Some(stored) = self.rows.get_mut(&id) {
-            stored.hold = hold;
-            self.dirty.insert(id);
+        if let Some(row) = self.changes.row_mut(id) {
+            row.extra = Hold(hold);
         }
     }
 
@@ -200,82 +189,41 @@ impl<'s> Work<'s> {
                 .await
                 .map_err(db_error)?;
         }
-        Ok(ids
-            .iter()
-            .filter_map(|id| self.rows.remove(id))
-            .map(|mut stored| {
-                stored.hold = Some((hold, until));
-                stored
-            })
-            .collect())
+        let mut rows = self.changes.take(ids);
+        for row in &mut rows {
+            row.extra = Hold(Some((hold, until)));
+        }
+        Ok(rows)
     }
 
     /// Rows read earlier (by a locked claim, and unchanged since: every writer leaves an event
     /// under a live hold alone), as if read now.
     pub(crate) fn keep_rows(&mut self, rows: Vec<Stored>) -> Result<(), StoreError> {
-        for stored in rows {
-            self.read.insert(stored.event.id, columns(&stored)?);
-            self.rows.insert(stored.event.id, stored);
+        for row in &rows {
+            self.read.insert(row.event.id, columns(row)?);
         }
+        self.changes.keep(rows);
         Ok(())
     }
 
-    /// Applies `t` to a read event through the core state machine, recording a failed attempt
-    /// in its history; a head whose new status no longer keeps its key is noted, to be released
-    /// before the commit. Any locked claim's mark on the event goes.
+    /// Applies `t` to a read event (see [`Changes::apply`]); any locked claim's mark on it goes.
     pub(crate) fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
-        let at = self.at;
-        let dead_head = self.store.config().dead_head();
-        let stored = self.rows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-        let before = &stored.event.lifecycle;
-        let lifecycle =
-            transition(before, t, at).map_err(|source| StoreError::Transition { id, source })?;
-        if let Some(attempt) = Attempt::recorded(before, &lifecycle, at) {
-            let mut history = outbox_core::History {
-                attempts: std::mem::take(&mut stored.attempts),
-                notes: Vec::new(),
-            };
-            history.push_attempt(attempt);
-            stored.attempts = history.attempts;
-        }
-        stored.event.lifecycle = lifecycle;
-        stored.event.updated_at = at;
-        stored.hold = None;
-        if stored.event.status() != Status::Waiting {
-            stored.key_place = None;
-        }
-        let event = stored.event.clone();
-        if let Some(key) = &event.ordering_key
-            && !keeps_key(event.status(), dead_head)
-        {
-            self.leaving.entry(key.clone()).or_default().insert(id);
-        }
-        self.dirty.insert(id);
-        Ok(event)
+        self.changes.apply(id, t)
     }
 
     /// Marks a read event changed (its `updated_at` moved to now).
     pub(crate) fn touch(&mut self, id: EventId) {
-        if let Some(stored) = self.rows.get_mut(&id) {
-            stored.event.updated_at = self.at;
-            self.dirty.insert(id);
-        }
+        self.changes.touch(id);
     }
 
     /// Deletes a read event before the commit; if it headed its key, the key moves on.
     pub(crate) fn delete(&mut self, id: EventId) {
-        if let Some(stored) = self.rows.get(&id)
-            && let Some(key) = &stored.event.ordering_key
-        {
-            self.leaving.entry(key.clone()).or_default().insert(id);
-        }
-        self.dirty.remove(&id);
-        self.gone.insert(id);
+        self.changes.delete(id);
     }
 
     /// Gives up `key` for `head` (an operator's skip).
     pub(crate) fn leave_key(&mut self, key: String, head: EventId) {
-        self.leaving.entry(key).or_default().insert(head);
+        self.changes.leave_key(key, head);
     }
 
     /// A pending event that does not head its key rejoins it: at the back of its queue if the
@@ -290,16 +238,13 @@ impl<'s> Work<'s> {
             .await?
             .remove(&key)
             .unwrap_or((None, 0));
-        match head {
-            Some(head) if head == id => {}
-            Some(other) => {
-                self.apply(id, &Transition::Wait)?;
-                if let Some(stored) = self.rows.get_mut(&id) {
-                    stored.key_place = Some(place);
-                }
-                set_key(&mut self.tx, table, &key, Some(other), place + 1).await?;
+        match Rejoin::of(id, head, place) {
+            Rejoin::Heads => {}
+            Rejoin::Waits { head, place } => {
+                self.changes.wait_at(id, place)?;
+                set_key(&mut self.tx, table, &key, Some(head), place + 1).await?;
             }
-            None => set_key(&mut self.tx, table, &key, Some(id), place).await?,
+            Rejoin::Leads => set_key(&mut self.tx, table, &key, Some(id), place).await?,
         }
         Ok(())
     }
@@ -319,15 +264,18 @@ impl<'s> Work<'s> {
     /// key's row goes.
     async fn release_keys(&mut self) -> Result<(), StoreError> {
         let table = self.table();
-        while !self.leaving.is_empty() {
-            let leaving = std::mem::take(&mut self.leaving);
+        loop {
+            let leaving = self.changes.take_leaving();
+            if leaving.is_empty() {
+                return Ok(());
+            }
             let keys: BTreeSet<String> = leaving.keys().cloned().collect();
             let heads = read_keys(&mut self.tx, table, &keys).await?;
             for (key, candidates) in leaving {
-                let Some((Some(current), place)) = heads.get(&key) else {
+                let Some((head, place)) = heads.get(&key) else {
                     continue;
                 };
-                if !candidates.contains(current) {
+                if !moves_on(*head, &candidates) {
                     continue;
                 }
                 let sql = format!(
@@ -353,13 +301,17 @@ impl<'s> Work<'s> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
     /// writes every changed row back.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        let gone: Vec<EventId> = std::mem::take(&mut self.gone).into_iter().collect();
+        let gone: Vec<EventId> = self
+            .changes
+            .take_gone()
+            .iter()
+            .map(|row| row.event.id)
+            .collect();
         for chunk in gone.chunks(ID_CHUNK) {
             let mut args = SqliteArguments::default();
             for id in chunk {
@@ -378,12 +330,12 @@ impl<'s> Work<'s> {
         self.release_keys().await?;
         // Rows whose changes are alike (a batch delivered, say) go back in one narrow statement
         // per kind of change; a batch of unlike changes in one statement of every column.
-        let mut alike: BTreeMap<Vec<(&'static str, Cell)>, Vec<EventId>> = BTreeMap::new();
-        for id in std::mem::take(&mut self.dirty) {
-            let Some(stored) = self.rows.get(&id) else {
-                continue;
-            };
-            let now = columns(stored)?;
+        let table = self.store.config().table();
+        let dirty = self.changes.take_dirty();
+        let mut alike: BTreeMap<Vec<(&'static str, Cell)>, Vec<&Stored>> = BTreeMap::new();
+        for row in dirty {
+            let id = row.event.id;
+            let now = columns(row)?;
             let changed: Vec<(&'static str, Cell)> = match self.read.get(&id) {
                 Some(before) => WRITTEN
                     .iter()
@@ -394,21 +346,19 @@ impl<'s> Work<'s> {
                 None => WRITTEN.iter().copied().zip(now.iter().cloned()).collect(),
             };
             if !changed.is_empty() {
-                alike.entry(changed).or_default().push(id);
+                alike.entry(changed).or_default().push(row);
             }
             self.read.insert(id, now);
         }
-        let table = self.store.config().table();
         if alike.len() <= MAX_ALIKE {
-            for (changed, ids) in &alike {
-                write_alike(&mut self.tx, table, changed, ids).await?;
+            for (changed, rows) in &alike {
+                let ids: Vec<EventId> = rows.iter().map(|r| r.event.id).collect();
+                write_alike(&mut self.tx, table, changed, &ids).await?;
             }
         } else {
-            let ids: Vec<EventId> = alike.into_values().flatten().collect();
-            for chunk in ids.chunks(WRITE_CHUNK) {
-                let stored: Vec<&Stored> =
-                    chunk.iter().filter_map(|id| self.rows.get(id)).collect();
-                write_back(&mut self.tx, table, &stored).await?;
+            let rows: Vec<&Stored> = alike.into_values().flatten().collect();
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                write_back(&mut self.tx, table, chunk).await?;
             }
         }
         Ok(())
@@ -541,8 +491,8 @@ fn columns(stored: &Stored) -> Result<Vec<Cell>, StoreError> {
         opt(l.delivered_at, |x| Cell::Int(micros(x))),
         log,
         opt(stored.key_place, Cell::Int),
-        opt(stored.hold, |(id, _)| Cell::Blob(id)),
-        opt(stored.hold, |(_, until)| Cell::Int(micros(until))),
+        opt(stored.extra.0, |(id, _)| Cell::Blob(id)),
+        opt(stored.extra.0, |(_, until)| Cell::Int(micros(until))),
     ])
 }
 
