@@ -161,17 +161,6 @@ fn stored_from_row(row: &SqliteRow) -> Result<Stored, StoreError> {
     })
 }
 
-/// Decodes a row that is about to be changed: an unreadable one is an error naming it.
-pub(crate) fn decode_for_change(row: &SqliteRow) -> Result<Stored, StoreError> {
-    match decode(row)? {
-        Ok(stored) => Ok(stored),
-        Err(bad) => Err(StoreError::Undecodable {
-            id: bad.id,
-            reason: bad.error,
-        }),
-    }
-}
-
 /// JSON text of a value, as payloads, headers and logs are stored.
 pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend {

@@ -629,6 +629,10 @@ impl OutboxStore for SqliteStore {
                     work.delete(*id);
                     deleted.push(*id);
                 }
+                None if work.is_unreadable(*id) => {
+                    work.delete_unreadable(*id);
+                    deleted.push(*id);
+                }
                 _ => {}
             }
         }

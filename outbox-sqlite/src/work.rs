@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use outbox_core::changes::{Changes, Rejoin, moves_on};
-use outbox_core::{EventId, LeaseId, OutboxEvent, StoreError, Transition};
+use outbox_core::ordering::keeps_key;
+use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::row::{COLUMNS, Hold, Stored, decode_for_change, json, micros};
+use crate::row::{COLUMNS, Hold, Stored, decode, json, micros};
 use crate::store::{SqliteStore, WriteTx};
 
 /// Rows written back per statement.
@@ -51,6 +52,12 @@ pub(crate) struct Work<'s> {
     /// The changeable columns of each row as the table holds them, to write back only what
     /// changed.
     read: BTreeMap<EventId, Vec<Cell>>,
+    /// The rows the last read buried, unreadable.
+    buried: Vec<EventId>,
+    /// Every row found unreadable (and so dead) in this transaction, with its ordering key.
+    unreadable: BTreeMap<EventId, (Status, Option<String>)>,
+    /// Unreadable rows to delete at the end.
+    gone_unreadable: Vec<EventId>,
 }
 
 impl<'s> Work<'s> {
@@ -65,6 +72,9 @@ impl<'s> Work<'s> {
             at,
             changes: Changes::new(at, store.config().dead_head()),
             read: BTreeMap::new(),
+            buried: Vec::new(),
+            unreadable: BTreeMap::new(),
+            gone_unreadable: Vec::new(),
         })
     }
 
@@ -73,7 +83,8 @@ impl<'s> Work<'s> {
     }
 
     /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
-    /// returns their ids in the order read.
+    /// returns their ids in the order read. A row that cannot be read is buried (see
+    /// [`bury`](Self::bury)) and left out, so it never stops the rows around it.
     pub(crate) async fn load(
         &mut self,
         sql: String,
@@ -84,8 +95,19 @@ impl<'s> Work<'s> {
             .await
             .map_err(db_error)?;
         let mut ids = Vec::with_capacity(rows.len());
+        self.buried.clear();
         for row in &rows {
-            let stored = decode_for_change(row)?;
+            let stored = match decode(row)? {
+                Ok(stored) => stored,
+                Err(bad) => {
+                    let key: Option<String> = row.try_get("ordering_key").unwrap_or(None);
+                    if bad.status != Status::Dead {
+                        self.bury(bad.id, &bad.error, key.clone()).await?;
+                    }
+                    self.unreadable.insert(bad.id, (Status::Dead, key));
+                    continue;
+                }
+            };
             let id = stored.event.id;
             let as_read = columns(&stored)?;
             if self.changes.read(stored) {
@@ -94,6 +116,56 @@ impl<'s> Work<'s> {
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// Marks a row that cannot be read dead at once, saying why in its last error (its attempt
+    /// counted, as a permanent failure's): it can never be delivered, and left pending it would
+    /// fail every claim that reached it. A dead head keeps or gives up its ordering key as any
+    /// dead head does.
+    async fn bury(
+        &mut self,
+        id: EventId,
+        error: &str,
+        key: Option<String>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(event_id = %id, %error, "outbox row cannot be read; marked dead");
+        let sql = format!(
+            "UPDATE \"{}\" SET status = 'dead', attempts = min(attempts + 1, max_attempts), \
+             last_error = ?, updated_at = ?, lease_id = NULL, locked_by = NULL, \
+             locked_until = NULL, key_place = NULL, hold_id = NULL, hold_until = NULL \
+             WHERE id = ?",
+            self.table()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(format!("cannot be read: {error}"))
+            .bind(micros(self.at))
+            .bind(*id.as_uuid())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(key) = key
+            && !keeps_key(Status::Dead, self.store.config().dead_head())
+        {
+            self.changes.leave_key(key, id);
+        }
+        self.buried.push(id);
+        Ok(())
+    }
+
+    /// Whether a row read in this transaction could not be read (it is dead).
+    pub(crate) fn is_unreadable(&self, id: EventId) -> bool {
+        self.unreadable.contains_key(&id)
+    }
+
+    /// Deletes a row found unreadable before the commit (an operator's way to be rid of it);
+    /// if it headed its key, the key moves on.
+    pub(crate) fn delete_unreadable(&mut self, id: EventId) {
+        if let Some((_, key)) = self.unreadable.get(&id) {
+            if let Some(key) = key.clone() {
+                self.changes.leave_key(key, id);
+            }
+            self.gone_unreadable.push(id);
+        }
     }
 
     /// Reads those of the named events that match `condition` (SQL over the row, with
@@ -284,12 +356,17 @@ impl<'s> Work<'s> {
                 );
                 let mut args = SqliteArguments::default();
                 add(&mut args, key.clone())?;
-                match self.load(sql, args).await?.into_iter().next() {
-                    Some(next) => {
+                let next = self.load(sql, args).await?.into_iter().next();
+                match (next, self.buried.first().copied()) {
+                    (Some(next), _) => {
                         self.apply(next, &Transition::Promote)?;
                         set_key(&mut self.tx, table, &key, Some(next), *place).await?;
                     }
-                    None => {
+                    // The next event cannot be read: buried, it heads the key as a dead head.
+                    (None, Some(dead)) => {
+                        set_key(&mut self.tx, table, &key, Some(dead), *place).await?;
+                    }
+                    (None, None) => {
                         sqlx::query(AssertSqlSafe(format!(
                             "DELETE FROM \"{table}_keys\" WHERE ordering_key = ?"
                         )))
@@ -306,12 +383,13 @@ impl<'s> Work<'s> {
     /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
     /// writes every changed row back.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        let gone: Vec<EventId> = self
+        let mut gone: Vec<EventId> = self
             .changes
             .take_gone()
             .iter()
             .map(|row| row.event.id)
             .collect();
+        gone.append(&mut self.gone_unreadable);
         for chunk in gone.chunks(ID_CHUNK) {
             let mut args = SqliteArguments::default();
             for id in chunk {
