@@ -137,17 +137,6 @@ fn stored_from_row(row: &MySqlRow) -> Result<Stored, StoreError> {
     })
 }
 
-/// Decodes a row that is about to be changed: an unreadable one is an error naming it.
-pub(crate) fn decode_for_change(row: &MySqlRow) -> Result<Stored, StoreError> {
-    match decode(row)? {
-        Ok(stored) => Ok(stored),
-        Err(bad) => Err(StoreError::Undecodable {
-            id: bad.id,
-            reason: bad.error,
-        }),
-    }
-}
-
 /// A count column (`attempts`, `max_attempts`) as the table stores it.
 pub(crate) fn as_int(field: &'static str, n: u32) -> Result<i32, StoreError> {
     i32::try_from(n)

@@ -626,6 +626,10 @@ impl OutboxStore for MySqlStore {
                     work.delete(*id);
                     deleted.push(*id);
                 }
+                None if work.is_unreadable(*id) => {
+                    work.delete_unreadable(*id);
+                    deleted.push(*id);
+                }
                 _ => {}
             }
         }

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use outbox_core::changes::{Changes, Rejoin, moves_on};
-use outbox_core::{EventId, LeaseId, OutboxEvent, StoreError, Transition};
+use outbox_core::ordering::keeps_key;
+use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::row::{COLUMNS, Seq, Stored, as_int, decode_for_change, text};
+use crate::row::{COLUMNS, Seq, Stored, as_int, decode, opt_text, text};
 use crate::store::MySqlStore;
 
 /// Rows written back per statement.
@@ -29,6 +30,13 @@ pub(crate) struct Work<'s> {
     /// The store's clock reading for this operation: every transition happens at it.
     pub(crate) at: DateTime<Utc>,
     changes: Changes<Seq>,
+    /// The rows the last read buried, unreadable.
+    buried: Vec<EventId>,
+    /// Every row found unreadable (and so dead) in this transaction: its row number and
+    /// ordering key.
+    unreadable: BTreeMap<EventId, (u64, Option<String>)>,
+    /// Unreadable rows to delete at the end, by row number.
+    gone_unreadable: Vec<u64>,
 }
 
 /// `?, ?, …` for `n` values.
@@ -103,6 +111,9 @@ impl<'s> Work<'s> {
             tx,
             at,
             changes: Changes::new(at, store.config().dead_head()),
+            buried: Vec::new(),
+            unreadable: BTreeMap::new(),
+            gone_unreadable: Vec::new(),
         }
     }
 
@@ -110,24 +121,101 @@ impl<'s> Work<'s> {
         self.store.config().table()
     }
 
-    /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
-    /// returns their ids in the order read.
+    /// Runs a locking `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for
+    /// change; returns their ids in the order read. A row that cannot be read is buried (see
+    /// [`bury`](Self::bury)) and left out, so it never stops the rows around it.
     pub(crate) async fn load(
         &mut self,
         sql: String,
         args: MySqlArguments,
+    ) -> Result<Vec<EventId>, StoreError> {
+        self.read_rows(sql, args, true).await
+    }
+
+    /// [`load`](Self::load); with `locked` false (a plain read) an unreadable row is left out
+    /// but not buried, since another transaction may hold its lock.
+    async fn read_rows(
+        &mut self,
+        sql: String,
+        args: MySqlArguments,
+        locked: bool,
     ) -> Result<Vec<EventId>, StoreError> {
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error)?;
         let mut ids = Vec::with_capacity(rows.len());
+        self.buried.clear();
         for row in &rows {
-            let stored = decode_for_change(row)?;
+            let stored = match decode(row)? {
+                Ok(stored) => stored,
+                Err(bad) => {
+                    let key = opt_text(row, "ordering_key").unwrap_or(None);
+                    if locked {
+                        if bad.status != Status::Dead {
+                            self.bury(bad.id, &bad.error, key.clone()).await?;
+                        }
+                        let seq: u64 = row.try_get("seq").map_err(db_error)?;
+                        self.unreadable.insert(bad.id, (seq, key));
+                    }
+                    continue;
+                }
+            };
             ids.push(stored.event.id);
             self.changes.read(stored);
         }
         Ok(ids)
+    }
+
+    /// Marks a row that cannot be read, and that this transaction holds, dead at once, saying
+    /// why in its last error (its attempt counted, as a permanent failure's): it can never be
+    /// delivered, and left pending it would fail every claim that reached it. A dead head keeps
+    /// or gives up its ordering key as any dead head does.
+    async fn bury(
+        &mut self,
+        id: EventId,
+        error: &str,
+        key: Option<String>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(event_id = %id, %error, "outbox row cannot be read; marked dead");
+        let sql = format!(
+            "UPDATE `{}` FORCE INDEX (`{t}_id`) SET status = 'dead', \
+             attempts = LEAST(attempts + 1, max_attempts), last_error = ?, updated_at = ?, \
+             lease_id = NULL, locked_by = NULL, locked_until = NULL, key_place = NULL \
+             WHERE id = ?",
+            self.table(),
+            t = self.table()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(format!("cannot be read: {error}").into_bytes())
+            .bind(self.at)
+            .bind(*id.as_uuid())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(key) = key
+            && !keeps_key(Status::Dead, self.store.config().dead_head())
+        {
+            self.changes.leave_key(key, id);
+        }
+        self.buried.push(id);
+        Ok(())
+    }
+
+    /// Whether a row read under lock in this transaction could not be read (it is dead).
+    pub(crate) fn is_unreadable(&self, id: EventId) -> bool {
+        self.unreadable.contains_key(&id)
+    }
+
+    /// Deletes a row found unreadable before the commit (an operator's way to be rid of it);
+    /// if it headed its key, the key moves on.
+    pub(crate) fn delete_unreadable(&mut self, id: EventId) {
+        if let Some((seq, key)) = self.unreadable.get(&id).cloned() {
+            if let Some(key) = key {
+                self.changes.leave_key(key, id);
+            }
+            self.gone_unreadable.push(seq);
+        }
     }
 
     /// Reads the named events under row locks (skipping those another transaction holds, with
@@ -227,7 +315,7 @@ impl<'s> Work<'s> {
                 self.table(),
                 marks(chunk.len())
             );
-            self.load(sql, args).await?;
+            self.read_rows(sql, args, false).await?;
         }
         Ok(())
     }
@@ -328,12 +416,17 @@ impl<'s> Work<'s> {
                         add(&mut args, key.as_bytes().to_vec())?;
                         let next = self.load(sql, args).await?.into_iter().next();
                         let table = self.table_name();
-                        match next {
-                            Some(next) => {
+                        match (next, self.buried.first().copied()) {
+                            (Some(next), _) => {
                                 self.apply(next, &Transition::Promote)?;
                                 set_key(&mut self.tx, table, &key, Some(next), *place).await?;
                             }
-                            None => {
+                            // The next event cannot be read: buried, it heads the key as a
+                            // dead head.
+                            (None, Some(dead)) => {
+                                set_key(&mut self.tx, table, &key, Some(dead), *place).await?;
+                            }
+                            (None, None) => {
                                 sqlx::query(AssertSqlSafe(format!(
                                     "DELETE FROM `{table}_keys` WHERE ordering_key = ?"
                                 )))
@@ -353,12 +446,13 @@ impl<'s> Work<'s> {
     /// Deletes what was deleted, moves released keys on (a deleted event is never promoted),
     /// writes every changed row back.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        let gone: Vec<u64> = self
+        let mut gone: Vec<u64> = self
             .changes
             .take_gone()
             .iter()
             .map(|row| row.extra.0)
             .collect();
+        gone.append(&mut self.gone_unreadable);
         for chunk in gone.chunks(ID_CHUNK) {
             let mut args = MySqlArguments::default();
             for seq in chunk {
