@@ -525,3 +525,82 @@ async fn an_unreadable_waiting_event_parks_its_key_until_deleted() {
     assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![last]);
     h.cleanup().await;
 }
+
+/// Hands each delivered event's id to the test.
+struct Signal(tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);
+
+#[outbox_core::async_trait]
+impl outbox_core::Transport for Signal {
+    async fn deliver(
+        &self,
+        event: &outbox_core::OutboxEvent,
+    ) -> Result<(), outbox_core::DeliveryError> {
+        let _ = self.0.send(event.id);
+        Ok(())
+    }
+}
+
+/// A commit through the store's transaction wakes this process's idle worker at once: with a
+/// poll of an hour, every event is delivered within seconds of its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_an_idle_worker_of_the_process() {
+    let h = SqliteHarness::new().await;
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    let running = outbox_worker::Worker::builder(store.clone(), Signal(tx))
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+        .spawn();
+    for round in 0..3 {
+        let mut txn = store.begin().await.unwrap();
+        txn.emit_all((0..3).map(|i| upload(round * 10 + i)).collect())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(10), delivered.recv())
+                .await
+                .expect("not woken by the commit (the poll is an hour)")
+                .unwrap();
+        }
+    }
+    assert_eq!(running.shutdown().await.unwrap().delivered, 9);
+    h.cleanup().await;
+}
+
+/// Two transactions emitting the same idempotency key at once, in one process or from two:
+/// the second waits for the first's commit (one writer at a time), then answers
+/// `Duplicate` of the first's event. One event is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transactions_on_one_idempotency_key_store_one_event() {
+    let h = SqliteHarness::new().await;
+    let once = || {
+        NewEvent::builder("order.paid", "order", "1")
+            .idempotency_key("pay-1")
+            .build()
+            .unwrap()
+    };
+    for other in [h.store(), h.second_process().await] {
+        let store = h.store();
+        let mut first = store.begin().await.unwrap();
+        let created = first.emit(once()).await.unwrap();
+        let second = tokio::spawn(async move {
+            let mut tx = other.begin().await?;
+            let answer = tx.emit(once()).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(answer)
+        });
+        // The second has not answered yet: the first still holds the write lock.
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        first.commit().await.unwrap();
+        let answer = second.await.unwrap().unwrap();
+        match created {
+            Emitted::Created(id) => assert_eq!(answer, Emitted::Duplicate(id)),
+            Emitted::Duplicate(id) => assert_eq!(answer, Emitted::Duplicate(id)),
+        }
+    }
+    assert_eq!(h.store().count_by_status().await.unwrap().total(), 1);
+    h.cleanup().await;
+}
