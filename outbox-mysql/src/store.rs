@@ -478,9 +478,9 @@ impl OutboxStore for MySqlStore {
     }
 
     async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM `{}` WHERE id = ?", self.table());
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(*id.as_uuid())
+        let (sql, values) = outbox_sql::by_id(Alias::new(self.table()), COLUMNS, id, &MySqlDialect)
+            .build_sqlx(MysqlQueryBuilder);
+        let row = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -514,11 +514,9 @@ impl OutboxStore for MySqlStore {
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
-        let sql = format!(
-            "SELECT status, COUNT(*) AS n FROM `{}` GROUP BY status",
-            self.table()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let (sql, values) =
+            outbox_sql::count_by_status(Alias::new(self.table())).build_sqlx(MysqlQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -534,13 +532,10 @@ impl OutboxStore for MySqlStore {
     async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
         let mut counts = StatusCounts::default();
         for status in Status::ALL {
-            let sql = format!(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM `{}` WHERE status = ? LIMIT ?) AS c",
-                self.table()
-            );
-            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(status.as_str())
-                .bind(cap)
+            let (sql, values) =
+                outbox_sql::count_capped(Alias::new(self.table()), status, cap, &MySqlDialect)
+                    .build_sqlx(MysqlQueryBuilder);
+            let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_error)?;
@@ -691,12 +686,14 @@ impl OutboxStore for MySqlStore {
     }
 
     async fn history(&self, id: EventId) -> Result<History, StoreError> {
-        let sql = format!(
-            "SELECT attempt_log, audit_notes FROM `{}` WHERE id = ?",
-            self.table()
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(*id.as_uuid())
+        let (sql, values) = outbox_sql::by_id(
+            Alias::new(self.table()),
+            "attempt_log, audit_notes",
+            id,
+            &MySqlDialect,
+        )
+        .build_sqlx(MysqlQueryBuilder);
+        let row = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?
@@ -807,11 +804,10 @@ impl OutboxStore for MySqlStore {
     }
 
     async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
-        let sql = format!(
-            "SELECT event_type, paused_at FROM `{}_paused` ORDER BY event_type",
-            self.table()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let (sql, values) =
+            outbox_sql::paused_types(Alias::new(format!("{}_paused", self.table())))
+                .build_sqlx(MysqlQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -832,12 +828,11 @@ impl OutboxStore for MySqlStore {
     ) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let at = self.now_on(&mut conn).await?;
-        let sql = format!(
-            "SELECT COUNT(*) FROM `{}` WHERE status = 'delivered' AND delivered_at >= ?",
-            self.table()
-        );
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(translate(since, now, at))
+        let since = translate(since, now, at);
+        let (sql, values) =
+            outbox_sql::delivered_since(Alias::new(self.table()), since, &MySqlDialect)
+                .build_sqlx(MysqlQueryBuilder);
+        let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;

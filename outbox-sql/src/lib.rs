@@ -60,7 +60,6 @@ pub fn list(
     filter: &EventFilter,
     dialect: &impl Dialect,
 ) -> SelectStatement {
-    let col = |name: &str| Expr::col(Alias::new(name));
     let mut query = Query::select();
     query
         .expr(Expr::cust(columns.to_owned()))
@@ -106,4 +105,130 @@ pub fn list(
         (None, _) => &mut query,
     };
     query
+}
+
+fn col(name: &str) -> Expr {
+    Expr::col(Alias::new(name))
+}
+
+/// One event's `columns` by id ([`OutboxStore::get`](outbox_core::OutboxStore::get), and its
+/// history with the history's columns).
+pub fn by_id(
+    table: impl IntoTableRef,
+    columns: &str,
+    id: EventId,
+    dialect: &impl Dialect,
+) -> SelectStatement {
+    Query::select()
+        .expr(Expr::cust(columns.to_owned()))
+        .from(table)
+        .and_where(col("id").eq(dialect.id(id)))
+        .to_owned()
+}
+
+/// How many events each stored status holds: columns `status`, `n`.
+pub fn count_by_status(table: impl IntoTableRef) -> SelectStatement {
+    Query::select()
+        .column(Alias::new("status"))
+        .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
+        .from(table)
+        .group_by_col(Alias::new("status"))
+        .to_owned()
+}
+
+/// How many events hold `status`, counted only up to `cap` (a cost bounded by the cap):
+/// column `n`.
+pub fn count_capped(
+    table: impl IntoTableRef,
+    status: Status,
+    cap: u64,
+    dialect: &impl Dialect,
+) -> SelectStatement {
+    let statuses = dialect.statuses(status);
+    let capped = Query::select()
+        .expr(Expr::cust("1"))
+        .from(table)
+        .and_where(col("status").is_in(statuses))
+        .limit(cap)
+        .to_owned();
+    Query::select()
+        .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
+        .from_subquery(capped, Alias::new("c"))
+        .to_owned()
+}
+
+/// How many kept events were delivered at or after `since` (on the store's clock): column
+/// `n`.
+pub fn delivered_since(
+    table: impl IntoTableRef,
+    since: DateTime<Utc>,
+    dialect: &impl Dialect,
+) -> SelectStatement {
+    Query::select()
+        .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
+        .from(table)
+        .and_where(col("status").eq(Status::Delivered.as_str()))
+        .and_where(col("delivered_at").gte(dialect.time(since)))
+        .to_owned()
+}
+
+/// The paused event types of a pause table, by name: columns `event_type`, `paused_at`.
+pub fn paused_types(paused: impl IntoTableRef) -> SelectStatement {
+    Query::select()
+        .columns([Alias::new("event_type"), Alias::new("paused_at")])
+        .from(paused)
+        .order_by(Alias::new("event_type"), Order::Asc)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_query::SqliteQueryBuilder;
+
+    struct Plain;
+    impl Dialect for Plain {
+        fn text(&self, s: &str) -> Value {
+            s.into()
+        }
+        fn id(&self, id: EventId) -> Value {
+            id.as_uuid().as_bytes().to_vec().into()
+        }
+        fn time(&self, t: DateTime<Utc>) -> Value {
+            t.timestamp_micros().into()
+        }
+        fn starts_with(&self, column: &str, prefix: &str) -> Expr {
+            Expr::cust_with_values(format!("{column} LIKE ?"), [format!("{prefix}%")])
+        }
+    }
+
+    #[test]
+    fn the_shared_statements_bind_every_value() {
+        let (sql, values) = count_capped("t", Status::Dead, 7, &Plain).build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT COUNT(*) AS "n" FROM (SELECT 1 FROM "t" WHERE "status" IN (?) LIMIT ?) AS "c""#
+        );
+        assert_eq!(values.0.len(), 2);
+        let (sql, _) = count_by_status("t").build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT "status", COUNT(*) AS "n" FROM "t" GROUP BY "status""#
+        );
+        let (sql, values) =
+            delivered_since("t", DateTime::UNIX_EPOCH, &Plain).build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT COUNT(*) AS "n" FROM "t" WHERE "status" = ? AND "delivered_at" >= ?"#
+        );
+        assert_eq!(values.0.len(), 2);
+        let (sql, values) = by_id("t", "a, b", EventId::new(), &Plain).build(SqliteQueryBuilder);
+        assert_eq!(sql, r#"SELECT a, b FROM "t" WHERE "id" = ?"#);
+        assert_eq!(values.0.len(), 1);
+        let (sql, _) = paused_types("t_paused").build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT "event_type", "paused_at" FROM "t_paused" ORDER BY "event_type" ASC"#
+        );
+    }
 }

@@ -483,9 +483,10 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM \"{}\" WHERE id = ?", self.table());
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(*id.as_uuid())
+        let (sql, values) =
+            outbox_sql::by_id(Alias::new(self.table()), COLUMNS, id, &SqliteDialect)
+                .build_sqlx(SqliteQueryBuilder);
+        let row = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -519,11 +520,9 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
-        let sql = format!(
-            "SELECT status, COUNT(*) AS n FROM \"{}\" GROUP BY status",
-            self.table()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let (sql, values) =
+            outbox_sql::count_by_status(Alias::new(self.table())).build_sqlx(SqliteQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -539,13 +538,10 @@ impl OutboxStore for SqliteStore {
     async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
         let mut counts = StatusCounts::default();
         for status in Status::ALL {
-            let sql = format!(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM \"{}\" WHERE status = ? LIMIT ?)",
-                self.table()
-            );
-            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(status.as_str())
-                .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+            let (sql, values) =
+                outbox_sql::count_capped(Alias::new(self.table()), status, cap, &SqliteDialect)
+                    .build_sqlx(SqliteQueryBuilder);
+            let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_error)?;
@@ -692,12 +688,14 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn history(&self, id: EventId) -> Result<History, StoreError> {
-        let sql = format!(
-            "SELECT attempt_log, audit_notes FROM \"{}\" WHERE id = ?",
-            self.table()
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(*id.as_uuid())
+        let (sql, values) = outbox_sql::by_id(
+            Alias::new(self.table()),
+            "attempt_log, audit_notes",
+            id,
+            &SqliteDialect,
+        )
+        .build_sqlx(SqliteQueryBuilder);
+        let row = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?
@@ -816,11 +814,10 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
-        let sql = format!(
-            "SELECT event_type, paused_at FROM \"{}_paused\" ORDER BY event_type",
-            self.table()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let (sql, values) =
+            outbox_sql::paused_types(Alias::new(format!("{}_paused", self.table())))
+                .build_sqlx(SqliteQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -840,12 +837,11 @@ impl OutboxStore for SqliteStore {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM \"{}\" WHERE status = 'delivered' AND delivered_at >= ?",
-            self.table()
-        );
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(micros(translate(since, now, self.now())))
+        let since = translate(since, now, self.now());
+        let (sql, values) =
+            outbox_sql::delivered_since(Alias::new(self.table()), since, &SqliteDialect)
+                .build_sqlx(SqliteQueryBuilder);
+        let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
