@@ -379,6 +379,156 @@ impl Harness for SqliteHarness {
     }
 }
 
+/// A harness whose table can be written behind the store's back, as another writer (raw SQL,
+/// an older version of the library) could: for the cases that check one unreadable row never
+/// stops the others ([`isolation`](crate::isolation)).
+#[async_trait]
+pub trait ForeignRows: Harness {
+    /// Writes a pending row, due at the harness clock's time, with `payload` and `headers`
+    /// stored as given (JSON text, not checked); returns its id.
+    async fn foreign_row(&self, payload: &str, headers: &str) -> outbox_core::EventId;
+
+    /// The row's last error as the table holds it.
+    async fn last_error(&self, id: outbox_core::EventId) -> Option<String>;
+}
+
+/// A row-based store's harness that can also queue a row behind an ordering key's head.
+#[async_trait]
+pub trait WaitingRows: ForeignRows {
+    /// Makes the row wait as `key`'s first waiting event (the key's next place after it).
+    async fn make_waiting(&self, id: outbox_core::EventId, key: &str);
+}
+
+#[async_trait]
+impl ForeignRows for PgHarness {
+    async fn foreign_row(&self, payload: &str, headers: &str) -> outbox_core::EventId {
+        foreign_row(self, payload, headers).await
+    }
+
+    async fn last_error(&self, id: outbox_core::EventId) -> Option<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_error FROM {}.outbox_event WHERE id = $1",
+            self.schema()
+        )))
+        .bind(id.as_uuid())
+        .fetch_one(self.store.pool())
+        .await
+        .expect("read last_error")
+    }
+}
+
+#[async_trait]
+impl ForeignRows for MySqlHarness {
+    async fn foreign_row(&self, payload: &str, headers: &str) -> outbox_core::EventId {
+        let id = outbox_core::EventId::new();
+        let at = outbox_core::Clock::now(&self.clock);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO `{}` (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+             status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+             VALUES (?, 'file.stored', 'upload', 'bad', ?, ?, 'pending', 0, 5, ?, ?, ?)",
+            self.store.config().table()
+        )))
+        .bind(*id.as_uuid())
+        .bind(payload.as_bytes())
+        .bind(headers.as_bytes())
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .execute(self.store.pool())
+        .await
+        .expect("insert a foreign row");
+        id
+    }
+
+    async fn last_error(&self, id: outbox_core::EventId) -> Option<String> {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_error FROM `{}` WHERE id = ?",
+            self.store.config().table()
+        )))
+        .bind(*id.as_uuid())
+        .fetch_one(self.store.pool())
+        .await
+        .expect("read last_error");
+        bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+#[async_trait]
+impl WaitingRows for MySqlHarness {
+    async fn make_waiting(&self, id: outbox_core::EventId, key: &str) {
+        let t = self.store.config().table();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE `{t}` SET status = 'waiting', ordering_key = ?, key_place = \
+             (SELECT next_place FROM `{t}_keys` WHERE ordering_key = ?) WHERE id = ?"
+        )))
+        .bind(key.as_bytes())
+        .bind(key.as_bytes())
+        .bind(*id.as_uuid())
+        .execute(self.store.pool())
+        .await
+        .expect("queue the row");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE `{t}_keys` SET next_place = next_place + 1 WHERE ordering_key = ?"
+        )))
+        .bind(key.as_bytes())
+        .execute(self.store.pool())
+        .await
+        .expect("move the key's next place");
+    }
+}
+
+#[async_trait]
+impl ForeignRows for SqliteHarness {
+    async fn foreign_row(&self, payload: &str, headers: &str) -> outbox_core::EventId {
+        let id = outbox_core::EventId::new();
+        let at = outbox_core::Clock::now(&self.clock).timestamp_micros();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{}\" (id, event_type, aggregate_type, aggregate_id, payload, headers, \
+             status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
+             VALUES (?, 'file.stored', 'upload', 'bad', ?, ?, 'pending', 0, 5, ?, ?, ?)",
+            self.store.config().table()
+        )))
+        .bind(*id.as_uuid())
+        .bind(payload)
+        .bind(headers)
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .execute(self.store.pool())
+        .await
+        .expect("insert a foreign row");
+        id
+    }
+
+    async fn last_error(&self, id: outbox_core::EventId) -> Option<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_error FROM \"{}\" WHERE id = ?",
+            self.store.config().table()
+        )))
+        .bind(*id.as_uuid())
+        .fetch_one(self.store.pool())
+        .await
+        .expect("read last_error")
+    }
+}
+
+#[async_trait]
+impl WaitingRows for SqliteHarness {
+    async fn make_waiting(&self, id: outbox_core::EventId, key: &str) {
+        let t = self.store.config().table();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE \"{t}\" SET status = 'waiting', ordering_key = ?1, key_place = \
+             (SELECT next_place FROM \"{t}_keys\" WHERE ordering_key = ?1) WHERE id = ?2; \
+             UPDATE \"{t}_keys\" SET next_place = next_place + 1 WHERE ordering_key = ?1"
+        )))
+        .bind(key)
+        .bind(*id.as_uuid())
+        .execute(self.store.pool())
+        .await
+        .expect("queue the row");
+    }
+}
+
 /// Writes a row into the harness's outbox table as another writer could (raw SQL, an older
 /// version of the library), bypassing every check: `payload` and `headers` are JSON text.
 /// Returns its id; it is pending and due at the harness clock's time.

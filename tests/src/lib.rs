@@ -7,6 +7,7 @@
 pub mod concurrency;
 pub mod conformance;
 pub mod harness;
+pub mod isolation;
 pub mod kafka;
 
 /// A PostgreSQL cluster with `wal_level = logical` per test (the log-reading relay's tests).

@@ -13,6 +13,7 @@ use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{Harness, NowUtc};
 use outbox_tests::harness::{MySqlHarness, mysql_pool};
+use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
 use serde_json::json;
 
@@ -366,136 +367,24 @@ async fn h_emit(store: &MySqlStore) {
     assert_eq!(store.count_by_status().await.unwrap().pending, 1);
 }
 
-/// Writes a row as another writer could (raw SQL, an older version of the library),
-/// bypassing every check: `payload` and `headers` are stored as given.
-async fn foreign_row(h: &MySqlHarness, payload: &str, headers: &str) -> outbox_core::EventId {
-    let id = outbox_core::EventId::new();
-    let at = outbox_core::Clock::now(h.clock());
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO `{}` (id, event_type, aggregate_type, aggregate_id, payload, headers, \
-         status, attempts, max_attempts, next_attempt_at, created_at, updated_at) \
-         VALUES (?, 'file.stored', 'upload', 'bad', ?, ?, 'pending', 0, 5, ?, ?, ?)",
-        h.store().config().table()
-    )))
-    .bind(*id.as_uuid())
-    .bind(payload.as_bytes())
-    .bind(headers.as_bytes())
-    .bind(at)
-    .bind(at)
-    .bind(at)
-    .execute(h.store().pool())
-    .await
-    .unwrap();
-    id
-}
-
-/// A row that cannot be read never takes the events around it down: the claim marks it dead
-/// at once with the reason, the innocent events of the same batch are delivered, and operator
-/// reads report it instead of failing.
+/// A row that cannot be read never takes the events around it down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_row_is_isolated_and_reported() {
-    unreadable_rows_isolated(ClaimMode::Lease).await;
+    let h = MySqlHarness::new().await;
+    isolation::unreadable_rows_are_isolated(&h, ClaimMode::Lease).await;
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_row_is_isolated_by_a_locked_claim_too() {
-    unreadable_rows_isolated(ClaimMode::Locked).await;
-}
-
-async fn unreadable_rows_isolated(mode: ClaimMode) {
     let h = MySqlHarness::new().await;
-    let store = h.store();
-    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-    let innocent = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
-    let bad_payload = foreign_row(&h, &deep, "{}").await;
-    let bad_headers = foreign_row(&h, "{}", r#"{"n": 1}"#).await;
-    let innocent_too = h.emit(vec![upload(2)], true).await.unwrap()[0].id();
-
-    let page = store.list(&Default::default()).await.unwrap();
-    assert_eq!(
-        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
-        vec![innocent, innocent_too]
-    );
-    let unreadable: Vec<_> = page.undecodable.iter().map(|u| u.id).collect();
-    assert_eq!(unreadable, vec![bad_payload, bad_headers]);
-
-    let transport = outbox_memory::RecordingTransport::new();
-    let report = outbox_worker::Worker::builder(store.clone(), transport.clone())
-        .clock(Arc::new(h.clock().clone()))
-        .claim_mode(mode)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    let delivered: std::collections::HashSet<_> =
-        transport.delivered().iter().map(|e| e.id).collect();
-    assert_eq!(delivered, [innocent, innocent_too].into_iter().collect());
-    assert_eq!(report.delivered, 2);
-    let counts = store.count_by_status().await.unwrap();
-    assert_eq!((counts.delivered, counts.dead, counts.pending), (2, 2, 0));
-    for id in [bad_payload, bad_headers] {
-        let kept: Option<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT last_error FROM `{}` WHERE id = ?",
-            store.config().table()
-        )))
-        .bind(*id.as_uuid())
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert!(
-            kept.as_deref()
-                .is_some_and(|e| e.starts_with(b"cannot be read")),
-            "{kept:?}"
-        );
-    }
+    isolation::unreadable_rows_are_isolated(&h, ClaimMode::Locked).await;
     h.cleanup().await;
 }
 
-/// An unreadable event waiting behind its key's head never blocks the head's outcome: when
-/// the head is delivered it is buried as the key's dead head (parking the key), and an
-/// operator deleting it lets the key go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_waiting_event_parks_its_key_until_deleted() {
     let h = MySqlHarness::new().await;
-    let store = h.store();
-    let t = store.config().table().to_owned();
-    let keyed = |n: usize| {
-        NewEvent::builder("file.stored", "upload", n.to_string())
-            .ordering_key("k")
-            .build()
-            .unwrap()
-    };
-    let head = h.emit(vec![keyed(1)], true).await.unwrap()[0].id();
-    let bad = foreign_row(&h, "{", "{}").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "UPDATE `{t}` SET status = 'waiting', ordering_key = 'k', key_place = 0 WHERE id = x'{}'; \
-         UPDATE `{t}_keys` SET next_place = 1 WHERE ordering_key = 'k'",
-        bad.as_uuid().simple()
-    )))
-    .execute(store.pool())
-    .await
-    .unwrap();
-    let last = h.emit(vec![keyed(3)], true).await.unwrap()[0].id();
-
-    let now = h.clock().now_utc();
-    let lease = Duration::from_secs(30);
-    let (lease, got) = store.claim_for("w", 10, lease, now).await.unwrap();
-    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![head]);
-    let acked = store.ack(lease.id, &[head], now).await.unwrap();
-    assert_eq!(acked[0].outcome, outbox_core::Outcome::Delivered);
-    let parked = store.parked_keys(10).await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(
-        (parked[0].key.as_str(), parked[0].head, parked[0].waiting),
-        ("k", bad, 1)
-    );
-
-    assert_eq!(store.delete_events(&[bad], now).await.unwrap(), vec![bad]);
-    let (_, got) = store
-        .claim_for("w", 10, Duration::from_secs(30), now)
-        .await
-        .unwrap();
-    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![last]);
+    isolation::an_unreadable_waiting_event_parks_its_key_until_deleted(&h).await;
     h.cleanup().await;
 }

@@ -15,9 +15,7 @@ use outbox_core::{
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::concurrency;
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{
-    PgHarness, database_url, foreign_row, pool, pool_with, wait_for_lock_wait,
-};
+use outbox_tests::harness::{PgHarness, database_url, pool, pool_with, wait_for_lock_wait};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -842,75 +840,15 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
 /// it instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_row_is_isolated_and_reported() {
-    unreadable_rows_isolated(ClaimMode::Lease).await;
+    let h = PgHarness::new().await;
+    outbox_tests::isolation::unreadable_rows_are_isolated(&h, ClaimMode::Lease).await;
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_row_is_isolated_by_a_locked_claim_too() {
-    unreadable_rows_isolated(ClaimMode::Locked).await;
-}
-
-async fn unreadable_rows_isolated(mode: ClaimMode) {
     let h = PgHarness::new().await;
-    let store = h.store();
-    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-    let innocent = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
-    let bad_payload = foreign_row(&h, &deep, "{}").await;
-    let bad_headers = foreign_row(&h, "{}", r#"{"n": 1}"#).await;
-    let innocent_too = h.emit(vec![upload(2)], true).await.unwrap()[0].id();
-
-    // Operator reads report the rows, before any claim.
-    let page = store.list(&EventFilter::default()).await.unwrap();
-    assert_eq!(
-        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
-        vec![innocent, innocent_too]
-    );
-    let unreadable: Vec<EventId> = page.undecodable.iter().map(|u| u.id).collect();
-    assert_eq!(unreadable, vec![bad_payload, bad_headers]);
-    assert_eq!(page.oldest_created_at(), Some(h.clock().now_utc()));
-    match store.get(bad_payload).await {
-        Err(StoreError::Undecodable { id, .. }) => assert_eq!(id, bad_payload),
-        other => panic!("expected Undecodable, got {other:?}"),
-    }
-
-    let transport = outbox_memory::RecordingTransport::new();
-    let report = Worker::builder(store.clone(), transport.clone())
-        .clock(Arc::new(h.clock().clone()))
-        .claim_mode(mode)
-        .build()
-        .unwrap()
-        .run_until_idle()
-        .await
-        .unwrap();
-    let delivered: HashSet<EventId> = transport.delivered().iter().map(|e| e.id).collect();
-    assert_eq!(delivered, HashSet::from([innocent, innocent_too]));
-    assert_eq!(report.delivered, 2);
-    let counts = store.count_by_status().await.unwrap();
-    assert_eq!((counts.delivered, counts.dead, counts.pending), (2, 2, 0));
-    let dead = store
-        .list(&EventFilter {
-            status: Some(Status::Dead),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(dead.undecodable.len(), 2);
-    for row in &dead.undecodable {
-        assert_eq!(row.status, Status::Dead);
-        let kept: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT last_error FROM {}.outbox_event WHERE id = $1",
-            h.schema()
-        )))
-        .bind(row.id.as_uuid())
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert!(
-            kept.as_deref()
-                .is_some_and(|e| e.starts_with("cannot be read")),
-            "{kept:?}"
-        );
-    }
+    outbox_tests::isolation::unreadable_rows_are_isolated(&h, ClaimMode::Locked).await;
     h.cleanup().await;
 }
 
