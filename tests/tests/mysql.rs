@@ -388,3 +388,108 @@ async fn an_unreadable_waiting_event_parks_its_key_until_deleted() {
     isolation::an_unreadable_waiting_event_parks_its_key_until_deleted(&h).await;
     h.cleanup().await;
 }
+
+/// Hands each delivered event's id to the test.
+struct Signal(tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);
+
+#[outbox_core::async_trait]
+impl outbox_core::Transport for Signal {
+    async fn deliver(
+        &self,
+        event: &outbox_core::OutboxEvent,
+    ) -> Result<(), outbox_core::DeliveryError> {
+        let _ = self.0.send(event.id);
+        Ok(())
+    }
+}
+
+/// Kills the one connection of `store`'s pool (whose id it reads first) from `admin`.
+async fn kill_connection(store: &MySqlStore, admin: &sqlx::MySqlPool) {
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+/// A connection the server drops under the store is a retryable error, the next call
+/// reconnects, and a worker on that store keeps delivering across repeated losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
+    let h = MySqlHarness::new().await;
+    // One connection, not tested before use, so a dropped connection surfaces to the caller.
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&outbox_tests::harness::mysql_url())
+        .await
+        .unwrap();
+    let fragile = MySqlStore::new(
+        pool,
+        MySqlConfig::new().with_table(h.store().config().table()),
+    )
+    .unwrap();
+    let admin = mysql_pool(1).await;
+
+    kill_connection(&fragile, &admin).await;
+    let error = fragile
+        .claim_for(
+            "w",
+            10,
+            Duration::from_secs(30),
+            outbox_core::Clock::now(&SystemClock),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_retryable(),
+        "a dropped connection must be retryable: {error:?}"
+    );
+    assert_eq!(
+        fragile.count_by_status().await.unwrap().total(),
+        0,
+        "the next call reconnects"
+    );
+
+    let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    let running = outbox_worker::Worker::builder(fragile.clone(), Signal(tx))
+        .poll_interval(Duration::from_millis(50))
+        .error_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .spawn();
+    let store = h.store().with_clock(Arc::new(SystemClock));
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..3 {
+        if round > 0 {
+            // Between rounds the worker is idle, so its one connection is in the pool.
+            kill_connection(&fragile, &admin).await;
+        }
+        let mut txn = store.begin().await.unwrap();
+        let ids = txn
+            .emit_all((0..4).map(|i| upload(round * 10 + i)).collect())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        for _ in 0..4 {
+            let id = tokio::time::timeout(GUARD, delivered.recv())
+                .await
+                .expect("worker stalled")
+                .unwrap();
+            seen.insert(id);
+        }
+        assert!(ids.iter().all(|e| seen.contains(&e.id())));
+    }
+    running.shutdown().await.unwrap();
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.pending, counts.in_flight),
+        (12, 0, 0),
+        "nothing lost"
+    );
+    admin.close().await;
+    h.cleanup().await;
+}
