@@ -11,6 +11,7 @@ mod latency;
 mod memory;
 mod mysql;
 mod ordering;
+mod pair;
 mod peers;
 mod pg;
 mod plot;

@@ -8,19 +8,18 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use outbox_core::Emit;
 use outbox_mysql::{MySqlConfig, MySqlStore};
-use outbox_worker::{ClaimMode, Worker};
+use outbox_worker::ClaimMode;
 use sqlx::mysql::{MySqlArguments, MySqlPoolOptions};
 use sqlx::{Arguments, AssertSqlSafe, MySqlPool, Row};
 use uuid::Uuid;
 
-use crate::memory::{NoopTransport, payload};
+use crate::memory::payload;
 use crate::pg::event;
-use crate::{Args, BenchError, Summary, per_second};
+use crate::{Args, BenchError, Summary, pair, per_second};
 
 const TABLE: &str = "outbox_bench_event";
 const RAW: &str = "outbox_bench_raw";
 const BUSINESS: &str = "outbox_bench_business";
-const ROUNDS: usize = 4;
 
 struct Setup {
     pool: MySqlPool,
@@ -125,46 +124,6 @@ async fn produce(
     Ok(())
 }
 
-/// `producers` concurrent producers, alternating outbox and raw rounds after a warm-up of each;
-/// returns the total time of each side.
-async fn emit_pair(
-    s: &Arc<Setup>,
-    producers: usize,
-    txs_each: usize,
-    bytes: usize,
-) -> Result<(Duration, Duration), BenchError> {
-    let mut totals = [Duration::ZERO; 2];
-    let per_round = (txs_each / ROUNDS).max(1);
-    for round in 0..=ROUNDS {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for raw in order {
-            let txs = if round == 0 {
-                (per_round / 4).max(1)
-            } else {
-                per_round
-            };
-            let start = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for p in 0..producers {
-                let s = Arc::clone(s);
-                let base = (round * producers + p) * per_round;
-                tasks.spawn(async move { produce(&s, raw, txs, bytes, base).await });
-            }
-            while let Some(done) = tasks.join_next().await {
-                done??;
-            }
-            if round > 0 {
-                totals[usize::from(raw)] += start.elapsed();
-            }
-        }
-    }
-    Ok((totals[0], totals[1]))
-}
-
 /// Fills both tables with `backlog` pending events each.
 async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
     for chunk in (0..backlog).step_by(1000) {
@@ -239,31 +198,6 @@ async fn drain_raw(s: &Setup, workers: usize, batch: usize) -> Result<(u64, Dura
     Ok((delivered, start.elapsed()))
 }
 
-async fn drain(
-    store: &MySqlStore,
-    mode: ClaimMode,
-    workers: usize,
-    batch: usize,
-) -> Result<(u64, Duration), BenchError> {
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..workers {
-        let worker = Worker::builder(store.clone(), NoopTransport)
-            .worker_id(format!("bench-{w}"))
-            .batch_size(batch)
-            .concurrency(32)
-            .claim_mode(mode)
-            .retention(None)
-            .build()?;
-        tasks.spawn(async move { worker.run_until_idle().await });
-    }
-    let mut delivered = 0;
-    while let Some(done) = tasks.join_next().await {
-        delivered += done??.delivered;
-    }
-    Ok((delivered, start.elapsed()))
-}
-
 /// Drains `backlog` events with the outbox and with the raw baseline, two rounds each side
 /// going first once; returns both rates in events/s.
 async fn relay_pair(
@@ -273,28 +207,18 @@ async fn relay_pair(
     batch: usize,
     backlog: usize,
 ) -> Result<(f64, f64), BenchError> {
-    let mut times = [Duration::ZERO; 2];
-    let mut counts = [0u64; 2];
-    for round in 0..2 {
+    let refill = || async {
         truncate(&s.pool).await?;
-        fill(s, backlog / 2).await?;
-        for raw in [round == 1, round == 0] {
-            let (n, t) = if raw {
-                drain_raw(s, workers, batch).await?
-            } else {
-                drain(&s.store, mode, workers, batch).await?
-            };
-            counts[usize::from(raw)] += n;
-            times[usize::from(raw)] += t;
+        fill(s, backlog / 2).await
+    };
+    pair::relay_pair(backlog, refill, |raw| async move {
+        if raw {
+            drain_raw(s, workers, batch).await
+        } else {
+            pair::drain(&s.store, mode, workers, batch).await
         }
-    }
-    if counts != [backlog as u64 / 2 * 2; 2] {
-        return Err(format!("relay delivered {counts:?} of {backlog} each").into());
-    }
-    Ok((
-        per_second(counts[0], times[0]),
-        per_second(counts[1], times[1]),
-    ))
+    })
+    .await
 }
 
 /// The `mysql.*` figures.
@@ -307,8 +231,12 @@ pub async fn run(args: &Args, url: &str, summary: &mut Summary) -> Result<(), Be
     };
     for producers in [4, 16] {
         truncate(&s.pool).await?;
-        let (outbox, raw) = emit_pair(&s, producers, txs_each, 256).await?;
-        let total = ((txs_each / ROUNDS).max(1) * ROUNDS * producers) as u64;
+        let (outbox, raw) = pair::emit_pair(producers, txs_each, |raw, txs, base| {
+            let s = Arc::clone(&s);
+            async move { produce(&s, raw, txs, 256, base).await }
+        })
+        .await?;
+        let total = pair::emitted(producers, txs_each);
         let (o, r) = (per_second(total, outbox), per_second(total, raw));
         summary.put(
             &format!("mysql.emit_p{producers}_outbox_tx_per_s"),
