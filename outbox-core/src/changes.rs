@@ -9,11 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use async_trait::async_trait;
+
 use crate::error::StoreError;
 use crate::event::{EventId, OutboxEvent};
 use crate::history::{Attempt, History};
-use crate::ordering::{DeadHead, keeps_key};
-use crate::status::{Status, Transition, transition};
+use crate::ordering::{DeadHead, keeps_key, not_a_dead_head};
+use crate::status::{LeaseId, Status, Transition, transition};
+use crate::store::{Outcome, Recorded, distinct_ids};
 
 /// An event as a row-based store holds it: the event, its place in its ordering key's queue
 /// while it waits, its failed attempts, and what else the store keeps in the row (`extra`).
@@ -195,6 +198,139 @@ impl<X: Extra> Changes<X> {
             self.rows.insert(row.event.id, row);
         }
     }
+}
+
+/// One transaction of a row-based store, as the operations below see it: the rows it read (a
+/// [`Changes`] underneath) and the reads and key moves only the store can do.
+#[async_trait]
+pub trait RowWork: Send + Sized {
+    /// The store's clock reading every change happens at.
+    fn at(&self) -> DateTime<Utc>;
+    /// The event as read and changed so far.
+    fn event(&self, id: EventId) -> Option<&OutboxEvent>;
+    /// [`Changes::apply`].
+    fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError>;
+    /// [`Changes::touch`].
+    fn touch(&mut self, id: EventId);
+    /// [`Changes::delete`].
+    fn delete(&mut self, id: EventId);
+    /// [`Changes::leave_key`].
+    fn leave_key(&mut self, key: String, head: EventId);
+    /// Reads the named events held under `lease` (in flight); the others are not read.
+    async fn read_held(&mut self, ids: &[EventId], lease: LeaseId) -> Result<(), StoreError>;
+    /// Reads event `id` for an operator's change to a dead event; [`StoreError::NotFound`] if
+    /// there is none.
+    async fn read_dead(&mut self, id: EventId) -> Result<OutboxEvent, StoreError>;
+    /// Reads the named events for an operator's delete.
+    async fn read_for_delete(&mut self, ids: &[EventId]) -> Result<(), StoreError>;
+    /// Whether a worker holds a read event (in flight, or under a locked claim).
+    fn held(&self, id: EventId) -> bool;
+    /// Deletes an event whose row could not be read, if this transaction found it so;
+    /// whether it did.
+    fn delete_unreadable(&mut self, id: EventId) -> bool;
+    /// A pending event that does not head its key rejoins it (at the back, or as its head).
+    async fn rejoin_key(&mut self, id: EventId) -> Result<(), StoreError>;
+    /// Whether `id` heads its ordering key.
+    async fn heads_key(&mut self, id: EventId) -> Result<bool, StoreError>;
+    /// Writes every change back and commits.
+    async fn commit(self) -> Result<(), StoreError>;
+}
+
+/// A lease holder's change to each named event — `transition(i, at)` for the `i`th — and
+/// what became of each; events not held under the lease are left alone and reported lost.
+/// With `delete_delivered`, a delivered event without an idempotency key is deleted (a key
+/// keeps its event, so it goes on refusing duplicates).
+pub async fn fenced<W: RowWork>(
+    mut work: W,
+    lease: LeaseId,
+    ids: &[EventId],
+    delete_delivered: bool,
+    transition: impl Fn(usize, DateTime<Utc>) -> Transition + Send,
+) -> Result<Vec<Recorded>, StoreError> {
+    distinct_ids(ids.iter().copied())?;
+    let at = work.at();
+    work.read_held(ids, lease).await?;
+    let mut recorded = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let t = transition(i, at);
+        let outcome = match work.apply(*id, &t) {
+            Err(_) => Outcome::LeaseLost,
+            Ok(event) => Outcome::of(&t, &event),
+        };
+        if delete_delivered
+            && outcome == Outcome::Delivered
+            && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
+        {
+            work.delete(*id);
+        }
+        recorded.push(Recorded { id: *id, outcome });
+    }
+    work.commit().await?;
+    Ok(recorded)
+}
+
+/// Gives a dead event `extra_attempts` more attempts, due now, back in its key's queue.
+pub async fn revive<W: RowWork>(
+    mut work: W,
+    id: EventId,
+    extra_attempts: u32,
+) -> Result<OutboxEvent, StoreError> {
+    work.read_dead(id).await?;
+    work.apply(id, &Transition::Revive { extra_attempts })?;
+    work.rejoin_key(id).await?;
+    let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+    work.commit().await?;
+    Ok(event)
+}
+
+/// Lets the events behind a dead head go on: the head gives up its key (it stays dead).
+/// Refused unless the event is dead and heads its key.
+pub async fn skip_dead_head<W: RowWork>(
+    mut work: W,
+    id: EventId,
+) -> Result<OutboxEvent, StoreError> {
+    let event = work.read_dead(id).await?;
+    let key = event
+        .ordering_key
+        .clone()
+        .filter(|_| event.status() == Status::Dead);
+    let Some(key) = key else {
+        return Err(not_a_dead_head(&event));
+    };
+    if !work.heads_key(id).await? {
+        return Err(not_a_dead_head(&event));
+    }
+    work.touch(id);
+    work.leave_key(key, id);
+    let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
+    work.commit().await?;
+    Ok(event)
+}
+
+/// Deletes the named events except those a worker holds; returns the ids deleted, each once.
+pub async fn delete_events<W: RowWork>(
+    mut work: W,
+    ids: &[EventId],
+) -> Result<Vec<EventId>, StoreError> {
+    work.read_for_delete(ids).await?;
+    let mut deleted = Vec::new();
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !seen.insert(*id) {
+            continue;
+        }
+        let deletable = work
+            .event(*id)
+            .is_some_and(|e| e.status() != Status::InFlight && !work.held(*id));
+        if deletable {
+            work.delete(*id);
+            deleted.push(*id);
+        } else if work.event(*id).is_none() && work.delete_unreadable(*id) {
+            deleted.push(*id);
+        }
+    }
+    work.commit().await?;
+    Ok(deleted)
 }
 
 /// What becomes of an event that rejoins its ordering key (revived, say), given the key's

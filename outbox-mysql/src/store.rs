@@ -1,20 +1,19 @@
 //! [`MySqlStore`]: the outbox contract on MySQL and MariaDB.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::changes;
 use outbox_core::clock::translate;
 use outbox_core::event::validate_event_type;
 use outbox_core::locked::{settle, validate_hold, wakes_workers};
-use outbox_core::ordering::not_a_dead_head;
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
     LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError,
-    ValidationError, WakeupSender, Wakeups, distinct_ids,
+    ValidationError, WakeupSender, Wakeups,
 };
 use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
@@ -224,27 +223,8 @@ impl MySqlStore {
         delete_delivered: bool,
         transition: impl Fn(usize, DateTime<Utc>) -> outbox_core::Transition + Send,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        let mut work = Work::begin(self, None).await?;
-        let at = work.at;
-        work.lock_held(ids, lease).await?;
-        let mut recorded = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let t = transition(i, at);
-            let outcome = match work.apply(*id, &t) {
-                Err(_) => Outcome::LeaseLost,
-                Ok(event) => Outcome::of(&t, &event),
-            };
-            if delete_delivered
-                && outcome == Outcome::Delivered
-                && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
-            {
-                work.delete(*id);
-            }
-            recorded.push(Recorded { id: *id, outcome });
-        }
-        work.commit().await?;
-        Ok(recorded)
+        let work = Work::begin(self, None).await?;
+        changes::fenced(work, lease, ids, delete_delivered, transition).await
     }
 }
 
@@ -550,12 +530,7 @@ impl OutboxStore for MySqlStore {
         extra_attempts: u32,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self, None).await?;
-        work.lock_dead(id).await?;
-        work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
-        work.rejoin_key(id).await?;
-        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
-        work.commit().await?;
+        let event = changes::revive(Work::begin(self, None).await?, id, extra_attempts).await?;
         self.wake();
         Ok(event)
     }
@@ -608,27 +583,7 @@ impl OutboxStore for MySqlStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
-        let mut work = Work::begin(self, None).await?;
-        work.lock_ids(ids, true).await?;
-        let mut deleted = Vec::new();
-        let mut seen = BTreeSet::new();
-        for id in ids {
-            if !seen.insert(*id) {
-                continue;
-            }
-            match work.event(*id) {
-                Some(e) if e.status() != Status::InFlight => {
-                    work.delete(*id);
-                    deleted.push(*id);
-                }
-                None if work.is_unreadable(*id) => {
-                    work.delete_unreadable(*id);
-                    deleted.push(*id);
-                }
-                _ => {}
-            }
-        }
-        work.commit().await?;
+        let deleted = changes::delete_events(Work::begin(self, None).await?, ids).await?;
         self.wake();
         Ok(deleted)
     }
@@ -664,23 +619,7 @@ impl OutboxStore for MySqlStore {
         id: EventId,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self, None).await?;
-        work.lock_dead(id).await?;
-        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
-        let key = event
-            .ordering_key
-            .clone()
-            .filter(|_| event.status() == Status::Dead);
-        let Some(key) = key else {
-            return Err(not_a_dead_head(&event));
-        };
-        if !work.heads_key(id).await? {
-            return Err(not_a_dead_head(&event));
-        }
-        work.touch(id);
-        work.leave_key(key, id);
-        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
-        work.commit().await?;
+        let event = changes::skip_dead_head(Work::begin(self, None).await?, id).await?;
         self.wake();
         Ok(event)
     }

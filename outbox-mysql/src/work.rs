@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use outbox_core::changes::{Changes, Rejoin, moves_on};
+use outbox_core::changes::{Changes, Rejoin, RowWork, moves_on};
 use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use sqlx::mysql::MySqlArguments;
@@ -626,4 +626,58 @@ async fn write_back(
         .await
         .map_err(db_error)?;
     Ok(())
+}
+
+#[async_trait::async_trait]
+impl RowWork for Work<'_> {
+    fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+    fn event(&self, id: EventId) -> Option<&OutboxEvent> {
+        Work::event(self, id)
+    }
+    fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
+        Work::apply(self, id, t)
+    }
+    fn touch(&mut self, id: EventId) {
+        Work::touch(self, id);
+    }
+    fn delete(&mut self, id: EventId) {
+        Work::delete(self, id);
+    }
+    fn leave_key(&mut self, key: String, head: EventId) {
+        Work::leave_key(self, key, head);
+    }
+    async fn read_held(&mut self, ids: &[EventId], lease: LeaseId) -> Result<(), StoreError> {
+        self.lock_held(ids, lease).await
+    }
+    async fn read_dead(&mut self, id: EventId) -> Result<OutboxEvent, StoreError> {
+        self.lock_dead(id).await?;
+        Work::event(self, id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))
+    }
+    async fn read_for_delete(&mut self, ids: &[EventId]) -> Result<(), StoreError> {
+        // Rows another transaction holds (a worker's locked claim) are skipped, not waited on.
+        self.lock_ids(ids, true).await
+    }
+    fn held(&self, _id: EventId) -> bool {
+        // What a locked claim holds was skipped by the read; what is in flight is checked by
+        // its status.
+        false
+    }
+    fn delete_unreadable(&mut self, id: EventId) -> bool {
+        let found = self.is_unreadable(id);
+        Work::delete_unreadable(self, id);
+        found
+    }
+    async fn rejoin_key(&mut self, id: EventId) -> Result<(), StoreError> {
+        Work::rejoin_key(self, id).await
+    }
+    async fn heads_key(&mut self, id: EventId) -> Result<bool, StoreError> {
+        Work::heads_key(self, id).await
+    }
+    async fn commit(self) -> Result<(), StoreError> {
+        Work::commit(self).await
+    }
 }

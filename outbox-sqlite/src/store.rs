@@ -1,6 +1,5 @@
 //! [`SqliteStore`]: the outbox contract on SQLite.
 
-use std::collections::BTreeSet;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -8,15 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_core::changes;
 use outbox_core::clock::{add as add_time, translate};
 use outbox_core::event::validate_event_type;
 use outbox_core::locked::{settle, validate_hold, wakes_workers};
-use outbox_core::ordering::not_a_dead_head;
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
     LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
-    Transition, ValidationError, WakeupSender, Wakeups, distinct_ids,
+    Transition, ValidationError, WakeupSender, Wakeups,
 };
 use sea_query::{Alias, Expr, SqliteQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
@@ -223,27 +222,8 @@ impl SqliteStore {
         delete_delivered: bool,
         transition: impl Fn(usize, DateTime<Utc>) -> Transition + Send,
     ) -> Result<Vec<Recorded>, StoreError> {
-        distinct_ids(ids.iter().copied())?;
-        let mut work = Work::begin(self).await?;
-        let at = work.at;
-        work.read_held(ids, lease).await?;
-        let mut recorded = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let t = transition(i, at);
-            let outcome = match work.apply(*id, &t) {
-                Err(_) => Outcome::LeaseLost,
-                Ok(event) => Outcome::of(&t, &event),
-            };
-            if delete_delivered
-                && outcome == Outcome::Delivered
-                && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
-            {
-                work.delete(*id);
-            }
-            recorded.push(Recorded { id: *id, outcome });
-        }
-        work.commit().await?;
-        Ok(recorded)
+        let work = Work::begin(self).await?;
+        changes::fenced(work, lease, ids, delete_delivered, transition).await
     }
 }
 
@@ -556,12 +536,7 @@ impl OutboxStore for SqliteStore {
         extra_attempts: u32,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self).await?;
-        work.read_one(id).await?;
-        work.apply(id, &Transition::Revive { extra_attempts })?;
-        work.rejoin_key(id).await?;
-        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
-        work.commit().await?;
+        let event = changes::revive(Work::begin(self).await?, id, extra_attempts).await?;
         self.wake();
         Ok(event)
     }
@@ -610,29 +585,7 @@ impl OutboxStore for SqliteStore {
         ids: &[EventId],
         _now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
-        let mut work = Work::begin(self).await?;
-        work.read(ids).await?;
-        let at = work.at;
-        let mut deleted = Vec::new();
-        let mut seen = BTreeSet::new();
-        for id in ids {
-            if !seen.insert(*id) {
-                continue;
-            }
-            let held = work.hold_of(*id).is_some_and(|(_, until)| until > at);
-            match work.event(*id) {
-                Some(e) if e.status() != Status::InFlight && !held => {
-                    work.delete(*id);
-                    deleted.push(*id);
-                }
-                None if work.is_unreadable(*id) => {
-                    work.delete_unreadable(*id);
-                    deleted.push(*id);
-                }
-                _ => {}
-            }
-        }
-        work.commit().await?;
+        let deleted = changes::delete_events(Work::begin(self).await?, ids).await?;
         self.wake();
         Ok(deleted)
     }
@@ -667,22 +620,7 @@ impl OutboxStore for SqliteStore {
         id: EventId,
         _now: DateTime<Utc>,
     ) -> Result<OutboxEvent, StoreError> {
-        let mut work = Work::begin(self).await?;
-        let event = work.read_one(id).await?;
-        let key = event
-            .ordering_key
-            .clone()
-            .filter(|_| event.status() == Status::Dead);
-        let Some(key) = key else {
-            return Err(not_a_dead_head(&event));
-        };
-        if !work.heads_key(id).await? {
-            return Err(not_a_dead_head(&event));
-        }
-        work.touch(id);
-        work.leave_key(key, id);
-        let event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
-        work.commit().await?;
+        let event = changes::skip_dead_head(Work::begin(self).await?, id).await?;
         self.wake();
         Ok(event)
     }
