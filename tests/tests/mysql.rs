@@ -403,7 +403,9 @@ impl outbox_core::Transport for Signal {
     }
 }
 
-/// Kills the one connection of `store`'s pool (whose id it reads first) from `admin`.
+/// Kills the one connection of `store`'s pool (whose id it reads first) from `admin`, and
+/// waits (bounded) until the server has closed it: `KILL` only flags a connection, which may
+/// still answer a quick next statement.
 async fn kill_connection(store: &MySqlStore, admin: &sqlx::MySqlPool) {
     let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
         .fetch_one(store.pool())
@@ -413,6 +415,24 @@ async fn kill_connection(store: &MySqlStore, admin: &sqlx::MySqlPool) {
         .execute(admin)
         .await
         .unwrap();
+    let gone = async {
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+            )
+            .bind(id)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, gone)
+        .await
+        .expect("the server never closed the killed connection");
 }
 
 /// A connection the server drops under the store is a retryable error, the next call
