@@ -55,7 +55,7 @@ pub(crate) struct Work<'s> {
     /// The rows the last read buried, unreadable.
     buried: Vec<EventId>,
     /// Every row found unreadable (and so dead) in this transaction, with its ordering key.
-    unreadable: BTreeMap<EventId, (Status, Option<String>)>,
+    unreadable: BTreeMap<EventId, Option<String>>,
     /// Unreadable rows to delete at the end.
     gone_unreadable: Vec<EventId>,
 }
@@ -104,7 +104,7 @@ impl<'s> Work<'s> {
                     if bad.status != Status::Dead {
                         self.bury(bad.id, &bad.error, key.clone()).await?;
                     }
-                    self.unreadable.insert(bad.id, (Status::Dead, key));
+                    self.unreadable.insert(bad.id, key);
                     continue;
                 }
             };
@@ -160,8 +160,8 @@ impl<'s> Work<'s> {
     /// Deletes a row found unreadable before the commit (an operator's way to be rid of it);
     /// if it headed its key, the key moves on.
     pub(crate) fn delete_unreadable(&mut self, id: EventId) {
-        if let Some((_, key)) = self.unreadable.get(&id) {
-            if let Some(key) = key.clone() {
+        if let Some(key) = self.unreadable.get(&id).cloned() {
+            if let Some(key) = key {
                 self.changes.leave_key(key, id);
             }
             self.gone_unreadable.push(id);
