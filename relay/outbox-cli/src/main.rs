@@ -633,7 +633,8 @@ async fn relay(
 /// at this build's version.
 async fn start_on<S: SqlStore>(
     store: S,
-    config: &Config,
+    workers: usize,
+    settings: &outbox_worker::WorkerConfig,
     router: &Arc<outbox_router::Router>,
     listener: Option<tokio::net::TcpListener>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -645,7 +646,6 @@ async fn start_on<S: SqlStore>(
     ),
     CliError,
 > {
-    let r = &config.relay;
     let (version, latest) = (store.schema_version().await?, S::LATEST);
     if version < latest {
         return Err(format!(
@@ -666,14 +666,14 @@ async fn start_on<S: SqlStore>(
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
     let mut running = Vec::new();
-    for i in 0..r.workers {
+    for i in 0..workers {
         let worker = Worker::builder(store.clone(), Arc::clone(router))
-            .config(r.worker_config()?)
+            .config(settings.clone())
             .worker_id(format!("{host}-{}-{i}", std::process::id()))
             .build()?;
         running.push(worker.spawn());
     }
-    info!(workers = r.workers, table = %store.table(), "relay started on {}", S::NAME);
+    info!(workers, table = %store.table(), "relay started on {}", S::NAME);
     Ok((running, None, server))
 }
 
@@ -738,23 +738,17 @@ async fn start(
         }
         let connections =
             u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX);
-        let running = match backend {
+        let (workers, settings) = (r.workers, &settings);
+        return match backend {
             Backend::Sqlite => {
-                start_on(
-                    sqlite_store(&config).await?,
-                    &config,
-                    &router,
-                    listener,
-                    metrics,
-                )
-                .await?
+                let store = sqlite_store(&config).await?;
+                start_on(store, workers, settings, &router, listener, metrics).await
             }
             _ => {
                 let store = mysql_store(&config, connections, startup).await?;
-                start_on(store, &config, &router, listener, metrics).await?
+                start_on(store, workers, settings, &router, listener, metrics).await
             }
         };
-        return Ok(running);
     }
     let store = store(
         &config,

@@ -14,7 +14,7 @@ use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
 mod common;
 
-use common::{Killed, config_file, free_port, log_lines, stdout_of, wait_for, which};
+use common::{Killed, config_file, free_port, get, log_lines, stdout_of, wait_for, which};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -24,16 +24,6 @@ fn outbox(args: &[&str], url: &str, schema: &str) -> String {
             .args(args)
             .args(["--database-url", url, "--schema", schema]),
     )
-}
-
-/// A plain HTTP/1.0 GET on loopback; returns the response text.
-fn get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,17 +128,7 @@ async fn relay_process_delivers_serves_metrics_and_drains_on_sigterm() {
     );
 
     // SIGTERM: the relay stops gracefully and exits 0.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let status = common::terminate(child).await;
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert!(
         status.status.success(),

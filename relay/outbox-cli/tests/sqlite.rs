@@ -115,31 +115,14 @@ async fn migrate_status_and_a_relay_on_sqlite() {
     tokio::time::timeout(Duration::from_secs(30), acked)
         .await
         .expect("the relay never acknowledged what it printed");
-    let metrics = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
+    let metrics = tokio::task::spawn_blocking(move || common::get(port, "/metrics"))
+        .await
+        .unwrap();
     assert!(
         metrics.contains("outbox_events{status=\"delivered\"} 10"),
         "{metrics}"
     );
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = common::terminate(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
