@@ -351,3 +351,42 @@ pub async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order<S,
         "the consumer failed too rarely to test retries"
     );
 }
+
+/// A batch emit in one unit of work resolves idempotency keys within the batch and against
+/// committed events, over more than one insert statement's worth of rows, and keeps keys
+/// byte-exact (`"K-NEW"` is not `"k-new"`).
+pub async fn batch_emit_resolves_duplicates_within_and_across_batches<H: Harness>(h: &H) {
+    let keyed_once = |n: usize, key: &str| {
+        NewEvent::builder("order.paid", "order", n.to_string())
+            .idempotency_key(key)
+            .build()
+            .expect("valid event")
+    };
+    let earlier = h
+        .emit(vec![keyed_once(0, "k-old")], true)
+        .await
+        .expect("emit")[0]
+        .id();
+    let mut events: Vec<NewEvent> = (1..=1500).map(upload).collect();
+    events.push(keyed_once(1501, "k-new"));
+    events.push(keyed_once(1502, "k-new")); // same key twice in one batch
+    events.push(keyed_once(1503, "k-old")); // key already committed
+    events.push(keyed_once(1504, "K-NEW")); // keys are byte-exact, not case-folded
+    let emitted = h.emit(events, true).await.expect("emit");
+    assert_eq!(emitted.len(), 1504);
+    assert!(
+        emitted[..1501]
+            .iter()
+            .all(|e| matches!(e, outbox_core::Emitted::Created(_)))
+    );
+    assert_eq!(
+        emitted[1501],
+        outbox_core::Emitted::Duplicate(emitted[1500].id())
+    );
+    assert_eq!(emitted[1502], outbox_core::Emitted::Duplicate(earlier));
+    assert!(matches!(emitted[1503], outbox_core::Emitted::Created(_)));
+    assert_eq!(
+        h.store().count_by_status().await.expect("count").pending,
+        1503
+    );
+}

@@ -718,6 +718,20 @@ pub async fn wait_for_lock_wait(h: &PgHarness) {
     probe.close().await;
 }
 
+/// A transport that delivers at once and hands each delivered event's id to the test.
+pub struct Signal(pub tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);
+
+#[async_trait]
+impl outbox_core::Transport for Signal {
+    async fn deliver(
+        &self,
+        event: &outbox_core::OutboxEvent,
+    ) -> Result<(), outbox_core::DeliveryError> {
+        let _ = self.0.send(event.id);
+        Ok(())
+    }
+}
+
 /// A transport that signals when each delivery starts, then never finishes: a worker stuck
 /// mid-delivery.
 pub struct Stuck(pub tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);

@@ -81,29 +81,7 @@ async fn business_row_and_event_commit_or_roll_back_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_emit_resolves_duplicates_within_and_across_batches() {
     let h = SqliteHarness::new().await;
-    let keyed_once = |n: usize, key: &str| {
-        NewEvent::builder("order.paid", "order", n.to_string())
-            .idempotency_key(key)
-            .build()
-            .unwrap()
-    };
-    let earlier = h.emit(vec![keyed_once(0, "k-old")], true).await.unwrap()[0].id();
-    let mut events: Vec<NewEvent> = (1..=1500).map(upload).collect();
-    events.push(keyed_once(1501, "k-new"));
-    events.push(keyed_once(1502, "k-new")); // same key twice in one batch
-    events.push(keyed_once(1503, "k-old")); // key already committed
-    events.push(keyed_once(1504, "K-NEW")); // keys are byte-exact, not case-folded
-    let emitted = h.emit(events, true).await.unwrap();
-    assert_eq!(emitted.len(), 1504);
-    assert!(
-        emitted[..1501]
-            .iter()
-            .all(|e| matches!(e, Emitted::Created(_)))
-    );
-    assert_eq!(emitted[1501], Emitted::Duplicate(emitted[1500].id()));
-    assert_eq!(emitted[1502], Emitted::Duplicate(earlier));
-    assert!(matches!(emitted[1503], Emitted::Created(_)));
-    assert_eq!(h.store().count_by_status().await.unwrap().pending, 1503);
+    concurrency::batch_emit_resolves_duplicates_within_and_across_batches(&h).await;
     h.cleanup().await;
 }
 
@@ -411,20 +389,6 @@ async fn an_unreadable_waiting_event_parks_its_key_until_deleted() {
     h.cleanup().await;
 }
 
-/// Hands each delivered event's id to the test.
-struct Signal(tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);
-
-#[outbox_core::async_trait]
-impl outbox_core::Transport for Signal {
-    async fn deliver(
-        &self,
-        event: &outbox_core::OutboxEvent,
-    ) -> Result<(), outbox_core::DeliveryError> {
-        let _ = self.0.send(event.id);
-        Ok(())
-    }
-}
-
 /// A commit through the store's transaction wakes this process's idle worker at once: with a
 /// poll of an hour, every event is delivered within seconds of its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +396,7 @@ async fn a_commit_wakes_an_idle_worker_of_the_process() {
     let h = SqliteHarness::new().await;
     let store = h.store().with_clock(Arc::new(SystemClock));
     let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
-    let running = outbox_worker::Worker::builder(store.clone(), Signal(tx))
+    let running = outbox_worker::Worker::builder(store.clone(), outbox_tests::harness::Signal(tx))
         .poll_interval(Duration::from_secs(3600))
         .build()
         .unwrap()
