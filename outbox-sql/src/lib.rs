@@ -28,7 +28,10 @@
 
 use chrono::{DateTime, Utc};
 use outbox_core::{EventFilter, EventId, Status};
-use sea_query::{Alias, Expr, ExprTrait, IntoTableRef, Order, Query, SelectStatement, Value};
+use sea_query::{
+    Alias, DeleteStatement, Expr, ExprTrait, InsertStatement, IntoTableRef, JoinType, OnConflict,
+    Order, Query, SelectStatement, UpdateStatement, Value,
+};
 
 /// What differs between the SQL stores, for the statements built here.
 pub trait Dialect {
@@ -181,6 +184,150 @@ pub fn paused_types(paused: impl IntoTableRef) -> SelectStatement {
         .to_owned()
 }
 
+/// Pauses `event_type` in a pause table: fails as a unique violation if it is paused already
+/// (the store answers `false` then).
+pub fn pause(paused: impl IntoTableRef, event_type: Value, at: Value) -> InsertStatement {
+    Query::insert()
+        .into_table(paused)
+        .columns([Alias::new("event_type"), Alias::new("paused_at")])
+        .values_panic([Expr::val(event_type), Expr::val(at)])
+        .to_owned()
+}
+
+/// Resumes `event_type`: deletes its row of a pause table (none if it was not paused).
+pub fn resume(paused: impl IntoTableRef, event_type: Value) -> DeleteStatement {
+    Query::delete()
+        .from_table(paused)
+        .and_where(col("event_type").eq(event_type))
+        .to_owned()
+}
+
+/// Deletes the rows of `table` whose `column` is one of `keys` (ids, or a store's own row
+/// numbers).
+pub fn delete_in(table: impl IntoTableRef, column: &str, keys: Vec<Value>) -> DeleteStatement {
+    Query::delete()
+        .from_table(table)
+        .and_where(col(column).is_in(keys))
+        .to_owned()
+}
+
+/// Sets `changed` columns to the same values on every row of `table` whose `column` is one of
+/// `keys`.
+pub fn set_in(
+    table: impl IntoTableRef,
+    changed: Vec<(&str, Value)>,
+    column: &str,
+    keys: Vec<Value>,
+) -> UpdateStatement {
+    Query::update()
+        .table(table)
+        .values(
+            changed
+                .into_iter()
+                .map(|(name, value)| (Alias::new(name), Expr::val(value))),
+        )
+        .and_where(col(column).is_in(keys))
+        .to_owned()
+}
+
+/// The key table's rows of `keys`, in key order: columns `ordering_key`, `head`,
+/// `next_place`. A store that locks what it reads adds its lock.
+pub fn key_heads(keys_table: impl IntoTableRef, keys: Vec<Value>) -> SelectStatement {
+    Query::select()
+        .columns([
+            Alias::new("ordering_key"),
+            Alias::new("head"),
+            Alias::new("next_place"),
+        ])
+        .from(keys_table)
+        .and_where(col("ordering_key").is_in(keys))
+        .order_by(Alias::new("ordering_key"), Order::Asc)
+        .to_owned()
+}
+
+/// Sets a key's head and next queue place, creating the key's row if it has none.
+pub fn set_key(
+    keys_table: impl IntoTableRef,
+    key: Value,
+    head: Value,
+    next_place: i64,
+) -> InsertStatement {
+    Query::insert()
+        .into_table(keys_table)
+        .columns([
+            Alias::new("ordering_key"),
+            Alias::new("head"),
+            Alias::new("next_place"),
+        ])
+        .values_panic([Expr::val(key), Expr::val(head), Expr::val(next_place)])
+        .on_conflict(
+            OnConflict::column(Alias::new("ordering_key"))
+                .update_columns([Alias::new("head"), Alias::new("next_place")])
+                .to_owned(),
+        )
+        .to_owned()
+}
+
+/// Creates the key table's rows of `keys` that do not exist yet (next place 0, no head).
+pub fn create_keys(keys_table: impl IntoTableRef, keys: Vec<Value>) -> InsertStatement {
+    let mut insert = Query::insert();
+    insert
+        .into_table(keys_table)
+        .columns([Alias::new("ordering_key")])
+        .on_conflict(
+            OnConflict::column(Alias::new("ordering_key"))
+                .do_nothing_on([Alias::new("ordering_key")])
+                .to_owned(),
+        );
+    for key in keys {
+        insert.values_panic([Expr::val(key)]);
+    }
+    insert
+}
+
+/// Deletes a key's row (its queue is empty).
+pub fn delete_key(keys_table: impl IntoTableRef, key: Value) -> DeleteStatement {
+    Query::delete()
+        .from_table(keys_table)
+        .and_where(col("ordering_key").eq(key))
+        .to_owned()
+}
+
+/// The keys whose head is dead (parked under the `block` dead-head policy), oldest head
+/// first, at most `limit`: columns `ordering_key`, `id` (the head) and `waiting` (how many
+/// events wait behind it).
+pub fn parked_keys(table: &str, keys_table: &str, limit: u64) -> SelectStatement {
+    let (k, e, w) = (Alias::new("k"), Alias::new("e"), Alias::new("w"));
+    let waiting = Query::select()
+        .expr(Expr::cust("COUNT(*)"))
+        .from_as(Alias::new(table), w.clone())
+        .and_where(
+            Expr::col((w.clone(), Alias::new("ordering_key")))
+                .equals((k.clone(), Alias::new("ordering_key"))),
+        )
+        .and_where(Expr::col((w, Alias::new("status"))).eq(Status::Waiting.as_str()))
+        .to_owned();
+    Query::select()
+        .column((k.clone(), Alias::new("ordering_key")))
+        .column((e.clone(), Alias::new("id")))
+        .expr_as(
+            Expr::SubQuery(None, Box::new(waiting.into())),
+            Alias::new("waiting"),
+        )
+        .from_as(Alias::new(keys_table), k.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            Alias::new(table),
+            e.clone(),
+            Expr::col((e.clone(), Alias::new("id"))).equals((k, Alias::new("head"))),
+        )
+        .and_where(Expr::col((e.clone(), Alias::new("status"))).eq(Status::Dead.as_str()))
+        .order_by((e.clone(), Alias::new("created_at")), Order::Asc)
+        .order_by((e, Alias::new("id")), Order::Asc)
+        .limit(limit)
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +377,71 @@ mod tests {
             sql,
             r#"SELECT "event_type", "paused_at" FROM "t_paused" ORDER BY "event_type" ASC"#
         );
+    }
+
+    #[test]
+    fn the_shared_writes_render_for_sqlite_and_mysql() {
+        use sea_query::MysqlQueryBuilder;
+        let (sql, values) =
+            set_key("t_keys", "k".into(), Value::Bytes(None), 3).build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"INSERT INTO "t_keys" ("ordering_key", "head", "next_place") VALUES (?, ?, ?) ON CONFLICT ("ordering_key") DO UPDATE SET "head" = "excluded"."head", "next_place" = "excluded"."next_place""#
+        );
+        assert_eq!(values.0.len(), 3);
+        let (sql, _) =
+            set_key("t_keys", "k".into(), Value::Bytes(None), 3).build(MysqlQueryBuilder);
+        assert_eq!(
+            sql,
+            "INSERT INTO `t_keys` (`ordering_key`, `head`, `next_place`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE `head` = VALUES(`head`), `next_place` = VALUES(`next_place`)"
+        );
+        let (sql, values) =
+            create_keys("t_keys", vec!["a".into(), "b".into()]).build(MysqlQueryBuilder);
+        assert_eq!(
+            sql,
+            "INSERT INTO `t_keys` (`ordering_key`) VALUES (?), (?) ON DUPLICATE KEY UPDATE `ordering_key` = `ordering_key`"
+        );
+        assert_eq!(values.0.len(), 2);
+        let (sql, values) = key_heads("t_keys", vec!["a".into()]).build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT "ordering_key", "head", "next_place" FROM "t_keys" WHERE "ordering_key" IN (?) ORDER BY "ordering_key" ASC"#
+        );
+        assert_eq!(values.0.len(), 1);
+        let (sql, _) = delete_key("t_keys", "a".into()).build(MysqlQueryBuilder);
+        assert_eq!(sql, "DELETE FROM `t_keys` WHERE `ordering_key` = ?");
+        let (sql, values) =
+            delete_in("t", "seq", vec![1u64.into(), 2u64.into()]).build(MysqlQueryBuilder);
+        assert_eq!(sql, "DELETE FROM `t` WHERE `seq` IN (?, ?)");
+        assert_eq!(values.0.len(), 2);
+        let (sql, values) = set_in(
+            "t",
+            vec![
+                ("status", "delivered".into()),
+                ("hold_id", Value::Bytes(None)),
+            ],
+            "rowid",
+            vec![7i64.into()],
+        )
+        .build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"UPDATE "t" SET "status" = ?, "hold_id" = ? WHERE "rowid" IN (?)"#
+        );
+        assert_eq!(values.0.len(), 3);
+        let (sql, values) = pause("t_paused", "x".into(), 5i64.into()).build(SqliteQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"INSERT INTO "t_paused" ("event_type", "paused_at") VALUES (?, ?)"#
+        );
+        assert_eq!(values.0.len(), 2);
+        let (sql, _) = resume("t_paused", "x".into()).build(MysqlQueryBuilder);
+        assert_eq!(sql, "DELETE FROM `t_paused` WHERE `event_type` = ?");
+        let (sql, values) = parked_keys("t", "t_keys", 10).build(MysqlQueryBuilder);
+        assert_eq!(
+            sql,
+            "SELECT `k`.`ordering_key`, `e`.`id`, (SELECT COUNT(*) FROM `t` AS `w` WHERE `w`.`ordering_key` = `k`.`ordering_key` AND `w`.`status` = ?) AS `waiting` FROM `t_keys` AS `k` INNER JOIN `t` AS `e` ON `e`.`id` = `k`.`head` WHERE `e`.`status` = ? ORDER BY `e`.`created_at` ASC, `e`.`id` ASC LIMIT ?"
+        );
+        assert_eq!(values.0.len(), 3);
     }
 }

@@ -17,7 +17,8 @@ use outbox_core::{
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
     Transition, ValidationError, WakeupSender, Wakeups,
 };
-use sea_query::{Alias, Expr, SqliteQueryBuilder, Value};
+use outbox_sql::Dialect;
+use sea_query::{Alias, Expr, ExprTrait, SqliteQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -168,6 +169,11 @@ impl SqliteStore {
         self.config.table()
     }
 
+    /// The table of paused event types.
+    fn paused_table(&self) -> Alias {
+        Alias::new(format!("{}_paused", self.table()))
+    }
+
     /// Begins a write transaction: this process's turn first, then SQLite's write lock
     /// (`BEGIN IMMEDIATE`, waiting up to the connection's `busy_timeout` for another process).
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
@@ -230,9 +236,9 @@ impl SqliteStore {
 /// How SQLite's outbox table differs, for the statements built in `outbox-sql`: text is
 /// `TEXT`, ids 16-byte blobs, times microseconds since the epoch; a prefix is matched on the
 /// bytes (`substr` on text counts characters).
-struct SqliteDialect;
+pub(crate) struct SqliteDialect;
 
-impl outbox_sql::Dialect for SqliteDialect {
+impl Dialect for SqliteDialect {
     fn text(&self, s: &str) -> Value {
         s.into()
     }
@@ -592,14 +598,13 @@ impl OutboxStore for SqliteStore {
 
     async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
         let t = self.table();
-        let sql = format!(
-            "SELECT k.ordering_key, e.id, \
-             (SELECT COUNT(*) FROM \"{t}\" w WHERE w.ordering_key = k.ordering_key AND w.status = 'waiting') AS waiting \
-             FROM \"{t}_keys\" k JOIN \"{t}\" e ON e.id = k.head \
-             WHERE e.status = 'dead' ORDER BY e.created_at, e.id LIMIT ?"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        let (sql, values) = outbox_sql::parked_keys(
+            t,
+            &format!("{t}_keys"),
+            u64::try_from(limit).unwrap_or(u64::MAX),
+        )
+        .build_sqlx(SqliteQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -709,13 +714,13 @@ impl OutboxStore for SqliteStore {
     async fn pause_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         validate_event_type(event_type)?;
         let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "INSERT INTO \"{}_paused\" (event_type, paused_at) VALUES (?, ?)",
-            self.table()
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(event_type)
-            .bind(micros(self.now()))
+        let (sql, values) = outbox_sql::pause(
+            self.paused_table(),
+            SqliteDialect.text(event_type),
+            SqliteDialect.time(self.now()),
+        )
+        .build_sqlx(SqliteQueryBuilder);
+        let done = sqlx::query_with(AssertSqlSafe(sql), values)
             .execute(&mut *tx)
             .await;
         match done {
@@ -734,12 +739,9 @@ impl OutboxStore for SqliteStore {
     async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         validate_event_type(event_type)?;
         let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "DELETE FROM \"{}_paused\" WHERE event_type = ?",
-            self.table()
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(event_type)
+        let (sql, values) = outbox_sql::resume(self.paused_table(), SqliteDialect.text(event_type))
+            .build_sqlx(SqliteQueryBuilder);
+        let done = sqlx::query_with(AssertSqlSafe(sql), values)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -753,8 +755,7 @@ impl OutboxStore for SqliteStore {
 
     async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
         let (sql, values) =
-            outbox_sql::paused_types(Alias::new(format!("{}_paused", self.table())))
-                .build_sqlx(SqliteQueryBuilder);
+            outbox_sql::paused_types(self.paused_table()).build_sqlx(SqliteQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
@@ -953,21 +954,16 @@ impl Drop for SqliteLockedBatch {
             let given_back = async {
                 let mut tx = store.begin_write().await?;
                 for chunk in ids.chunks(crate::work::ID_CHUNK) {
-                    let mut args = SqliteArguments::default();
-                    for id in chunk {
-                        add(&mut args, *id.as_uuid())?;
-                    }
-                    add(&mut args, number)?;
-                    let sql = format!(
-                        "UPDATE \"{}\" SET hold_id = NULL, hold_until = NULL \
-                         WHERE id IN ({}) AND hold_id = ?",
-                        store.table(),
-                        crate::work::marks(chunk.len())
+                    let set = vec![
+                        ("hold_id", Value::Bytes(None)),
+                        ("hold_until", Value::BigInt(None)),
+                    ];
+                    let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
+                    let mut give_back = outbox_sql::set_in(Alias::new(store.table()), set, "id", ids);
+                    give_back.and_where(
+                        Expr::col(Alias::new("hold_id")).eq(number.as_bytes().to_vec()),
                     );
-                    sqlx::query_with(AssertSqlSafe(sql), args)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
+                    crate::work::run(&mut tx, give_back).await?;
                 }
                 tx.commit().await
             };

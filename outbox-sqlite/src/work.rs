@@ -10,13 +10,16 @@ use chrono::{DateTime, Utc};
 use outbox_core::changes::{Changes, Rejoin, RowWork, moves_on};
 use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
+use outbox_sql::Dialect;
+use sea_query::{Alias, SqliteQueryBuilder, Value};
+use sea_query_sqlx::SqlxBinder;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::db_error;
 use crate::row::{COLUMNS, Hold, Stored, decode, json, micros};
-use crate::store::{SqliteStore, WriteTx};
+use crate::store::{SqliteDialect, SqliteStore, WriteTx};
 
 /// Rows written back per statement.
 const WRITE_CHUNK: usize = 500;
@@ -80,6 +83,11 @@ impl<'s> Work<'s> {
 
     fn table(&self) -> &'s str {
         self.store.config().table()
+    }
+
+    /// The outbox table, for statements described in `outbox-sql`.
+    fn table_ref(&self) -> Alias {
+        Alias::new(self.table())
     }
 
     /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
@@ -245,21 +253,13 @@ impl<'s> Work<'s> {
         until: DateTime<Utc>,
     ) -> Result<Vec<Stored>, StoreError> {
         for chunk in ids.chunks(ID_CHUNK) {
-            let mut args = SqliteArguments::default();
-            add(&mut args, hold)?;
-            add(&mut args, micros(until))?;
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
-            }
-            let sql = format!(
-                "UPDATE \"{}\" SET hold_id = ?, hold_until = ? WHERE id IN ({})",
-                self.table(),
-                marks(chunk.len())
-            );
-            sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_error)?;
+            let set = vec![
+                ("hold_id", Value::Bytes(Some(hold.as_bytes().to_vec()))),
+                ("hold_until", Value::BigInt(Some(micros(until)))),
+            ];
+            let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
+            let mark = outbox_sql::set_in(self.table_ref(), set, "id", ids);
+            run(&mut self.tx, mark).await?;
         }
         let mut rows = self.changes.take(ids);
         for row in &mut rows {
@@ -367,13 +367,8 @@ impl<'s> Work<'s> {
                         set_key(&mut self.tx, table, &key, Some(dead), *place).await?;
                     }
                     (None, None) => {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "DELETE FROM \"{table}_keys\" WHERE ordering_key = ?"
-                        )))
-                        .bind(&key)
-                        .execute(&mut *self.tx)
-                        .await
-                        .map_err(db_error)?;
+                        let delete = outbox_sql::delete_key(keys_table(table), key.as_str().into());
+                        run(&mut self.tx, delete).await?;
                     }
                 }
             }
@@ -391,19 +386,9 @@ impl<'s> Work<'s> {
             .collect();
         gone.append(&mut self.gone_unreadable);
         for chunk in gone.chunks(ID_CHUNK) {
-            let mut args = SqliteArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
-            }
-            let sql = format!(
-                "DELETE FROM \"{}\" WHERE id IN ({})",
-                self.table(),
-                marks(chunk.len())
-            );
-            sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_error)?;
+            let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
+            let delete = outbox_sql::delete_in(self.table_ref(), "id", ids);
+            run(&mut self.tx, delete).await?;
         }
         self.release_keys().await?;
         // Rows whose changes are alike (a batch delivered, say) go back in one narrow statement
@@ -458,15 +443,10 @@ pub(crate) async fn read_keys(
     let mut out = BTreeMap::new();
     let keys: Vec<&String> = keys.iter().collect();
     for chunk in keys.chunks(ID_CHUNK) {
-        let mut args = SqliteArguments::default();
-        for key in chunk {
-            add(&mut args, (*key).clone())?;
-        }
-        let sql = format!(
-            "SELECT ordering_key, head, next_place FROM \"{table}_keys\" WHERE ordering_key IN ({})",
-            marks(chunk.len())
-        );
-        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+        let keys = chunk.iter().map(|key| key.as_str().into()).collect();
+        let (sql, values) =
+            outbox_sql::key_heads(keys_table(table), keys).build_sqlx(SqliteQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -488,18 +468,31 @@ pub(crate) async fn set_key(
     head: Option<EventId>,
     next_place: i64,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO \"{table}_keys\" (ordering_key, head, next_place) VALUES (?, ?, ?) \
-         ON CONFLICT (ordering_key) DO UPDATE SET head = excluded.head, next_place = excluded.next_place"
-    );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(key)
-        .bind(head.map(|h| *h.as_uuid()))
-        .bind(next_place)
+    let head = head.map_or(Value::Bytes(None), |h| SqliteDialect.id(h));
+    run(
+        conn,
+        outbox_sql::set_key(keys_table(table), key.into(), head, next_place),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The key table of the outbox table `table`.
+fn keys_table(table: &str) -> Alias {
+    Alias::new(format!("{table}_keys"))
+}
+
+/// Runs a statement described in `outbox-sql`; returns how many rows it changed.
+pub(crate) async fn run(
+    conn: &mut SqliteConnection,
+    statement: impl SqlxBinder,
+) -> Result<u64, StoreError> {
+    let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+    Ok(sqlx::query_with(AssertSqlSafe(sql), values)
         .execute(&mut *conn)
         .await
-        .map_err(db_error)?;
-    Ok(())
+        .map_err(db_error)?
+        .rows_affected())
 }
 
 /// Kinds of change written back one narrow statement each before a batch goes back whole.
@@ -515,6 +508,16 @@ pub(crate) enum Cell {
 }
 
 impl Cell {
+    /// The value as a statement described in `outbox-sql` binds it.
+    fn value(&self) -> Value {
+        match self {
+            Cell::Null => Value::BigInt(None),
+            Cell::Int(n) => Value::BigInt(Some(*n)),
+            Cell::Text(t) => Value::String(Some(t.clone())),
+            Cell::Blob(u) => Value::Bytes(Some(u.as_bytes().to_vec())),
+        }
+    }
+
     fn bind(&self, args: &mut SqliteArguments) -> Result<(), StoreError> {
         match self {
             Cell::Null => add(args, None::<i64>),
@@ -581,27 +584,13 @@ async fn write_alike(
     changed: &[(&'static str, Cell)],
     ids: &[EventId],
 ) -> Result<(), StoreError> {
-    let set = changed
-        .iter()
-        .map(|(name, _)| format!("{name} = ?"))
-        .collect::<Vec<_>>()
-        .join(", ");
     for chunk in ids.chunks(ID_CHUNK) {
-        let mut args = SqliteArguments::default();
-        for (_, value) in changed {
-            value.bind(&mut args)?;
-        }
-        for id in chunk {
-            add(&mut args, *id.as_uuid())?;
-        }
-        let sql = format!(
-            "UPDATE \"{table}\" SET {set} WHERE id IN ({})",
-            marks(chunk.len())
-        );
-        sqlx::query_with(AssertSqlSafe(sql), args)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error)?;
+        let set = changed
+            .iter()
+            .map(|(name, cell)| (*name, cell.value()))
+            .collect();
+        let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
+        run(conn, outbox_sql::set_in(Alias::new(table), set, "id", ids)).await?;
     }
     Ok(())
 }
