@@ -15,6 +15,7 @@ use outbox_core::{
     PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError,
     ValidationError, WakeupSender, Wakeups,
 };
+use outbox_sql::Dialect;
 use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::mysql::MySqlArguments;
@@ -129,6 +130,11 @@ impl MySqlStore {
         self.config.table()
     }
 
+    /// The table of paused event types.
+    fn paused_table(&self) -> Alias {
+        Alias::new(format!("{}_paused", self.table()))
+    }
+
     /// Takes up to `limit` due, unpaused pending events, oldest due first, under row locks
     /// (skipping rows other transactions hold); returns their ids.
     ///
@@ -230,9 +236,9 @@ impl MySqlStore {
 
 /// How MySQL's outbox table differs, for the statements built in `outbox-sql`: text is
 /// `VARBINARY` (byte-exact), ids `BINARY(16)`, times `DATETIME(6)`.
-struct MySqlDialect;
+pub(crate) struct MySqlDialect;
 
-impl outbox_sql::Dialect for MySqlDialect {
+impl Dialect for MySqlDialect {
     fn text(&self, s: &str) -> Value {
         s.as_bytes().to_vec().into()
     }
@@ -590,14 +596,13 @@ impl OutboxStore for MySqlStore {
 
     async fn parked_keys(&self, limit: usize) -> Result<Vec<ParkedKey>, StoreError> {
         let t = self.table();
-        let sql = format!(
-            "SELECT k.ordering_key, e.id, \
-             (SELECT COUNT(*) FROM `{t}` w WHERE w.ordering_key = k.ordering_key AND w.status = 'waiting') AS waiting \
-             FROM `{t}_keys` k JOIN `{t}` e ON e.id = k.head \
-             WHERE e.status = 'dead' ORDER BY e.created_at, e.id LIMIT ?"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(u64::try_from(limit).unwrap_or(u64::MAX))
+        let (sql, values) = outbox_sql::parked_keys(
+            t,
+            &format!("{t}_keys"),
+            u64::try_from(limit).unwrap_or(u64::MAX),
+        )
+        .build_sqlx(MysqlQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -711,13 +716,13 @@ impl OutboxStore for MySqlStore {
         validate_event_type(event_type)?;
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let at = self.now_on(&mut conn).await?;
-        let sql = format!(
-            "INSERT INTO `{}_paused` (event_type, paused_at) VALUES (?, ?)",
-            self.table()
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(event_type.as_bytes())
-            .bind(at)
+        let (sql, values) = outbox_sql::pause(
+            self.paused_table(),
+            MySqlDialect.text(event_type),
+            MySqlDialect.time(at),
+        )
+        .build_sqlx(MysqlQueryBuilder);
+        let done = sqlx::query_with(AssertSqlSafe(sql), values)
             .execute(&mut *conn)
             .await;
         match done {
@@ -729,9 +734,9 @@ impl OutboxStore for MySqlStore {
 
     async fn resume_type(&self, event_type: &str, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         validate_event_type(event_type)?;
-        let sql = format!("DELETE FROM `{}_paused` WHERE event_type = ?", self.table());
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(event_type.as_bytes())
+        let (sql, values) = outbox_sql::resume(self.paused_table(), MySqlDialect.text(event_type))
+            .build_sqlx(MysqlQueryBuilder);
+        let done = sqlx::query_with(AssertSqlSafe(sql), values)
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
@@ -744,8 +749,7 @@ impl OutboxStore for MySqlStore {
 
     async fn paused_types(&self) -> Result<Vec<PausedType>, StoreError> {
         let (sql, values) =
-            outbox_sql::paused_types(Alias::new(format!("{}_paused", self.table())))
-                .build_sqlx(MysqlQueryBuilder);
+            outbox_sql::paused_types(self.paused_table()).build_sqlx(MysqlQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&self.pool)
             .await

@@ -9,13 +9,17 @@ use chrono::{DateTime, Utc};
 use outbox_core::changes::{Changes, Rejoin, RowWork, moves_on};
 use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
+use outbox_sql::Dialect;
+use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+use sea_query::{Alias, LockType, MysqlQueryBuilder, Value};
+use sea_query_sqlx::SqlxBinder;
 use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
 use crate::row::{COLUMNS, Seq, Stored, as_int, decode, opt_text, text};
-use crate::store::MySqlStore;
+use crate::store::{MySqlDialect, MySqlStore};
 
 /// Rows written back per statement.
 const WRITE_CHUNK: usize = 500;
@@ -427,13 +431,9 @@ impl<'s> Work<'s> {
                                 set_key(&mut self.tx, table, &key, Some(dead), *place).await?;
                             }
                             (None, None) => {
-                                sqlx::query(AssertSqlSafe(format!(
-                                    "DELETE FROM `{table}_keys` WHERE ordering_key = ?"
-                                )))
-                                .bind(key.as_bytes())
-                                .execute(&mut *self.tx)
-                                .await
-                                .map_err(db_error)?;
+                                let key = MySqlDialect.text(&key);
+                                let delete = outbox_sql::delete_key(keys_table(&table), key);
+                                run(&mut self.tx, delete).await?;
                             }
                         }
                     }
@@ -454,19 +454,9 @@ impl<'s> Work<'s> {
             .collect();
         gone.append(&mut self.gone_unreadable);
         for chunk in gone.chunks(ID_CHUNK) {
-            let mut args = MySqlArguments::default();
-            for seq in chunk {
-                add(&mut args, *seq)?;
-            }
-            let sql = format!(
-                "DELETE FROM `{}` WHERE seq IN ({})",
-                self.table(),
-                marks(chunk.len())
-            );
-            sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db_error)?;
+            let seqs = chunk.iter().map(|seq| Value::from(*seq)).collect();
+            let delete = outbox_sql::delete_in(Alias::new(self.table()), "seq", seqs);
+            run(&mut self.tx, delete).await?;
         }
         self.release_keys().await?;
         let table = self.store.config().table();
@@ -498,31 +488,19 @@ pub(crate) async fn lock_keys(
     }
     let keys: Vec<&String> = keys.iter().collect();
     for chunk in keys.chunks(ID_CHUNK) {
+        let keys: Vec<Value> = chunk.iter().map(|key| MySqlDialect.text(key)).collect();
         if create {
-            let mut args = MySqlArguments::default();
-            for key in chunk {
-                add(&mut args, key.as_bytes().to_vec())?;
-            }
-            let values = vec!["(?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "INSERT INTO `{table}_keys` (ordering_key) VALUES {values} \
-                 ON DUPLICATE KEY UPDATE ordering_key = ordering_key"
-            );
-            sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
+            run(
+                conn,
+                outbox_sql::create_keys(keys_table(table), keys.clone()),
+            )
+            .await?;
         }
-        let mut args = MySqlArguments::default();
-        for key in chunk {
-            add(&mut args, key.as_bytes().to_vec())?;
-        }
-        let sql = format!(
-            "SELECT ordering_key, head, next_place FROM `{table}_keys` FORCE INDEX (PRIMARY) \
-             WHERE ordering_key IN ({}) ORDER BY ordering_key FOR UPDATE",
-            marks(chunk.len())
-        );
-        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+        let (sql, values) = outbox_sql::key_heads(keys_table(table), keys)
+            .force_index(Alias::new("PRIMARY"), IndexHintScope::All)
+            .lock(LockType::Update)
+            .build_sqlx(MysqlQueryBuilder);
+        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -544,18 +522,34 @@ pub(crate) async fn set_key(
     head: Option<EventId>,
     next_place: i64,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "UPDATE `{}_keys` SET head = ?, next_place = ? WHERE ordering_key = ?",
-        table.as_ref()
-    );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(head.map(|h| *h.as_uuid()))
-        .bind(next_place)
-        .bind(key.as_bytes())
+    let set = vec![
+        (
+            "head",
+            head.map_or(Value::Uuid(None), |h| MySqlDialect.id(h)),
+        ),
+        ("next_place", Value::from(next_place)),
+    ];
+    let keys = vec![MySqlDialect.text(key)];
+    let update = outbox_sql::set_in(keys_table(table.as_ref()), set, "ordering_key", keys);
+    run(conn, update).await.map(|_| ())
+}
+
+/// The key table of the outbox table `table`.
+fn keys_table(table: &str) -> Alias {
+    Alias::new(format!("{table}_keys"))
+}
+
+/// Runs a statement described in `outbox-sql`; returns how many rows it changed.
+pub(crate) async fn run(
+    conn: &mut sqlx::MySqlConnection,
+    statement: impl SqlxBinder,
+) -> Result<u64, StoreError> {
+    let (sql, values) = statement.build_sqlx(MysqlQueryBuilder);
+    Ok(sqlx::query_with(AssertSqlSafe(sql), values)
         .execute(&mut *conn)
         .await
-        .map_err(db_error)?;
-    Ok(())
+        .map_err(db_error)?
+        .rows_affected())
 }
 
 /// Writes the changeable columns of `rows` back in one statement.
