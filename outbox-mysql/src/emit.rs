@@ -10,13 +10,16 @@ use outbox_core::changes::admit;
 use outbox_core::{
     Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError, Transaction, Transactional,
 };
+use outbox_sql::{Dialect, NewRow};
+use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
+use sea_query_sqlx::SqlxBinder;
 use sqlx::mysql::MySqlArguments;
-use sqlx::{Arguments, AssertSqlSafe, MySql, MySqlConnection, Row};
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 use uuid::Uuid;
 
 use crate::error::{DUPLICATE_KEY, db_error, error_number};
 use crate::row::text;
-use crate::store::MySqlStore;
+use crate::store::{MySqlDialect, MySqlStore};
 use crate::work::{add, lock_keys, marks, set_key};
 
 /// Rows inserted per statement.
@@ -184,43 +187,38 @@ impl MySqlStore {
     ) -> Result<(), sqlx::Error> {
         let injected = self.injected_now();
         let table = self.config().table();
+        // Times the caller did not give are the server's clock.
+        let time = |t: Option<DateTime<Utc>>| {
+            Expr::cust_with_values(
+                "COALESCE(?, UTC_TIMESTAMP(6))",
+                [Value::ChronoDateTimeUtc(t)],
+            )
+        };
+        let text = |t: &str| MySqlDialect.text(t);
+        let opt_text = |t: &Option<String>| t.as_deref().map_or(Value::Bytes(None), text);
         for (chunk, admitted) in rows.chunks(INSERT_CHUNK).zip(admitted.chunks(INSERT_CHUNK)) {
-            let mut args = MySqlArguments::default();
-            for (r, (status, place)) in chunk.iter().zip(admitted) {
+            let new_rows = chunk.iter().zip(admitted).map(|(r, (status, place))| {
                 let e = &r.event;
-                args.add(*e.id.as_uuid()).map_err(sqlx::Error::Encode)?;
-                args.add(e.event_type.as_bytes())
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(e.aggregate_type.as_bytes())
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(e.aggregate_id.as_bytes())
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(&r.payload).map_err(sqlx::Error::Encode)?;
-                args.add(&r.headers).map_err(sqlx::Error::Encode)?;
-                args.add(e.idempotency_key.as_ref().map(|k| k.as_bytes()))
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(e.ordering_key.as_ref().map(|k| k.as_bytes()))
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(status.as_str()).map_err(sqlx::Error::Encode)?;
-                args.add(i64::from(e.lifecycle.max_attempts))
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(r.deliver_after.or(injected))
-                    .map_err(sqlx::Error::Encode)?;
-                args.add(injected).map_err(sqlx::Error::Encode)?;
-                args.add(injected).map_err(sqlx::Error::Encode)?;
-                args.add(*place).map_err(sqlx::Error::Encode)?;
-            }
-            let values = vec![
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, COALESCE(?, UTC_TIMESTAMP(6)), \
-                 COALESCE(?, UTC_TIMESTAMP(6)), COALESCE(?, UTC_TIMESTAMP(6)), ?)";
-                chunk.len()
-            ]
-            .join(", ");
-            let sql = format!(
-                "INSERT INTO `{table}` (id, event_type, aggregate_type, aggregate_id, payload, \
-                 headers, idempotency_key, ordering_key, status, attempts, max_attempts, \
-                 next_attempt_at, created_at, updated_at, key_place) VALUES {values}"
-            );
+                NewRow {
+                    id: MySqlDialect.id(e.id),
+                    event_type: text(&e.event_type),
+                    aggregate_type: text(&e.aggregate_type),
+                    aggregate_id: text(&e.aggregate_id),
+                    payload: r.payload.clone().into(),
+                    headers: r.headers.clone().into(),
+                    idempotency_key: opt_text(&e.idempotency_key),
+                    ordering_key: opt_text(&e.ordering_key),
+                    status: *status,
+                    max_attempts: i64::from(e.lifecycle.max_attempts),
+                    next_attempt_at: time(r.deliver_after.or(injected)),
+                    created_at: time(injected),
+                    updated_at: time(injected),
+                    key_place: *place,
+                }
+            });
+            let (sql, args) = outbox_sql::insert_events(Alias::new(table), new_rows)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
+                .build_sqlx(MysqlQueryBuilder);
             sqlx::query_with(AssertSqlSafe(sql), args)
                 .execute(&mut *conn)
                 .await?;

@@ -184,6 +184,88 @@ pub fn paused_types(paused: impl IntoTableRef) -> SelectStatement {
         .to_owned()
 }
 
+/// A new event's row, each value as the store holds it; a time may be an expression (the
+/// server's clock where the caller gave none).
+#[derive(Clone, Debug)]
+pub struct NewRow {
+    /// The event id.
+    pub id: Value,
+    /// `event_type`.
+    pub event_type: Value,
+    /// `aggregate_type`.
+    pub aggregate_type: Value,
+    /// `aggregate_id`.
+    pub aggregate_id: Value,
+    /// The payload, as JSON.
+    pub payload: Value,
+    /// The headers, as JSON.
+    pub headers: Value,
+    /// The idempotency key, if any.
+    pub idempotency_key: Value,
+    /// The ordering key, if any.
+    pub ordering_key: Value,
+    /// `pending`, or `waiting` behind its key's head.
+    pub status: Status,
+    /// How many attempts it gets.
+    pub max_attempts: i64,
+    /// When it is first due.
+    pub next_attempt_at: Expr,
+    /// When it was created.
+    pub created_at: Expr,
+    /// When it last changed (its creation).
+    pub updated_at: Expr,
+    /// Its place in its key's queue, if it waits in one.
+    pub key_place: Option<i64>,
+}
+
+/// Inserts new events (no attempt made yet), all in one statement.
+pub fn insert_events(
+    table: impl IntoTableRef,
+    rows: impl IntoIterator<Item = NewRow>,
+) -> Result<InsertStatement, sea_query::error::Error> {
+    let mut insert = Query::insert();
+    insert.into_table(table).columns(
+        [
+            "id",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "payload",
+            "headers",
+            "idempotency_key",
+            "ordering_key",
+            "status",
+            "attempts",
+            "max_attempts",
+            "next_attempt_at",
+            "created_at",
+            "updated_at",
+            "key_place",
+        ]
+        .map(Alias::new),
+    );
+    for r in rows {
+        insert.values([
+            Expr::val(r.id),
+            Expr::val(r.event_type),
+            Expr::val(r.aggregate_type),
+            Expr::val(r.aggregate_id),
+            Expr::val(r.payload),
+            Expr::val(r.headers),
+            Expr::val(r.idempotency_key),
+            Expr::val(r.ordering_key),
+            Expr::val(r.status.as_str()),
+            Expr::val(0i64),
+            Expr::val(r.max_attempts),
+            r.next_attempt_at,
+            r.created_at,
+            r.updated_at,
+            Expr::val(r.key_place),
+        ])?;
+    }
+    Ok(insert)
+}
+
 /// Pauses `event_type` in a pause table: fails as a unique violation if it is paused already
 /// (the store answers `false` then).
 pub fn pause(paused: impl IntoTableRef, event_type: Value, at: Value) -> InsertStatement {
@@ -443,5 +525,36 @@ mod tests {
             "SELECT `k`.`ordering_key`, `e`.`id`, (SELECT COUNT(*) FROM `t` AS `w` WHERE `w`.`ordering_key` = `k`.`ordering_key` AND `w`.`status` = ?) AS `waiting` FROM `t_keys` AS `k` INNER JOIN `t` AS `e` ON `e`.`id` = `k`.`head` WHERE `e`.`status` = ? ORDER BY `e`.`created_at` ASC, `e`.`id` ASC LIMIT ?"
         );
         assert_eq!(values.0.len(), 3);
+
+        let row = NewRow {
+            id: vec![0u8; 16].into(),
+            event_type: "t".into(),
+            aggregate_type: "a".into(),
+            aggregate_id: "1".into(),
+            payload: "{}".into(),
+            headers: "{}".into(),
+            idempotency_key: Value::String(None),
+            ordering_key: Value::String(None),
+            status: Status::Pending,
+            max_attempts: 10,
+            next_attempt_at: Expr::cust_with_values(
+                "COALESCE(?, UTC_TIMESTAMP(6))",
+                [Value::from(1i64)],
+            ),
+            created_at: Expr::val(2i64),
+            updated_at: Expr::val(2i64),
+            key_place: None,
+        };
+        let (sql, values) = insert_events("t", [row.clone(), row])
+            .expect("fifteen values a row")
+            .build(MysqlQueryBuilder);
+        let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6)), ?, ?, ?)";
+        assert_eq!(
+            sql,
+            format!(
+                "INSERT INTO `t` (`id`, `event_type`, `aggregate_type`, `aggregate_id`, `payload`, `headers`, `idempotency_key`, `ordering_key`, `status`, `attempts`, `max_attempts`, `next_attempt_at`, `created_at`, `updated_at`, `key_place`) VALUES {one}, {one}"
+            )
+        );
+        assert_eq!(values.0.len(), 30);
     }
 }

@@ -9,13 +9,16 @@ use outbox_core::changes::admit;
 use outbox_core::{
     Emit, Emitted, EventId, NewEvent, Status, StoreError, Transaction, Transactional,
 };
+use outbox_sql::{Dialect, NewRow};
+use sea_query::{Alias, Expr, SqliteQueryBuilder};
+use sea_query_sqlx::SqlxBinder;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::{db_error, is_unique_violation};
 use crate::row::{json, micros};
-use crate::store::{SqliteStore, WriteTx};
+use crate::store::{SqliteDialect, SqliteStore, WriteTx};
 use crate::work::{ID_CHUNK, add, as_int, marks, read_keys, set_key};
 
 /// Rows inserted per statement (14 values each, well within SQLite's 32,766).
@@ -141,31 +144,31 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         rows: &[Admitted<'_>],
     ) -> Result<(), StoreError> {
-        let mut args = SqliteArguments::default();
+        let mut new_rows = Vec::with_capacity(rows.len());
         for r in rows {
             let e = r.event;
-            add(&mut args, *e.id.as_uuid())?;
-            add(&mut args, e.event_type.clone())?;
-            add(&mut args, e.aggregate_type.clone())?;
-            add(&mut args, e.aggregate_id.clone())?;
-            add(&mut args, json(&e.payload)?)?;
-            add(&mut args, json(&e.headers)?)?;
-            add(&mut args, e.idempotency_key.clone())?;
-            add(&mut args, e.ordering_key.clone())?;
-            add(&mut args, r.status.as_str())?;
-            add(&mut args, as_int(e.lifecycle.max_attempts))?;
-            add(&mut args, micros(r.due))?;
-            add(&mut args, micros(e.created_at))?;
-            add(&mut args, micros(e.updated_at))?;
-            add(&mut args, r.place)?;
+            new_rows.push(NewRow {
+                id: SqliteDialect.id(e.id),
+                event_type: e.event_type.as_str().into(),
+                aggregate_type: e.aggregate_type.as_str().into(),
+                aggregate_id: e.aggregate_id.as_str().into(),
+                payload: json(&e.payload)?.into(),
+                headers: json(&e.headers)?.into(),
+                idempotency_key: e.idempotency_key.clone().into(),
+                ordering_key: e.ordering_key.clone().into(),
+                status: r.status,
+                max_attempts: as_int(e.lifecycle.max_attempts),
+                next_attempt_at: Expr::val(micros(r.due)),
+                created_at: Expr::val(micros(e.created_at)),
+                updated_at: Expr::val(micros(e.updated_at)),
+                key_place: r.place,
+            });
         }
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO \"{}\" (id, event_type, aggregate_type, aggregate_id, payload, headers, \
-             idempotency_key, ordering_key, status, attempts, max_attempts, next_attempt_at, \
-             created_at, updated_at, key_place) VALUES {values}",
-            self.config().table()
-        );
+        let (sql, args) = outbox_sql::insert_events(Alias::new(self.config().table()), new_rows)
+            .map_err(|e| StoreError::Backend {
+                source: Box::new(e),
+            })?
+            .build_sqlx(SqliteQueryBuilder);
         match sqlx::query_with(AssertSqlSafe(sql), args)
             .execute(&mut *conn)
             .await
