@@ -1,7 +1,8 @@
 //! The statements the outbox's SQL stores share, described once with sea-query.
 //!
-//! Where the dialects agree (which rows an [`EventFilter`] selects, in which order, how many),
-//! the statement is built here; where they differ — how a table holds text, event ids and
+//! Where the dialects agree (which rows an [`EventFilter`] selects, in which order, how many;
+//! how new events are inserted; how a key's queue or a pause is written), the statement is
+//! built here; where they differ — how a table holds text, event ids and
 //! times, how a prefix is matched, which stored statuses a status stands for — each store
 //! says so in its [`Dialect`], one visible place per backend. Values are always bound.
 //!
