@@ -11,7 +11,7 @@ use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use outbox_sql::Dialect;
 use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
-use sea_query::{Alias, LockType, MysqlQueryBuilder, Value};
+use sea_query::{Alias, Expr, ExprTrait, LockBehavior, LockType, MysqlQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, AssertSqlSafe, MySql, Row};
@@ -131,7 +131,7 @@ impl<'s> Work<'s> {
     pub(crate) async fn load(
         &mut self,
         sql: String,
-        args: MySqlArguments,
+        args: impl sqlx::IntoArguments<MySql>,
     ) -> Result<Vec<EventId>, StoreError> {
         self.read_rows(sql, args, true).await
     }
@@ -141,7 +141,7 @@ impl<'s> Work<'s> {
     async fn read_rows(
         &mut self,
         sql: String,
-        args: MySqlArguments,
+        args: impl sqlx::IntoArguments<MySql>,
         locked: bool,
     ) -> Result<Vec<EventId>, StoreError> {
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
@@ -229,47 +229,40 @@ impl<'s> Work<'s> {
         ids: &[EventId],
         skip_locked: bool,
     ) -> Result<(), StoreError> {
+        let columns = format!("{COLUMNS}, attempt_log");
         for chunk in ids.chunks(ID_CHUNK) {
-            let mut args = MySqlArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
-            }
-            let sql = format!(
-                "SELECT {COLUMNS}, attempt_log FROM `{t}` FORCE INDEX (`{t}_id`) WHERE id IN ({}) \
-                 FOR UPDATE{}",
-                marks(chunk.len()),
-                if skip_locked { " SKIP LOCKED" } else { "" },
-                t = self.table(),
+            let ids = chunk.iter().map(|id| MySqlDialect.id(*id)).collect();
+            let mut select = outbox_sql::rows_in(Alias::new(self.table()), &columns, "id", ids);
+            select.force_index(
+                Alias::new(format!("{}_id", self.table())),
+                IndexHintScope::All,
             );
-            self.load(sql, args).await?;
+            if skip_locked {
+                select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            } else {
+                select.lock(LockType::Update);
+            }
+            let (sql, values) = select.build_sqlx(MysqlQueryBuilder);
+            self.load(sql, values).await?;
         }
         Ok(())
     }
 
     /// Reads under row locks those of the named events that match `condition` now (a plain
     /// read first, so a row another transaction holds for another reason — a locked claim's
-    /// pending event, say — is never waited for); returns whether any matched.
+    /// pending event, say — is never waited for).
     pub(crate) async fn lock_ids_where(
         &mut self,
         ids: &[EventId],
-        condition: &str,
-        values: &[&[u8]],
+        condition: Expr,
     ) -> Result<(), StoreError> {
         let mut matching = Vec::new();
         for chunk in ids.chunks(ID_CHUNK) {
-            let mut args = MySqlArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
-            }
-            for value in values {
-                add(&mut args, value.to_vec())?;
-            }
-            let sql = format!(
-                "SELECT id FROM `{}` WHERE id IN ({}) AND {condition}",
-                self.table(),
-                marks(chunk.len())
-            );
-            let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            let ids = chunk.iter().map(|id| MySqlDialect.id(*id)).collect();
+            let (sql, values) = outbox_sql::rows_in(Alias::new(self.table()), "id", "id", ids)
+                .and_where(condition.clone())
+                .build_sqlx(MysqlQueryBuilder);
+            let rows = sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_all(&mut *self.tx)
                 .await
                 .map_err(db_error)?;
@@ -288,16 +281,18 @@ impl<'s> Work<'s> {
         ids: &[EventId],
         lease: LeaseId,
     ) -> Result<(), StoreError> {
-        let lease = lease.as_uuid().as_bytes().to_vec();
-        self.lock_ids_where(ids, "status = 'in_flight' AND lease_id = ?", &[&lease])
-            .await
+        let held = Expr::col(Alias::new("status"))
+            .eq(Status::InFlight.as_str())
+            .and(Expr::col(Alias::new("lease_id")).eq(*lease.as_uuid()));
+        self.lock_ids_where(ids, held).await
     }
 
     /// Reads event `id` under its row lock if it is dead, and without a lock otherwise (an
     /// operator's change to it is then refused by the state machine, without waiting for a
     /// worker that holds it); [`StoreError::NotFound`] if there is no such event.
     pub(crate) async fn lock_dead(&mut self, id: EventId) -> Result<(), StoreError> {
-        self.lock_ids_where(&[id], "status = 'dead'", &[]).await?;
+        let dead = Expr::col(Alias::new("status")).eq(Status::Dead.as_str());
+        self.lock_ids_where(&[id], dead).await?;
         if self.event(id).is_none() {
             self.peek(&[id]).await?;
         }
@@ -309,17 +304,12 @@ impl<'s> Work<'s> {
 
     /// Reads the named events without locking them (to answer why a change is refused).
     pub(crate) async fn peek(&mut self, ids: &[EventId]) -> Result<(), StoreError> {
+        let columns = format!("{COLUMNS}, attempt_log");
         for chunk in ids.chunks(ID_CHUNK) {
-            let mut args = MySqlArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
-            }
-            let sql = format!(
-                "SELECT {COLUMNS}, attempt_log FROM `{}` WHERE id IN ({})",
-                self.table(),
-                marks(chunk.len())
-            );
-            self.read_rows(sql, args, false).await?;
+            let ids = chunk.iter().map(|id| MySqlDialect.id(*id)).collect();
+            let (sql, values) = outbox_sql::rows_in(Alias::new(self.table()), &columns, "id", ids)
+                .build_sqlx(MysqlQueryBuilder);
+            self.read_rows(sql, values, false).await?;
         }
         Ok(())
     }

@@ -130,6 +130,21 @@ pub fn by_id(
         .to_owned()
 }
 
+/// `columns` (SQL the store wrote, never input) of the rows of `table` whose `column` is one
+/// of `keys`. A store adds its conditions, index hints and locks.
+pub fn rows_in(
+    table: impl IntoTableRef,
+    columns: &str,
+    column: &str,
+    keys: Vec<Value>,
+) -> SelectStatement {
+    Query::select()
+        .expr(Expr::cust(columns.to_owned()))
+        .from(table)
+        .and_where(col(column).is_in(keys))
+        .to_owned()
+}
+
 /// How many events each stored status holds: columns `status`, `n`.
 pub fn count_by_status(table: impl IntoTableRef) -> SelectStatement {
     Query::select()
@@ -557,5 +572,24 @@ mod tests {
             )
         );
         assert_eq!(values.0.len(), 30);
+
+        let (sql, values) =
+            rows_in("t", "a, b", "id", vec![1i64.into(), 2i64.into()]).build(SqliteQueryBuilder);
+        assert_eq!(sql, r#"SELECT a, b FROM "t" WHERE "id" IN (?, ?)"#);
+        assert_eq!(values.0.len(), 2);
+
+        // What MySQL adds to it where it locks what it reads.
+        use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+        let (sql, _) = rows_in("t", "a", "id", vec![1i64.into()])
+            .force_index(Alias::new("t_id"), IndexHintScope::All)
+            .lock_with_behavior(
+                sea_query::LockType::Update,
+                sea_query::LockBehavior::SkipLocked,
+            )
+            .build(MysqlQueryBuilder);
+        assert_eq!(
+            sql,
+            "SELECT a FROM `t` FORCE INDEX (`t_id`) WHERE `id` IN (?) FOR UPDATE SKIP LOCKED"
+        );
     }
 }

@@ -11,7 +11,7 @@ use outbox_core::changes::{Changes, Rejoin, RowWork, moves_on};
 use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use outbox_sql::Dialect;
-use sea_query::{Alias, SqliteQueryBuilder, Value};
+use sea_query::{Alias, Expr, ExprTrait, SqliteQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row, Sqlite, SqliteConnection};
@@ -96,7 +96,7 @@ impl<'s> Work<'s> {
     pub(crate) async fn load(
         &mut self,
         sql: String,
-        args: SqliteArguments,
+        args: impl sqlx::IntoArguments<Sqlite>,
     ) -> Result<Vec<EventId>, StoreError> {
         let rows = sqlx::query_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *self.tx)
@@ -176,35 +176,29 @@ impl<'s> Work<'s> {
         }
     }
 
-    /// Reads those of the named events that match `condition` (SQL over the row, with
-    /// `values` bound in order); events that do not exist or do not match are not read.
+    /// Reads those of the named events that match `condition`, if any; events that do not
+    /// exist or do not match are not read.
     pub(crate) async fn read_where(
         &mut self,
         ids: &[EventId],
-        condition: &str,
-        values: &[&[u8]],
+        condition: Option<Expr>,
     ) -> Result<(), StoreError> {
+        let columns = format!("{COLUMNS}, attempt_log");
         for chunk in ids.chunks(ID_CHUNK) {
-            let mut args = SqliteArguments::default();
-            for id in chunk {
-                add(&mut args, *id.as_uuid())?;
+            let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
+            let mut select = outbox_sql::rows_in(self.table_ref(), &columns, "id", ids);
+            if let Some(condition) = &condition {
+                select.and_where(condition.clone());
             }
-            for value in values {
-                add(&mut args, value.to_vec())?;
-            }
-            let sql = format!(
-                "SELECT {COLUMNS}, attempt_log FROM \"{}\" WHERE id IN ({}) AND {condition}",
-                self.table(),
-                marks(chunk.len())
-            );
-            self.load(sql, args).await?;
+            let (sql, values) = select.build_sqlx(SqliteQueryBuilder);
+            self.load(sql, values).await?;
         }
         Ok(())
     }
 
     /// Reads the named events; events that do not exist are simply not read.
     pub(crate) async fn read(&mut self, ids: &[EventId]) -> Result<(), StoreError> {
-        self.read_where(ids, "1", &[]).await
+        self.read_where(ids, None).await
     }
 
     /// Reads the named events held under `lease`; the others are not read (a change to them
@@ -214,9 +208,10 @@ impl<'s> Work<'s> {
         ids: &[EventId],
         lease: LeaseId,
     ) -> Result<(), StoreError> {
-        let lease = lease.as_uuid().as_bytes().to_vec();
-        self.read_where(ids, "status = 'in_flight' AND lease_id = ?", &[&lease])
-            .await
+        let held = Expr::col(Alias::new("status"))
+            .eq(Status::InFlight.as_str())
+            .and(Expr::col(Alias::new("lease_id")).eq(lease.as_uuid().as_bytes().to_vec()));
+        self.read_where(ids, Some(held)).await
     }
 
     /// Reads event `id`; [`StoreError::NotFound`] if there is no such event.
