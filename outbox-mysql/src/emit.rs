@@ -11,16 +11,16 @@ use outbox_core::{
     Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError, Transaction, Transactional,
 };
 use outbox_sql::{Dialect, NewRow};
-use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
+use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
+use sea_query::{Alias, Expr, LockType, MysqlQueryBuilder, Value};
 use sea_query_sqlx::SqlxBinder;
-use sqlx::mysql::MySqlArguments;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 use uuid::Uuid;
 
 use crate::error::{DUPLICATE_KEY, db_error, error_number};
 use crate::row::text;
 use crate::store::{MySqlDialect, MySqlStore};
-use crate::work::{add, lock_keys, marks, set_key};
+use crate::work::{lock_keys, set_key};
 
 /// Rows inserted per statement.
 const INSERT_CHUNK: usize = 1000;
@@ -240,18 +240,24 @@ impl MySqlStore {
             .collect();
         let keys: Vec<&str> = keys.into_iter().collect();
         let mut out = HashMap::new();
+        let table = self.config().table();
         for chunk in keys.chunks(INSERT_CHUNK) {
-            let mut args = MySqlArguments::default();
-            for key in chunk {
-                add(&mut args, key.as_bytes().to_vec())?;
-            }
-            let sql = format!(
-                "SELECT id, idempotency_key FROM `{t}` FORCE INDEX (`{t}_idempotency_key`) \
-                 WHERE idempotency_key IN ({}){}",
-                marks(chunk.len()),
-                if locking { " LOCK IN SHARE MODE" } else { "" },
-                t = self.config().table(),
+            let keys = chunk.iter().map(|key| MySqlDialect.text(key)).collect();
+            let mut select = outbox_sql::rows_in(
+                Alias::new(table),
+                "id, idempotency_key",
+                "idempotency_key",
+                keys,
             );
+            select.force_index(
+                Alias::new(format!("{table}_idempotency_key")),
+                IndexHintScope::All,
+            );
+            if locking {
+                // MySQL's and MariaDB's LOCK IN SHARE MODE.
+                select.lock(LockType::Share);
+            }
+            let (sql, args) = select.build_sqlx(MysqlQueryBuilder);
             let found = sqlx::query_with(AssertSqlSafe(sql), args)
                 .fetch_all(&mut *conn)
                 .await

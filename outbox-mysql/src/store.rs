@@ -674,9 +674,10 @@ impl OutboxStore for MySqlStore {
         work.apply(id, &outbox_core::Transition::Revive { extra_attempts })?;
         work.rejoin_key(id).await?;
         let at = work.at;
-        let notes_sql = format!("SELECT audit_notes FROM `{}` WHERE id = ?", self.table());
-        let notes: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(notes_sql))
-            .bind(*id.as_uuid())
+        let (notes_sql, values) =
+            outbox_sql::by_id(Alias::new(self.table()), "audit_notes", id, &MySqlDialect)
+                .build_sqlx(MysqlQueryBuilder);
+        let notes: Option<Vec<u8>> = sqlx::query_scalar_with(AssertSqlSafe(notes_sql), values)
             .fetch_one(&mut *work.tx)
             .await
             .map_err(db_error)?;
@@ -694,17 +695,17 @@ impl OutboxStore for MySqlStore {
             note: edit.note.clone(),
             previous_payload: previous.payload,
         });
-        let sql = format!(
-            "UPDATE `{}` SET payload = ?, audit_notes = ? WHERE id = ?",
-            self.table()
+        let set = vec![
+            ("payload", Value::from(bytes_of(&edit.payload)?)),
+            ("audit_notes", Value::from(bytes_of(&history.notes)?)),
+        ];
+        let edit_row = outbox_sql::set_in(
+            Alias::new(self.table()),
+            set,
+            "id",
+            vec![MySqlDialect.id(id)],
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(bytes_of(&edit.payload)?)
-            .bind(bytes_of(&history.notes)?)
-            .bind(*id.as_uuid())
-            .execute(&mut *work.tx)
-            .await
-            .map_err(db_error)?;
+        crate::work::run(&mut work.tx, edit_row).await?;
         let mut event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         event.payload = edit.payload.clone();
         work.commit().await?;

@@ -12,14 +12,13 @@ use outbox_core::{
 use outbox_sql::{Dialect, NewRow};
 use sea_query::{Alias, Expr, SqliteQueryBuilder};
 use sea_query_sqlx::SqlxBinder;
-use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::{db_error, is_unique_violation};
 use crate::row::{json, micros};
 use crate::store::{SqliteDialect, SqliteStore, WriteTx};
-use crate::work::{ID_CHUNK, add, as_int, marks, read_keys, set_key};
+use crate::work::{ID_CHUNK, as_int, read_keys, set_key};
 
 /// Rows inserted per statement (14 values each, well within SQLite's 32,766).
 const INSERT_CHUNK: usize = 1000;
@@ -194,15 +193,14 @@ impl SqliteStore {
         let keys: Vec<&str> = keys.collect::<BTreeSet<_>>().into_iter().collect();
         let mut out = HashMap::new();
         for chunk in keys.chunks(ID_CHUNK) {
-            let mut args = SqliteArguments::default();
-            for key in chunk {
-                add(&mut args, (*key).to_owned())?;
-            }
-            let sql = format!(
-                "SELECT id, idempotency_key FROM \"{}\" WHERE idempotency_key IN ({})",
-                self.config().table(),
-                marks(chunk.len()),
-            );
+            let keys = chunk.iter().map(|key| SqliteDialect.text(key)).collect();
+            let (sql, args) = outbox_sql::rows_in(
+                Alias::new(self.config().table()),
+                "id, idempotency_key",
+                "idempotency_key",
+                keys,
+            )
+            .build_sqlx(SqliteQueryBuilder);
             let found = sqlx::query_with(AssertSqlSafe(sql), args)
                 .fetch_all(&mut *conn)
                 .await

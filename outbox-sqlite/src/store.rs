@@ -674,9 +674,10 @@ impl OutboxStore for SqliteStore {
         work.apply(id, &Transition::Revive { extra_attempts })?;
         work.rejoin_key(id).await?;
         let at = work.at;
-        let notes_sql = format!("SELECT audit_notes FROM \"{}\" WHERE id = ?", self.table());
-        let notes: Option<String> = sqlx::query_scalar(AssertSqlSafe(notes_sql))
-            .bind(*id.as_uuid())
+        let (notes_sql, values) =
+            outbox_sql::by_id(Alias::new(self.table()), "audit_notes", id, &SqliteDialect)
+                .build_sqlx(SqliteQueryBuilder);
+        let notes: Option<String> = sqlx::query_scalar_with(AssertSqlSafe(notes_sql), values)
             .fetch_one(&mut *work.tx)
             .await
             .map_err(db_error)?;
@@ -693,17 +694,17 @@ impl OutboxStore for SqliteStore {
             note: edit.note.clone(),
             previous_payload: previous.payload,
         });
-        let sql = format!(
-            "UPDATE \"{}\" SET payload = ?, audit_notes = ? WHERE id = ?",
-            self.table()
+        let set = vec![
+            ("payload", Value::from(json(&edit.payload)?)),
+            ("audit_notes", Value::from(json(&history.notes)?)),
+        ];
+        let edit_row = outbox_sql::set_in(
+            Alias::new(self.table()),
+            set,
+            "id",
+            vec![SqliteDialect.id(id)],
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(json(&edit.payload)?)
-            .bind(json(&history.notes)?)
-            .bind(*id.as_uuid())
-            .execute(&mut *work.tx)
-            .await
-            .map_err(db_error)?;
+        crate::work::run(&mut work.tx, edit_row).await?;
         let mut event = work.event(id).cloned().ok_or(StoreError::NotFound(id))?;
         event.payload = edit.payload.clone();
         work.commit().await?;
