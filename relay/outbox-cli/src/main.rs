@@ -415,8 +415,8 @@ fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
     let (url, backend) = database_url(config)?;
     if backend != Backend::Postgres {
         return Err(
-            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate and \
-             status work (see docs/mysql.md, docs/sqlite.md)"
+            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate, status \
+             and dead work (see docs/mysql.md, docs/sqlite.md)"
                 .into(),
         );
     }
@@ -1231,39 +1231,56 @@ fn dead_filter(event_type: Option<String>, limit: usize) -> EventFilter {
     }
 }
 
+impl DeadAction {
+    fn target(&self) -> &Target {
+        match self {
+            DeadAction::List { target, .. }
+            | DeadAction::Show { target, .. }
+            | DeadAction::Revive { target, .. }
+            | DeadAction::Skip { target, .. } => target,
+        }
+    }
+}
+
+/// `outbox dead …` on the store the URL's scheme names.
 async fn dead(action: DeadAction) -> Result<(), CliError> {
+    let config = load(action.target())?;
+    let now = Startup::within(Duration::ZERO);
+    match database_url(&config)?.1 {
+        Backend::Postgres => dead_on(&store(&config, 2, now).await?, action).await,
+        Backend::MySql => dead_on(&mysql_store(&config, 2, now).await?, action).await,
+        Backend::Sqlite => dead_on(&sqlite_store(&config).await?, action).await,
+    }
+}
+
+async fn dead_on<S: OutboxStore>(store: &S, action: DeadAction) -> Result<(), CliError> {
     match action {
         DeadAction::List {
-            target,
-            event_type,
-            limit,
+            event_type, limit, ..
         } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let page = store.list(&dead_filter(event_type, limit)).await?;
             if page.is_empty() {
                 writeln!(stdout(), "no dead events")?;
             }
             print_dead(&page)?;
         }
-        DeadAction::Show { target, id } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+        DeadAction::Show { id, .. } => {
             let event: OutboxEvent = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
             writeln!(stdout(), "{}", serde_json::to_string_pretty(&event)?)?;
         }
         DeadAction::Revive {
-            target,
             ids,
             event_type,
             all,
             attempts,
+            ..
         } => {
             if ids.is_empty() && event_type.is_none() && !all {
                 return Err("name the events to revive, or use --type TYPE or --all".into());
             }
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let selection = (event_type.is_some() || all).then(|| dead_filter(event_type, 1000));
             let revived = outbox_admin::bulk::retry(
-                &store,
+                store,
                 ids,
                 selection,
                 attempts,
@@ -1277,8 +1294,7 @@ async fn dead(action: DeadAction) -> Result<(), CliError> {
                 revived.changed
             )?;
         }
-        DeadAction::Skip { target, ids } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+        DeadAction::Skip { ids, .. } => {
             for id in ids {
                 let event = store.skip_dead_head(id, SystemClock.now()).await?;
                 writeln!(

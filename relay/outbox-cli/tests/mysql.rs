@@ -140,3 +140,51 @@ async fn migrate_status_and_a_relay_on_mysql() {
     assert!(down.contains("reverted 1 migration(s)"), "{down}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `outbox dead` lists, shows and revives dead events on MySQL/MariaDB too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_events_are_listed_shown_and_revived_on_mysql() {
+    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let url = mysql_url();
+    outbox(&["migrate"], &url, &table);
+    let store =
+        MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(&table)).unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let event = NewEvent::builder("file.stored", "upload", n.to_string())
+            .build()
+            .unwrap();
+        ids.push(tx.emit(event).await.unwrap().id());
+    }
+    tx.commit().await.unwrap();
+    let now = chrono::Utc::now();
+    let (lease, claimed) =
+        outbox_core::OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let failures: Vec<_> = ids
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "no route"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+
+    let list = outbox(&["dead", "list"], &url, &table);
+    for id in &ids {
+        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
+    }
+    assert!(list.contains("no route"), "{list}");
+    let shown = outbox(&["dead", "show", &ids[0].to_string()], &url, &table);
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(json["lifecycle"]["status"], "dead");
+
+    let one = outbox(&["dead", "revive", &ids[0].to_string()], &url, &table);
+    assert!(one.contains("revived 1 event"), "{one}");
+    let rest = outbox(&["dead", "revive", "--type", "file.stored"], &url, &table);
+    assert!(rest.contains("revived 2 event"), "{rest}");
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (3, 0));
+    let down = outbox(&["migrate", "--down", "--yes"], &url, &table);
+    assert!(down.contains("reverted 1 migration(s)"), "{down}");
+}

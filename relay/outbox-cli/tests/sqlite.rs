@@ -157,3 +157,45 @@ async fn migrate_status_and_a_relay_on_sqlite() {
     let _ = std::fs::remove_dir_all(dir);
     remove_sqlite_file(&path);
 }
+
+/// `outbox dead` lists, shows and revives dead events on SQLite too (the URL's scheme picks
+/// the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_events_are_listed_shown_and_revived_on_sqlite() {
+    let path = sqlite_file();
+    let url = format!("sqlite://{}", path.display());
+    outbox(&["migrate"], &url);
+    let store = SqliteStore::connect(&url, SqliteConfig::new())
+        .await
+        .unwrap();
+    let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
+    let now = chrono::Utc::now();
+    let (lease, claimed) =
+        outbox_core::OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let failures: Vec<_> = ids
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "no route"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+
+    let list = outbox(&["dead", "list"], &url);
+    for id in &ids {
+        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
+    }
+    assert!(list.contains("no route"), "{list}");
+    let shown = outbox(&["dead", "show", &ids[0].to_string()], &url);
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(json["lifecycle"]["status"], "dead");
+
+    let one = outbox(&["dead", "revive", &ids[0].to_string()], &url);
+    assert!(one.contains("revived 1 event"), "{one}");
+    let rest = outbox(&["dead", "revive", "--all"], &url);
+    assert!(rest.contains("revived 2 event"), "{rest}");
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (3, 0));
+    store.pool().close().await;
+    remove_sqlite_file(&path);
+}
