@@ -15,7 +15,7 @@ use outbox_tests::harness::{remove_sqlite_file, sqlite_file};
 
 mod common;
 
-use common::{free_port, stdout_of};
+use common::{dead_commands_list_show_and_revive, free_port, stdout_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -169,33 +169,7 @@ async fn dead_events_are_listed_shown_and_revived_on_sqlite() {
         .await
         .unwrap();
     let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
-    let now = chrono::Utc::now();
-    let (lease, claimed) =
-        outbox_core::OutboxStoreExt::claim_for(&store, "w", 10, Duration::from_secs(30), now)
-            .await
-            .unwrap();
-    assert_eq!(claimed.len(), 3);
-    let failures: Vec<_> = ids
-        .iter()
-        .map(|id| outbox_core::Failure::permanent(*id, "no route"))
-        .collect();
-    store.nack(lease.id, &failures, now).await.unwrap();
-
-    let list = outbox(&["dead", "list"], &url);
-    for id in &ids {
-        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
-    }
-    assert!(list.contains("no route"), "{list}");
-    let shown = outbox(&["dead", "show", &ids[0].to_string()], &url);
-    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(json["lifecycle"]["status"], "dead");
-
-    let one = outbox(&["dead", "revive", &ids[0].to_string()], &url);
-    assert!(one.contains("revived 1 event"), "{one}");
-    let rest = outbox(&["dead", "revive", "--all"], &url);
-    assert!(rest.contains("revived 2 event"), "{rest}");
-    let counts = store.count_by_status().await.unwrap();
-    assert_eq!((counts.pending, counts.dead), (3, 0));
+    dead_commands_list_show_and_revive(&store, &ids, |args| outbox(args, &url)).await;
     store.pool().close().await;
     remove_sqlite_file(&path);
 }

@@ -137,3 +137,43 @@ pub fn which(name: &str, package: &str) -> std::path::PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{name} is not installed: apt-get install {package}"))
 }
+
+/// Kills the events `ids` through `store` (claimed, then failed for good with "no route"),
+/// then runs `outbox dead list|show|revive` through `outbox` (the binary on the store's URL)
+/// and checks each answer and the store after it.
+pub async fn dead_commands_list_show_and_revive<S: outbox_core::OutboxStore>(
+    store: &S,
+    ids: &[outbox_core::EventId],
+    outbox: impl Fn(&[&str]) -> String,
+) {
+    let now = chrono::Utc::now();
+    let (lease, claimed) =
+        outbox_core::OutboxStoreExt::claim_for(store, "w", 10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), ids.len());
+    let failures: Vec<_> = ids
+        .iter()
+        .map(|id| outbox_core::Failure::permanent(*id, "no route"))
+        .collect();
+    store.nack(lease.id, &failures, now).await.unwrap();
+
+    let list = outbox(&["dead", "list"]);
+    for id in ids {
+        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
+    }
+    assert!(list.contains("no route"), "{list}");
+    let shown = outbox(&["dead", "show", &ids[0].to_string()]);
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(json["lifecycle"]["status"], "dead");
+
+    let one = outbox(&["dead", "revive", &ids[0].to_string()]);
+    assert!(one.contains("revived 1 event"), "{one}");
+    let rest = outbox(&["dead", "revive", "--type", "file.stored"]);
+    assert!(
+        rest.contains(&format!("revived {} event", ids.len() - 1)),
+        "{rest}"
+    );
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (ids.len() as u64, 0));
+}
