@@ -153,6 +153,16 @@ impl<X: Extra> Changes<X> {
         self.gone.insert(id);
     }
 
+    /// A row that could not be read, buried dead by the store: as any dead head, it keeps its
+    /// key (`block`) or gives it up.
+    pub fn buried(&mut self, id: EventId, key: Option<String>) {
+        if let Some(key) = key
+            && !keeps_key(Status::Dead, self.dead_head)
+        {
+            self.leave_key(key, id);
+        }
+    }
+
     /// Gives up `key` for `head` (an operator's skip).
     pub fn leave_key(&mut self, key: String, head: EventId) {
         self.leaving.entry(key).or_default().insert(head);

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use outbox_core::changes::{Changes, Rejoin, RowWork, moves_on};
-use outbox_core::ordering::keeps_key;
 use outbox_core::{EventId, LeaseId, OutboxEvent, Status, StoreError, Transition};
 use outbox_sql::Dialect;
 use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
@@ -182,26 +181,16 @@ impl<'s> Work<'s> {
         key: Option<String>,
     ) -> Result<(), StoreError> {
         tracing::warn!(event_id = %id, %error, "outbox row cannot be read; marked dead");
-        let sql = format!(
-            "UPDATE `{}` FORCE INDEX (`{t}_id`) SET status = 'dead', \
-             attempts = LEAST(attempts + 1, max_attempts), last_error = ?, updated_at = ?, \
-             lease_id = NULL, locked_by = NULL, locked_until = NULL, key_place = NULL \
-             WHERE id = ?",
-            self.table(),
-            t = self.table()
+        let bury = outbox_sql::bury(
+            Alias::new(self.table()),
+            "id",
+            MySqlDialect.id(id),
+            MySqlDialect.text(&format!("cannot be read: {error}")),
+            MySqlDialect.time(self.at),
+            &[],
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(format!("cannot be read: {error}").into_bytes())
-            .bind(self.at)
-            .bind(*id.as_uuid())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_error)?;
-        if let Some(key) = key
-            && !keeps_key(Status::Dead, self.store.config().dead_head())
-        {
-            self.changes.leave_key(key, id);
-        }
+        run(&mut self.tx, bury).await?;
+        self.changes.buried(id, key);
         self.buried.push(id);
         Ok(())
     }

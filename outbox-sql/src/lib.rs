@@ -282,6 +282,38 @@ pub fn insert_events(
     Ok(insert)
 }
 
+/// Marks the row of `table` whose `column` is `key` dead at once because it cannot be read:
+/// its attempt counted (up to its maximum), `error` as its last error, any lease and queue
+/// place gone, and the store's own `also_cleared` columns set to NULL.
+pub fn bury(
+    table: impl IntoTableRef,
+    column: &str,
+    key: Value,
+    error: Value,
+    at: Value,
+    also_cleared: &[&str],
+) -> UpdateStatement {
+    let attempts = Expr::case(
+        col("attempts").add(1).lt(col("max_attempts")),
+        col("attempts").add(1),
+    )
+    .finally(col("max_attempts"));
+    let mut update = Query::update();
+    update
+        .table(table)
+        .value(Alias::new("status"), Status::Dead.as_str())
+        .value(Alias::new("attempts"), attempts)
+        .value(Alias::new("last_error"), Expr::val(error))
+        .value(Alias::new("updated_at"), Expr::val(at));
+    for cleared in ["lease_id", "locked_by", "locked_until", "key_place"]
+        .iter()
+        .chain(also_cleared)
+    {
+        update.value(Alias::new(*cleared), Expr::cust("NULL"));
+    }
+    update.and_where(col(column).eq(key)).to_owned()
+}
+
 /// Pauses `event_type` in a pause table: fails as a unique violation if it is paused already
 /// (the store answers `false` then).
 pub fn pause(paused: impl IntoTableRef, event_type: Value, at: Value) -> InsertStatement {
@@ -591,5 +623,20 @@ mod tests {
             sql,
             "SELECT a FROM `t` FORCE INDEX (`t_id`) WHERE `id` IN (?) FOR UPDATE SKIP LOCKED"
         );
+
+        let (sql, values) = bury(
+            "t",
+            "id",
+            1i64.into(),
+            "x".into(),
+            2i64.into(),
+            &["hold_id"],
+        )
+        .build(MysqlQueryBuilder);
+        assert_eq!(
+            sql,
+            "UPDATE `t` SET `status` = ?, `attempts` = (CASE WHEN (`attempts` + ? < `max_attempts`) THEN `attempts` + ? ELSE `max_attempts` END), `last_error` = ?, `updated_at` = ?, `lease_id` = NULL, `locked_by` = NULL, `locked_until` = NULL, `key_place` = NULL, `hold_id` = NULL WHERE `id` = ?"
+        );
+        assert_eq!(values.0.len(), 6);
     }
 }
