@@ -31,7 +31,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::error::db_error;
-use crate::pgoutput::{self, Message, Value, pg_time};
+use crate::pgoutput::{self, Column, Message, Value, pg_time};
 use crate::row::STREAMING;
 use crate::store::PgStore;
 use pgwire_replication::{
@@ -320,7 +320,7 @@ impl PgStore {
             poll: std::time::Duration::from_millis(10),
             client: None,
             relations: HashMap::new(),
-            batch: HashMap::new(),
+            keyed: HashSet::new(),
             idempotent: HashSet::new(),
             confirmed: 0,
             unsettled: false,
@@ -401,8 +401,8 @@ pub struct PgStream {
     client: Option<ReplicationClient>,
     /// Column names of the relations seen, by relation id.
     relations: HashMap<u32, Relation>,
-    /// The ordering keys of the current batch's events (`None`: no key), by id.
-    batch: HashMap<EventId, Option<String>>,
+    /// The current batch's events that carry an ordering key.
+    keyed: HashSet<EventId>,
     /// The current batch's events that carry an idempotency key.
     idempotent: HashSet<EventId>,
     /// The position last confirmed.
@@ -428,10 +428,89 @@ impl std::fmt::Debug for PgStream {
     }
 }
 
+/// A relation the stream has described: whether it is the outbox table, and where each
+/// column the reader needs sits in its tuples (found once per description, not per row).
 #[derive(Debug, Clone)]
 struct Relation {
     ours: bool,
-    columns: Vec<String>,
+    at: [Option<usize>; Col::ALL.len()],
+}
+
+impl Relation {
+    fn new(ours: bool, columns: &[Column]) -> Self {
+        let at = Col::ALL.map(|col| columns.iter().position(|c| c.name == col.name()));
+        Relation { ours, at }
+    }
+}
+
+/// The columns a streamed event is read from.
+#[derive(Debug, Clone, Copy)]
+enum Col {
+    Id,
+    Status,
+    EventType,
+    AggregateType,
+    AggregateId,
+    Payload,
+    Headers,
+    IdempotencyKey,
+    OrderingKey,
+    Attempts,
+    MaxAttempts,
+    NextAttemptAt,
+    CreatedAt,
+    UpdatedAt,
+}
+
+impl Col {
+    const ALL: [Col; 14] = [
+        Col::Id,
+        Col::Status,
+        Col::EventType,
+        Col::AggregateType,
+        Col::AggregateId,
+        Col::Payload,
+        Col::Headers,
+        Col::IdempotencyKey,
+        Col::OrderingKey,
+        Col::Attempts,
+        Col::MaxAttempts,
+        Col::NextAttemptAt,
+        Col::CreatedAt,
+        Col::UpdatedAt,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Col::Id => "id",
+            Col::Status => "status",
+            Col::EventType => "event_type",
+            Col::AggregateType => "aggregate_type",
+            Col::AggregateId => "aggregate_id",
+            Col::Payload => "payload",
+            Col::Headers => "headers",
+            Col::IdempotencyKey => "idempotency_key",
+            Col::OrderingKey => "ordering_key",
+            Col::Attempts => "attempts",
+            Col::MaxAttempts => "max_attempts",
+            Col::NextAttemptAt => "next_attempt_at",
+            Col::CreatedAt => "created_at",
+            Col::UpdatedAt => "updated_at",
+        }
+    }
+}
+
+/// One inserted row, read by column through its relation's positions.
+struct Tuple<'r, 'a> {
+    relation: &'r Relation,
+    values: &'r [Value<'a>],
+}
+
+impl<'a> Tuple<'_, 'a> {
+    /// The column's value, if the relation has the column.
+    fn get(&self, col: Col) -> Option<&Value<'a>> {
+        self.relation.at[col as usize].and_then(|i| self.values.get(i))
+    }
 }
 
 /// Where the replication connection goes, read from a connection URL.
@@ -660,32 +739,21 @@ impl PgStream {
         }
     }
 
-    fn decode_insert(
-        &self,
-        relation: &Relation,
-        values: Vec<Value<'_>>,
-        now: DateTime<Utc>,
-    ) -> Option<Streamed> {
-        let fields: HashMap<&str, Value<'_>> = relation
-            .columns
-            .iter()
-            .map(String::as_str)
-            .zip(values)
-            .collect();
-        let id = match fields.get("id").map(uuid) {
+    fn decode_insert(&self, row: &Tuple<'_, '_>, now: DateTime<Utc>) -> Option<Streamed> {
+        let id = match row.get(Col::Id).map(uuid) {
             Some(Ok(id)) => EventId::from_uuid(id),
             _ => {
                 tracing::warn!(slot = %self.slot, "a streamed row without a readable id; skipped");
                 return None;
             }
         };
-        match fields.get("status").map(text) {
-            Some(Ok(status)) if status == STREAMING => {}
+        match row.get(Col::Status).map(bytes) {
+            Some(Ok(status)) if status == STREAMING.as_bytes() => {}
             // Inserted before the table was switched, or by something else: the table's own
             // path has it.
             _ => return None,
         }
-        match event_from(id, &fields) {
+        match event_from(id, row) {
             Ok(event) => {
                 let not_due = event.lifecycle.next_attempt_at > event.created_at
                     && event.lifecycle.next_attempt_at > now;
@@ -704,7 +772,7 @@ impl PgStream {
                     headers: Default::default(),
                     idempotency_key: None,
                     // Kept when readable: the event holds its key's place in the table.
-                    ordering_key: fields.get("ordering_key").and_then(|v| text(v).ok()),
+                    ordering_key: row.get(Col::OrderingKey).and_then(|v| text(v).ok()),
                     lifecycle: Lifecycle::pending(1, now),
                     created_at: now,
                     updated_at: now,
@@ -772,35 +840,36 @@ fn optional<T>(
 }
 
 /// The event of a streamed row, or what is wrong with it.
-fn event_from(id: EventId, fields: &HashMap<&str, Value<'_>>) -> Result<OutboxEvent, String> {
-    let get = |name: &'static str| {
-        fields
-            .get(name)
-            .ok_or_else(|| format!("column {name} is missing"))
+fn event_from(id: EventId, row: &Tuple<'_, '_>) -> Result<OutboxEvent, String> {
+    let get = |col: Col| {
+        row.get(col)
+            .ok_or_else(|| format!("column {} is missing", col.name()))
     };
-    let field = |name: &'static str, e: String| format!("{name} {e}");
+    let field = |col: Col, e: String| format!("{} {e}", col.name());
+    let text_of = |col: Col| get(col).and_then(|v| text(v).map_err(|e| field(col, e)));
     // Read straight into the map: no intermediate JSON tree per event.
     let headers: std::collections::BTreeMap<String, String> =
-        json(get("headers")?).map_err(|e| field("headers", e))?;
-    let created_at = time(get("created_at")?).map_err(|e| field("created_at", e))?;
-    let max_attempts = int4(get("max_attempts")?).map_err(|e| field("max_attempts", e))?;
-    let next_attempt_at = time(get("next_attempt_at")?).map_err(|e| field("next_attempt_at", e))?;
+        json(get(Col::Headers)?).map_err(|e| field(Col::Headers, e))?;
+    let created_at = time(get(Col::CreatedAt)?).map_err(|e| field(Col::CreatedAt, e))?;
+    let max_attempts = int4(get(Col::MaxAttempts)?).map_err(|e| field(Col::MaxAttempts, e))?;
+    let next_attempt_at =
+        time(get(Col::NextAttemptAt)?).map_err(|e| field(Col::NextAttemptAt, e))?;
     let mut lifecycle = Lifecycle::pending(max_attempts, next_attempt_at);
-    lifecycle.attempts = int4(get("attempts")?).map_err(|e| field("attempts", e))?;
+    lifecycle.attempts = int4(get(Col::Attempts)?).map_err(|e| field(Col::Attempts, e))?;
     Ok(OutboxEvent {
         id,
-        event_type: text(get("event_type")?).map_err(|e| field("event_type", e))?,
-        aggregate_type: text(get("aggregate_type")?).map_err(|e| field("aggregate_type", e))?,
-        aggregate_id: text(get("aggregate_id")?).map_err(|e| field("aggregate_id", e))?,
-        payload: json(get("payload")?).map_err(|e| field("payload", e))?,
+        event_type: text_of(Col::EventType)?,
+        aggregate_type: text_of(Col::AggregateType)?,
+        aggregate_id: text_of(Col::AggregateId)?,
+        payload: json(get(Col::Payload)?).map_err(|e| field(Col::Payload, e))?,
         headers,
-        idempotency_key: optional(fields.get("idempotency_key"), text)
-            .map_err(|e| field("idempotency_key", e))?,
-        ordering_key: optional(fields.get("ordering_key"), text)
-            .map_err(|e| field("ordering_key", e))?,
+        idempotency_key: optional(row.get(Col::IdempotencyKey), text)
+            .map_err(|e| field(Col::IdempotencyKey, e))?,
+        ordering_key: optional(row.get(Col::OrderingKey), text)
+            .map_err(|e| field(Col::OrderingKey, e))?,
         lifecycle,
         created_at,
-        updated_at: time(get("updated_at")?).map_err(|e| field("updated_at", e))?,
+        updated_at: time(get(Col::UpdatedAt)?).map_err(|e| field(Col::UpdatedAt, e))?,
     })
 }
 
@@ -901,10 +970,11 @@ impl EventStream for PgStream {
         if let Err(e) = self.mark_holds(&mut batch.events).await {
             return Err(self.reset(e));
         }
-        self.batch = batch
+        self.keyed = batch
             .events
             .iter()
-            .map(|s| (s.event.id, s.event.ordering_key.clone()))
+            .filter(|s| s.event.ordering_key.is_some())
+            .map(|s| s.event.id)
             .collect();
         self.idempotent = batch
             .events
@@ -954,9 +1024,8 @@ impl EventStream for PgStream {
         }
         let t = self.store.config.qualified_table();
         let n = "COALESCE($2::timestamptz, statement_timestamp())";
-        let (keyed, plain): (Vec<EventId>, Vec<EventId>) = ids
-            .iter()
-            .partition(|id| self.batch.get(id).is_some_and(Option::is_some));
+        let (keyed, plain): (Vec<EventId>, Vec<EventId>) =
+            ids.iter().partition(|id| self.keyed.contains(id));
         let mut tx = self.store.pool.begin().await.map_err(db_error)?;
         let mut handed = 0;
         if !plain.is_empty() {
@@ -1033,7 +1102,7 @@ impl EventStream for PgStream {
             self.pending = Some((task, position.0));
         }
         self.unsettled = false;
-        self.batch.clear();
+        self.keyed.clear();
         self.idempotent.clear();
         Ok(())
     }
@@ -1093,19 +1162,17 @@ impl PgStream {
                 columns,
             } => {
                 let ours = namespace == self.store.config.schema && name == self.store.config.table;
-                self.relations.insert(
-                    id,
-                    Relation {
-                        ours,
-                        columns: columns.into_iter().map(|c| c.name).collect(),
-                    },
-                );
+                self.relations.insert(id, Relation::new(ours, &columns));
             }
             Message::Insert { relation, values } => {
-                let Some(rel) = self.relations.get(&relation).filter(|r| r.ours).cloned() else {
+                let Some(relation) = self.relations.get(&relation).filter(|r| r.ours) else {
                     return;
                 };
-                if let Some(streamed) = self.decode_insert(&rel, values, now) {
+                let row = Tuple {
+                    relation,
+                    values: &values,
+                };
+                if let Some(streamed) = self.decode_insert(&row, now) {
                     batch.events.push(streamed);
                 }
             }
@@ -1168,6 +1235,112 @@ impl PgStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relation whose columns come in another order than the reader's, with columns it does
+    /// not read among them.
+    fn relation(names: &[&str]) -> Relation {
+        let columns: Vec<Column> = names
+            .iter()
+            .map(|n| Column {
+                name: (*n).to_owned(),
+                type_oid: 0,
+            })
+            .collect();
+        Relation::new(true, &columns)
+    }
+
+    #[test]
+    fn a_row_is_read_by_its_relations_column_positions() {
+        let names = [
+            "payload",
+            "lease_id",
+            "status",
+            "created_at",
+            "id",
+            "headers",
+            "event_type",
+            "aggregate_id",
+            "aggregate_type",
+            "idempotency_key",
+            "ordering_key",
+            "attempts",
+            "max_attempts",
+            "next_attempt_at",
+            "updated_at",
+            "audit_notes",
+        ];
+        let id = Uuid::from_u128(7);
+        let at = 86_400_000_000i64.to_be_bytes(); // 2000-01-02 00:00 UTC
+        let (attempts, max) = (2i32.to_be_bytes(), 5i32.to_be_bytes());
+        let payload = b"\x01{\"size\": 3}";
+        let headers = b"\x01{\"trace\": \"t-1\"}";
+        let values = vec![
+            Value::Binary(payload),
+            Value::Null,
+            Value::Binary(b"streaming"),
+            Value::Binary(&at),
+            Value::Binary(id.as_bytes()),
+            Value::Binary(headers),
+            Value::Binary(b"file.stored"),
+            Value::Binary(b"f-1"),
+            Value::Binary(b"file"),
+            Value::Null,
+            Value::Binary(b"k"),
+            Value::Binary(&attempts),
+            Value::Binary(&max),
+            Value::Binary(&at),
+            Value::Binary(&at),
+            Value::Null,
+        ];
+        let rel = relation(&names);
+        let row = Tuple {
+            relation: &rel,
+            values: &values,
+        };
+        let event = event_from(EventId::from_uuid(id), &row).unwrap();
+        assert_eq!(event.event_type, "file.stored");
+        assert_eq!(
+            (event.aggregate_type.as_str(), event.aggregate_id.as_str()),
+            ("file", "f-1")
+        );
+        assert_eq!(event.payload, serde_json::json!({"size": 3}));
+        assert_eq!(event.headers.get("trace").map(String::as_str), Some("t-1"));
+        assert_eq!(event.idempotency_key, None);
+        assert_eq!(event.ordering_key.as_deref(), Some("k"));
+        assert_eq!((event.attempts(), event.lifecycle.max_attempts), (2, 5));
+        assert_eq!(event.created_at, pg_time(86_400_000_000).unwrap());
+
+        // A column the reader needs is missing from the relation: named, not a panic.
+        let without: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != "aggregate_id")
+            .collect();
+        let values_without: Vec<Value<'_>> = values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| names[*i] != "aggregate_id")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let rel = relation(&without);
+        let row = Tuple {
+            relation: &rel,
+            values: &values_without,
+        };
+        let error = event_from(EventId::from_uuid(id), &row).unwrap_err();
+        assert_eq!(error, "column aggregate_id is missing");
+
+        // A value that cannot be read names its column.
+        let mut bad = values.clone();
+        bad[0] = Value::Binary(b"\x02{}");
+        let rel = relation(&names);
+        let row = Tuple {
+            relation: &rel,
+            values: &bad,
+        };
+        let error = event_from(EventId::from_uuid(id), &row).unwrap_err();
+        assert_eq!(error, "payload has an unknown jsonb version");
+    }
 
     #[test]
     fn connection_urls_are_read_as_libpq_reads_them() {
