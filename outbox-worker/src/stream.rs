@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outbox_core::clock::add;
@@ -9,7 +10,6 @@ use outbox_core::{
     DeliveryError, EventId, EventStream, Lease, LeaseId, OutboxStore, Settlement, StoreError,
     Streamed, Transport,
 };
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -212,35 +212,39 @@ where
                 None => chains.push(vec![i]),
             }
         }
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // `concurrency` tasks, each taking the next chain and delivering it through: at most
+        // that many deliveries at once, without a task per event.
+        let chains = Arc::new(chains);
+        let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        for chain in chains {
+        for _ in 0..self.config.concurrency.max(1).min(chains.len()) {
+            let (chains, next) = (Arc::clone(&chains), Arc::clone(&next));
             let events = Arc::clone(events);
             let transport = Arc::clone(&self.transport);
-            let permits = Arc::clone(&permits);
             let timeout = self.config.delivery_timeout;
             let stop = cancel.clone();
             tasks.spawn(async move {
-                let mut out = Vec::with_capacity(chain.len());
-                let mut blocked = false;
-                for i in chain {
-                    let Some(s) = events.get(i) else { continue };
-                    if blocked || s.hold.is_some() || stop.is_cancelled() {
-                        blocked = true;
-                        out.push((i, Fate::Held));
-                        continue;
-                    }
-                    let _permit = permits.acquire().await;
-                    let event = &s.event;
-                    let span = debug_span!("outbox_deliver", event_id = %event.id, event_type = %event.event_type, attempt = event.attempts() + 1, streamed = true);
-                    let result = deliver_timed(transport.as_ref(), event, timeout)
-                        .instrument(span)
-                        .await;
-                    match result {
-                        Ok(()) => out.push((i, Fate::Delivered)),
-                        Err(error) => {
+                let mut out = Vec::new();
+                while let Some(chain) = chains.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let mut blocked = false;
+                    for &i in chain {
+                        let Some(s) = events.get(i) else { continue };
+                        if blocked || s.hold.is_some() || stop.is_cancelled() {
                             blocked = true;
-                            out.push((i, Fate::Failed(error)));
+                            out.push((i, Fate::Held));
+                            continue;
+                        }
+                        let event = &s.event;
+                        let span = debug_span!("outbox_deliver", event_id = %event.id, event_type = %event.event_type, attempt = event.attempts() + 1, streamed = true);
+                        let result = deliver_timed(transport.as_ref(), event, timeout)
+                            .instrument(span)
+                            .await;
+                        match result {
+                            Ok(()) => out.push((i, Fate::Delivered)),
+                            Err(error) => {
+                                blocked = true;
+                                out.push((i, Fate::Failed(error)));
+                            }
                         }
                     }
                 }

@@ -633,3 +633,96 @@ async fn a_server_without_logical_wal_is_refused_naming_the_setting() {
     assert!(message.contains("wal_level = logical"), "{message}");
     h.cleanup().await;
 }
+
+/// Counts deliveries in flight; the first `gate` deliveries wait for one another at a barrier.
+struct Gate {
+    barrier: tokio::sync::Barrier,
+    gate: usize,
+    started: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    keyed: Mutex<Vec<u64>>,
+    delivered: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for Gate {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        if self.started.fetch_add(1, SeqCst) < self.gate {
+            self.barrier.wait().await;
+        }
+        if let Some(n) = event.payload["n"]
+            .as_u64()
+            .filter(|_| event.ordering_key.is_some())
+        {
+            self.keyed.lock().unwrap().push(n);
+        }
+        self.delivered.fetch_add(1, SeqCst);
+        self.in_flight.fetch_sub(1, SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_deliveries_run_at_the_workers_concurrency_and_never_beyond() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let cluster = cluster();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    // One transaction, so one batch: 100 events without a key, 10 of key `k` among them.
+    let events = (0..110)
+        .map(|n| {
+            let key = (n % 11 == 0).then_some("k");
+            event(key, json!({ "n": n }))
+        })
+        .collect();
+    emit(&store, events).await;
+    // The first 8 deliveries pass only once 8 are in flight together.
+    let gate = Arc::new(Gate {
+        barrier: tokio::sync::Barrier::new(8),
+        gate: 8,
+        started: Default::default(),
+        in_flight: Default::default(),
+        most: Default::default(),
+        keyed: Mutex::default(),
+        delivered: Default::default(),
+    });
+    let worker = Worker::builder(store.clone(), Arc::clone(&gate))
+        .batch_size(200)
+        .concurrency(8)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let source = store.stream(SLOT, &cluster.url()).unwrap();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { worker.stream(source, stop).await });
+    let delivered = tokio::time::timeout(GUARD, async {
+        while gate.delivered.load(SeqCst) < 110 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    cancel.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert!(
+        delivered.is_ok(),
+        "{} of 110 delivered (fewer than 8 deliveries at once would hold the first 8 at the \
+         barrier); {report:?}",
+        gate.delivered.load(SeqCst)
+    );
+    assert_eq!(
+        gate.most.load(SeqCst),
+        8,
+        "at most the worker's concurrency at once"
+    );
+    let keyed = gate.keyed.lock().unwrap().clone();
+    assert_eq!(
+        keyed,
+        (0..110).filter(|n| n % 11 == 0).collect::<Vec<u64>>()
+    );
+    assert_eq!(report.delivered, 110);
+}
