@@ -1107,12 +1107,25 @@ impl EventStream for PgStream {
         Ok(())
     }
 
-    /// Stops the replication connection, then moves the slot to the last settled position
-    /// itself: the client reports positions every 200 ms, and one settled since its last report
-    /// would otherwise be delivered again by the next reader.
+    /// Reports the last settled position over the replication connection, stops it, and
+    /// makes sure the slot got there: one settled since the client's last status update would
+    /// otherwise be delivered again by the next reader. If the status update did not go out in
+    /// time, the slot is moved with `pg_replication_slot_advance`, which decodes again from the
+    /// slot's restart position (tens of milliseconds behind a large backlog); the walsender
+    /// takes a status update as it is.
     async fn close(&mut self) -> Result<(), StoreError> {
         let settled = self.settle_pending().await;
         if let Some(mut client) = self.client.take() {
+            if settled.is_ok() && self.confirmed > 0 {
+                let metrics = client.metrics();
+                let deadline = tokio::time::Instant::now() + 3 * STATUS_INTERVAL;
+                while metrics.last_applied_lsn().as_u64() < self.confirmed
+                    && client.is_running()
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
             let _ = client.shutdown().await;
         }
         settled?;
@@ -1120,6 +1133,18 @@ impl EventStream for PgStream {
             return Ok(());
         }
         let position = Lsn::from_u64(self.confirmed).to_pg_string();
+        let reached: Option<bool> = sqlx::query_scalar(
+            "SELECT bool_and(confirmed_flush_lsn >= $2::pg_lsn) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(&self.slot)
+        .bind(&position)
+        .fetch_one(&self.store.pool)
+        .await
+        .map_err(db_error)?;
+        if reached != Some(false) {
+            return Ok(());
+        }
         // The server needs a moment to release the slot after the connection ends.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
@@ -1145,8 +1170,9 @@ impl EventStream for PgStream {
     }
 }
 
-/// How soon a settled position is reported to the server: what a crash may deliver again.
-const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How soon a settled position is reported to the server: what a crash may deliver again, and
+/// the longest a graceful stop waits for its last report to go out.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Longest wait for the rest of a transaction whose beginning has arrived.
 const TRANSACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
