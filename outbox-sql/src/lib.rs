@@ -27,6 +27,9 @@
 //! assert_eq!(values.0.len(), 2);
 //! ```
 
+#[cfg(feature = "sqlx")]
+pub mod run;
+
 use chrono::{DateTime, Utc};
 use outbox_core::{EventFilter, EventId, Status};
 use sea_query::{

@@ -169,6 +169,16 @@ impl SqliteStore {
         self.config.table()
     }
 
+    /// The reads every SQL store runs alike, on this store's pool.
+    fn reads(&self) -> outbox_sql::run::Reads<'_, sqlx::Sqlite, SqliteQueryBuilder> {
+        outbox_sql::run::Reads {
+            pool: &self.pool,
+            builder: std::marker::PhantomData,
+            error: db_error,
+            decode: decode_event,
+        }
+    }
+
     /// The table of paused event types.
     fn paused_table(&self) -> Alias {
         Alias::new(format!("{}_paused", self.table()))
@@ -469,71 +479,25 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn get(&self, id: EventId) -> Result<Option<OutboxEvent>, StoreError> {
-        let (sql, values) =
-            outbox_sql::by_id(Alias::new(self.table()), COLUMNS, id, &SqliteDialect)
-                .build_sqlx(SqliteQueryBuilder);
-        let row = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_optional(&self.pool)
+        self.reads()
+            .event(Alias::new(self.table()), COLUMNS, id, &SqliteDialect)
             .await
-            .map_err(db_error)?;
-        match row {
-            None => Ok(None),
-            Some(row) => match decode(&row)? {
-                Ok(stored) => Ok(Some(stored.event)),
-                Err(bad) => Err(StoreError::Undecodable {
-                    id,
-                    reason: bad.error,
-                }),
-            },
-        }
     }
 
     async fn list(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
-        let query = outbox_sql::list(Alias::new(self.table()), COLUMNS, filter, &SqliteDialect);
-        let (sql, values) = query.build_sqlx(SqliteQueryBuilder);
-        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_all(&self.pool)
+        self.reads()
+            .page(Alias::new(self.table()), COLUMNS, filter, &SqliteDialect)
             .await
-            .map_err(db_error)?;
-        let mut page = EventPage::default();
-        for row in &rows {
-            match decode(row)? {
-                Ok(stored) => page.events.push(stored.event),
-                Err(bad) => page.undecodable.push(bad),
-            }
-        }
-        Ok(page)
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
-        let (sql, values) =
-            outbox_sql::count_by_status(Alias::new(self.table())).build_sqlx(SqliteQueryBuilder);
-        let rows = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let mut counts = StatusCounts::default();
-        for row in &rows {
-            let status: String = row.try_get("status").map_err(db_error)?;
-            let n: i64 = row.try_get("n").map_err(db_error)?;
-            counts.add(status.parse()?, u64::try_from(n).unwrap_or(0));
-        }
-        Ok(counts)
+        self.reads().counts(Alias::new(self.table())).await
     }
 
     async fn count_capped(&self, cap: u64) -> Result<StatusCounts, StoreError> {
-        let mut counts = StatusCounts::default();
-        for status in Status::ALL {
-            let (sql, values) =
-                outbox_sql::count_capped(Alias::new(self.table()), status, cap, &SqliteDialect)
-                    .build_sqlx(SqliteQueryBuilder);
-            let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_error)?;
-            counts.add(status, u64::try_from(n).unwrap_or(0));
-        }
-        Ok(counts)
+        self.reads()
+            .counts_capped(self.table(), cap, &SqliteDialect)
+            .await
     }
 
     async fn retry_dead(
@@ -977,4 +941,9 @@ impl Drop for SqliteLockedBatch {
             }
         });
     }
+}
+
+/// A row read as an event, or why it cannot be.
+fn decode_event(row: &sqlx::sqlite::SqliteRow) -> Result<outbox_sql::run::Decoded, StoreError> {
+    Ok(decode(row)?.map(|stored| stored.event))
 }
