@@ -106,3 +106,73 @@ pub trait Transactional: Send + Sync {
     /// Begins a transaction.
     async fn begin(&self) -> Result<Self::Tx, StoreError>;
 }
+
+/// Implements the transaction boundary for a SQL store's transaction type: `Deref`/`DerefMut`
+/// to its connection, [`Emit`] (which marks the transaction as having emitted),
+/// [`Transaction`] and the store's [`Transactional`].
+///
+/// The type must have the fields `store` (the store), `tx` (the open transaction, which
+/// dereferences to `$conn`) and `emitted: bool`, and inherent `commit` and `rollback`
+/// methods; the store must have inherent `begin`, and `emit`/`emit_all` taking
+/// `&mut $conn`. The three SQL stores (PostgreSQL, MySQL, SQLite) differ only in those.
+#[macro_export]
+macro_rules! sql_transaction {
+    ($tx:ident, $conn:ty, $store:ident) => {
+        impl ::std::ops::Deref for $tx {
+            type Target = $conn;
+            fn deref(&self) -> &$conn {
+                &self.tx
+            }
+        }
+
+        impl ::std::ops::DerefMut for $tx {
+            fn deref_mut(&mut self) -> &mut $conn {
+                &mut self.tx
+            }
+        }
+
+        #[$crate::async_trait]
+        impl $crate::Emit for $tx {
+            async fn emit(
+                &mut self,
+                event: $crate::NewEvent,
+            ) -> ::std::result::Result<$crate::Emitted, $crate::StoreError> {
+                self.emitted = true;
+                self.store.emit(&mut self.tx, event).await
+            }
+            async fn emit_all(
+                &mut self,
+                events: ::std::vec::Vec<$crate::NewEvent>,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::Emitted>, $crate::StoreError> {
+                self.emitted = true;
+                self.store.emit_all(&mut self.tx, events).await
+            }
+        }
+
+        #[$crate::async_trait]
+        impl $crate::Transaction for $tx {
+            type Conn = $conn;
+
+            fn conn(&mut self) -> &mut $conn {
+                &mut self.tx
+            }
+
+            async fn commit(self) -> ::std::result::Result<(), $crate::StoreError> {
+                $tx::commit(self).await
+            }
+
+            async fn rollback(self) -> ::std::result::Result<(), $crate::StoreError> {
+                $tx::rollback(self).await
+            }
+        }
+
+        #[$crate::async_trait]
+        impl $crate::Transactional for $store {
+            type Tx = $tx;
+
+            async fn begin(&self) -> ::std::result::Result<$tx, $crate::StoreError> {
+                $store::begin(self).await
+            }
+        }
+    };
+}

@@ -2,14 +2,11 @@
 //! [`MySqlTransaction`] for a transaction of the store's pool.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::changes::admit;
-use outbox_core::{
-    Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError, Transaction, Transactional,
-};
+use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, Status, StoreError};
 use outbox_sql::{Dialect, NewRow};
 use sea_query::extension::mysql::{IndexHintScope, MySqlSelectStatementExt};
 use sea_query::{Alias, Expr, LockType, MysqlQueryBuilder, Value};
@@ -302,8 +299,8 @@ impl Emit for MySqlEmitter<'_> {
     }
 }
 
-/// A transaction of the store's pool that can emit: the MySQL [`Transaction`]. Run your own
-/// statements on it through [`conn`](Transaction::conn) (or `&mut *tx`); nothing is visible to
+/// A transaction of the store's pool that can emit: the MySQL [`Transaction`](outbox_core::Transaction). Run your own
+/// statements on it through [`conn`](outbox_core::Transaction::conn) (or `&mut *tx`); nothing is visible to
 /// workers until [`commit`](Self::commit), and dropping it rolls back.
 #[derive(Debug)]
 pub struct MySqlTransaction {
@@ -329,53 +326,4 @@ impl MySqlTransaction {
     }
 }
 
-impl Deref for MySqlTransaction {
-    type Target = MySqlConnection;
-    fn deref(&self) -> &MySqlConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for MySqlTransaction {
-    fn deref_mut(&mut self) -> &mut MySqlConnection {
-        &mut self.tx
-    }
-}
-
-#[async_trait]
-impl Emit for MySqlTransaction {
-    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        self.emitted = true;
-        self.store.emit(&mut self.tx, event).await
-    }
-    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
-        self.emitted = true;
-        self.store.emit_all(&mut self.tx, events).await
-    }
-}
-
-#[async_trait]
-impl Transaction for MySqlTransaction {
-    type Conn = MySqlConnection;
-
-    fn conn(&mut self) -> &mut MySqlConnection {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        MySqlTransaction::commit(self).await
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        MySqlTransaction::rollback(self).await
-    }
-}
-
-#[async_trait]
-impl Transactional for MySqlStore {
-    type Tx = MySqlTransaction;
-
-    async fn begin(&self) -> Result<MySqlTransaction, StoreError> {
-        MySqlStore::begin(self).await
-    }
-}
+outbox_core::sql_transaction!(MySqlTransaction, MySqlConnection, MySqlStore);

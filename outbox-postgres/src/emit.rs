@@ -2,14 +2,10 @@
 //! [`PgTransaction`] for a transaction of the store's pool.
 
 use std::collections::HashSet;
-use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_core::{
-    Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, Transaction, Transactional,
-    ValidationError,
-};
+use outbox_core::{Emit, Emitted, EventId, NewEvent, OutboxEvent, StoreError, ValidationError};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use uuid::Uuid;
@@ -272,8 +268,8 @@ impl Emit for PgEmitter<'_> {
     }
 }
 
-/// A transaction of the store's pool that can emit: the PostgreSQL [`Transaction`]. Run your own
-/// statements on it through [`conn`](Transaction::conn) (or `&mut *tx`, as it dereferences to a
+/// A transaction of the store's pool that can emit: the PostgreSQL [`Transaction`](outbox_core::Transaction). Run your own
+/// statements on it through [`conn`](outbox_core::Transaction::conn) (or `&mut *tx`, as it dereferences to a
 /// [`PgConnection`]); nothing is visible to workers until [`commit`](Self::commit), and dropping
 /// it rolls back.
 #[derive(Debug)]
@@ -320,53 +316,4 @@ impl PgTransaction {
     }
 }
 
-impl Deref for PgTransaction {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for PgTransaction {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-}
-
-#[async_trait]
-impl Emit for PgTransaction {
-    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        self.emitted = true;
-        self.store.emit(&mut self.tx, event).await
-    }
-    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
-        self.emitted = true;
-        self.store.emit_all(&mut self.tx, events).await
-    }
-}
-
-#[async_trait]
-impl Transaction for PgTransaction {
-    type Conn = PgConnection;
-
-    fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        PgTransaction::commit(self).await
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        PgTransaction::rollback(self).await
-    }
-}
-
-#[async_trait]
-impl Transactional for PgStore {
-    type Tx = PgTransaction;
-
-    async fn begin(&self) -> Result<PgTransaction, StoreError> {
-        PgStore::begin(self).await
-    }
-}
+outbox_core::sql_transaction!(PgTransaction, PgConnection, PgStore);

@@ -2,13 +2,10 @@
 //! [`SqliteTransaction`] for a write transaction of the store's pool.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::{Deref, DerefMut};
 
 use async_trait::async_trait;
 use outbox_core::changes::admit;
-use outbox_core::{
-    Emit, Emitted, EventId, NewEvent, Status, StoreError, Transaction, Transactional,
-};
+use outbox_core::{Emit, Emitted, EventId, NewEvent, Status, StoreError};
 use outbox_sql::{Dialect, NewRow};
 use sea_query::{Alias, Expr, SqliteQueryBuilder};
 use sea_query_sqlx::SqlxBinder;
@@ -248,8 +245,8 @@ impl Emit for SqliteEmitter<'_> {
     }
 }
 
-/// A write transaction of the store's pool that can emit: the SQLite [`Transaction`]. Run
-/// your own statements on it through [`conn`](Transaction::conn) (or `&mut *tx`); nothing is
+/// A write transaction of the store's pool that can emit: the SQLite [`Transaction`](outbox_core::Transaction). Run
+/// your own statements on it through [`conn`](outbox_core::Transaction::conn) (or `&mut *tx`); nothing is
 /// visible to workers until [`commit`](Self::commit), and dropping it rolls back.
 #[derive(Debug)]
 pub struct SqliteTransaction {
@@ -275,53 +272,4 @@ impl SqliteTransaction {
     }
 }
 
-impl Deref for SqliteTransaction {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for SqliteTransaction {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
-
-#[async_trait]
-impl Emit for SqliteTransaction {
-    async fn emit(&mut self, event: NewEvent) -> Result<Emitted, StoreError> {
-        self.emitted = true;
-        self.store.emit(&mut self.tx, event).await
-    }
-    async fn emit_all(&mut self, events: Vec<NewEvent>) -> Result<Vec<Emitted>, StoreError> {
-        self.emitted = true;
-        self.store.emit_all(&mut self.tx, events).await
-    }
-}
-
-#[async_trait]
-impl Transaction for SqliteTransaction {
-    type Conn = SqliteConnection;
-
-    fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        SqliteTransaction::commit(self).await
-    }
-
-    async fn rollback(self) -> Result<(), StoreError> {
-        SqliteTransaction::rollback(self).await
-    }
-}
-
-#[async_trait]
-impl Transactional for SqliteStore {
-    type Tx = SqliteTransaction;
-
-    async fn begin(&self) -> Result<SqliteTransaction, StoreError> {
-        SqliteStore::begin(self).await
-    }
-}
+outbox_core::sql_transaction!(SqliteTransaction, SqliteConnection, SqliteStore);
