@@ -1,8 +1,8 @@
 //! Delivering from an [`EventStream`]: committed events in commit order, no claim written.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use outbox_core::clock::add;
@@ -213,25 +213,35 @@ where
             }
         }
         // `concurrency` tasks, each taking the next chain and delivering it through: at most
-        // that many deliveries at once, without a task per event.
+        // that many deliveries at once, without a task per event. Each fate is kept as soon as
+        // it is known, so a task that dies (a panicking transport) loses only what it had not
+        // delivered yet.
         let chains = Arc::new(chains);
         let next = Arc::new(AtomicUsize::new(0));
+        let fates: Arc<Mutex<Vec<Option<Fate>>>> =
+            Arc::new(Mutex::new((0..events.len()).map(|_| None).collect()));
         let mut tasks = JoinSet::new();
         for _ in 0..self.config.concurrency.max(1).min(chains.len()) {
-            let (chains, next) = (Arc::clone(&chains), Arc::clone(&next));
+            let (chains, next, fates) =
+                (Arc::clone(&chains), Arc::clone(&next), Arc::clone(&fates));
             let events = Arc::clone(events);
             let transport = Arc::clone(&self.transport);
             let timeout = self.config.delivery_timeout;
             let stop = cancel.clone();
             tasks.spawn(async move {
-                let mut out = Vec::new();
+                let keep = |i: usize, fate: Fate| {
+                    let mut fates = fates.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(slot) = fates.get_mut(i) {
+                        *slot = Some(fate);
+                    }
+                };
                 while let Some(chain) = chains.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let mut blocked = false;
                     for &i in chain {
                         let Some(s) = events.get(i) else { continue };
                         if blocked || s.hold.is_some() || stop.is_cancelled() {
                             blocked = true;
-                            out.push((i, Fate::Held));
+                            keep(i, Fate::Held);
                             continue;
                         }
                         let event = &s.event;
@@ -240,31 +250,23 @@ where
                             .instrument(span)
                             .await;
                         match result {
-                            Ok(()) => out.push((i, Fate::Delivered)),
+                            Ok(()) => keep(i, Fate::Delivered),
                             Err(error) => {
                                 blocked = true;
-                                out.push((i, Fate::Failed(error)));
+                                keep(i, Fate::Failed(error));
                             }
                         }
                     }
                 }
-                out
             });
         }
-        let mut fates: Vec<Option<Fate>> = (0..events.len()).map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(chain) => {
-                    for (i, fate) in chain {
-                        if let Some(slot) = fates.get_mut(i) {
-                            *slot = Some(fate);
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "a stream delivery task failed"),
+            if let Err(error) = joined {
+                warn!(%error, "a stream delivery task failed");
             }
         }
-        // A chain whose task failed: its events go to the table's path untried.
+        let fates = std::mem::take(&mut *fates.lock().unwrap_or_else(PoisonError::into_inner));
+        // What a failed task had not delivered goes to the table's path untried.
         fates.into_iter().map(|f| f.unwrap_or(Fate::Held)).collect()
     }
 }

@@ -726,3 +726,72 @@ async fn stream_deliveries_run_at_the_workers_concurrency_and_never_beyond() {
     );
     assert_eq!(report.delivered, 110);
 }
+
+/// Panics on an event whose payload says `"panic": true` (counting its panics); records the
+/// rest.
+#[derive(Clone, Default)]
+struct Panicky {
+    delivered: Arc<Mutex<Vec<u64>>>,
+    panics: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl Transport for Panicky {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        if event.payload["panic"] == json!(true) {
+            self.panics
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            panic!("a transport bug");
+        }
+        if let Some(n) = event.payload["n"].as_u64() {
+            self.delivered.lock().unwrap().push(n);
+        }
+        Ok(())
+    }
+}
+
+/// A transport that panics takes down only what it had not delivered: the events delivered
+/// before the panic are settled as delivered (their rows gone, never handed back), the rest go
+/// to the table's path, where the ordinary workers deliver them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transport_hands_back_only_what_it_had_not_delivered() {
+    let cluster = cluster();
+    let store = store_on(&cluster).await;
+    store.start_streaming(SLOT).await.unwrap();
+    let events = (0..5u64)
+        .map(|n| event(None, json!({ "n": n, "panic": n == 2 })))
+        .collect();
+    let ids = emit(&store, events).await;
+    let transport = Panicky::default();
+    // One delivery at a time, in commit order: 0 and 1 are delivered before 2 panics.
+    let worker = Worker::builder(store.clone(), transport.clone())
+        .batch_size(200)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let source = store.stream(SLOT, &cluster.url()).unwrap();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { worker.stream(source, stop).await });
+    until("the transport to panic", || {
+        transport.panics.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    // The batch is settled before the reader stops: handed back, confirmed, rows deleted.
+    cancel.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(*transport.delivered.lock().unwrap(), vec![0, 1]);
+    assert_eq!((report.delivered, report.held), (2, 3), "{report:?}");
+    for id in &ids[..2] {
+        assert!(
+            store.get(*id).await.unwrap().is_none(),
+            "a delivered event was handed back"
+        );
+    }
+    for id in &ids[2..] {
+        let event = store.get(*id).await.unwrap().expect("handed to the table");
+        assert_eq!(event.lifecycle.status, Status::Pending);
+        assert_eq!(event.attempts(), 0, "handed back untried");
+    }
+}
