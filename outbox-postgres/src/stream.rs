@@ -399,7 +399,7 @@ pub struct PgStream {
     poll: std::time::Duration,
     /// The replication connection, while it is open.
     client: Option<ReplicationClient>,
-    /// Column names of the relations seen, by relation id.
+    /// The relations seen (whether each is the outbox table, its column positions), by id.
     relations: HashMap<u32, Relation>,
     /// The current batch's events that carry an ordering key.
     keyed: HashSet<EventId>,
@@ -509,7 +509,9 @@ struct Tuple<'r, 'a> {
 impl<'a> Tuple<'_, 'a> {
     /// The column's value, if the relation has the column.
     fn get(&self, col: Col) -> Option<&Value<'a>> {
-        self.relation.at[col as usize].and_then(|i| self.values.get(i))
+        // `at` follows `Col::ALL`, which lists the columns in their declared order.
+        let at = self.relation.at.get(col as usize).copied().flatten();
+        at.and_then(|i| self.values.get(i))
     }
 }
 
