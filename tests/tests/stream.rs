@@ -634,6 +634,31 @@ async fn a_server_without_logical_wal_is_refused_naming_the_setting() {
     h.cleanup().await;
 }
 
+/// A stream reader delivering to `transport` with `concurrency` deliveries at once.
+fn stream_at<T: Transport + 'static>(
+    store: &PgStore,
+    url: &str,
+    transport: T,
+    concurrency: usize,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<WorkerReport, WorkerError>>,
+) {
+    let worker = Worker::builder(store.clone(), transport)
+        .batch_size(200)
+        .concurrency(concurrency)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let source = store.stream(SLOT, url).unwrap();
+    let stop = cancel.clone();
+    (
+        cancel,
+        tokio::spawn(async move { worker.stream(source, stop).await }),
+    )
+}
+
 /// Counts deliveries in flight; the first `gate` deliveries wait for one another at a barrier.
 struct Gate {
     barrier: tokio::sync::Barrier,
@@ -690,16 +715,7 @@ async fn stream_deliveries_run_at_the_workers_concurrency_and_never_beyond() {
         keyed: Mutex::default(),
         delivered: Default::default(),
     });
-    let worker = Worker::builder(store.clone(), Arc::clone(&gate))
-        .batch_size(200)
-        .concurrency(8)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let source = store.stream(SLOT, &cluster.url()).unwrap();
-    let stop = cancel.clone();
-    let task = tokio::spawn(async move { worker.stream(source, stop).await });
+    let (cancel, task) = stream_at(&store, &cluster.url(), Arc::clone(&gate), 8);
     let delivered = tokio::time::timeout(GUARD, async {
         while gate.delivered.load(SeqCst) < 110 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -764,16 +780,7 @@ async fn a_panicking_transport_hands_back_only_what_it_had_not_delivered() {
     let ids = emit(&store, events).await;
     let transport = Panicky::default();
     // One delivery at a time, in commit order: 0 and 1 are delivered before 2 panics.
-    let worker = Worker::builder(store.clone(), transport.clone())
-        .batch_size(200)
-        .concurrency(1)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let source = store.stream(SLOT, &cluster.url()).unwrap();
-    let stop = cancel.clone();
-    let task = tokio::spawn(async move { worker.stream(source, stop).await });
+    let (cancel, task) = stream_at(&store, &cluster.url(), transport.clone(), 1);
     until("the transport to panic", || {
         transport.panics.load(std::sync::atomic::Ordering::SeqCst) > 0
     })
