@@ -12,7 +12,7 @@ use outbox_core::{
 use outbox_admin::bulk;
 
 use crate::startup::Startup;
-use crate::{CliError, Target, load, store};
+use crate::{Backend, CliError, Target, database_url, load, mysql_store, sqlite_store, store};
 
 /// Most events one `outbox events list` prints.
 const MAX_LIMIT: usize = 10_000;
@@ -229,15 +229,25 @@ impl FilterArgs {
     }
 }
 
+/// `outbox events …` on the store the URL's scheme names: every action is a contract call.
 pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
+    let config = load(action.target())?;
+    let now = Startup::within(Duration::ZERO);
+    match database_url(&config)?.1 {
+        Backend::Postgres => events_on(&store(&config, 2, now).await?, action).await,
+        Backend::MySql => events_on(&mysql_store(&config, 2, now).await?, action).await,
+        Backend::Sqlite => events_on(&sqlite_store(&config).await?, action).await,
+    }
+}
+
+async fn events_on<S: OutboxStore>(store: &S, action: EventsAction) -> Result<(), CliError> {
     match action {
         EventsAction::List {
-            target,
+            target: _,
             filter,
             json,
         } => {
             let filter = filter.filter()?;
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let page = store.list(&filter).await?;
             let full = page.events.len() + page.undecodable.len() >= filter.limit;
             let next = page.next_after(&filter).filter(|_| full);
@@ -247,8 +257,7 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
                 print_table(&page, next)?;
             }
         }
-        EventsAction::Show { target, id } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
+        EventsAction::Show { target: _, id } => {
             let event = store.get(id).await?.ok_or(StoreError::NotFound(id))?;
             let history = store.history(id).await?;
             let mut shown = serde_json::to_value(&event)?;
@@ -258,7 +267,7 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             writeln!(stdout(), "{}", serde_json::to_string_pretty(&shown)?)?;
         }
         EventsAction::Retry {
-            target,
+            target: _,
             ids,
             matching,
             attempts,
@@ -266,9 +275,8 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             json,
         } => {
             let selection = matching.selection(!ids.is_empty())?;
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let outcome =
-                bulk::retry(&store, ids, selection, attempts, dry_run, SystemClock.now()).await?;
+                bulk::retry(store, ids, selection, attempts, dry_run, SystemClock.now()).await?;
             if json {
                 print_outcome(outcome, dry_run)?;
             } else if dry_run {
@@ -286,7 +294,7 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             }
         }
         EventsAction::Delete {
-            target,
+            target: _,
             ids,
             matching,
             dry_run,
@@ -297,8 +305,7 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
                 return Err("deleting is for good: add --yes (or --dry-run to count)".into());
             }
             let selection = matching.selection(!ids.is_empty())?;
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
-            let outcome = bulk::delete(&store, ids, selection, dry_run, SystemClock.now()).await?;
+            let outcome = bulk::delete(store, ids, selection, dry_run, SystemClock.now()).await?;
             if json {
                 print_outcome(outcome, dry_run)?;
             } else if dry_run {
@@ -317,11 +324,10 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             }
         }
         EventsAction::Pause {
-            target,
+            target: _,
             event_type,
             json,
         } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             if let Some(event_type) = event_type {
                 let newly = store.pause_type(&event_type, SystemClock.now()).await?;
                 if json {
@@ -349,11 +355,10 @@ pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
             }
         }
         EventsAction::Resume {
-            target,
+            target: _,
             event_type,
             json,
         } => {
-            let store = store(&load(&target)?, 2, Startup::within(Duration::ZERO)).await?;
             let was = store.resume_type(&event_type, SystemClock.now()).await?;
             if json {
                 let out = serde_json::json!({ "resumed": event_type, "was_paused": was });

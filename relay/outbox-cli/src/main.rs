@@ -415,8 +415,8 @@ fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
     let (url, backend) = database_url(config)?;
     if backend != Backend::Postgres {
         return Err(
-            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate, status \
-             and dead work (see docs/mysql.md, docs/sqlite.md)"
+            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate, status, \
+             events and dead work (see docs/mysql.md, docs/sqlite.md)"
                 .into(),
         );
     }

@@ -15,7 +15,10 @@ use outbox_tests::harness::{mysql_pool, mysql_url};
 
 mod common;
 
-use common::{dead_commands_list_show_and_revive, free_port, stdout_of};
+use common::{
+    dead_commands_list_show_and_revive, events_commands_list_show_pause_and_delete, free_port,
+    stdout_of,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -141,14 +144,11 @@ async fn migrate_status_and_a_relay_on_mysql() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `outbox dead` lists, shows and revives dead events on MySQL/MariaDB too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_events_are_listed_shown_and_revived_on_mysql() {
-    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
-    let url = mysql_url();
-    outbox(&["migrate"], &url, &table);
-    let store =
-        MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(&table)).unwrap();
+/// A table of its own, made by `outbox migrate`, its store, and three pending `file.stored`
+/// events in it.
+async fn three_events(url: &str, table: &str) -> (MySqlStore, Vec<EventId>) {
+    outbox(&["migrate"], url, table);
+    let store = MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(table)).unwrap();
     let mut tx = store.begin().await.unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -158,7 +158,28 @@ async fn dead_events_are_listed_shown_and_revived_on_mysql() {
         ids.push(tx.emit(event).await.unwrap().id());
     }
     tx.commit().await.unwrap();
+    (store, ids)
+}
+
+/// `outbox dead` lists, shows and revives dead events on MySQL/MariaDB too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_events_are_listed_shown_and_revived_on_mysql() {
+    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let url = mysql_url();
+    let (store, ids) = three_events(&url, &table).await;
     dead_commands_list_show_and_revive(&store, &ids, |args| outbox(args, &url, &table)).await;
+    let down = outbox(&["migrate", "--down", "--yes"], &url, &table);
+    assert!(down.contains("reverted 1 migration(s)"), "{down}");
+}
+
+/// `outbox events` lists, shows, pauses, resumes and deletes on MySQL/MariaDB too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_shown_paused_and_deleted_on_mysql() {
+    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let url = mysql_url();
+    let (store, ids) = three_events(&url, &table).await;
+    events_commands_list_show_pause_and_delete(&store, &ids, |args| outbox(args, &url, &table))
+        .await;
     let down = outbox(&["migrate", "--down", "--yes"], &url, &table);
     assert!(down.contains("reverted 1 migration(s)"), "{down}");
 }

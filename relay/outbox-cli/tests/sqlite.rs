@@ -15,7 +15,10 @@ use outbox_tests::harness::{remove_sqlite_file, sqlite_file};
 
 mod common;
 
-use common::{dead_commands_list_show_and_revive, free_port, stdout_of};
+use common::{
+    dead_commands_list_show_and_revive, events_commands_list_show_pause_and_delete, free_port,
+    stdout_of,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -170,6 +173,21 @@ async fn dead_events_are_listed_shown_and_revived_on_sqlite() {
         .unwrap();
     let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
     dead_commands_list_show_and_revive(&store, &ids, |args| outbox(args, &url)).await;
+    store.pool().close().await;
+    remove_sqlite_file(&path);
+}
+
+/// `outbox events` lists, shows, pauses, resumes and deletes on SQLite too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_shown_paused_and_deleted_on_sqlite() {
+    let path = sqlite_file();
+    let url = format!("sqlite://{}", path.display());
+    outbox(&["migrate"], &url);
+    let store = SqliteStore::connect(&url, SqliteConfig::new())
+        .await
+        .unwrap();
+    let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
+    events_commands_list_show_pause_and_delete(&store, &ids, |args| outbox(args, &url)).await;
     store.pool().close().await;
     remove_sqlite_file(&path);
 }

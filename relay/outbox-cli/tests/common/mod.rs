@@ -177,3 +177,43 @@ pub async fn dead_commands_list_show_and_revive<S: outbox_core::OutboxStore>(
     let counts = store.count_by_status().await.unwrap();
     assert_eq!((counts.pending, counts.dead), (ids.len() as u64, 0));
 }
+
+/// Runs `outbox events list|show|pause|resume|delete` through `outbox` (the binary on the
+/// store's URL) on the pending events `ids` (of type `file.stored`), and checks each answer
+/// and the store after it.
+pub async fn events_commands_list_show_pause_and_delete<S: outbox_core::OutboxStore>(
+    store: &S,
+    ids: &[outbox_core::EventId],
+    outbox: impl Fn(&[&str]) -> String,
+) {
+    let table = outbox(&["events", "list"]);
+    for id in ids {
+        assert!(table.contains(&id.to_string()), "{id} missing:\n{table}");
+    }
+    let listed: serde_json::Value = serde_json::from_str(&outbox(&[
+        "events", "list", "--json", "--status", "pending",
+    ]))
+    .unwrap();
+    assert_eq!(listed["events"].as_array().map(Vec::len), Some(ids.len()));
+    let shown: serde_json::Value =
+        serde_json::from_str(&outbox(&["events", "show", &ids[0].to_string()])).unwrap();
+    assert_eq!(shown["id"], ids[0].to_string());
+    assert!(shown["history"].is_object(), "{shown}");
+
+    let paused = outbox(&["events", "pause", "file.stored"]);
+    assert!(paused.contains("paused file.stored"), "{paused}");
+    let types = store.paused_types().await.unwrap();
+    assert_eq!(types.len(), 1);
+    assert_eq!(types[0].event_type, "file.stored");
+    let resumed = outbox(&["events", "resume", "file.stored"]);
+    assert!(resumed.contains("resumed file.stored"), "{resumed}");
+    assert!(store.paused_types().await.unwrap().is_empty());
+
+    let deleted = outbox(&["events", "delete", &ids[0].to_string(), "--yes"]);
+    assert!(deleted.contains("deleted 1 event(s)"), "{deleted}");
+    assert!(store.get(ids[0]).await.unwrap().is_none());
+    assert_eq!(
+        store.count_by_status().await.unwrap().pending,
+        ids.len() as u64 - 1
+    );
+}
