@@ -1,7 +1,6 @@
 //! `outbox events`: list events with the filters every store offers, and show one.
 
 use std::io::{Write, stdout};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -11,8 +10,7 @@ use outbox_core::{
 
 use outbox_admin::bulk;
 
-use crate::startup::Startup;
-use crate::{Backend, CliError, Target, database_url, load, mysql_store, sqlite_store, store};
+use crate::{CliError, OnAnyStore, Target};
 
 /// Most events one `outbox events list` prints.
 const MAX_LIMIT: usize = 10_000;
@@ -229,14 +227,14 @@ impl FilterArgs {
     }
 }
 
-/// `outbox events …` on the store the URL's scheme names: every action is a contract call.
-pub(crate) async fn events(action: EventsAction) -> Result<(), CliError> {
-    let config = load(action.target())?;
-    let now = Startup::within(Duration::ZERO);
-    match database_url(&config)?.1 {
-        Backend::Postgres => events_on(&store(&config, 2, now).await?, action).await,
-        Backend::MySql => events_on(&mysql_store(&config, 2, now).await?, action).await,
-        Backend::Sqlite => events_on(&sqlite_store(&config).await?, action).await,
+/// `outbox events …`: every action is a contract call, so it runs on any store.
+impl OnAnyStore for EventsAction {
+    fn target(&self) -> &Target {
+        EventsAction::target(self)
+    }
+
+    async fn run<S: OutboxStore>(self, store: &S) -> Result<(), CliError> {
+        events_on(store, self).await
     }
 }
 

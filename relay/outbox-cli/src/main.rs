@@ -1242,14 +1242,33 @@ impl DeadAction {
     }
 }
 
-/// `outbox dead …` on the store the URL's scheme names.
-async fn dead(action: DeadAction) -> Result<(), CliError> {
-    let config = load(action.target())?;
+/// An operator's command made of contract calls only: it runs on any store.
+trait OnAnyStore: Sized {
+    /// Where the command connects.
+    fn target(&self) -> &Target;
+
+    /// Runs the command on `store`.
+    async fn run<S: OutboxStore>(self, store: &S) -> Result<(), CliError>;
+}
+
+/// Runs `command` on the store the URL's scheme names.
+async fn on_any_store(command: impl OnAnyStore) -> Result<(), CliError> {
+    let config = load(command.target())?;
     let now = Startup::within(Duration::ZERO);
     match database_url(&config)?.1 {
-        Backend::Postgres => dead_on(&store(&config, 2, now).await?, action).await,
-        Backend::MySql => dead_on(&mysql_store(&config, 2, now).await?, action).await,
-        Backend::Sqlite => dead_on(&sqlite_store(&config).await?, action).await,
+        Backend::Postgres => command.run(&store(&config, 2, now).await?).await,
+        Backend::MySql => command.run(&mysql_store(&config, 2, now).await?).await,
+        Backend::Sqlite => command.run(&sqlite_store(&config).await?).await,
+    }
+}
+
+impl OnAnyStore for DeadAction {
+    fn target(&self) -> &Target {
+        DeadAction::target(self)
+    }
+
+    async fn run<S: OutboxStore>(self, store: &S) -> Result<(), CliError> {
+        dead_on(store, self).await
     }
 }
 
@@ -1395,7 +1414,7 @@ fn main() -> ExitCode {
             }
             Command::Events { action } => {
                 let t = action.target().clone();
-                events::events(action).await.map_err(|e| explain(e, &t))
+                on_any_store(action).await.map_err(|e| explain(e, &t))
             }
             Command::Dead { action } => {
                 let t = match &action {
@@ -1404,7 +1423,7 @@ fn main() -> ExitCode {
                     | DeadAction::Revive { target, .. }
                     | DeadAction::Skip { target, .. } => target.clone(),
                 };
-                dead(action).await.map_err(|e| explain(e, &t))
+                on_any_store(action).await.map_err(|e| explain(e, &t))
             }
             Command::Config {
                 action: ConfigAction::Example,

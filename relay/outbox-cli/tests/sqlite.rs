@@ -165,21 +165,15 @@ async fn migrate_status_and_a_relay_on_sqlite() {
 /// the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_events_are_listed_shown_and_revived_on_sqlite() {
-    let path = sqlite_file();
-    let url = format!("sqlite://{}", path.display());
-    outbox(&["migrate"], &url);
-    let store = SqliteStore::connect(&url, SqliteConfig::new())
-        .await
-        .unwrap();
-    let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
+    let (path, url, store, ids) = three_events().await;
     dead_commands_list_show_and_revive(&store, &ids, |args| outbox(args, &url)).await;
     store.pool().close().await;
     remove_sqlite_file(&path);
 }
 
-/// `outbox events` lists, shows, pauses, resumes and deletes on SQLite too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_listed_shown_paused_and_deleted_on_sqlite() {
+/// A fresh file, made by `outbox migrate`, its URL and store, and three pending `file.stored`
+/// events in it.
+async fn three_events() -> (std::path::PathBuf, String, SqliteStore, Vec<EventId>) {
     let path = sqlite_file();
     let url = format!("sqlite://{}", path.display());
     outbox(&["migrate"], &url);
@@ -187,6 +181,13 @@ async fn events_are_listed_shown_paused_and_deleted_on_sqlite() {
         .await
         .unwrap();
     let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
+    (path, url, store, ids)
+}
+
+/// `outbox events` lists, shows, pauses, resumes and deletes on SQLite too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_shown_paused_and_deleted_on_sqlite() {
+    let (path, url, store, ids) = three_events().await;
     events_commands_list_show_pause_and_delete(&store, &ids, |args| outbox(args, &url)).await;
     store.pool().close().await;
     remove_sqlite_file(&path);
