@@ -233,6 +233,17 @@ impl OnAnyStore for EventsAction {
         EventsAction::target(self)
     }
 
+    fn check(&self) -> Result<(), CliError> {
+        match self {
+            EventsAction::Delete {
+                dry_run: false,
+                yes: false,
+                ..
+            } => Err("deleting is for good: add --yes (or --dry-run to count)".into()),
+            _ => Ok(()),
+        }
+    }
+
     async fn run<S: OutboxStore>(self, store: &S) -> Result<(), CliError> {
         events_on(store, self).await
     }
@@ -296,12 +307,9 @@ async fn events_on<S: OutboxStore>(store: &S, action: EventsAction) -> Result<()
             ids,
             matching,
             dry_run,
-            yes,
+            yes: _,
             json,
         } => {
-            if !dry_run && !yes {
-                return Err("deleting is for good: add --yes (or --dry-run to count)".into());
-            }
             let selection = matching.selection(!ids.is_empty())?;
             let outcome = bulk::delete(store, ids, selection, dry_run, SystemClock.now()).await?;
             if json {

@@ -1247,12 +1247,18 @@ trait OnAnyStore: Sized {
     /// Where the command connects.
     fn target(&self) -> &Target;
 
+    /// What is wrong with the command itself, found before anything connects.
+    fn check(&self) -> Result<(), CliError> {
+        Ok(())
+    }
+
     /// Runs the command on `store`.
     async fn run<S: OutboxStore>(self, store: &S) -> Result<(), CliError>;
 }
 
 /// Runs `command` on the store the URL's scheme names.
 async fn on_any_store(command: impl OnAnyStore) -> Result<(), CliError> {
+    command.check()?;
     let config = load(command.target())?;
     let now = Startup::within(Duration::ZERO);
     match database_url(&config)?.1 {

@@ -192,3 +192,17 @@ async fn events_are_listed_shown_paused_and_deleted_on_sqlite() {
     store.pool().close().await;
     remove_sqlite_file(&path);
 }
+
+/// A delete without `--yes` is refused before anything connects: here the database's
+/// directory does not exist, and the answer is still the missing `--yes`.
+#[test]
+fn a_delete_without_yes_is_refused_before_connecting() {
+    let refused = Command::new(BIN)
+        .args(["events", "delete", "--all", "--database-url"])
+        .arg("sqlite:///nonexistent-outbox-dir/app.db")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("add --yes"), "{stderr}");
+}
