@@ -41,15 +41,7 @@ async fn migrate_status_and_a_relay_on_mysql() {
 
     let store =
         MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(&table)).unwrap();
-    let mut tx = store.begin().await.unwrap();
-    let mut committed = HashSet::new();
-    for n in 0..5 {
-        let event = NewEvent::builder("file.stored", "upload", n.to_string())
-            .build()
-            .unwrap();
-        committed.insert(tx.emit(event).await.unwrap().id());
-    }
-    tx.commit().await.unwrap();
+    let committed: HashSet<EventId> = emit_uploads(&store, 5).await.into_iter().collect();
     let status = outbox(&["status"], &url, &table);
     assert!(
         status
@@ -149,16 +141,22 @@ async fn migrate_status_and_a_relay_on_mysql() {
 async fn three_events(url: &str, table: &str) -> (MySqlStore, Vec<EventId>) {
     outbox(&["migrate"], url, table);
     let store = MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(table)).unwrap();
+    let ids = emit_uploads(&store, 3).await;
+    (store, ids)
+}
+
+/// Commits `n` pending `file.stored` events in one transaction; their ids, in order.
+async fn emit_uploads(store: &MySqlStore, n: usize) -> Vec<EventId> {
     let mut tx = store.begin().await.unwrap();
     let mut ids = Vec::new();
-    for n in 0..3 {
+    for n in 0..n {
         let event = NewEvent::builder("file.stored", "upload", n.to_string())
             .build()
             .unwrap();
         ids.push(tx.emit(event).await.unwrap().id());
     }
     tx.commit().await.unwrap();
-    (store, ids)
+    ids
 }
 
 /// `outbox dead` lists, shows and revives dead events on MySQL/MariaDB too.
