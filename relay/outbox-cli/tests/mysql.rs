@@ -9,15 +9,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::{Emit, EventId, NewEvent, OutboxStore};
+use outbox_core::{EventId, OutboxStore};
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::harness::{mysql_pool, mysql_url};
 
 mod common;
 
 use common::{
-    dead_commands_list_show_and_revive, events_commands_list_show_pause_and_delete, free_port,
-    stdout_of,
+    dead_commands_list_show_and_revive, emit_uploads, events_commands_list_show_pause_and_delete,
+    free_port, stdout_of,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -41,7 +41,7 @@ async fn migrate_status_and_a_relay_on_mysql() {
 
     let store =
         MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(&table)).unwrap();
-    let committed: HashSet<EventId> = emit_uploads(&store, 5).await.into_iter().collect();
+    let committed: HashSet<EventId> = emit_uploads(&store, 0, 5).await.into_iter().collect();
     let status = outbox(&["status"], &url, &table);
     assert!(
         status
@@ -141,22 +141,8 @@ async fn migrate_status_and_a_relay_on_mysql() {
 async fn three_events(url: &str, table: &str) -> (MySqlStore, Vec<EventId>) {
     outbox(&["migrate"], url, table);
     let store = MySqlStore::new(mysql_pool(2).await, MySqlConfig::new().with_table(table)).unwrap();
-    let ids = emit_uploads(&store, 3).await;
+    let ids = emit_uploads(&store, 0, 3).await;
     (store, ids)
-}
-
-/// Commits `n` pending `file.stored` events in one transaction; their ids, in order.
-async fn emit_uploads(store: &MySqlStore, n: usize) -> Vec<EventId> {
-    let mut tx = store.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for n in 0..n {
-        let event = NewEvent::builder("file.stored", "upload", n.to_string())
-            .build()
-            .unwrap();
-        ids.push(tx.emit(event).await.unwrap().id());
-    }
-    tx.commit().await.unwrap();
-    ids
 }
 
 /// `outbox dead` lists, shows and revives dead events on MySQL/MariaDB too.

@@ -9,34 +9,21 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::{Emit, EventId, NewEvent, OutboxStore};
+use outbox_core::{EventId, OutboxStore};
 use outbox_sqlite::{SqliteConfig, SqliteStore};
 use outbox_tests::harness::{remove_sqlite_file, sqlite_file};
 
 mod common;
 
 use common::{
-    dead_commands_list_show_and_revive, events_commands_list_show_pause_and_delete, free_port,
-    stdout_of,
+    dead_commands_list_show_and_revive, emit_uploads, events_commands_list_show_pause_and_delete,
+    free_port, stdout_of,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
 fn outbox(args: &[&str], url: &str) -> String {
     stdout_of(Command::new(BIN).args(args).args(["--database-url", url]))
-}
-
-async fn emit(store: &SqliteStore, from: usize, n: usize) -> HashSet<EventId> {
-    let mut tx = store.begin().await.unwrap();
-    let mut ids = HashSet::new();
-    for i in from..from + n {
-        let event = NewEvent::builder("file.stored", "upload", i.to_string())
-            .build()
-            .unwrap();
-        ids.insert(tx.emit(event).await.unwrap().id());
-    }
-    tx.commit().await.unwrap();
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +37,7 @@ async fn migrate_status_and_a_relay_on_sqlite() {
     let store = SqliteStore::connect(&url, SqliteConfig::new())
         .await
         .unwrap();
-    let mut committed = emit(&store, 0, 5).await;
+    let mut committed: HashSet<EventId> = emit_uploads(&store, 0, 5).await.into_iter().collect();
     let status = outbox(&["status"], &url);
     assert!(
         status
@@ -103,7 +90,7 @@ async fn migrate_status_and_a_relay_on_sqlite() {
         .await
         .expect("relay delivered nothing")
         .unwrap();
-    committed.extend(emit(&store, 5, 5).await);
+    committed.extend(emit_uploads(&store, 5, 5).await);
     let seen = tokio::time::timeout(Duration::from_secs(60), lines)
         .await
         .expect("relay did not deliver what was committed while it ran")
@@ -180,7 +167,7 @@ async fn three_events() -> (std::path::PathBuf, String, SqliteStore, Vec<EventId
     let store = SqliteStore::connect(&url, SqliteConfig::new())
         .await
         .unwrap();
-    let ids: Vec<EventId> = emit(&store, 0, 3).await.into_iter().collect();
+    let ids = emit_uploads(&store, 0, 3).await;
     (path, url, store, ids)
 }
 

@@ -217,3 +217,23 @@ pub async fn events_commands_list_show_pause_and_delete<S: outbox_core::OutboxSt
         ids.len() as u64 - 1
     );
 }
+
+/// Commits pending `file.stored` events with aggregate ids `from..from + n` through `store`'s
+/// own transaction, in one transaction; their ids, in order.
+pub async fn emit_uploads<S: outbox_core::Transactional>(
+    store: &S,
+    from: usize,
+    n: usize,
+) -> Vec<outbox_core::EventId> {
+    use outbox_core::{Emit, Transaction};
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in from..from + n {
+        let event = outbox_core::NewEvent::builder("file.stored", "upload", i.to_string())
+            .build()
+            .unwrap();
+        ids.push(tx.emit(event).await.unwrap().id());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
