@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use outbox_core::{
-    Clock, EventFilter, EventId, EventPage, OutboxEvent, OutboxStore, Status, StoreError,
-    SystemClock,
+    Clock, DynOutboxStore, EventFilter, EventId, EventPage, OutboxEvent, OutboxStore, Status,
+    StoreError, SystemClock,
 };
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_postgres::{PgConfig, PgStore};
@@ -181,8 +181,9 @@ struct AdminCredentials {
         hide_env_values = true
     )]
     password: Option<String>,
-    /// Longest one admin query may run, in milliseconds, before PostgreSQL cancels it (the
+    /// Longest one admin query may run, in milliseconds, before the database cancels it (the
     /// page then says so): a search the table has no index for cannot load the database.
+    /// PostgreSQL and MariaDB bound every statement, MySQL its reads; SQLite cannot.
     #[arg(
         long = "admin-query-timeout-ms",
         env = "OUTBOX_ADMIN_QUERY_TIMEOUT_MS",
@@ -231,10 +232,50 @@ fn admin_options(
     )]))
 }
 
-/// The web admin over `store` (on the admin's own pool, see [`admin_options`]), mounted at
-/// `base_path`, its rate sampler running.
+/// The admin's own store on the backend the URL's scheme names, checked to be at this build's
+/// schema version. Its statements are bounded by the admin's query timeout where the database
+/// can bound them: PostgreSQL's `statement_timeout`, MariaDB's `max_statement_time`, MySQL's
+/// `max_execution_time` (reads only). SQLite has no such bound: there `shared` (the relay's own
+/// store, when there is one) serves, so that a retry wakes the relay's workers at once.
+async fn admin_store(
+    config: &Config,
+    credentials: &AdminCredentials,
+    target: &Target,
+    shared: Option<SqliteStore>,
+) -> Result<Arc<DynOutboxStore>, CliError> {
+    let now = Startup::within(Duration::ZERO);
+    let timeout = Duration::from_millis(credentials.query_timeout_ms);
+    Ok(match database_url(config)?.1 {
+        Backend::Postgres => {
+            let options = admin_options(config, credentials)?;
+            let store = store_with(config, options, 4, now).await?;
+            current_schema(&store, target).await?;
+            Arc::new(store)
+        }
+        Backend::MySql => {
+            let store = mysql_store_bounded(config, 4, now, Some(timeout)).await?;
+            sql_current(&store).await?;
+            Arc::new(store)
+        }
+        Backend::Sqlite => {
+            let store = match shared {
+                Some(store) => store,
+                None => sqlite_store(config).await?,
+            };
+            sql_current(&store).await?;
+            info!(
+                "on SQLite the admin's queries are not bounded by --admin-query-timeout-ms: \
+                 SQLite has no statement timeout (a long search holds one of the admin's \
+                 connections, never the write lock)"
+            );
+            Arc::new(store)
+        }
+    })
+}
+
+/// The web admin over `store`, mounted at `base_path`, its rate sampler running.
 fn admin(
-    store: PgStore,
+    store: Arc<DynOutboxStore>,
     credentials: &AdminCredentials,
     base_path: &str,
 ) -> Result<axum::Router, CliError> {
@@ -245,7 +286,7 @@ fn admin(
         );
     }
     let admin = outbox_admin::Admin::new(
-        Arc::new(store),
+        store,
         outbox_admin::AdminConfig {
             auth,
             base_path: base_path.to_owned(),
@@ -261,10 +302,9 @@ async fn serve_admin(
     listen: String,
     credentials: AdminCredentials,
 ) -> Result<(), CliError> {
+    credentials.auth()?;
     let config = load(&target)?;
-    let options = admin_options(&config, &credentials)?;
-    let store = store_with(&config, options, 4, Startup::within(Duration::ZERO)).await?;
-    current_schema(&store, &target).await?;
+    let store = admin_store(&config, &credentials, &target, None).await?;
     let router = admin(store, &credentials, "")?;
     let listener = bind(&listen, "--listen").await?;
     let addr = listener.local_addr()?;
@@ -415,8 +455,8 @@ fn database_options(config: &Config) -> Result<PgConnectOptions, CliError> {
     let (url, backend) = database_url(config)?;
     if backend != Backend::Postgres {
         return Err(
-            "this command needs PostgreSQL; on MySQL/MariaDB and SQLite the relay, migrate, status, \
-             events and dead work (see docs/mysql.md, docs/sqlite.md)"
+            "this needs PostgreSQL; on MySQL/MariaDB and SQLite every command works, but not \
+             relay.mode = \"stream\" (see docs/mysql.md, docs/sqlite.md)"
                 .into(),
         );
     }
@@ -429,6 +469,16 @@ async fn mysql_store(
     config: &Config,
     connections: u32,
     startup: Startup,
+) -> Result<MySqlStore, CliError> {
+    mysql_store_bounded(config, connections, startup, None).await
+}
+
+/// [`mysql_store`], each statement of its connections bounded by `timeout` when one is given.
+async fn mysql_store_bounded(
+    config: &Config,
+    connections: u32,
+    startup: Startup,
+    timeout: Option<Duration>,
 ) -> Result<MySqlStore, CliError> {
     let (url, _) = database_url(config)?;
     // sqlx reads MySQL's scheme; MariaDB speaks the same protocol.
@@ -449,15 +499,43 @@ async fn mysql_store(
             }
         })
         .await?;
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
+    let mut pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(connections)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options);
+        .acquire_timeout(CONNECT_TIMEOUT);
+    if let Some(timeout) = timeout {
+        pool = pool.after_connect(move |conn, _| Box::pin(bound_statements(conn, timeout)));
+    }
+    let pool = pool.connect_lazy_with(options);
     let store_config = MySqlConfig::new()
         .with_table(&config.table)
         .with_delete_delivered(config.delete_delivered)
         .with_dead_head(config.dead_head);
     Ok(MySqlStore::new(pool, store_config)?)
+}
+
+/// Bounds every statement of `conn` to `timeout`: MariaDB's `max_statement_time` (seconds,
+/// every statement), else MySQL's `max_execution_time` (milliseconds, reads only). The server
+/// then interrupts a statement that runs longer, which the store reports as timed out.
+async fn bound_statements(
+    conn: &mut MySqlConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    if version.contains("MariaDB") {
+        sqlx::query("SET SESSION max_statement_time = ?")
+            .bind(timeout.as_secs_f64())
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        sqlx::query("SET SESSION max_execution_time = ?")
+            .bind(millis)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Opens the SQLite database file (created if missing) for the config's table.
@@ -631,21 +709,9 @@ async fn relay(
 
 /// The relay's workers (and endpoint) on a store other than PostgreSQL's, once its table is
 /// at this build's version.
-async fn start_on<S: SqlStore>(
-    store: S,
-    workers: usize,
-    settings: &outbox_worker::WorkerConfig,
-    router: &Arc<outbox_router::Router>,
-    listener: Option<tokio::net::TcpListener>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<
-    (
-        Vec<outbox_worker::RunningWorker>,
-        Option<outbox_worker::RunningWorker>,
-        Option<tokio::task::JoinHandle<()>>,
-    ),
-    CliError,
-> {
+/// Refuses a table at an older schema version than this build's (or missing: version 0),
+/// naming the fix.
+async fn sql_current<S: SqlStore>(store: &S) -> Result<(), CliError> {
     let (version, latest) = (store.schema_version().await?, S::LATEST);
     if version < latest {
         return Err(format!(
@@ -655,12 +721,32 @@ async fn start_on<S: SqlStore>(
         )
         .into());
     }
+    Ok(())
+}
+
+async fn start_on<S: SqlStore>(
+    store: S,
+    workers: usize,
+    settings: &outbox_worker::WorkerConfig,
+    router: &Arc<outbox_router::Router>,
+    listener: Option<tokio::net::TcpListener>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    admin: Option<axum::Router>,
+) -> Result<
+    (
+        Vec<outbox_worker::RunningWorker>,
+        Option<outbox_worker::RunningWorker>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    CliError,
+> {
+    sql_current(&store).await?;
     let server = match listener {
         Some(listener) => Some(http::serve(
             listener,
             http::Served::other(Arc::new(store.clone())),
             metrics,
-            None,
+            admin,
         )?),
         None => None,
     };
@@ -729,24 +815,30 @@ async fn start(
         if stream_settings.is_some() {
             return Err(STREAM_NEEDS_POSTGRES.into());
         }
-        if config.http.admin {
-            return Err(
-                "[http] admin needs PostgreSQL for now; on MySQL/MariaDB and SQLite use \
-                        `outbox status` and the metrics endpoint"
-                    .into(),
-            );
-        }
         let connections =
             u32::try_from(r.workers.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX);
         let (workers, settings) = (r.workers, &settings);
         return match backend {
             Backend::Sqlite => {
                 let store = sqlite_store(&config).await?;
-                start_on(store, workers, settings, &router, listener, metrics).await
+                let admin = if config.http.admin {
+                    let shared = Some(store.clone());
+                    let admin_store = admin_store(&config, credentials, target, shared).await?;
+                    Some(admin(admin_store, credentials, "/admin")?)
+                } else {
+                    None
+                };
+                start_on(store, workers, settings, &router, listener, metrics, admin).await
             }
             _ => {
                 let store = mysql_store(&config, connections, startup).await?;
-                start_on(store, workers, settings, &router, listener, metrics).await
+                let admin = if config.http.admin {
+                    let admin_store = admin_store(&config, credentials, target, None).await?;
+                    Some(admin(admin_store, credentials, "/admin")?)
+                } else {
+                    None
+                };
+                start_on(store, workers, settings, &router, listener, metrics, admin).await
             }
         };
     }
@@ -789,8 +881,7 @@ async fn start(
         }
     }
     let admin_routes = if config.http.admin {
-        let options = admin_options(&config, credentials)?;
-        let store = store_with(&config, options, 4, Startup::within(Duration::ZERO)).await?;
+        let store = admin_store(&config, credentials, target, None).await?;
         Some(admin(store, credentials, "/admin")?)
     } else {
         None

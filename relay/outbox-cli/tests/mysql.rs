@@ -12,12 +12,13 @@ use std::time::Duration;
 use outbox_core::{EventId, OutboxStore};
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::harness::{mysql_pool, mysql_url};
+use sqlx::Connection;
 
 mod common;
 
 use common::{
-    dead_commands_list_show_and_revive, emit_uploads, events_commands_list_show_pause_and_delete,
-    free_port, stdout_of,
+    Killed, admin_pages_on, dead_commands_list_show_and_revive, emit_uploads,
+    events_commands_list_show_pause_and_delete, free_port, log_lines, stdout_of, wait_for,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -164,6 +165,54 @@ async fn events_are_listed_shown_paused_and_deleted_on_mysql() {
     let (store, ids) = three_events(&url, &table).await;
     events_commands_list_show_pause_and_delete(&store, &ids, |args| outbox(args, &url, &table))
         .await;
+    let down = outbox(&["migrate", "--down", "--yes"], &url, &table);
+    assert!(down.contains("reverted 1 migration(s)"), "{down}");
+}
+
+/// The web admin on MySQL/MariaDB: `outbox admin` and the relay's `/admin` serve the pages,
+/// and a query that runs past `--admin-query-timeout-ms` is interrupted by the server and
+/// answered with a 504 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_is_served_on_mysql() {
+    let table = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let url = mysql_url();
+    let (store, ids) = three_events(&url, &table).await;
+    let target = ["--database-url", url.as_str(), "--table", table.as_str()];
+    admin_pages_on(&store, &ids, &target, &format!("table = \"{table}\"\n")).await;
+
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-query-timeout-ms", "200"])
+        .args(target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "admin listening", 1, &mut log);
+    // Another session holds the table: the admin's search waits for it until the server
+    // interrupts the search.
+    let mut holder = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("LOCK TABLES `{table}` WRITE")))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let page = tokio::task::spawn_blocking(move || common::get(port, "/events?aggregate_id=1"))
+        .await
+        .unwrap();
+    assert!(
+        page.contains(" 504 ") && page.contains("ran longer"),
+        "{page}"
+    );
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    drop(admin);
+
     let down = outbox(&["migrate", "--down", "--yes"], &url, &table);
     assert!(down.contains("reverted 1 migration(s)"), "{down}");
 }

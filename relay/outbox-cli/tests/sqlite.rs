@@ -16,8 +16,8 @@ use outbox_tests::harness::{remove_sqlite_file, sqlite_file};
 mod common;
 
 use common::{
-    dead_commands_list_show_and_revive, emit_uploads, events_commands_list_show_pause_and_delete,
-    free_port, stdout_of,
+    admin_pages_on, dead_commands_list_show_and_revive, emit_uploads,
+    events_commands_list_show_pause_and_delete, free_port, stdout_of,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -192,4 +192,14 @@ fn a_delete_without_yes_is_refused_before_connecting() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("add --yes"), "{stderr}");
+}
+
+/// The web admin on SQLite: `outbox admin` and the relay's `/admin` serve the pages, and a
+/// change made through the relay's admin reaches the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_is_served_on_sqlite() {
+    let (path, url, store, ids) = three_events().await;
+    admin_pages_on(&store, &ids, &["--database-url", url.as_str()], "").await;
+    store.pool().close().await;
+    remove_sqlite_file(&path);
 }

@@ -18,11 +18,35 @@ pub fn stdout_of(command: &mut std::process::Command) -> String {
 
 /// A plain HTTP/1.0 GET on loopback; returns the response text.
 pub fn get(port: u16, path: &str) -> String {
+    request(port, "GET", path, &[], "")
+}
+
+/// An HTTP/1.0 request on loopback with `headers` (name, value) and a form `body`; returns the
+/// response text.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("{method} {path}: no whole answer within 60 s: {e}"));
     out
 }
 
@@ -236,4 +260,95 @@ pub async fn emit_uploads<S: outbox_core::Transactional>(
     }
     tx.commit().await.unwrap();
     ids
+}
+
+/// `ops:correct-horse-battery` for HTTP basic auth.
+const BASIC: &str = "Basic b3BzOmNvcnJlY3QtaG9yc2UtYmF0dGVyeQ==";
+
+/// The web admin on `store`, whose table `target` names to the binary (`--database-url …`
+/// and, where not the default, `--table …`; `table_line` says the same in `relay.toml`):
+/// `outbox admin` serves the pending events `ids` read-only, and a relay with `[http] admin =
+/// true` serves the pages under `/admin` behind basic auth, where a pause made through a form
+/// reaches the store.
+pub async fn admin_pages_on<S: outbox_core::OutboxStore>(
+    store: &S,
+    ids: &[outbox_core::EventId],
+    target: &[&str],
+    table_line: &str,
+) {
+    const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(target)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "admin listening", 1, &mut log);
+    let page = get(port, &format!("/events/{}", ids[0]));
+    assert!(page.split(' ').nth(1) == Some("200"), "{page}");
+    assert!(
+        page.contains("file.stored") && page.contains("read-only"),
+        "{page}"
+    );
+    let list = get(port, "/events?status=pending");
+    for id in ids {
+        assert!(list.contains(&id.to_string()), "{id} missing:\n{list}");
+    }
+    drop(admin);
+
+    let http = free_port();
+    let (dir, file) = config_file(
+        &format!("admin-{http}"),
+        &format!(
+            "{table_line}[relay]\npoll_interval_ms = 200\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             admin = true\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n"
+        ),
+    );
+    let url = target[1];
+    let mut child = std::process::Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", url)
+        .env("OUTBOX_ADMIN_USER", "ops")
+        .env("OUTBOX_ADMIN_PASSWORD", "correct-horse-battery")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let relay = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "relay started", 1, &mut log);
+    let path = format!("/admin/events/{}", ids[1]);
+    let refused = get(http, &path);
+    assert!(refused.split(' ').nth(1) == Some("401"), "{refused}");
+    let page = request(http, "GET", &path, &[("Authorization", BASIC)], "");
+    assert!(page.split(' ').nth(1) == Some("200"), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the page:\n{page}"));
+    let paused = request(
+        http,
+        "POST",
+        "/admin/types/pause",
+        &[("Authorization", BASIC)],
+        &format!("csrf={csrf}&type=file.stored"),
+    );
+    assert!(paused.split(' ').nth(1) == Some("303"), "{paused}");
+    let types = store.paused_types().await.unwrap();
+    assert_eq!(types.len(), 1, "{types:?}");
+    assert_eq!(types[0].event_type, "file.stored");
+    drop(relay);
+    store
+        .resume_type("file.stored", chrono::Utc::now())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }
