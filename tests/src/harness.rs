@@ -226,6 +226,8 @@ pub async fn mysql_pool(max_connections: u32) -> sqlx::MySqlPool {
 pub struct MySqlHarness {
     store: outbox_mysql::MySqlStore,
     clock: ManualClock,
+    /// The database the harness made for itself, dropped by its cleanup.
+    database: Option<String>,
 }
 
 impl MySqlHarness {
@@ -248,7 +250,44 @@ impl MySqlHarness {
             .expect("valid config")
             .with_clock(Arc::new(clock.clone()));
         store.migrate().await.expect("migrate");
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            database: None,
+        }
+    }
+
+    /// A fresh, migrated, empty store on the table `table` — any name, such as an SQL keyword —
+    /// in a database of its own (`outbox_<random>`, dropped by [`Harness::cleanup`]).
+    pub async fn in_a_database_of_its_own(table: &str) -> Self {
+        use std::str::FromStr;
+        let database = format!("outbox_{}", uuid::Uuid::now_v7().simple());
+        let admin = mysql_pool(1).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("create a test database");
+        admin.close().await;
+        let url = mysql_url();
+        let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| panic!("MYSQL_URL {url} cannot be read: {e}"))
+            .database(&database);
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        let clock = ManualClock::new(t0());
+        let store =
+            outbox_mysql::MySqlStore::new(pool, outbox_mysql::MySqlConfig::new().with_table(table))
+                .expect("valid config")
+                .with_clock(Arc::new(clock.clone()));
+        store.migrate().await.expect("migrate");
+        Self {
+            store,
+            clock,
+            database: Some(database),
+        }
     }
 }
 
@@ -280,6 +319,12 @@ impl Harness for MySqlHarness {
             .migrate_down()
             .await
             .expect("drop the test tables");
+        if let Some(database) = &self.database {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+                .execute(self.store.pool())
+                .await
+                .expect("drop the test database");
+        }
         self.store.pool().close().await;
     }
 }

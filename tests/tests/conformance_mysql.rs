@@ -8,3 +8,10 @@ outbox_tests::conformance_tests!(@cases outbox_tests::harness::MySqlHarness::wit
 
 outbox_tests::conformance_tests!(@cases outbox_tests::harness::MySqlHarness::with_config(4, |c| c.with_dead_head(outbox_core::DeadHead::Skip));
     a_dead_head_under_skip_lets_its_key_go_on);
+
+/// The whole suite again on a table named after an SQL keyword: every statement quotes it.
+mod keyword_table {
+    outbox_tests::conformance_tests!(
+        outbox_tests::harness::MySqlHarness::in_a_database_of_its_own("order")
+    );
+}

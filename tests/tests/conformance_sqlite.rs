@@ -12,3 +12,10 @@ outbox_tests::conformance_tests!(@cases outbox_tests::harness::SqliteHarness::wi
 // Holds run on the store's clock here, as on the memory store.
 outbox_tests::conformance_tests!(@cases outbox_tests::harness::SqliteHarness::new();
     a_locked_claim_past_its_hold_is_ended);
+
+/// The whole suite again on a table named after an SQL keyword: every statement quotes it.
+mod keyword_table {
+    outbox_tests::conformance_tests!(outbox_tests::harness::SqliteHarness::with_config(
+        |c| c.with_table("order")
+    ));
+}
