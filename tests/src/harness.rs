@@ -777,6 +777,48 @@ impl outbox_core::Transport for Signal {
     }
 }
 
+/// A transport that reports each delivery as it starts; the first `held` deliveries then wait
+/// for the gate's permits.
+pub struct Gated {
+    started: tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>,
+    gate: Arc<tokio::sync::Semaphore>,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Gated {
+    /// Reports starts on `started`; the first `held` deliveries wait for a permit of `gate`.
+    pub fn new(
+        started: tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>,
+        gate: Arc<tokio::sync::Semaphore>,
+        held: usize,
+    ) -> Self {
+        Self {
+            started,
+            gate,
+            held: std::sync::atomic::AtomicUsize::new(held),
+        }
+    }
+}
+
+#[async_trait]
+impl outbox_core::Transport for Gated {
+    async fn deliver(
+        &self,
+        event: &outbox_core::OutboxEvent,
+    ) -> Result<(), outbox_core::DeliveryError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self.started.send(event.id);
+        let hold = self
+            .held
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hold {
+            let _permit = self.gate.acquire().await;
+        }
+        Ok(())
+    }
+}
+
 /// A transport that signals when each delivery starts, then never finishes: a worker stuck
 /// mid-delivery.
 pub struct Stuck(pub tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);

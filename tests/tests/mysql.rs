@@ -12,7 +12,7 @@ use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, StoreError, Syste
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{MySqlHarness, mysql_pool};
+use outbox_tests::harness::{Gated, MySqlHarness, mysql_pool};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
 use serde_json::json;
@@ -475,6 +475,97 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
         (12, 0, 0),
         "nothing lost"
     );
+    admin.close().await;
+    h.cleanup().await;
+}
+
+/// A locked batch whose connections die while it is being delivered records nothing: the
+/// server rolled back its transaction, so its events are pending again, untried, and the
+/// worker (whose settlement fails) claims and delivers them again — at least once, and each
+/// event ends delivered with one attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
+    let h = MySqlHarness::new().await;
+    // Two connections, opened now so that their ids are known, and not tested before use.
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .test_before_acquire(false)
+        .connect(&outbox_tests::harness::mysql_url())
+        .await
+        .unwrap();
+    let mut ids_of_pool = Vec::new();
+    let held = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    for mut conn in [held.0, held.1] {
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        ids_of_pool.push(id);
+    }
+    let fragile = MySqlStore::new(
+        pool,
+        MySqlConfig::new().with_table(h.store().config().table()),
+    )
+    .unwrap();
+    let admin = mysql_pool(1).await;
+    let ids: Vec<_> = h
+        .emit((0..4).map(upload).collect(), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let running = outbox_worker::Worker::builder(fragile, Gated::new(started, gate.clone(), 4))
+        .claim_mode(ClaimMode::Locked)
+        .concurrency(4)
+        .poll_interval(Duration::from_millis(50))
+        .error_backoff(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .spawn();
+    let mut first = std::collections::HashSet::new();
+    while first.len() < 4 {
+        let id = tokio::time::timeout(GUARD, starts.recv())
+            .await
+            .expect("the batch did not start")
+            .unwrap();
+        first.insert(id);
+    }
+    // Mid-batch: both of the worker's connections are killed, the locked one among them.
+    for id in &ids_of_pool {
+        sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let counts = h.store().count_by_status().await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.in_flight),
+        (4, 0),
+        "nothing was written"
+    );
+    gate.add_permits(4);
+    let mut again = std::collections::HashSet::new();
+    while again.len() < 4 {
+        let id = tokio::time::timeout(GUARD, starts.recv())
+            .await
+            .expect("the events were not delivered again")
+            .unwrap();
+        again.insert(id);
+    }
+    let report = running.shutdown().await.unwrap();
+    assert_eq!(report.delivered, 4, "only the second settlement counted");
+    let store = h.store();
+    for id in ids {
+        let e = store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.status(), e.attempts()),
+            (outbox_core::Status::Delivered, 1)
+        );
+    }
     admin.close().await;
     h.cleanup().await;
 }

@@ -15,7 +15,7 @@ use outbox_core::{
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::concurrency;
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{PgHarness, database_url, pool, pool_with, wait_for_lock_wait};
+use outbox_tests::harness::{Gated, PgHarness, database_url, pool, pool_with, wait_for_lock_wait};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -645,32 +645,6 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     h.cleanup().await;
 }
 
-/// Reports each delivery as it starts; the first `held` deliveries then wait for the gate.
-struct Gated {
-    started: mpsc::UnboundedSender<EventId>,
-    gate: Arc<tokio::sync::Semaphore>,
-    held: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait]
-impl Transport for Gated {
-    async fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let _ = self.started.send(event.id);
-        let hold = self
-            .held
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok();
-        if hold {
-            let _permit = self.gate.acquire().await;
-        }
-        Ok(())
-    }
-}
-
 /// A locked batch whose connection dies while it is being delivered records nothing: the
 /// database ended its transaction, so its events are pending again, untried, and the worker
 /// (which finds its settlement refused) claims and delivers them again — at least once, and
@@ -689,11 +663,7 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
         .collect();
     let (started, mut starts) = mpsc::unbounded_channel();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let transport = Gated {
-        started,
-        gate: gate.clone(),
-        held: std::sync::atomic::AtomicUsize::new(4),
-    };
+    let transport = Gated::new(started, gate.clone(), 4);
     let worker = Worker::builder(fragile.clone(), transport)
         .claim_mode(ClaimMode::Locked)
         .concurrency(4)
