@@ -819,6 +819,66 @@ impl outbox_core::Transport for Gated {
     }
 }
 
+/// A locked batch cut off mid-delivery: a worker on `fragile` (locked claims, four at once)
+/// starts delivering the four pending events `ids` of `store`'s table, then `cut` kills the
+/// worker's connections. Nothing may have been written; the events are delivered again (the
+/// worker's settlement fails), and each ends delivered with one attempt counted.
+pub async fn a_locked_batch_cut_mid_delivery<S, F>(
+    store: &S,
+    fragile: S,
+    ids: &[outbox_core::EventId],
+    cut: F,
+) where
+    S: outbox_core::OutboxStore + Clone + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    assert_eq!(ids.len(), 4);
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let running = outbox_worker::Worker::builder(fragile, Gated::new(started, gate.clone(), 4))
+        .claim_mode(outbox_worker::ClaimMode::Locked)
+        .concurrency(4)
+        .poll_interval(std::time::Duration::from_millis(50))
+        .error_backoff(std::time::Duration::from_millis(20))
+        .build()
+        .expect("worker")
+        .spawn();
+    four_starts(&mut starts, "the batch did not start").await;
+    cut.await;
+    let counts = store.count_by_status().await.expect("counts");
+    assert_eq!(
+        (counts.pending, counts.in_flight),
+        (4, 0),
+        "nothing was written"
+    );
+    gate.add_permits(4);
+    four_starts(&mut starts, "the events were not delivered again").await;
+    let report = running.shutdown().await.expect("shutdown");
+    assert_eq!(report.delivered, 4, "only the second settlement counted");
+    for id in ids {
+        let e = store.get(*id).await.expect("get").expect("the event");
+        assert_eq!(
+            (e.status(), e.attempts()),
+            (outbox_core::Status::Delivered, 1)
+        );
+    }
+}
+
+/// Waits (bounded) until four distinct events have started delivering; panics with `why`.
+async fn four_starts(
+    starts: &mut tokio::sync::mpsc::UnboundedReceiver<outbox_core::EventId>,
+    why: &str,
+) {
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 4 {
+        let id = tokio::time::timeout(std::time::Duration::from_secs(10), starts.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{why}"))
+            .expect("deliveries");
+        seen.insert(id);
+    }
+}
+
 /// A transport that signals when each delivery starts, then never finishes: a worker stuck
 /// mid-delivery.
 pub struct Stuck(pub tokio::sync::mpsc::UnboundedSender<outbox_core::EventId>);

@@ -12,7 +12,7 @@ use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, StoreError, Syste
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{Gated, MySqlHarness, mysql_pool};
+use outbox_tests::harness::{MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
 use serde_json::json;
@@ -516,56 +516,16 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
         .iter()
         .map(|e| e.id())
         .collect();
-    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let running = outbox_worker::Worker::builder(fragile, Gated::new(started, gate.clone(), 4))
-        .claim_mode(ClaimMode::Locked)
-        .concurrency(4)
-        .poll_interval(Duration::from_millis(50))
-        .error_backoff(Duration::from_millis(20))
-        .build()
-        .unwrap()
-        .spawn();
-    let mut first = std::collections::HashSet::new();
-    while first.len() < 4 {
-        let id = tokio::time::timeout(GUARD, starts.recv())
-            .await
-            .expect("the batch did not start")
-            .unwrap();
-        first.insert(id);
-    }
     // Mid-batch: both of the worker's connections are killed, the locked one among them.
-    for id in &ids_of_pool {
-        sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    let counts = h.store().count_by_status().await.unwrap();
-    assert_eq!(
-        (counts.pending, counts.in_flight),
-        (4, 0),
-        "nothing was written"
-    );
-    gate.add_permits(4);
-    let mut again = std::collections::HashSet::new();
-    while again.len() < 4 {
-        let id = tokio::time::timeout(GUARD, starts.recv())
-            .await
-            .expect("the events were not delivered again")
-            .unwrap();
-        again.insert(id);
-    }
-    let report = running.shutdown().await.unwrap();
-    assert_eq!(report.delivered, 4, "only the second settlement counted");
-    let store = h.store();
-    for id in ids {
-        let e = store.get(id).await.unwrap().unwrap();
-        assert_eq!(
-            (e.status(), e.attempts()),
-            (outbox_core::Status::Delivered, 1)
-        );
-    }
+    let cut = async {
+        for id in &ids_of_pool {
+            sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    };
+    a_locked_batch_cut_mid_delivery(&h.store(), fragile, &ids, cut).await;
     admin.close().await;
     h.cleanup().await;
 }

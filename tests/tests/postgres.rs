@@ -15,7 +15,9 @@ use outbox_core::{
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::concurrency;
 use outbox_tests::conformance::{Harness, NowUtc};
-use outbox_tests::harness::{Gated, PgHarness, database_url, pool, pool_with, wait_for_lock_wait};
+use outbox_tests::harness::{
+    PgHarness, a_locked_batch_cut_mid_delivery, database_url, pool, pool_with, wait_for_lock_wait,
+};
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -661,48 +663,8 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
         .iter()
         .map(|e| e.id())
         .collect();
-    let (started, mut starts) = mpsc::unbounded_channel();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let transport = Gated::new(started, gate.clone(), 4);
-    let worker = Worker::builder(fragile.clone(), transport)
-        .claim_mode(ClaimMode::Locked)
-        .concurrency(4)
-        .poll_interval(Duration::from_millis(50))
-        .error_backoff(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    let running = worker.spawn();
-    let mut first = HashSet::new();
-    while first.len() < 4 {
-        let id = tokio::time::timeout(GUARD, starts.recv())
-            .await
-            .expect("the batch did not start")
-            .unwrap();
-        first.insert(id);
-    }
     // Mid-batch: every connection of the worker's pool is cut, the locked one among them.
-    terminate(&admin, &name).await;
-    let counts = h.store().count_by_status().await.unwrap();
-    assert_eq!(
-        (counts.pending, counts.in_flight),
-        (4, 0),
-        "nothing was written"
-    );
-    gate.add_permits(4);
-    let mut again = HashSet::new();
-    while again.len() < 4 {
-        let id = tokio::time::timeout(GUARD, starts.recv())
-            .await
-            .expect("the events were not delivered again")
-            .unwrap();
-        again.insert(id);
-    }
-    let report = running.shutdown().await.unwrap();
-    assert_eq!(report.delivered, 4, "only the second settlement counted");
-    for id in ids {
-        let e = h.store().fetch(id).await.unwrap();
-        assert_eq!((e.status(), e.attempts()), (Status::Delivered, 1));
-    }
+    a_locked_batch_cut_mid_delivery(&h.store(), fragile, &ids, terminate(&admin, &name)).await;
     admin.close().await;
     h.cleanup().await;
 }

@@ -17,8 +17,8 @@ use sqlx::Connection;
 mod common;
 
 use common::{
-    Killed, admin_pages_on, dead_commands_list_show_and_revive, emit_uploads,
-    events_commands_list_show_pause_and_delete, free_port, log_lines, stdout_of, wait_for,
+    admin_pages_on, admin_process, dead_commands_list_show_and_revive, emit_uploads,
+    events_commands_list_show_pause_and_delete, free_port, stdout_of,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -180,19 +180,9 @@ async fn the_admin_is_served_on_mysql() {
     let target = ["--database-url", url.as_str(), "--table", table.as_str()];
     admin_pages_on(&store, &ids, &target, &format!("table = \"{table}\"\n")).await;
 
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-query-timeout-ms", "200"])
-        .args(target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "admin listening", 1, &mut log);
+    let mut args = vec!["--admin-query-timeout-ms", "200"];
+    args.extend(target);
+    let (admin, port, _) = admin_process(&args);
     // Another session holds the table: the admin's search waits for it until the server
     // interrupts the search.
     let mut holder = sqlx::MySqlConnection::connect(&url).await.unwrap();

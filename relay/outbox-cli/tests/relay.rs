@@ -14,7 +14,9 @@ use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 
 mod common;
 
-use common::{Killed, config_file, free_port, get, log_lines, stdout_of, wait_for, which};
+use common::{
+    Killed, admin_process, config_file, free_port, get, log_lines, stdout_of, wait_for, which,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -1099,18 +1101,8 @@ async fn the_admin_is_served_by_its_command_and_by_the_relay() {
     );
     assert!(!ok && err.contains("needs --admin-password"), "{err}");
 
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database-url", &url, "--schema", h.schema()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "admin listening", 1, &mut log);
+    let target = ["--database-url", url.as_str(), "--schema", h.schema()];
+    let (admin, port, log) = admin_process(&target);
     assert!(log.iter().any(|l| l.contains("read-only")), "{log:?}");
     let page = get(port, &format!("/events/{}", ids[0]));
     assert!(
@@ -1124,19 +1116,9 @@ async fn the_admin_is_served_by_its_command_and_by_the_relay() {
     drop(admin);
 
     // Its queries are bounded: one that runs past the timeout is cancelled and the page says so.
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-query-timeout-ms", "200"])
-        .args(["--database-url", &url, "--schema", h.schema()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "admin listening", 1, &mut log);
+    let mut args = vec!["--admin-query-timeout-ms", "200"];
+    args.extend(target);
+    let (admin, port, _) = admin_process(&args);
     let holder = h.lock_table().await;
     let page = get(port, "/events?aggregate_id=o-1");
     assert!(

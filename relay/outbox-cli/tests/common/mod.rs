@@ -262,6 +262,24 @@ pub async fn emit_uploads<S: outbox_core::Transactional>(
     ids
 }
 
+/// `outbox admin` on a free loopback port with `args` (the store's flags and any others),
+/// started: the process (killed when dropped), its port, and its log up to "admin listening".
+pub fn admin_process(args: &[&str]) -> (Killed, u16, Vec<String>) {
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let admin = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "admin listening", 1, &mut log);
+    (admin, port, log)
+}
+
 /// `ops:correct-horse-battery` for HTTP basic auth.
 const BASIC: &str = "Basic b3BzOmNvcnJlY3QtaG9yc2UtYmF0dGVyeQ==";
 
@@ -276,19 +294,7 @@ pub async fn admin_pages_on<S: outbox_core::OutboxStore>(
     target: &[&str],
     table_line: &str,
 ) {
-    const BIN: &str = env!("CARGO_BIN_EXE_outbox");
-    let port = free_port();
-    let mut child = std::process::Command::new(BIN)
-        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
-        .args(target)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "admin listening", 1, &mut log);
+    let (admin, port, _) = admin_process(target);
     let page = get(port, &format!("/events/{}", ids[0]));
     assert!(page.split(' ').nth(1) == Some("200"), "{page}");
     assert!(
@@ -310,7 +316,7 @@ pub async fn admin_pages_on<S: outbox_core::OutboxStore>(
         ),
     );
     let url = target[1];
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
         .args(["relay", "--config"])
         .arg(&file)
         .env("DATABASE_URL", url)
