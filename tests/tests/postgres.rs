@@ -591,7 +591,19 @@ async fn a_lost_connection_is_retryable_and_the_worker_carries_on() {
     // One connection, not tested before use, so a dropped connection surfaces to the caller.
     let (fragile, name) = fragile_store(&h, "fragile", 1).await;
     let admin = pool("admin", 1).await;
-    let kill = || terminate(&admin, &name);
+    // The connection is cut once it is back in the pool: cut while the pool still checks it
+    // in, it would be replaced, and the next call would not see the loss.
+    let kill = || async {
+        let idle = async {
+            while fragile.pool().num_idle() < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(GUARD, idle)
+            .await
+            .expect("the connection never came back to the pool");
+        terminate(&admin, &name).await;
+    };
 
     fragile.count_by_status().await.unwrap(); // the one connection is open
     kill().await;
