@@ -1162,6 +1162,42 @@ fn nested(levels: usize) -> serde_json::Value {
     v
 }
 
+/// What each store refuses beside the suite's limits: an event that skipped the builder (a NUL
+/// in its aggregate id) in a batch with a good one, and a payload over the limit a store of its
+/// own configured (`limited`: the same table, `max_payload_bytes` 64). Nothing is written.
+pub async fn bad_input_is_refused_before_anything_is_written<H, L>(h: &H, limited: &L)
+where
+    H: Harness,
+    L: outbox_core::Transactional,
+{
+    use outbox_core::{Emit, Transaction};
+    let sneaky: NewEvent = serde_json::from_value(json!({
+        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
+        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null,
+        "max_attempts": null
+    }))
+    .expect("an event that skipped the builder");
+    match h.emit(vec![event(1), sneaky], true).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "aggregate_id"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    let big = NewEvent::builder("a.b", "t", "1")
+        .payload(json!({ "blob": "x".repeat(100) }))
+        .build()
+        .expect("valid event");
+    let mut tx = limited.begin().await.expect("begin");
+    match tx.emit(big).await {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
+        other => panic!("expected a payload error, got {other:?}"),
+    }
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        h.store().count_by_status().await.expect("count").total(),
+        0,
+        "nothing was written"
+    );
+}
+
 /// Every emit limit ([`EmitLimits::default`](outbox_core::EmitLimits)) is enforced the same way
 /// by every store: a [`ValidationError`](outbox_core::ValidationError) naming the field, and
 /// nothing written — also for events that arrive deserialized, past the builder's checks.

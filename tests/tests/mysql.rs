@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, StoreError, SystemClock};
+use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, SystemClock};
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
-use outbox_tests::conformance::{Harness, NowUtc};
+use outbox_tests::conformance::{self, Harness, NowUtc};
 use outbox_tests::harness::{MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
@@ -264,18 +264,7 @@ async fn producers_and_workers_on_shared_keys_keep_each_keys_commit_order() {
 async fn bad_input_is_refused_before_anything_is_written() {
     let h = MySqlHarness::new().await;
     let store = h.store();
-    // An event that skipped the builder (deserialized) is validated on emit too.
-    let sneaky: NewEvent = serde_json::from_value(json!({
-        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
-        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null, "max_attempts": null
-    }))
-    .unwrap();
-    match h.emit(vec![upload(1), sneaky], true).await {
-        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "aggregate_id"),
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-    // Payloads over the configured limit.
-    let small = MySqlStore::new(
+    let limited = MySqlStore::new(
         store.pool().clone(),
         MySqlConfig::new()
             .with_table(store.config().table())
@@ -285,17 +274,7 @@ async fn bad_input_is_refused_before_anything_is_written() {
             }),
     )
     .unwrap();
-    let big = NewEvent::builder("a.b", "t", "1")
-        .payload(json!({ "blob": "x".repeat(100) }))
-        .build()
-        .unwrap();
-    let mut tx = small.begin().await.unwrap();
-    match tx.emit(big).await {
-        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
-        other => panic!("expected a payload error, got {other:?}"),
-    }
-    tx.rollback().await.unwrap();
-    assert_eq!(store.count_by_status().await.unwrap().total(), 0);
+    conformance::bad_input_is_refused_before_anything_is_written(&h, &limited).await;
     // Table names are validated, never spliced as given.
     for table in ["outbox; drop table x", "Outbox", "`t`", ""] {
         let config = MySqlConfig::new().with_table(table);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use outbox_core::{Emit, Emitted, NewEvent, OutboxStore, OutboxStoreExt, StoreError, SystemClock};
 use outbox_sqlite::{SqliteConfig, SqliteStore};
 use outbox_tests::concurrency::{self, keyed};
-use outbox_tests::conformance::{Harness, NowUtc};
+use outbox_tests::conformance::{self, Harness, NowUtc};
 use outbox_tests::harness::{SqliteHarness, remove_sqlite_file, sqlite_file};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
@@ -280,18 +280,7 @@ async fn a_stale_deferred_transaction_is_refused_as_a_conflict() {
 async fn bad_input_is_refused_before_anything_is_written() {
     let h = SqliteHarness::new().await;
     let store = h.store();
-    // An event that skipped the builder (deserialized) is validated on emit too.
-    let sneaky: NewEvent = serde_json::from_value(json!({
-        "event_type": "a.b", "aggregate_type": "t", "aggregate_id": "1\u{0}", "payload": null,
-        "headers": {}, "idempotency_key": null, "ordering_key": null, "deliver_after": null, "max_attempts": null
-    }))
-    .unwrap();
-    match h.emit(vec![upload(1), sneaky], true).await {
-        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "aggregate_id"),
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
-    // Payloads over the configured limit.
-    let small = SqliteStore::new(
+    let limited = SqliteStore::new(
         store.pool().clone(),
         SqliteConfig::new().with_limits(outbox_core::EmitLimits {
             max_payload_bytes: 64,
@@ -299,17 +288,7 @@ async fn bad_input_is_refused_before_anything_is_written() {
         }),
     )
     .unwrap();
-    let big = NewEvent::builder("a.b", "t", "1")
-        .payload(json!({ "blob": "x".repeat(100) }))
-        .build()
-        .unwrap();
-    let mut tx = small.begin().await.unwrap();
-    match tx.emit(big).await {
-        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field(), "payload"),
-        other => panic!("expected a payload error, got {other:?}"),
-    }
-    tx.rollback().await.unwrap();
-    assert_eq!(store.count_by_status().await.unwrap().total(), 0);
+    conformance::bad_input_is_refused_before_anything_is_written(&h, &limited).await;
     // Table names are validated, never spliced as given.
     for table in ["outbox; drop table x", "Outbox", "\"t\"", "", "sqlite_t"] {
         let config = SqliteConfig::new().with_table(table);
