@@ -34,7 +34,7 @@ pub trait Harness: Send + Sync {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn event(n: usize) -> NewEvent {
+pub(crate) fn event(n: usize) -> NewEvent {
     NewEvent::builder("file.stored", "upload", format!("u-{n}"))
         .payload(json!({ "n": n }))
         .build()

@@ -819,20 +819,23 @@ impl outbox_core::Transport for Gated {
     }
 }
 
-/// A locked batch cut off mid-delivery: a worker on `fragile` (locked claims, four at once)
-/// starts delivering the four pending events `ids` of `store`'s table, then `cut` kills the
-/// worker's connections. Nothing may have been written; the events are delivered again (the
-/// worker's settlement fails), and each ends delivered with one attempt counted.
-pub async fn a_locked_batch_cut_mid_delivery<S, F>(
-    store: &S,
-    fragile: S,
-    ids: &[outbox_core::EventId],
-    cut: F,
-) where
-    S: outbox_core::OutboxStore + Clone + 'static,
+/// A locked batch cut off mid-delivery: four events are committed through `h`, a worker on
+/// `fragile` (the same table; locked claims, four at once) starts delivering them, then `cut`
+/// kills the worker's connections. Nothing may have been written; the events are delivered
+/// again (the worker's settlement fails), and each ends delivered with one attempt counted.
+pub async fn a_locked_batch_cut_mid_delivery<H, F>(h: &H, fragile: H::Store, cut: F)
+where
+    H: Harness,
     F: std::future::Future<Output = ()>,
 {
-    assert_eq!(ids.len(), 4);
+    let store = h.store();
+    let ids: Vec<_> = h
+        .emit((0..4).map(crate::conformance::event).collect(), true)
+        .await
+        .expect("emit")
+        .iter()
+        .map(Emitted::id)
+        .collect();
     let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let running = outbox_worker::Worker::builder(fragile, Gated::new(started, gate.clone(), 4))
@@ -845,7 +848,9 @@ pub async fn a_locked_batch_cut_mid_delivery<S, F>(
         .spawn();
     four_starts(&mut starts, "the batch did not start").await;
     cut.await;
-    let counts = store.count_by_status().await.expect("counts");
+    let counts = outbox_core::OutboxStore::count_by_status(&store)
+        .await
+        .expect("counts");
     assert_eq!(
         (counts.pending, counts.in_flight),
         (4, 0),
@@ -856,7 +861,10 @@ pub async fn a_locked_batch_cut_mid_delivery<S, F>(
     let report = running.shutdown().await.expect("shutdown");
     assert_eq!(report.delivered, 4, "only the second settlement counted");
     for id in ids {
-        let e = store.get(*id).await.expect("get").expect("the event");
+        let e = outbox_core::OutboxStore::get(&store, id)
+            .await
+            .expect("get")
+            .expect("the event");
         assert_eq!(
             (e.status(), e.attempts()),
             (outbox_core::Status::Delivered, 1)

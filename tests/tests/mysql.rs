@@ -488,13 +488,6 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
     )
     .unwrap();
     let admin = mysql_pool(1).await;
-    let ids: Vec<_> = h
-        .emit((0..4).map(upload).collect(), true)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id())
-        .collect();
     // Mid-batch: both of the worker's connections are killed, the locked one among them.
     let cut = async {
         for id in &ids_of_pool {
@@ -504,7 +497,7 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
                 .unwrap();
         }
     };
-    a_locked_batch_cut_mid_delivery(&h.store(), fragile, &ids, cut).await;
+    a_locked_batch_cut_mid_delivery(&h, fragile, cut).await;
     admin.close().await;
     h.cleanup().await;
 }
