@@ -538,14 +538,36 @@ async fn bound_statements(
     Ok(())
 }
 
-/// Opens the SQLite database file (created if missing) for the config's table.
+/// Opens the SQLite database file for the config's table. The file must be there: only
+/// `outbox migrate` makes it, so that a mistyped path is an error, not a new empty database.
 async fn sqlite_store(config: &Config) -> Result<SqliteStore, CliError> {
+    sqlite_open(config, false).await
+}
+
+/// Opens the SQLite database file, creating it if missing when `create` says so.
+async fn sqlite_open(config: &Config, create: bool) -> Result<SqliteStore, CliError> {
     let (url, _) = database_url(config)?;
     let store_config = SqliteConfig::new()
         .with_table(&config.table)
         .with_delete_delivered(config.delete_delivered)
         .with_dead_head(config.dead_head);
-    Ok(SqliteStore::connect(url, store_config).await?)
+    let options = outbox_sqlite::connect_options(url)?
+        .create_if_missing(create)
+        .busy_timeout(store_config.write_wait());
+    let file = options.get_filename();
+    if !create && file != std::path::Path::new(":memory:") && !file.exists() {
+        return Err(format!(
+            "no SQLite database at {}: `outbox migrate` with the same URL creates it",
+            file.display()
+        )
+        .into());
+    }
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(outbox_sqlite::db_error)?;
+    Ok(SqliteStore::new(pool, store_config)?)
 }
 
 /// A store other than PostgreSQL's, as the relay, `migrate` and `status` use it: its tables
@@ -998,7 +1020,9 @@ async fn migrate(target: Target, down: bool, yes: bool) -> Result<(), CliError> 
             let store = mysql_store(&config, 2, Startup::within(Duration::ZERO)).await?;
             return migrate_on(store, &config, down).await;
         }
-        Backend::Sqlite => return migrate_on(sqlite_store(&config).await?, &config, down).await,
+        Backend::Sqlite => {
+            return migrate_on(sqlite_open(&config, !down).await?, &config, down).await;
+        }
         Backend::Postgres => {}
     }
     let store = store(&config, 2, Startup::within(Duration::ZERO)).await?;
@@ -1354,8 +1378,16 @@ async fn on_any_store(command: impl OnAnyStore) -> Result<(), CliError> {
     let now = Startup::within(Duration::ZERO);
     match database_url(&config)?.1 {
         Backend::Postgres => command.run(&store(&config, 2, now).await?).await,
-        Backend::MySql => command.run(&mysql_store(&config, 2, now).await?).await,
-        Backend::Sqlite => command.run(&sqlite_store(&config).await?).await,
+        Backend::MySql => {
+            let store = mysql_store(&config, 2, now).await?;
+            sql_current(&store).await?;
+            command.run(&store).await
+        }
+        Backend::Sqlite => {
+            let store = sqlite_store(&config).await?;
+            sql_current(&store).await?;
+            command.run(&store).await
+        }
     }
 }
 

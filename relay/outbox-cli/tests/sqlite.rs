@@ -203,3 +203,53 @@ async fn the_admin_is_served_on_sqlite() {
     store.pool().close().await;
     remove_sqlite_file(&path);
 }
+
+/// A mistyped path is an error naming the fix, and no command but `migrate` leaves a new,
+/// empty database file behind; a file without the table is refused the same way.
+#[test]
+fn a_missing_database_file_is_refused_not_created() {
+    let path = sqlite_file();
+    let url = format!("sqlite://{}", path.display());
+    let (dir, config) = common::config_file(
+        "missing-file",
+        "[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
+    );
+    let config = config.display().to_string();
+    for args in [
+        &["status"][..],
+        &["events", "list"],
+        &["dead", "list"],
+        &["admin", "--listen", "127.0.0.1:0"],
+        &["relay", "--config", &config],
+        &["migrate", "--down", "--yes"],
+    ] {
+        let refused = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no SQLite database at") && stderr.contains("outbox migrate"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!path.exists(), "{args:?} created {}", path.display());
+    }
+    // An empty file: every command names the migration it needs.
+    std::fs::write(&path, b"").unwrap();
+    for args in [&["events", "list"][..], &["dead", "list"]] {
+        let refused = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("run `outbox migrate`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    remove_sqlite_file(&path);
+    let _ = std::fs::remove_dir_all(dir);
+}
