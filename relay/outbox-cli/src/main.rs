@@ -265,8 +265,8 @@ async fn admin_store(
             sql_current(&store).await?;
             info!(
                 "on SQLite the admin's queries are not bounded by --admin-query-timeout-ms: \
-                 SQLite has no statement timeout (a long search holds one of the admin's \
-                 connections, never the write lock)"
+                 SQLite has no statement timeout (a long search holds a connection to its end, \
+                 never the write lock)"
             );
             Arc::new(store)
         }
@@ -729,8 +729,6 @@ async fn relay(
     Ok(())
 }
 
-/// The relay's workers (and endpoint) on a store other than PostgreSQL's, once its table is
-/// at this build's version.
 /// Refuses a table at an older schema version than this build's (or missing: version 0),
 /// naming the fix.
 async fn sql_current<S: SqlStore>(store: &S) -> Result<(), CliError> {
@@ -746,6 +744,8 @@ async fn sql_current<S: SqlStore>(store: &S) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The relay's workers (and endpoint, with the admin's routes if given) on a store other than
+/// PostgreSQL's, once its table is at this build's version.
 async fn start_on<S: SqlStore>(
     store: S,
     workers: usize,
