@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, SystemClock};
+use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, StoreError, SystemClock};
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{self, Harness, NowUtc};
@@ -499,5 +499,50 @@ async fn a_locked_batch_whose_connection_dies_is_delivered_again() {
     };
     a_locked_batch_cut_mid_delivery(&h, fragile, cut).await;
     admin.close().await;
+    h.cleanup().await;
+}
+
+/// A statement the server interrupts for running past the session's `max_statement_time`
+/// (MariaDB) is `StoreError::TimedOut`, not a generic backend failure (the admin bounds its
+/// queries so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_timeout_is_timed_out() {
+    let h = MySqlHarness::new().await;
+    let table = h.store().config().table().to_owned();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION max_statement_time = 0.1")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&outbox_tests::harness::mysql_url())
+        .await
+        .unwrap();
+    let store = MySqlStore::new(pool, MySqlConfig::new().with_table(&table)).unwrap();
+    // Another session holds the table: the store's read waits, then is interrupted.
+    let mut holder = mysql_pool(1).await.acquire().await.unwrap().detach();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("LOCK TABLES `{table}` WRITE")))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let listed = store.list(&outbox_core::EventFilter::default()).await;
+    assert!(
+        matches!(listed, Err(StoreError::TimedOut { .. })),
+        "{listed:?}"
+    );
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list(&outbox_core::EventFilter::default())
+            .await
+            .is_ok()
+    );
     h.cleanup().await;
 }
