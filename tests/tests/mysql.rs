@@ -546,3 +546,47 @@ async fn a_statement_past_its_timeout_is_timed_out() {
     );
     h.cleanup().await;
 }
+
+/// With the database's clock (the default), a relay whose clock runs 120 s ahead cannot take an
+/// event inside another relay's 60 s lease: expiry and due-ness are the database's to decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_with_skewed_clocks_agree_on_leases() {
+    let h = MySqlHarness::new().await;
+    let store = MySqlStore::new(
+        h.store().pool().clone(),
+        MySqlConfig::new().with_table(h.store().config().table()),
+    )
+    .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let id = tx.emit(upload(1)).await.unwrap().id();
+    tx.commit().await.unwrap();
+    let honest = outbox_core::Clock::now(&SystemClock);
+    let (_, taken) = store
+        .claim_for("honest", 10, Duration::from_secs(60), honest)
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+
+    let ahead = honest + chrono::TimeDelta::seconds(120);
+    let reclaimed = store.reclaim_expired(ahead).await.unwrap();
+    assert_eq!((reclaimed.pending, reclaimed.dead), (0, 0));
+    let (_, stolen) = store
+        .claim_for("ahead", 10, Duration::from_secs(60), ahead)
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "a live lease was taken: {stolen:?}");
+
+    // The lease runs 60 s on the database's clock, whatever the claimer's clock said.
+    let event = store.get(id).await.unwrap().unwrap();
+    let until = event.lifecycle.lease.unwrap().until;
+    let db_now: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let left = until - db_now.and_utc();
+    assert!(
+        left > chrono::TimeDelta::seconds(55) && left <= chrono::TimeDelta::seconds(60),
+        "{left}"
+    );
+    h.cleanup().await;
+}
