@@ -533,6 +533,7 @@ impl OutboxStore for MySqlStore {
         let rows = work.take_rows(&ids);
         let tx = if ids.is_empty() {
             // Nothing locked: end the transaction now rather than hold a connection for it.
+            end_hold(&mut work.tx).await?;
             work.tx.rollback().await.map_err(db_error)?;
             None
         } else {
@@ -761,6 +762,18 @@ struct MySqlLockedBatch {
     tx: Option<sqlx::Transaction<'static, MySql>>,
 }
 
+/// Gives a locked claim's connection back the server's own idle limit before its transaction
+/// ends: the hold was set on the session (`wait_timeout`), and the pool's next user may be the
+/// application's own code. (A claim dropped unsettled is rolled back by the driver and keeps
+/// the hold until the store next begins work on that connection.)
+async fn end_hold(tx: &mut sqlx::Transaction<'static, MySql>) -> Result<(), StoreError> {
+    sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 fn hold_ended() -> StoreError {
     StoreError::Unavailable {
         source: "the locked claim's hold ran out; its events were given back untried".into(),
@@ -823,6 +836,7 @@ impl LockedBatch for MySqlLockedBatch {
             },
         )?;
         work.flush().await?;
+        end_hold(&mut work.tx).await?;
         work.tx.commit().await.map_err(db_error)?;
         if wakes_workers(&recorded) {
             self.store.wake();

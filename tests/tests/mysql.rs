@@ -590,3 +590,69 @@ async fn relays_with_skewed_clocks_agree_on_leases() {
     );
     h.cleanup().await;
 }
+
+/// A locked claim whose holder goes quiet for longer than its hold is ended by the server (the
+/// connection's `wait_timeout`, set for the claim): its events are claimable again, untried,
+/// and the late settlement fails, recording nothing. The hold runs on the server's clock in
+/// whole seconds, so this waits for it (bounded by `GUARD`). A settled claim leaves no limit
+/// behind on the pool's connections, which the application may share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ends_a_locked_claim_past_its_hold() {
+    let h = MySqlHarness::new().await;
+    let store = h.store();
+    let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
+    let now = h.clock().now_utc();
+    let stalled = store
+        .claim_locked("w1", 10, Duration::from_secs(1), now)
+        .await
+        .unwrap();
+    assert_eq!(stalled.events.len(), 1);
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let again = store.claim_locked("w1", 10, GUARD, now).await.unwrap();
+        if again.events.iter().any(|e| e.id == id) {
+            again
+                .batch
+                .finish(&outbox_core::Settlement::default(), now)
+                .await
+                .unwrap();
+            break;
+        }
+        drop(again);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled claim still held its event after {GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = outbox_core::Settlement {
+        delivered: vec![id],
+        ..Default::default()
+    };
+    assert!(
+        stalled.batch.finish(&late, now).await.is_err(),
+        "a settlement after the hold ended must fail"
+    );
+    let event = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (event.status(), event.attempts()),
+        (outbox_core::Status::Pending, 0)
+    );
+    // Every connection of the pool is back at the server's own idle limit.
+    let mut held = Vec::new();
+    for _ in 0..store.pool().size() {
+        let mut conn = store.pool().acquire().await.unwrap();
+        let (session, global): (u64, u64) =
+            sqlx::query_as("SELECT @@SESSION.wait_timeout, @@GLOBAL.wait_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(
+            session, global,
+            "a claim's hold was left on a pooled connection"
+        );
+        held.push(conn);
+    }
+    drop(held);
+    h.cleanup().await;
+}
