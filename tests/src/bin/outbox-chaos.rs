@@ -12,13 +12,17 @@
 //!   copies the stream holds are in commit order (the producer commits one transaction at a
 //!   time, so commit order is emission order).
 //!
-//! It starts everything it uses on spare loopback ports: its own PostgreSQL cluster
-//! (`pg_createcluster`, dropped at the end) and its own `nats-server`, so the shared services
-//! are never restarted. Run it through `cargo xtask chaos [--quick]`; it needs root (for
-//! `pg_createcluster`), PostgreSQL's server packages and `nats-server`.
+//! It starts everything it uses on spare loopback ports, so the shared services are never
+//! restarted: its own `nats-server`, and its own database — a PostgreSQL cluster
+//! (`pg_createcluster`, dropped at the end), a MariaDB server (`mariadb-install-db` and
+//! `mariadbd` in the run's directory; crashed with SIGKILL), or a SQLite file (no server to
+//! crash: the relays killed mid-write are its crashes). Run it through `cargo xtask chaos
+//! [--quick]`; it needs root (for `pg_createcluster` and `mariadbd`), PostgreSQL's and MariaDB's
+//! server packages and `nats-server`.
 //!
 //! ```text
-//! outbox-chaos --outbox target/debug/outbox [--quick] [--events N] [--seed S]
+//! outbox-chaos --outbox target/debug/outbox [--database postgres|mysql|sqlite] [--quick]
+//!              [--events N] [--seed S]
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,8 +34,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use outbox_core::{Emit, EventId, NewEvent, OutboxStore};
+use outbox_core::{
+    Emit, EventFilter, EventId, NewEvent, OutboxStore, Status, Transaction, Transactional,
+};
+use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_postgres::{PgConfig, PgStore};
+use outbox_sqlite::{SqliteConfig, SqliteStore};
 
 /// The run's shape.
 #[derive(Clone, Debug)]
@@ -44,6 +52,15 @@ struct Plan {
     emit_for: Duration,
     broker_down: Duration,
     seed: u64,
+    database: Backend,
+}
+
+/// The database the run starts for itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
 }
 
 impl Plan {
@@ -53,9 +70,22 @@ impl Plan {
         let mut quick = false;
         let mut events = None;
         let mut seed = None;
+        let mut database = Backend::Postgres;
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--outbox" => outbox = args.next().map(PathBuf::from),
+                "--database" => {
+                    database = match args.next().as_deref() {
+                        Some("postgres") => Backend::Postgres,
+                        Some("mysql") => Backend::MySql,
+                        Some("sqlite") => Backend::Sqlite,
+                        other => {
+                            return Err(format!(
+                                "--database takes postgres, mysql or sqlite, not {other:?}"
+                            ));
+                        }
+                    }
+                }
                 "--quick" => quick = true,
                 "--events" => events = args.next().and_then(|n| n.parse().ok()),
                 "--seed" => seed = args.next().and_then(|n| n.parse().ok()),
@@ -73,6 +103,7 @@ impl Plan {
                 emit_for: Duration::from_secs(20),
                 broker_down: Duration::from_secs(3),
                 seed,
+                database,
             }
         } else {
             Plan {
@@ -83,6 +114,7 @@ impl Plan {
                 emit_for: Duration::from_secs(100),
                 broker_down: Duration::from_secs(10),
                 seed,
+                database,
             }
         };
         Ok((plan, outbox))
@@ -188,6 +220,121 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = sh("pg_dropcluster", &["--stop", &self.version, &self.name]);
+    }
+}
+
+/// A MariaDB server of the run's own: its data directory in the run's, on a spare port.
+struct MariaDb {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    fn create(dir: &Path) -> Result<Self, String> {
+        let dir = dir.join("mariadb");
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        sh(
+            "mariadb-install-db",
+            &[
+                "--no-defaults",
+                &format!("--datadir={}", data.display()),
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ],
+        )
+        .map_err(|e| format!("{e} (the chaos test needs root and mariadb-server)"))?;
+        let mut server = Self {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        server.up()?;
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/chaos", self.port)
+    }
+
+    fn up(&mut self) -> Result<(), String> {
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .args(["--user=root", "--max-connections=300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start mariadbd: {e} (apt-get install mariadb-server)"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL): a crash, from which InnoDB recovers on the next start.
+    fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// The run's database.
+enum Database {
+    Postgres(Cluster),
+    MariaDb(MariaDb),
+    /// A file in the run's directory.
+    Sqlite(PathBuf),
+}
+
+impl Database {
+    fn create(backend: Backend, dir: &Path) -> Result<Self, String> {
+        Ok(match backend {
+            Backend::Postgres => Self::Postgres(Cluster::create()?),
+            Backend::MySql => Self::MariaDb(MariaDb::create(dir)?),
+            Backend::Sqlite => Self::Sqlite(dir.join("chaos.db")),
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Postgres(cluster) => cluster.url(),
+            Self::MariaDb(server) => server.url(),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// Crashes the server and starts it again after `down`; false if there is no server.
+    async fn crash(&mut self, down: Duration) -> Result<bool, String> {
+        match self {
+            Self::Postgres(cluster) => {
+                cluster.ctl(&["stop", "-m", "immediate"])?;
+                tokio::time::sleep(down).await;
+                cluster.ctl(&["start"])?;
+            }
+            Self::MariaDb(server) => {
+                server.crash();
+                tokio::time::sleep(down).await;
+                server.up()?;
+            }
+            Self::Sqlite(_) => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
@@ -353,7 +500,7 @@ fn out_of_order(received: &[EventId], keyed: &HashMap<EventId, (usize, usize)>) 
     wrong
 }
 
-async fn emit_all(store: PgStore, plan: Plan) -> Emitted {
+async fn emit_all<S: Transactional>(store: S, plan: Plan) -> Emitted {
     let mut rng = fastrand::Rng::with_seed(plan.seed ^ 0x5eed);
     let mut out = Emitted::default();
     let start = Instant::now();
@@ -420,14 +567,64 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     eprintln!("outbox-chaos: {plan:?}");
     let dir = std::env::temp_dir().join(format!("outbox-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let cluster = Cluster::create()?;
-    let mut nats = Nats::start(&dir)?;
+    let db = Database::create(plan.database, &dir)?;
+    let nats = Nats::start(&dir)?;
+    let run = Run {
+        plan,
+        outbox,
+        dir,
+        db,
+        nats,
+        began,
+    };
+    // The database, migrated, and the producer's store on it.
+    let url = run.db.url();
+    let store_error = |e: outbox_core::StoreError| e.to_string();
+    match run.plan.database {
+        Backend::Postgres => {
+            let pool = connect(&url).await?;
+            let store = PgStore::new(pool, PgConfig::new()).map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(store_error)?;
+            chaos_on(store, run).await
+        }
+        Backend::MySql => {
+            let pool = connect_mysql(&url).await?;
+            let store = MySqlStore::new(pool, MySqlConfig::new()).map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(store_error)?;
+            chaos_on(store, run).await
+        }
+        Backend::Sqlite => {
+            let store = SqliteStore::connect(&url, SqliteConfig::new())
+                .await
+                .map_err(store_error)?;
+            store.migrate().await.map_err(store_error)?;
+            chaos_on(store, run).await
+        }
+    }
+}
 
-    // The database, migrated.
-    let pool = connect(&cluster.url()).await?;
-    let store = PgStore::new(pool.clone(), PgConfig::new()).map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| e.to_string())?;
+/// What a run started for itself.
+struct Run {
+    plan: Plan,
+    outbox: PathBuf,
+    dir: PathBuf,
+    db: Database,
+    nats: Nats,
+    began: Instant,
+}
 
+async fn chaos_on<S>(store: S, run: Run) -> Result<(), String>
+where
+    S: OutboxStore + Transactional + Clone + 'static,
+{
+    let Run {
+        plan,
+        outbox,
+        dir,
+        mut db,
+        mut nats,
+        began,
+    } = run;
     // The stream that receives everything, keeping duplicates: JetStream would drop a repeat of
     // a message id inside its duplicate window, which would hide what the relays sent.
     let client = connect_nats(&nats.url()).await?;
@@ -463,7 +660,7 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     let mut relays = Relays {
         outbox,
         configs,
-        database_url: cluster.url(),
+        database_url: db.url(),
         logs: dir.clone(),
         slots: (0..plan.relays).map(|_| None).collect(),
         started: 0,
@@ -475,10 +672,11 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     let producer = tokio::spawn(emit_all(store.clone(), plan.clone()));
 
     // Faults while the producer runs: a relay killed every 1–2 s, the database crashed once
-    // (at 30%), the broker stopped once (at 60%).
+    // (at 30%; SQLite has no server), the broker stopped once (at 60%).
     let mut rng = fastrand::Rng::with_seed(plan.seed);
     let mut kills = 0u64;
     let (mut db_restarted, mut broker_restarted) = (false, false);
+    let mut db_crashes = 0u64;
     let chaos_start = Instant::now();
     while !producer.is_finished() {
         tokio::time::sleep(Duration::from_millis(rng.u64(1000..2000))).await;
@@ -489,10 +687,12 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
         relays.start(slot)?;
         let progress = chaos_start.elapsed().as_secs_f64() / plan.emit_for.as_secs_f64();
         if !db_restarted && progress >= 0.3 {
-            eprintln!("outbox-chaos: crashing the database (immediate stop), 2 s down");
-            cluster.ctl(&["stop", "-m", "immediate"])?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            cluster.ctl(&["start"])?;
+            if !matches!(db, Database::Sqlite(_)) {
+                eprintln!("outbox-chaos: crashing the database, 2 s down");
+            }
+            if db.crash(Duration::from_secs(2)).await? {
+                db_crashes += 1;
+            }
             db_restarted = true;
         }
         if !broker_restarted && progress >= 0.6 {
@@ -535,19 +735,7 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     for id in &received {
         *copies.entry(*id).or_default() += 1;
     }
-    let rows: HashMap<EventId, (String, u32, bool)> =
-        sqlx::query_as::<_, (uuid::Uuid, String, i32, bool)>(
-            "SELECT id, status::text, attempts, locked_by IS NOT NULL FROM outbox_event",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|(id, status, attempts, locked)| {
-            (EventId::from(id), (status, attempts.max(0) as u32, locked))
-        })
-        .collect();
-
+    let rows = final_rows(&store).await?;
     let lost: Vec<&EventId> = emitted
         .committed
         .iter()
@@ -571,7 +759,7 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     let foreign = copies.keys().filter(|id| !rows.contains_key(id)).count();
     let bad_rows: Vec<_> = rows
         .iter()
-        .filter(|(_, (status, _, locked))| status != "delivered" || *locked)
+        .filter(|(_, (status, locked))| *status != Some(Status::Delivered) || *locked)
         .take(5)
         .collect();
     let duplicates = received.len() as u64 - copies.len() as u64;
@@ -582,7 +770,7 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
         .filter(|id| copies.contains_key(id))
         .count();
     // Each fault can repeat at most what was in flight then: every worker's batch.
-    let faults = kills + 2;
+    let faults = kills + db_crashes + 1;
     let bound = faults * (plan.workers * plan.batch) as u64;
     let unclean_exits: Vec<usize> = exits
         .iter()
@@ -598,7 +786,8 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
         "uncertain_committed": uncertain_committed,
         "relays": plan.relays,
         "kills": kills,
-        "database_restarts": u8::from(db_restarted),
+        "database": format!("{:?}", plan.database),
+        "database_restarts": db_crashes,
         "broker_restarts": u8::from(broker_restarted),
         "received": received.len(),
         "lost": lost.len(),
@@ -671,11 +860,12 @@ async fn run(plan: Plan, outbox: PathBuf) -> Result<(), String> {
     }
     drop(relays);
     drop(nats);
-    drop(cluster);
+    drop(db);
     if failures.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(
-            "outbox-chaos: passed: {} committed events delivered, 0 lost, 0 rolled back delivered, {} keyed in commit order, {duplicates} duplicates ({kills} kills, 1 database crash, 1 broker outage) in {:.0}s",
+            "outbox-chaos: passed on {:?}: {} committed events delivered, 0 lost, 0 rolled back delivered, {} keyed in commit order, {duplicates} duplicates ({kills} kills, {db_crashes} database crash, 1 broker outage) in {:.0}s",
+            plan.database,
             emitted.committed.len() + uncertain_committed,
             keyed_delivered,
             began.elapsed().as_secs_f64()
@@ -693,6 +883,63 @@ async fn connect(url: &str) -> Result<sqlx::PgPool, String> {
         .connect(url)
         .await
         .map_err(|e| format!("cannot connect to the run's database: {e}"))
+}
+
+/// A pool on the run's MariaDB server once it answers, its `chaos` database created.
+async fn connect_mysql(url: &str) -> Result<sqlx::MySqlPool, String> {
+    use std::str::FromStr;
+    let options = sqlx::mysql::MySqlConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for _ in 0..300 {
+        match sqlx::MySqlPool::connect_with(options.clone().database("mysql")).await {
+            Ok(server) => {
+                sqlx::query("CREATE DATABASE IF NOT EXISTS chaos")
+                    .execute(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                server.close().await;
+                return sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| format!("cannot connect to the run's database: {e}"));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the run's mariadbd did not come up: {last}"))
+}
+
+/// Every row's status (`None` if it cannot be read) and whether a worker still holds it,
+/// through the store's own listing.
+async fn final_rows<S: OutboxStore>(
+    store: &S,
+) -> Result<HashMap<EventId, (Option<Status>, bool)>, String> {
+    let mut rows = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&EventFilter {
+                after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for event in &page.events {
+            let held = event.lifecycle.lease.is_some();
+            rows.insert(event.id, (Some(event.status()), held));
+        }
+        for row in &page.undecodable {
+            rows.insert(row.id, (None, false));
+        }
+        match page.last_id() {
+            Some(last) => after = Some(last),
+            None => return Ok(rows),
+        }
+    }
 }
 
 async fn connect_nats(url: &str) -> Result<async_nats::Client, String> {
