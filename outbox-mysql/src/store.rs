@@ -764,8 +764,7 @@ struct MySqlLockedBatch {
 
 /// Gives a locked claim's connection back the server's own idle limit before its transaction
 /// ends: the hold was set on the session (`wait_timeout`), and the pool's next user may be the
-/// application's own code. (A claim dropped unsettled is rolled back by the driver and keeps
-/// the hold until the store next begins work on that connection.)
+/// application's own code.
 async fn end_hold(tx: &mut sqlx::Transaction<'static, MySql>) -> Result<(), StoreError> {
     sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
         .execute(&mut **tx)
@@ -847,9 +846,25 @@ impl LockedBatch for MySqlLockedBatch {
 
 impl Drop for MySqlLockedBatch {
     fn drop(&mut self) {
-        if self.tx.take().is_some() {
-            // Dropping the transaction rolls it back on the connection's next use.
-            self.store.wake();
+        let Some(mut tx) = self.tx.take() else {
+            return;
+        };
+        let store = self.store.clone();
+        match tokio::runtime::Handle::try_current() {
+            // Ended now, its hold given back first, and the workers woken once its rows are
+            // free.
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = end_hold(&mut tx).await;
+                    let _ = tx.rollback().await;
+                    store.wake();
+                });
+            }
+            // No runtime to end it on: the driver rolls it back on the connection's next use.
+            Err(_) => {
+                drop(tx);
+                store.wake();
+            }
         }
     }
 }

@@ -656,3 +656,38 @@ async fn the_server_ends_a_locked_claim_past_its_hold() {
     drop(held);
     h.cleanup().await;
 }
+
+/// A locked claim dropped unsettled gives its events back and its connection the server's own
+/// idle limit, as a settled one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_locked_claim_leaves_no_hold_on_the_pool() {
+    let h = MySqlHarness::with_config(1, |c| c).await;
+    let store = h.store();
+    let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
+    let now = h.clock().now_utc();
+    let claim = store
+        .claim_locked("w1", 10, Duration::from_secs(5), now)
+        .await
+        .unwrap();
+    assert_eq!(claim.events.len(), 1);
+    drop(claim);
+    // The pool's one connection: once the claim has ended, it is free for this read.
+    let (session, global): (u64, u64) = tokio::time::timeout(
+        GUARD,
+        sqlx::query_as("SELECT @@SESSION.wait_timeout, @@GLOBAL.wait_timeout")
+            .fetch_one(store.pool()),
+    )
+    .await
+    .expect("the dropped claim kept the connection")
+    .unwrap();
+    assert_eq!(
+        session, global,
+        "the dropped claim's hold stayed on the connection"
+    );
+    let (_, again) = store
+        .claim_for("w2", 10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+    h.cleanup().await;
+}
