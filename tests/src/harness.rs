@@ -872,6 +872,61 @@ where
     }
 }
 
+/// A locked claim whose holder goes quiet for longer than `hold` is ended by the database: its
+/// event is claimable again, untried, and the late settlement fails, recording nothing. The
+/// hold runs on the server's own clock, so this polls for it (bounded by 10 s).
+pub async fn the_database_ends_a_quiet_locked_claim<H: Harness>(h: &H, hold: std::time::Duration) {
+    use crate::conformance::NowUtc;
+    use outbox_core::OutboxStore;
+    const GUARD: std::time::Duration = std::time::Duration::from_secs(10);
+    let store = h.store();
+    let id = h
+        .emit(vec![crate::conformance::event(1)], true)
+        .await
+        .expect("emit")[0]
+        .id();
+    let now = h.clock().now_utc();
+    let stalled = store
+        .claim_locked("w1", 10, hold, now)
+        .await
+        .expect("claim");
+    assert_eq!(stalled.events.len(), 1);
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let again = store
+            .claim_locked("w1", 10, GUARD, now)
+            .await
+            .expect("claim");
+        if again.events.iter().any(|e| e.id == id) {
+            again
+                .batch
+                .finish(&outbox_core::Settlement::default(), now)
+                .await
+                .expect("settle");
+            break;
+        }
+        drop(again);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled claim still held its event after {GUARD:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let late = outbox_core::Settlement {
+        delivered: vec![id],
+        ..Default::default()
+    };
+    assert!(
+        stalled.batch.finish(&late, now).await.is_err(),
+        "a settlement after the hold ended must fail"
+    );
+    let event = store.get(id).await.expect("get").expect("the event");
+    assert_eq!(
+        (event.status(), event.attempts()),
+        (outbox_core::Status::Pending, 0)
+    );
+}
+
 /// Waits (bounded) until four distinct events have started delivering; panics with `why`.
 async fn four_starts(
     starts: &mut tokio::sync::mpsc::UnboundedReceiver<outbox_core::EventId>,

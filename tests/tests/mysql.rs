@@ -12,7 +12,10 @@ use outbox_core::{Emit, NewEvent, OutboxStore, OutboxStoreExt, StoreError, Syste
 use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{self, Harness, NowUtc};
-use outbox_tests::harness::{MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool};
+use outbox_tests::harness::{
+    MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool,
+    the_database_ends_a_quiet_locked_claim,
+};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
 use serde_json::json;
@@ -599,45 +602,8 @@ async fn relays_with_skewed_clocks_agree_on_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_ends_a_locked_claim_past_its_hold() {
     let h = MySqlHarness::new().await;
+    the_database_ends_a_quiet_locked_claim(&h, Duration::from_secs(1)).await;
     let store = h.store();
-    let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
-    let now = h.clock().now_utc();
-    let stalled = store
-        .claim_locked("w1", 10, Duration::from_secs(1), now)
-        .await
-        .unwrap();
-    assert_eq!(stalled.events.len(), 1);
-    let deadline = std::time::Instant::now() + GUARD;
-    loop {
-        let again = store.claim_locked("w1", 10, GUARD, now).await.unwrap();
-        if again.events.iter().any(|e| e.id == id) {
-            again
-                .batch
-                .finish(&outbox_core::Settlement::default(), now)
-                .await
-                .unwrap();
-            break;
-        }
-        drop(again);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled claim still held its event after {GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let late = outbox_core::Settlement {
-        delivered: vec![id],
-        ..Default::default()
-    };
-    assert!(
-        stalled.batch.finish(&late, now).await.is_err(),
-        "a settlement after the hold ended must fail"
-    );
-    let event = store.get(id).await.unwrap().unwrap();
-    assert_eq!(
-        (event.status(), event.attempts()),
-        (outbox_core::Status::Pending, 0)
-    );
     // Every connection of the pool is back at the server's own idle limit.
     let mut held = Vec::new();
     for _ in 0..store.pool().size() {

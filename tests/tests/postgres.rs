@@ -10,13 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::{
     Clock, DeliveryError, Emit, Emitted, EventFilter, NewEvent, OutboxEvent, OutboxStore,
-    OutboxStoreExt, Status, StoreError, SystemClock, Transport,
+    OutboxStoreExt, StoreError, SystemClock, Transport,
 };
 use outbox_postgres::{PgConfig, PgStore};
 use outbox_tests::concurrency;
 use outbox_tests::conformance::{self, Harness, NowUtc};
 use outbox_tests::harness::{
-    PgHarness, a_locked_batch_cut_mid_delivery, database_url, pool, pool_with, wait_for_lock_wait,
+    PgHarness, a_locked_batch_cut_mid_delivery, database_url, pool, pool_with,
+    the_database_ends_a_quiet_locked_claim, wait_for_lock_wait,
 };
 use outbox_worker::{ClaimMode, Worker};
 use serde_json::json;
@@ -859,42 +860,8 @@ async fn keyword_schema_names_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_ends_a_locked_claim_past_its_hold() {
     let h = PgHarness::new().await;
+    the_database_ends_a_quiet_locked_claim(&h, Duration::from_millis(200)).await;
     let store = h.store();
-    let id = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
-    let now = h.clock().now_utc();
-    let stalled = store
-        .claim_locked("w1", 10, Duration::from_millis(200), now)
-        .await
-        .unwrap();
-    assert_eq!(stalled.events.len(), 1);
-    let deadline = std::time::Instant::now() + GUARD;
-    loop {
-        let again = store.claim_locked("w1", 10, GUARD, now).await.unwrap();
-        if again.events.iter().any(|e| e.id == id) {
-            again
-                .batch
-                .finish(&outbox_core::Settlement::default(), now)
-                .await
-                .unwrap();
-            break;
-        }
-        drop(again);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled claim still held its event after {GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let late = outbox_core::Settlement {
-        delivered: vec![id],
-        ..Default::default()
-    };
-    assert!(
-        stalled.batch.finish(&late, now).await.is_err(),
-        "a settlement after the hold ended must fail"
-    );
-    let event = store.fetch(id).await.unwrap();
-    assert_eq!((event.status(), event.attempts()), (Status::Pending, 0));
     // The setting was the claim's transaction's alone: the pool's sessions keep no limit.
     let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
         .fetch_one(store.pool())
