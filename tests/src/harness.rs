@@ -927,6 +927,49 @@ pub async fn the_database_ends_a_quiet_locked_claim<H: Harness>(h: &H, hold: std
     );
 }
 
+/// With the database's clock deciding (`store` has no injected clock), a relay whose clock runs
+/// 120 s ahead cannot take an event inside another relay's 60 s lease, and the lease runs 60 s
+/// on the database's clock (`db_now` reads it), whatever the claimer's clock said.
+pub async fn relays_with_skewed_clocks_agree_on_leases<S, F, Fut>(store: &S, db_now: F)
+where
+    S: outbox_core::OutboxStore + outbox_core::Transactional,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = DateTime<Utc>>,
+{
+    use outbox_core::{Clock, OutboxStoreExt, Transaction};
+    let mut tx = store.begin().await.expect("begin");
+    let id = tx
+        .emit(crate::conformance::event(1))
+        .await
+        .expect("emit")
+        .id();
+    tx.commit().await.expect("commit");
+    let honest = outbox_core::SystemClock.now();
+    let lease = std::time::Duration::from_secs(60);
+    let (_, taken) = store
+        .claim_for("honest", 10, lease, honest)
+        .await
+        .expect("claim");
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+
+    let ahead = honest + chrono::TimeDelta::seconds(120);
+    let reclaimed = store.reclaim_expired(ahead).await.expect("reclaim");
+    assert_eq!((reclaimed.pending, reclaimed.dead), (0, 0));
+    let (_, stolen) = store
+        .claim_for("ahead", 10, lease, ahead)
+        .await
+        .expect("claim");
+    assert!(stolen.is_empty(), "a live lease was taken: {stolen:?}");
+
+    let event = store.get(id).await.expect("get").expect("the event");
+    let until = event.lifecycle.lease.expect("a lease").until;
+    let left = until - db_now().await;
+    assert!(
+        left > chrono::TimeDelta::seconds(55) && left <= chrono::TimeDelta::seconds(60),
+        "{left}"
+    );
+}
+
 /// Waits (bounded) until four distinct events have started delivering; panics with `why`.
 async fn four_starts(
     starts: &mut tokio::sync::mpsc::UnboundedReceiver<outbox_core::EventId>,

@@ -13,7 +13,7 @@ use outbox_mysql::{MySqlConfig, MySqlStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{self, Harness, NowUtc};
 use outbox_tests::harness::{
-    MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool,
+    self, MySqlHarness, a_locked_batch_cut_mid_delivery, mysql_pool,
     the_database_ends_a_quiet_locked_claim,
 };
 use outbox_tests::isolation;
@@ -560,37 +560,15 @@ async fn relays_with_skewed_clocks_agree_on_leases() {
         MySqlConfig::new().with_table(h.store().config().table()),
     )
     .unwrap();
-    let mut tx = store.begin().await.unwrap();
-    let id = tx.emit(upload(1)).await.unwrap().id();
-    tx.commit().await.unwrap();
-    let honest = outbox_core::Clock::now(&SystemClock);
-    let (_, taken) = store
-        .claim_for("honest", 10, Duration::from_secs(60), honest)
-        .await
-        .unwrap();
-    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
-
-    let ahead = honest + chrono::TimeDelta::seconds(120);
-    let reclaimed = store.reclaim_expired(ahead).await.unwrap();
-    assert_eq!((reclaimed.pending, reclaimed.dead), (0, 0));
-    let (_, stolen) = store
-        .claim_for("ahead", 10, Duration::from_secs(60), ahead)
-        .await
-        .unwrap();
-    assert!(stolen.is_empty(), "a live lease was taken: {stolen:?}");
-
-    // The lease runs 60 s on the database's clock, whatever the claimer's clock said.
-    let event = store.get(id).await.unwrap().unwrap();
-    let until = event.lifecycle.lease.unwrap().until;
-    let db_now: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    let left = until - db_now.and_utc();
-    assert!(
-        left > chrono::TimeDelta::seconds(55) && left <= chrono::TimeDelta::seconds(60),
-        "{left}"
-    );
+    let pool = store.pool().clone();
+    harness::relays_with_skewed_clocks_agree_on_leases(&store, || async move {
+        let now: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        now.and_utc()
+    })
+    .await;
     h.cleanup().await;
 }
 
