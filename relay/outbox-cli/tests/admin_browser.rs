@@ -1,6 +1,7 @@
 //! The web admin in a real browser (headless Chromium through ChromeDriver), served by a
-//! running relay: log in, filter the list, open an event, retry a dead event and see the
-//! relay deliver it, and delete every event matching a filter after the confirmation.
+//! running relay on PostgreSQL and on SQLite: log in, filter the list, open an event, retry a
+//! dead event and see the relay deliver it, and delete every event matching a filter after the
+//! confirmation.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). With
 //! `OUTBOX_ADMIN_SCREENSHOTS=DIR` the pages are also saved there as PNG.
@@ -19,7 +20,7 @@ use common::{
 use fantoccini::{Client, ClientBuilder, Locator};
 use outbox_core::{EventId, Failure, NewEvent, OutboxStore, OutboxStoreExt, Status};
 use outbox_tests::conformance::{Harness, emit_ids};
-use outbox_tests::harness::{PgHarness, database_url};
+use outbox_tests::harness::{PgHarness, SqliteHarness, database_url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 const TOKEN: &str = "browser-test-token-0123456789";
@@ -123,6 +124,23 @@ async fn arrived(client: &Client, css: &str) {
 async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
     let h = PgHarness::new().await;
     let url = database_url().await;
+    let table = format!("schema = \"{}\"\n", h.schema());
+    an_operator_at_work(&h, &url, &table, true).await;
+    h.cleanup().await;
+}
+
+/// The same on SQLite: the relay and its admin share the file with this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_does_the_same_on_sqlite() {
+    let h = SqliteHarness::new().await;
+    let url = format!("sqlite://{}", h.path().display());
+    an_operator_at_work(&h, &url, "", false).await;
+    h.cleanup().await;
+}
+
+/// The operator's session on the store `h` holds, with a relay on `url` (`table` says where
+/// the table is in `relay.toml`); `shots` saves the pages when screenshots are asked for.
+async fn an_operator_at_work<H: Harness>(h: &H, url: &str, table: &str, shots: bool) {
     let store = h.store();
     // One dead event (killed before the relay starts), three to delete by filter later, two
     // others; the relay delivers all the live ones.
@@ -133,7 +151,7 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
             .build()
             .unwrap()
     };
-    let dead = emit_ids(&h, vec![event("order.paid", 1)]).await[0];
+    let dead = emit_ids(h, vec![event("order.paid", 1)]).await[0];
     let now = outbox_core::Clock::now(h.clock());
     let (lease, claimed) = store
         .claim_for("worker-7", 1, Duration::from_secs(30), now)
@@ -148,22 +166,21 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         )
         .await
         .unwrap();
-    let audit = emit_ids(&h, (2..5).map(|n| event("audit.logged", n)).collect()).await;
-    let users = emit_ids(&h, (5..7).map(|n| event("user.created", n)).collect()).await;
+    let audit = emit_ids(h, (2..5).map(|n| event("audit.logged", n)).collect()).await;
+    let users = emit_ids(h, (5..7).map(|n| event("user.created", n)).collect()).await;
 
     let http = free_port();
     let (dir, file) = config_file(
         "browser",
         &format!(
-            "schema = \"{}\"\n[relay]\npoll_interval_ms = 100\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin = true\n\
-             [[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n",
-            h.schema()
+            "{table}[relay]\npoll_interval_ms = 100\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin = true\n\
+             [[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n"
         ),
     );
     let mut child = Command::new(BIN)
         .args(["relay", "--config"])
         .arg(&file)
-        .env("DATABASE_URL", &url)
+        .env("DATABASE_URL", url)
         .env("OUTBOX_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -204,7 +221,9 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
             .unwrap()
             .contains("422 from sink: amount missing")
     );
-    screenshot(&client, "admin-overview").await;
+    if shots {
+        screenshot(&client, "admin-overview").await;
+    }
 
     // Filtering the list by status.
     client.goto(&format!("{base}/events")).await.unwrap();
@@ -222,7 +241,9 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1, "one dead event");
-    screenshot(&client, "admin-events").await;
+    if shots {
+        screenshot(&client, "admin-events").await;
+    }
 
     // Opening it, retrying it, and seeing the relay deliver it.
     click(&client, Locator::LinkText(&dead.to_string())).await;
@@ -232,7 +253,9 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         page.contains("worker-7") && page.contains("amount missing"),
         "the failed attempt"
     );
-    screenshot(&client, "admin-event").await;
+    if shots {
+        screenshot(&client, "admin-event").await;
+    }
     click(&client, Locator::Css("#retry")).await;
     assert!(text(&client, ".flash").await.contains("Retried"));
     delivered(&deliveries, dead, &mut seen);
@@ -274,9 +297,9 @@ async fn an_operator_filters_opens_retries_and_bulk_deletes_in_a_browser() {
         assert!(store.get(*id).await.unwrap().is_none());
     }
     for id in &users {
-        assert_eq!(store.fetch(*id).await.unwrap().status(), Status::Delivered);
+        let event = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(event.status(), Status::Delivered);
     }
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
-    h.cleanup().await;
 }
