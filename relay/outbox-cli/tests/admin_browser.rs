@@ -1,7 +1,7 @@
 //! The web admin in a real browser (headless Chromium through ChromeDriver), served by a
-//! running relay on PostgreSQL and on SQLite: log in, filter the list, open an event, retry a
-//! dead event and see the relay deliver it, and delete every event matching a filter after the
-//! confirmation.
+//! running relay on PostgreSQL, MySQL/MariaDB and SQLite: log in, filter the list, open an
+//! event, retry a dead event and see the relay deliver it, and delete every event matching a
+//! filter after the confirmation.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). With
 //! `OUTBOX_ADMIN_SCREENSHOTS=DIR` the pages are also saved there as PNG.
@@ -20,7 +20,7 @@ use common::{
 use fantoccini::{Client, ClientBuilder, Locator};
 use outbox_core::{EventId, Failure, NewEvent, OutboxStore, OutboxStoreExt, Status};
 use outbox_tests::conformance::{Harness, emit_ids};
-use outbox_tests::harness::{PgHarness, SqliteHarness, database_url};
+use outbox_tests::harness::{MySqlHarness, PgHarness, SqliteHarness, database_url, mysql_url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 const TOKEN: &str = "browser-test-token-0123456789";
@@ -135,6 +135,15 @@ async fn an_operator_does_the_same_on_sqlite() {
     let h = SqliteHarness::new().await;
     let url = format!("sqlite://{}", h.path().display());
     an_operator_at_work(&h, &url, "", false).await;
+    h.cleanup().await;
+}
+
+/// The same on MySQL/MariaDB, the admin on a pool of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_does_the_same_on_mysql() {
+    let h = MySqlHarness::new().await;
+    let table = format!("table = \"{}\"\n", h.store().config().table());
+    an_operator_at_work(&h, &mysql_url(), &table, false).await;
     h.cleanup().await;
 }
 
