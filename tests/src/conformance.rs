@@ -2048,6 +2048,35 @@ pub async fn a_paused_type_is_not_delivered_until_resumed<H: Harness>(h: &H) {
     assert_eq!(got, expected);
 }
 
+/// The oldest pending event is found among the pending events alone: a delivered one, however
+/// old, does not count, and nothing pending answers `None`.
+pub async fn the_oldest_pending_event_ignores_delivered_ones<H: Harness>(h: &H) {
+    let store = h.store();
+    assert_eq!(store.oldest_pending().await.expect("oldest"), None);
+    let first = h.emit(vec![event(1)], true).await.expect("emit")[0].id();
+    h.clock().advance(Duration::from_secs(5));
+    let second = h.emit(vec![event(2)], true).await.expect("emit")[0].id();
+    let second_at = store
+        .get(second)
+        .await
+        .expect("get")
+        .expect("the event")
+        .created_at;
+    let (lease, claimed) = store
+        .claim_for("w", 1, LEASE, h.clock().now_utc())
+        .await
+        .expect("claim");
+    assert_eq!(claimed[0].id, first);
+    store
+        .ack(lease.id, &[first], h.clock().now_utc())
+        .await
+        .expect("ack");
+    assert_eq!(
+        store.oldest_pending().await.expect("oldest"),
+        Some((second, second_at))
+    );
+}
+
 /// Capped counts count each status up to the cap and agree with the full count below it;
 /// deliveries since a time count the delivered events kept.
 pub async fn capped_counts_and_deliveries_since<H: Harness>(h: &H) {
@@ -2138,7 +2167,8 @@ macro_rules! conformance_tests {
             editing_a_dead_event_replays_it_and_keeps_a_note,
             a_paused_type_is_not_delivered_until_resumed,
             capped_counts_and_deliveries_since,
-            pausing_does_not_wait_for_a_locked_claim);
+            pausing_does_not_wait_for_a_locked_claim,
+            the_oldest_pending_event_ignores_delivered_ones);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -848,33 +848,6 @@ async fn the_database_ends_a_locked_claim_past_its_hold() {
     h.cleanup().await;
 }
 
-/// The oldest pending event is found among the pending rows alone: delivered and dead events,
-/// however old, do not count, and nothing pending answers `None`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_oldest_pending_event_ignores_delivered_ones() {
-    let h = PgHarness::new().await;
-    let store = h.store();
-    assert_eq!(store.oldest_pending().await.unwrap(), None);
-    let first = h.emit(vec![upload(1)], true).await.unwrap()[0].id();
-    h.clock().advance(Duration::from_secs(5));
-    let second = h.emit(vec![upload(2)], true).await.unwrap()[0].id();
-    let second_at = store.fetch(second).await.unwrap().created_at;
-    let (lease, claimed) = store
-        .claim_for("w", 1, GUARD, h.clock().now_utc())
-        .await
-        .unwrap();
-    assert_eq!(claimed[0].id, first);
-    store
-        .ack(lease.id, &[first], h.clock().now_utc())
-        .await
-        .unwrap();
-    assert_eq!(
-        store.oldest_pending().await.unwrap(),
-        Some((second, second_at))
-    );
-    h.cleanup().await;
-}
-
 /// A statement PostgreSQL cancels for running past the connection's `statement_timeout` is
 /// `StoreError::TimedOut`, not a generic backend failure (the admin bounds its queries so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
