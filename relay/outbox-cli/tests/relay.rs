@@ -15,7 +15,8 @@ use outbox_tests::harness::{PgHarness, database_url, foreign_row, traced_event};
 mod common;
 
 use common::{
-    Killed, admin_process, config_file, free_port, get, log_lines, stdout_of, wait_for, which,
+    Killed, admin_process, config_file, free_port, get, log_lines, relay_process, stdout_of,
+    wait_for, which,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -1136,19 +1137,11 @@ async fn the_admin_is_served_by_its_command_and_by_the_relay() {
             h.schema()
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["relay", "--config"])
-        .arg(&file)
-        .env("DATABASE_URL", &url)
-        .env("OUTBOX_ADMIN_TOKEN", "0123456789abcdef-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let relay = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "relay started", 1, &mut log);
+    let relay = relay_process(
+        &file,
+        &url,
+        &[("OUTBOX_ADMIN_TOKEN", "0123456789abcdef-token")],
+    );
     let login = get(http, "/admin");
     assert!(
         login.contains(" 303 ") && login.contains("/admin/login"),

@@ -280,6 +280,25 @@ pub fn admin_process(args: &[&str]) -> (Killed, u16, Vec<String>) {
     (admin, port, log)
 }
 
+/// `outbox relay --config file` on the database `url`, with the variables `env`, started: the
+/// process (killed when dropped), once its log says "relay started".
+pub fn relay_process(file: &std::path::Path, url: &str, env: &[(&str, &str)]) -> Killed {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["relay", "--config"])
+        .arg(file)
+        .env("DATABASE_URL", url)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let relay = Killed(child);
+    let mut log = Vec::new();
+    wait_for(&lines, "relay started", 1, &mut log);
+    relay
+}
+
 /// `ops:correct-horse-battery` for HTTP basic auth.
 const BASIC: &str = "Basic b3BzOmNvcnJlY3QtaG9yc2UtYmF0dGVyeQ==";
 
@@ -315,21 +334,14 @@ pub async fn admin_pages_on<S: outbox_core::OutboxStore>(
              admin = true\n[[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n"
         ),
     );
-    let url = target[1];
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
-        .args(["relay", "--config"])
-        .arg(&file)
-        .env("DATABASE_URL", url)
-        .env("OUTBOX_ADMIN_USER", "ops")
-        .env("OUTBOX_ADMIN_PASSWORD", "correct-horse-battery")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let relay = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "relay started", 1, &mut log);
+    let relay = relay_process(
+        &file,
+        target[1],
+        &[
+            ("OUTBOX_ADMIN_USER", "ops"),
+            ("OUTBOX_ADMIN_PASSWORD", "correct-horse-battery"),
+        ],
+    );
     let path = format!("/admin/events/{}", ids[1]);
     let refused = get(http, &path);
     assert!(refused.split(' ').nth(1) == Some("401"), "{refused}");
