@@ -179,8 +179,9 @@ async fn an_operator_at_work<H: Harness>(h: &H, url: &str, table: &str, shots: b
     let users = emit_ids(h, (5..7).map(|n| event("user.created", n)).collect()).await;
 
     let http = free_port();
+    // A directory of this run's own: the three stores' sessions run side by side.
     let (dir, file) = config_file(
-        "browser",
+        &format!("browser-{http}"),
         &format!(
             "{table}[relay]\npoll_interval_ms = 100\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin = true\n\
              [[routes]]\npattern = \"*\"\ntransport = \"stdout\"\n"
