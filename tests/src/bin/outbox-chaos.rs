@@ -440,9 +440,15 @@ impl Relays {
         }
     }
 
-    /// SIGTERM to every relay, then waits for each to exit.
+    /// SIGTERM to every relay, then waits for each to exit. A relay restarted a moment ago may
+    /// not have its SIGTERM handler yet (the signal would kill it before its first line of
+    /// code): each gets the signal once the kernel says it catches it (bounded).
     fn stop_all(&mut self) -> Vec<(usize, bool)> {
         for child in self.slots.iter().flatten() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !catches_sigterm(child.id()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = sh("kill", &["-TERM", &child.id().to_string()]);
         }
         let mut exits = Vec::new();
@@ -453,6 +459,20 @@ impl Relays {
         }
         exits
     }
+}
+
+/// Whether process `pid` has a handler for SIGTERM (`SigCgt` in `/proc/PID/status`); false
+/// once it is gone.
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
 
 impl Drop for Relays {
