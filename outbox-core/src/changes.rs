@@ -73,6 +73,12 @@ impl<X: Extra> Changes<X> {
         self.at
     }
 
+    /// Makes every later change happen at `at` instead: for a transaction kept open while its
+    /// rows' events are delivered, whose outcomes happen when they are known.
+    pub fn set_at(&mut self, at: DateTime<Utc>) {
+        self.at = at;
+    }
+
     /// Adds a row as read, unless it was read before (the first reading, with any changes made
     /// to it since, stands); returns whether it was new.
     pub fn read(&mut self, row: Row<X>) -> bool {

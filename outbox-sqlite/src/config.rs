@@ -17,6 +17,7 @@ pub struct SqliteConfig {
     pub(crate) delete_delivered: bool,
     pub(crate) dead_head: DeadHead,
     pub(crate) write_wait: Duration,
+    pub(crate) locked_window: Duration,
 }
 
 impl Default for SqliteConfig {
@@ -27,7 +28,7 @@ impl Default for SqliteConfig {
 
 impl SqliteConfig {
     /// Table `outbox_event`, [`EmitLimits::default`], [`DEFAULT_MAX_ATTEMPTS`] attempts, writers
-    /// waiting up to 5 s for the database.
+    /// waiting up to 5 s for the database, locked claims keeping the write lock up to 5 ms.
     pub fn new() -> Self {
         Self {
             table: "outbox_event".into(),
@@ -36,6 +37,7 @@ impl SqliteConfig {
             delete_delivered: false,
             dead_head: DeadHead::Block,
             write_wait: Duration::from_secs(5),
+            locked_window: Duration::from_millis(5),
         }
     }
 
@@ -100,13 +102,33 @@ impl SqliteConfig {
         self.write_wait
     }
 
+    /// How long a locked claim may keep the database's write lock while its batch is
+    /// delivered (default 5 ms). A batch delivered within it is recorded in the claim's own
+    /// transaction: one write transaction per batch, and nothing to undo if the relay dies,
+    /// because the transaction dies with it. A batch still delivering when it ends is marked
+    /// held and committed, giving the lock back, and recorded by a second transaction at the
+    /// end; after that, the store marks batches at once until a marked batch is delivered
+    /// within the window again, so a slow transport does not keep other writers waiting on
+    /// every batch. Every writer, the application's emits included, waits while a claim holds
+    /// the lock, so this bounds what a claim adds to their latency. Zero marks every batch at
+    /// once.
+    pub fn with_locked_window(mut self, window: Duration) -> Self {
+        self.locked_window = window;
+        self
+    }
+
+    /// How long a locked claim may keep the write lock while its batch is delivered.
+    pub fn locked_window(&self) -> Duration {
+        self.locked_window
+    }
+
     /// The outbox table's name.
     pub fn table(&self) -> &str {
         &self.table
     }
 
-    /// Refuses a table name that is not a plain identifier, a zero write wait, and limits out
-    /// of range.
+    /// Refuses a table name that is not a plain identifier, a zero write wait, a locked
+    /// window not shorter than the write wait, and limits out of range.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let t = &self.table;
         let plain = t
@@ -127,6 +149,15 @@ impl SqliteConfig {
             return Err(ValidationError::new(
                 "write_wait",
                 "must be longer than zero",
+            ));
+        }
+        if self.locked_window >= self.write_wait {
+            return Err(ValidationError::new(
+                "locked_window",
+                format!(
+                    "{:?} must be shorter than the write wait ({:?}): other writers wait for it",
+                    self.locked_window, self.write_wait
+                ),
             ));
         }
         self.limits.validate()
@@ -157,5 +188,17 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field(), "write_wait");
+        let err = SqliteConfig::new()
+            .with_write_wait(Duration::from_millis(100))
+            .with_locked_window(Duration::from_millis(100))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field(), "locked_window");
+        assert!(
+            SqliteConfig::new()
+                .with_locked_window(Duration::ZERO)
+                .validate()
+                .is_ok()
+        );
     }
 }

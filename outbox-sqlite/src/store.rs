@@ -3,6 +3,7 @@
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -93,6 +94,10 @@ pub struct SqliteStore {
     wake: Arc<WakeupSender>,
     /// This process's writers take turns here before they ask SQLite for the write lock.
     turn: Arc<Mutex<()>>,
+    /// Whether a locked batch outlasted its window (see
+    /// [`SqliteConfig::with_locked_window`]) and no marked batch has finished within it
+    /// since: locked claims then mark their batches at once.
+    outlasted: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -107,6 +112,7 @@ impl SqliteStore {
             clock: Arc::new(SystemClock),
             wake: Arc::new(WakeupSender::new()),
             turn: Arc::new(Mutex::new(())),
+            outlasted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -165,6 +171,13 @@ impl SqliteStore {
         self.wake.wake();
     }
 
+    /// Whether a locked claim may keep its transaction open while its batch is delivered: a
+    /// window is set, and the last batch that outlasted it was followed by one delivered
+    /// within it. A slow transport thus costs other writers the window once, not per batch.
+    fn keeps_claims_open(&self) -> bool {
+        !self.config.locked_window().is_zero() && !self.outlasted.load(Ordering::Relaxed)
+    }
+
     fn table(&self) -> &str {
         self.config.table()
     }
@@ -206,11 +219,7 @@ impl SqliteStore {
 
     /// Takes up to `limit` due, unpaused pending events that no locked claim holds, oldest
     /// due first; returns their ids.
-    async fn take_due(
-        &self,
-        work: &mut Work<'_>,
-        limit: usize,
-    ) -> Result<Vec<EventId>, StoreError> {
+    async fn take_due(&self, work: &mut Work, limit: usize) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let sql = format!(
             "SELECT {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
@@ -523,31 +532,48 @@ impl OutboxStore for SqliteStore {
         _now: DateTime<Utc>,
     ) -> Result<LockedClaim, StoreError> {
         validate_hold(hold)?;
-        let number = Uuid::now_v7();
-        let (ids, events, rows) = if limit == 0 {
-            (Vec::new(), Vec::new(), Vec::new())
-        } else {
-            let mut work = Work::begin(self).await?;
-            let until = add_time(work.at, hold);
-            let ids = self.take_due(&mut work, limit).await?;
-            let events = ids
-                .iter()
-                .filter_map(|id| work.event(*id).cloned())
-                .collect();
-            let rows = work.hold(&ids, number, until).await?;
-            work.commit().await?;
-            (ids, events, rows)
-        };
-        let batch = Box::new(SqliteLockedBatch {
+        let mut batch = SqliteLockedBatch {
             store: self.clone(),
             holder: holder.to_owned(),
             hold,
-            number,
-            open: !ids.is_empty(),
-            ids,
-            rows,
-        });
-        Ok(LockedClaim { events, batch })
+            number: Uuid::now_v7(),
+            ids: Vec::new(),
+            held: Arc::new(Mutex::new(Held::Done)),
+            claimed: tokio::time::Instant::now(),
+        };
+        if limit == 0 {
+            return Ok(LockedClaim {
+                events: Vec::new(),
+                batch: Box::new(batch),
+            });
+        }
+        let mut work = Work::begin(self).await?;
+        let ids = self.take_due(&mut work, limit).await?;
+        if ids.is_empty() {
+            work.commit().await?;
+            return Ok(LockedClaim {
+                events: Vec::new(),
+                batch: Box::new(batch),
+            });
+        }
+        let events = ids
+            .iter()
+            .filter_map(|id| work.event(*id).cloned())
+            .collect();
+        batch.ids = ids;
+        if self.keeps_claims_open() {
+            batch.held = Arc::new(Mutex::new(Held::Open(Box::new(work))));
+            batch.mark_after(self.config.locked_window());
+        } else {
+            let until = add_time(work.at, hold);
+            let rows = work.hold(&batch.ids, batch.number, until).await?;
+            work.commit().await?;
+            batch.held = Arc::new(Mutex::new(Held::Marked(rows)));
+        }
+        Ok(LockedClaim {
+            events,
+            batch: Box::new(batch),
+        })
     }
 
     async fn delete_events(
@@ -753,18 +779,32 @@ impl OutboxStore for SqliteStore {
     }
 }
 
-/// A locked claim on SQLite: its events stay pending, marked with the claim's number and
-/// when its hold ends (on the store's clock); every claim skips a marked event until then.
+/// A locked claim on SQLite. Its events stay pending to every reader while it holds them,
+/// first by the claim's own write transaction, kept open (nothing else can write the file, so
+/// nothing can touch them), then, if the batch outlasts the store's locked window, by marks:
+/// the claim's number and when its hold ends (on the store's clock), committed, which every
+/// claim and every other writer respects until then.
 struct SqliteLockedBatch {
     store: SqliteStore,
     holder: String,
     hold: Duration,
     number: Uuid,
     ids: Vec<EventId>,
-    /// The claimed rows as read (and marked): no one changes them while the hold lasts.
-    rows: Vec<crate::row::Stored>,
-    /// Whether dropping still has to give the events back.
-    open: bool,
+    held: Arc<Mutex<Held>>,
+    /// When it was claimed, to tell whether its deliveries fit in the store's window.
+    claimed: tokio::time::Instant,
+}
+
+/// How a locked batch holds its events.
+enum Held {
+    /// By the claim's write transaction, still open, with the rows it read.
+    Open(Box<Work>),
+    /// By marks, committed; the rows as read and marked (no one changes them while the hold
+    /// lasts).
+    Marked(Vec<crate::row::Stored>),
+    /// Not at all: settled, given back, or the marking failed (the claim's transaction was
+    /// rolled back and the events are claimable again, untried).
+    Done,
 }
 
 fn hold_ended() -> StoreError {
@@ -774,11 +814,41 @@ fn hold_ended() -> StoreError {
 }
 
 impl SqliteLockedBatch {
+    /// Once `window` has passed, marks the events held and commits the claim's transaction if
+    /// it is still open, so the batch stops keeping every other writer waiting.
+    fn mark_after(&self, window: Duration) {
+        let held = Arc::clone(&self.held);
+        let store = self.store.clone();
+        let ids = self.ids.clone();
+        let (number, hold) = (self.number, self.hold);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let mut held = held.lock().await;
+            let Held::Open(mut work) = std::mem::replace(&mut *held, Held::Done) else {
+                return;
+            };
+            store.outlasted.store(true, Ordering::Relaxed);
+            let marked = async {
+                let until = add_time(store.now(), hold);
+                let rows = work.hold(&ids, number, until).await?;
+                work.commit().await?;
+                Ok::<_, StoreError>(rows)
+            };
+            match marked.await {
+                Ok(rows) => *held = Held::Marked(rows),
+                Err(error) => {
+                    tracing::warn!(%error, "a locked batch that outlasted its window could not be marked held; its events come back untried");
+                    store.wake();
+                }
+            }
+        });
+    }
+
     /// Fails unless every event of the batch is still under its hold at the transaction's
     /// clock reading. With `until`, restarts the hold to end then.
-    async fn held(
+    async fn marked(
         &self,
-        work: &mut Work<'_>,
+        work: &mut Work,
         until: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         let t = self.store.table();
@@ -828,43 +898,14 @@ impl SqliteLockedBatch {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl LockedBatch for SqliteLockedBatch {
-    async fn keep(&mut self) -> Result<(), StoreError> {
-        if self.ids.is_empty() {
-            return Ok(());
-        }
-        let mut work = Work::begin(&self.store).await?;
-        let until = add_time(work.at, self.hold);
-        self.held(&mut work, Some(until)).await?;
-        work.commit().await?;
-        for stored in &mut self.rows {
-            stored.extra = crate::row::Hold(Some((self.number, until)));
-        }
-        Ok(())
-    }
-
-    async fn finish(
-        mut self: Box<Self>,
+    /// Records `settlement` in `work`, which holds the batch's rows as read, and commits.
+    async fn record(
+        &self,
+        mut work: Work,
         settlement: &Settlement,
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        settlement.validate()?;
-        if self.ids.is_empty() {
-            // It holds nothing: every event named was not its to settle.
-            return Ok(settlement
-                .ids()
-                .map(|id| Recorded {
-                    id,
-                    outcome: Outcome::LeaseLost,
-                })
-                .collect());
-        }
-        let mut work = Work::begin(&self.store).await?;
-        self.held(&mut work, None).await?;
-        work.keep_rows(std::mem::take(&mut self.rows))?;
         let at = work.at;
         let delete_delivered = self.store.config.delete_delivered();
         let recorded = settle(
@@ -894,7 +935,6 @@ impl LockedBatch for SqliteLockedBatch {
             }
         }
         work.commit().await?;
-        self.open = false;
         if wakes_workers(&recorded) {
             self.store.wake();
         }
@@ -902,20 +942,109 @@ impl LockedBatch for SqliteLockedBatch {
     }
 }
 
+#[async_trait]
+impl LockedBatch for SqliteLockedBatch {
+    async fn keep(&mut self) -> Result<(), StoreError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let mut held = self.held.lock().await;
+        let rows = match &mut *held {
+            // Nothing can touch the events while the claim's transaction is open.
+            Held::Open(_) => return Ok(()),
+            Held::Marked(rows) => rows,
+            Held::Done => return Err(hold_ended()),
+        };
+        let mut work = Work::begin(&self.store).await?;
+        let until = add_time(work.at, self.hold);
+        self.marked(&mut work, Some(until)).await?;
+        work.commit().await?;
+        for stored in rows {
+            stored.extra = crate::row::Hold(Some((self.number, until)));
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        settlement: &Settlement,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        settlement.validate()?;
+        if self.ids.is_empty() {
+            // It holds nothing: every event named was not its to settle.
+            return Ok(settlement
+                .ids()
+                .map(|id| Recorded {
+                    id,
+                    outcome: Outcome::LeaseLost,
+                })
+                .collect());
+        }
+        let held = std::mem::replace(&mut *self.held.lock().await, Held::Done);
+        match held {
+            Held::Open(mut work) => {
+                // The outcomes happen now, in the claim's own transaction.
+                work.read_clock();
+                self.record(*work, settlement, now).await
+            }
+            Held::Marked(rows) => {
+                let recorded = async {
+                    let mut work = Work::begin(&self.store).await?;
+                    self.marked(&mut work, None).await?;
+                    work.keep_rows(rows)?;
+                    self.record(work, settlement, now).await
+                };
+                let recorded = recorded.await;
+                if self.claimed.elapsed() < self.store.config.locked_window() {
+                    // Delivered within the window: the next claims may keep theirs open again.
+                    self.store.outlasted.store(false, Ordering::Relaxed);
+                }
+                if recorded.is_err() {
+                    // Not settled: dropping gives the marked events back.
+                    *self.held.lock().await = Held::Marked(Vec::new());
+                }
+                recorded
+            }
+            Held::Done => Err(hold_ended()),
+        }
+    }
+}
+
 impl Drop for SqliteLockedBatch {
     fn drop(&mut self) {
-        if !self.open {
+        if self.ids.is_empty() {
             return;
+        }
+        // An open claim is rolled back at once, by dropping its transaction.
+        if let Ok(mut held) = self.held.try_lock() {
+            match std::mem::replace(&mut *held, Held::Done) {
+                Held::Open(work) => {
+                    drop(work);
+                    self.store.wake();
+                    return;
+                }
+                Held::Done => return,
+                marked @ Held::Marked(_) => *held = marked,
+            }
         }
         // Gives the events back now, in the background; without a runtime to run on, the hold
         // runs out on its own.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let held = Arc::clone(&self.held);
         let store = self.store.clone();
         let number = self.number;
         let ids = std::mem::take(&mut self.ids);
         runtime.spawn(async move {
+            let taken = std::mem::replace(&mut *held.lock().await, Held::Done);
+            if !matches!(taken, Held::Marked(_)) {
+                // Rolled back as it dropped (it was still open), or already given back.
+                drop(taken);
+                store.wake();
+                return;
+            }
             let given_back = async {
                 let mut tx = store.begin_write().await?;
                 for chunk in ids.chunks(crate::work::ID_CHUNK) {

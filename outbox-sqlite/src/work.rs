@@ -45,8 +45,8 @@ pub(crate) fn as_int(n: u32) -> i64 {
 }
 
 /// An open write transaction of the store with the rows it read for change.
-pub(crate) struct Work<'s> {
-    store: &'s SqliteStore,
+pub(crate) struct Work {
+    store: SqliteStore,
     pub(crate) tx: WriteTx,
     /// The store's clock reading for this operation: every transition happens at it.
     pub(crate) at: DateTime<Utc>,
@@ -62,14 +62,14 @@ pub(crate) struct Work<'s> {
     gone_unreadable: Vec<EventId>,
 }
 
-impl<'s> Work<'s> {
+impl Work {
     /// Begins a write transaction (after this process's other writers, then any other
     /// process's), at the store's clock reading.
-    pub(crate) async fn begin(store: &'s SqliteStore) -> Result<Self, StoreError> {
+    pub(crate) async fn begin(store: &SqliteStore) -> Result<Self, StoreError> {
         let tx = store.begin_write().await?;
         let at = store.now();
         Ok(Self {
-            store,
+            store: store.clone(),
             tx,
             at,
             changes: Changes::new(at, store.config().dead_head()),
@@ -80,7 +80,14 @@ impl<'s> Work<'s> {
         })
     }
 
-    fn table(&self) -> &'s str {
+    /// Reads the store's clock again: every later change happens at the new reading (a claim's
+    /// transaction kept open across its deliveries records their outcomes when they are known).
+    pub(crate) fn read_clock(&mut self) {
+        self.at = self.store.now();
+        self.changes.set_at(self.at);
+    }
+
+    fn table(&self) -> &str {
         self.store.config().table()
     }
 
@@ -289,7 +296,7 @@ impl<'s> Work<'s> {
         let Some(key) = self.event(id).and_then(|e| e.ordering_key.clone()) else {
             return Ok(());
         };
-        let table = self.table();
+        let table = &self.table().to_owned();
         let keys = BTreeSet::from([key.clone()]);
         let (head, place) = read_keys(&mut self.tx, table, &keys)
             .await?
@@ -312,7 +319,7 @@ impl<'s> Work<'s> {
             return Ok(false);
         };
         let keys = BTreeSet::from([key.clone()]);
-        let table = self.table();
+        let table = &self.table().to_owned();
         let heads = read_keys(&mut self.tx, table, &keys).await?;
         Ok(heads.get(&key).and_then(|(head, _)| *head) == Some(id))
     }
@@ -320,7 +327,7 @@ impl<'s> Work<'s> {
     /// Moves on every key whose head gave it up: its first waiting event is promoted, or the
     /// key's row goes.
     async fn release_keys(&mut self) -> Result<(), StoreError> {
-        let table = self.table();
+        let table = &self.table().to_owned();
         loop {
             let leaving = self.changes.take_leaving();
             if leaving.is_empty() {
@@ -378,7 +385,7 @@ impl<'s> Work<'s> {
         self.release_keys().await?;
         // Rows whose changes are alike (a batch delivered, say) go back in one narrow statement
         // per kind of change; a batch of unlike changes in one statement of every column.
-        let table = self.store.config().table();
+        let table = &self.store.config().table().to_owned();
         let dirty = self.changes.take_dirty();
         let mut alike: BTreeMap<Vec<(&'static str, Cell)>, Vec<&Stored>> = BTreeMap::new();
         for row in dirty {
@@ -614,7 +621,7 @@ async fn write_back(
 }
 
 #[async_trait::async_trait]
-impl RowWork for Work<'_> {
+impl RowWork for Work {
     fn at(&self) -> DateTime<Utc> {
         self.at
     }

@@ -19,3 +19,11 @@ mod keyword_table {
         |c| c.with_table("order")
     ));
 }
+
+/// The whole suite again with locked claims marking their batches as they claim them (no
+/// window): the way a batch is held once it outlasts the store's window.
+mod marked_at_once {
+    outbox_tests::conformance_tests!(outbox_tests::harness::SqliteHarness::with_config(
+        |c| c.with_locked_window(std::time::Duration::ZERO)
+    ));
+}

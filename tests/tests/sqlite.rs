@@ -203,6 +203,133 @@ async fn two_processes_share_one_file() {
     h.cleanup().await;
 }
 
+/// How many events carry a locked claim's committed mark, as another process reads the file.
+async fn marked(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_event WHERE hold_id IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// A locked batch delivered within the store's window is held by the claim's own write
+/// transaction: nothing is written until its outcomes are, in that transaction, and the write
+/// lock is the claim's meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_batch_within_its_window_is_recorded_by_the_claims_own_transaction() {
+    let h = SqliteHarness::with_config(|c| {
+        c.with_write_wait(Duration::from_secs(30))
+            .with_locked_window(Duration::from_secs(20))
+    })
+    .await;
+    let store = h.store();
+    let impatient = SqliteStore::connect(
+        &format!("sqlite://{}", h.path().display()),
+        SqliteConfig::new().with_write_wait(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let now = h.clock().now_utc();
+    h.emit((0..3).map(upload).collect(), true).await.unwrap();
+    let claim = store.claim_locked("w", 10, LEASE, now).await.unwrap();
+    assert_eq!(claim.events.len(), 3);
+    assert_eq!(
+        marked(&impatient).await,
+        0,
+        "a claim in its window marked its events"
+    );
+    assert_eq!(impatient.count_by_status().await.unwrap().pending, 3);
+    match impatient.begin().await {
+        Err(e @ StoreError::Unavailable { .. }) => assert!(e.is_retryable(), "{e}"),
+        Err(other) => panic!("expected Unavailable while the claim is open, got {other:?}"),
+        Ok(_) => panic!("another process wrote while a locked claim held its transaction open"),
+    }
+    let ids = claim.events.iter().map(|e| e.id).collect::<Vec<_>>();
+    let recorded = claim
+        .batch
+        .finish(
+            &outbox_core::Settlement {
+                delivered: ids.clone(),
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 3);
+    for id in ids {
+        let event = impatient.get(id).await.unwrap().unwrap();
+        assert_eq!(event.status(), outbox_core::Status::Delivered);
+        assert_eq!(event.attempts(), 1);
+    }
+    assert_eq!(marked(&impatient).await, 0);
+    impatient.pool().close().await;
+    h.cleanup().await;
+}
+
+/// A locked batch still delivering when the store's window ends stops keeping other writers
+/// waiting: its events are marked held and the claim's transaction committed, so another
+/// process writes and claims (skipping them) while it delivers; then the store marks the next
+/// batch at once, and both batches still settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_batch_that_outlasts_its_window_gives_the_write_lock_back() {
+    let h = SqliteHarness::with_config(|c| c.with_locked_window(Duration::from_millis(50))).await;
+    let (store, other) = (h.store(), h.second_process().await);
+    let now = h.clock().now_utc();
+    h.emit((0..2).map(upload).collect(), true).await.unwrap();
+    let slow = store.claim_locked("slow", 10, LEASE, now).await.unwrap();
+    assert_eq!(slow.events.len(), 2);
+    // Waits for the write lock, which the slow batch gives back when its window ends.
+    let mut tx = other.begin().await.unwrap();
+    let third = tx.emit(upload(2)).await.unwrap().id();
+    tx.commit().await.unwrap();
+    assert_eq!(marked(&other).await, 2);
+    let quick = other.claim_locked("quick", 10, LEASE, now).await.unwrap();
+    assert_eq!(
+        quick.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![third]
+    );
+    quick
+        .batch
+        .finish(
+            &outbox_core::Settlement {
+                delivered: vec![third],
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    // A batch outlasted the window: the next one is marked as it is claimed.
+    h.emit(vec![upload(3)], true).await.unwrap();
+    let next = store.claim_locked("next", 10, LEASE, now).await.unwrap();
+    assert_eq!(next.events.len(), 1);
+    assert_eq!(
+        marked(&other).await,
+        3,
+        "the claim after a slow batch did not mark at once"
+    );
+    for claim in [slow, next] {
+        let ids: Vec<_> = claim.events.iter().map(|e| e.id).collect();
+        let recorded = claim
+            .batch
+            .finish(
+                &outbox_core::Settlement {
+                    delivered: ids.clone(),
+                    ..Default::default()
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(recorded.len(), ids.len());
+    }
+    let counts = other.count_by_status().await.unwrap();
+    assert_eq!((counts.delivered, counts.total()), (4, 4));
+    assert_eq!(marked(&other).await, 0);
+    other.pool().close().await;
+    h.cleanup().await;
+}
+
 /// A database another process keeps busy is waited for up to the write wait, then refused as
 /// retryable; once it is free, the same write goes through. Reads never wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
