@@ -6,16 +6,19 @@
 //! neither side busy-waits on SQLite's lock.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use outbox_core::Emit;
+use hdrhistogram::Histogram;
+use outbox_core::{Emit, NewEvent};
 use outbox_sqlite::{SqliteConfig, SqliteStore, connect_options};
 use outbox_worker::ClaimMode;
 use sqlx::sqlite::{SqliteArguments, SqlitePoolOptions};
 use sqlx::{Arguments, AssertSqlSafe, Row, SqlitePool};
 use uuid::Uuid;
 
+use crate::latency::ms;
 use crate::memory::payload;
 use crate::pg::event;
 use crate::{Args, BenchError, Summary, pair, per_second};
@@ -27,6 +30,9 @@ const BUSINESS: &str = "outbox_bench_business";
 struct Setup {
     /// The store's pool (its writers take turns inside the store).
     store: SqliteStore,
+    /// The same table and pool, locked claims marking every batch at once (no window): how a
+    /// batch is held once it outlasts the window.
+    marked: SqliteStore,
     /// The baseline's pool, the same size as the store's.
     writer: SqlitePool,
     /// The baseline's writers take turns here, so they queue instead of busy-waiting.
@@ -54,8 +60,15 @@ async fn setup() -> Result<Setup, BenchError> {
     )))
     .execute(store.pool())
     .await?;
+    let marked = SqliteStore::new(
+        store.pool().clone(),
+        SqliteConfig::new()
+            .with_table(TABLE)
+            .with_locked_window(Duration::ZERO),
+    )?;
     Ok(Setup {
         store,
+        marked,
         writer,
         turn: Arc::new(tokio::sync::Mutex::new(())),
         path,
@@ -74,14 +87,21 @@ async fn truncate(s: &Setup) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The baseline's insert of events numbered `range`: one multi-row statement.
+/// How far in the future events emitted during a drain are due: the drain leaves them alone,
+/// so it ends when its backlog does.
+const LATER_MICROS: i64 = 3_600_000_000;
+
+/// The baseline's insert of events numbered `range`, due now or (`later`) in an hour: one
+/// multi-row statement.
 async fn raw_insert(
     conn: &mut sqlx::SqliteConnection,
     range: std::ops::Range<usize>,
     bytes: usize,
+    later: bool,
 ) -> Result<(), BenchError> {
     let mut args = SqliteArguments::default();
     let now = Utc::now().timestamp_micros();
+    let due = if later { now + LATER_MICROS } else { now };
     let mut values = Vec::new();
     for n in range {
         args.add(Uuid::now_v7())?;
@@ -89,7 +109,7 @@ async fn raw_insert(
         args.add("upload")?;
         args.add(n.to_string())?;
         args.add(serde_json::to_string(&payload(n, bytes))?)?;
-        args.add(now)?;
+        args.add(due)?;
         args.add(now)?;
         args.add(now)?;
         values.push("(?, ?, ?, ?, ?, '{}', 'pending', 0, 10, ?, ?, ?)");
@@ -113,29 +133,90 @@ async fn produce(
     bytes: usize,
     base: usize,
 ) -> Result<(), BenchError> {
-    let business = format!("INSERT INTO {BUSINESS} (name) VALUES (?)");
+    let store = if raw { None } else { Some(&s.store) };
     for t in 0..txs {
-        let n = base + t;
-        if raw {
+        transaction(s, store, base + t, bytes, false).await?;
+    }
+    Ok(())
+}
+
+/// One producer transaction, event number `n`, due now or (`later`) in an hour: through
+/// `store`, or by hand (on the baseline's pool, in turn with its other writers) without one.
+async fn transaction(
+    s: &Setup,
+    store: Option<&SqliteStore>,
+    n: usize,
+    bytes: usize,
+    later: bool,
+) -> Result<(), BenchError> {
+    let business = format!("INSERT INTO {BUSINESS} (name) VALUES (?)");
+    match store {
+        None => {
             let _turn = s.turn.lock().await;
             let mut tx = s.writer.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query(AssertSqlSafe(business.clone()))
+            sqlx::query(AssertSqlSafe(business))
                 .bind("upload")
                 .execute(&mut *tx)
                 .await?;
-            raw_insert(&mut tx, n..n + 1, bytes).await?;
+            raw_insert(&mut tx, n..n + 1, bytes, later).await?;
             tx.commit().await?;
-        } else {
-            let mut tx = s.store.begin().await?;
-            sqlx::query(AssertSqlSafe(business.clone()))
+        }
+        Some(store) => {
+            let mut tx = store.begin().await?;
+            sqlx::query(AssertSqlSafe(business))
                 .bind("upload")
                 .execute(&mut *tx)
                 .await?;
-            tx.emit(event(n, bytes)?).await?;
+            let event = if later {
+                let at = Utc::now() + chrono::Duration::microseconds(LATER_MICROS);
+                NewEvent::builder("file.stored", "upload", n.to_string())
+                    .payload(payload(n, bytes))
+                    .deliver_after(at)
+                    .build()?
+            } else {
+                event(n, bytes)?
+            };
+            tx.emit(event).await?;
             tx.commit().await?;
         }
     }
     Ok(())
+}
+
+/// What one producer's transactions take (µs) while a relay drains half of `backlog`: the
+/// store's own relay with its producer on the same store, or (`store` none) the hand-written
+/// one-step relay beside hand-written producers. Both sides' writers take turns in-process;
+/// the producer's events are due in an hour, so the drain ends with its backlog.
+async fn emit_while_draining(
+    s: &Arc<Setup>,
+    store: Option<&SqliteStore>,
+    backlog: usize,
+) -> Result<Histogram<u64>, BenchError> {
+    truncate(s).await?;
+    fill(s, backlog / 2).await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (s, done, store) = (Arc::clone(s), Arc::clone(&done), store.cloned());
+        tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3)?;
+            let mut n = backlog;
+            while !done.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                transaction(&s, store.as_ref(), n, 256, true).await?;
+                histogram.record(started.elapsed().as_micros() as u64)?;
+                n += 1;
+            }
+            Ok::<_, BenchError>(histogram)
+        })
+    };
+    let drained = match store {
+        Some(store) => pair::drain(store, ClaimMode::Locked, 4, 100).await,
+        None => drain_raw(s, 4, 100, false).await,
+    };
+    done.store(true, Ordering::Relaxed);
+    let histogram = producer.await??;
+    drained?;
+    Ok(histogram)
 }
 
 /// Fills both tables with `backlog` pending events each.
@@ -147,7 +228,7 @@ async fn fill(s: &Setup, backlog: usize) -> Result<(), BenchError> {
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = s.store.begin().await?;
         tx.emit_all(events).await?;
-        raw_insert(&mut tx, chunk..end, 256).await?;
+        raw_insert(&mut tx, chunk..end, 256, false).await?;
         tx.commit().await?;
     }
     sqlx::raw_sql("ANALYZE").execute(&s.writer).await?;
@@ -245,6 +326,7 @@ async fn drain_raw(
 /// rounds each side going first once; returns both rates in events/s.
 async fn relay_pair(
     s: &Setup,
+    store: &SqliteStore,
     mode: ClaimMode,
     two_step: bool,
     workers: usize,
@@ -259,7 +341,7 @@ async fn relay_pair(
         if raw {
             drain_raw(s, workers, batch, two_step).await
         } else {
-            pair::drain(&s.store, mode, workers, batch).await
+            pair::drain(store, mode, workers, batch).await
         }
     })
     .await
@@ -298,7 +380,7 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
         }
     }
     for (mode, name) in [(ClaimMode::Locked, "locked"), (ClaimMode::Lease, "lease")] {
-        let (o, r) = relay_pair(&s, mode, false, 4, 100, backlog).await?;
+        let (o, r) = relay_pair(&s, &s.store, mode, false, 4, 100, backlog).await?;
         summary.put(&format!("sqlite.relay_{name}_events_per_s"), o, "events/s");
         summary.put(
             &format!("sqlite.relay_{name}_raw_events_per_s"),
@@ -310,11 +392,31 @@ pub async fn run(args: &Args, summary: &mut Summary) -> Result<(), BenchError> {
             summary.put("sqlite.relay_ratio", o / r, "outbox/raw");
         }
     }
-    // Beside the hand-written relay that, like the outbox, commits a batch's claim before
-    // delivering it.
-    let (o, r) = relay_pair(&s, ClaimMode::Locked, true, 4, 100, backlog).await?;
+    // Batches marked as they are claimed, as a slow transport's are, beside the hand-written
+    // relay that, like them, commits a batch's claim before delivering it.
+    let (o, r) = relay_pair(&s, &s.marked, ClaimMode::Locked, true, 4, 100, backlog).await?;
+    summary.put("sqlite.relay_marked_events_per_s", o, "events/s");
     summary.put("sqlite.relay_two_step_raw_events_per_s", r, "events/s");
-    summary.put("sqlite.relay_two_step_ratio", o / r, "outbox/raw");
+    summary.put("sqlite.relay_marked_ratio", o / r, "outbox/raw");
+    // What producers pay while the relay holds the write lock: the store's window, every batch
+    // marked at once, and the hand-written one-step relay, which holds it for its whole batch.
+    for (name, store) in [
+        ("locked", Some(&s.store)),
+        ("marked", Some(&s.marked)),
+        ("raw", None),
+    ] {
+        let h = emit_while_draining(&s, store, backlog).await?;
+        summary.put(
+            &format!("sqlite.emit_while_draining_{name}_p50_ms"),
+            ms(&h, 0.5),
+            "ms",
+        );
+        summary.put(
+            &format!("sqlite.emit_while_draining_{name}_p99_ms"),
+            ms(&h, 0.99),
+            "ms",
+        );
+    }
     s.store.pool().close().await;
     s.writer.close().await;
     for suffix in ["", "-wal", "-shm"] {
