@@ -94,6 +94,9 @@ pub struct SqliteStore {
     wake: Arc<WakeupSender>,
     /// This process's writers take turns here before they ask SQLite for the write lock.
     turn: Arc<Mutex<()>>,
+    /// Claims queue here before they take their turn, so that one at a time waits among the
+    /// writers (see [`begin_claim`](Self::begin_claim)).
+    claims: Arc<Mutex<()>>,
     /// Whether a locked batch outlasted its window (see
     /// [`SqliteConfig::with_locked_window`]) and no marked batch has finished within it
     /// since: locked claims then mark their batches at once.
@@ -112,6 +115,7 @@ impl SqliteStore {
             clock: Arc::new(SystemClock),
             wake: Arc::new(WakeupSender::new()),
             turn: Arc::new(Mutex::new(())),
+            claims: Arc::new(Mutex::new(())),
             outlasted: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -203,18 +207,25 @@ impl SqliteStore {
         let wait = self.config.write_wait();
         let turn = tokio::time::timeout(wait, self.turn.clone().lock_owned())
             .await
-            .map_err(|_| StoreError::Unavailable {
-                source: format!(
-                    "another write transaction of this process held the database for {wait:?}"
-                )
-                .into(),
-            })?;
+            .map_err(|_| held_for(wait))?;
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error)?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Begins a claim's write transaction. Claims first queue among themselves, so at most one
+    /// of them waits among the process's writers at a time: an application's write waits for
+    /// the claim holding the database and at most one more, not for every worker's batch in
+    /// turn (a locked claim can hold the database for its window).
+    async fn begin_claim(&self) -> Result<Work, StoreError> {
+        let wait = self.config.write_wait();
+        let _claims = tokio::time::timeout(wait, self.claims.lock())
+            .await
+            .map_err(|_| held_for(wait))?;
+        Work::begin(self).await
     }
 
     /// Takes up to `limit` due, unpaused pending events that no locked claim holds, oldest
@@ -324,7 +335,7 @@ impl OutboxStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut work = Work::begin(self).await?;
+        let mut work = self.begin_claim().await?;
         let at = work.at;
         let ids = self.take_due(&mut work, limit).await?;
         let claim = Transition::Claim {
@@ -547,7 +558,7 @@ impl OutboxStore for SqliteStore {
                 batch: Box::new(batch),
             });
         }
-        let mut work = Work::begin(self).await?;
+        let mut work = self.begin_claim().await?;
         let ids = self.take_due(&mut work, limit).await?;
         if ids.is_empty() {
             work.commit().await?;
@@ -805,6 +816,14 @@ enum Held {
     /// Not at all: settled, given back, or the marking failed (the claim's transaction was
     /// rolled back and the events are claimable again, untried).
     Done,
+}
+
+/// Another writer of this process kept the database past the write wait.
+fn held_for(wait: Duration) -> StoreError {
+    StoreError::Unavailable {
+        source: format!("another write transaction of this process held the database for {wait:?}")
+            .into(),
+    }
 }
 
 fn hold_ended() -> StoreError {

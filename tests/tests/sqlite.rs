@@ -330,6 +330,76 @@ async fn a_locked_batch_that_outlasts_its_window_gives_the_write_lock_back() {
     h.cleanup().await;
 }
 
+/// While the workers' claims queue for the database, an application's write waits for the
+/// claim that holds it and at most one more, not for every queued claim in turn.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_waits_behind_at_most_one_queued_claim() {
+    let h = SqliteHarness::with_config(|c| {
+        c.with_write_wait(Duration::from_secs(30))
+            .with_locked_window(Duration::from_secs(20))
+    })
+    .await;
+    let store = h.store();
+    let now = h.clock().now_utc();
+    h.emit((0..3).map(upload).collect(), true).await.unwrap();
+    let first = store.claim_locked("first", 1, LEASE, now).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let claimer = |name: &'static str| {
+        let (store, order) = (store.clone(), Arc::clone(&order));
+        tokio::spawn(async move {
+            let claim = store.claim_locked(name, 1, LEASE, now).await.unwrap();
+            order.lock().unwrap().push(name);
+            let delivered = claim.events.iter().map(|e| e.id).collect();
+            claim
+                .batch
+                .finish(
+                    &outbox_core::Settlement {
+                        delivered,
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+        })
+    };
+    let (second, third) = (claimer("second"), claimer("third"));
+    let write = {
+        let (store, order) = (store.clone(), Arc::clone(&order));
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            order.lock().unwrap().push("write");
+            tx.emit(upload(3)).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    // Each of them runs until it waits for its turn, in the order spawned.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "a writer went ahead of an open claim"
+    );
+    let delivered = first.events.iter().map(|e| e.id).collect();
+    first
+        .batch
+        .finish(
+            &outbox_core::Settlement {
+                delivered,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    for task in [second, third, write] {
+        task.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["second", "write", "third"]);
+    h.cleanup().await;
+}
+
 /// A database another process keeps busy is waited for up to the write wait, then refused as
 /// retryable; once it is free, the same write goes through. Reads never wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
