@@ -572,6 +572,7 @@ impl OutboxStore for SqliteStore {
             .filter_map(|id| work.event(*id).cloned())
             .collect();
         batch.ids = ids;
+        batch.claimed = tokio::time::Instant::now();
         if self.keeps_claims_open() {
             batch.held = Arc::new(Mutex::new(Held::Open(Box::new(work))));
             batch.mark_after(self.config.locked_window());
@@ -802,7 +803,7 @@ struct SqliteLockedBatch {
     number: Uuid,
     ids: Vec<EventId>,
     held: Arc<Mutex<Held>>,
-    /// When it was claimed, to tell whether its deliveries fit in the store's window.
+    /// When its events were read, to tell whether their deliveries fit in the store's window.
     claimed: tokio::time::Instant,
 }
 
@@ -1008,6 +1009,10 @@ impl LockedBatch for SqliteLockedBatch {
                 self.record(*work, settlement, now).await
             }
             Held::Marked(rows) => {
+                if self.claimed.elapsed() < self.store.config.locked_window() {
+                    // Delivered within the window: the next claims may keep theirs open again.
+                    self.store.outlasted.store(false, Ordering::Relaxed);
+                }
                 let recorded = async {
                     let mut work = Work::begin(&self.store).await?;
                     self.marked(&mut work, None).await?;
@@ -1015,10 +1020,6 @@ impl LockedBatch for SqliteLockedBatch {
                     self.record(work, settlement, now).await
                 };
                 let recorded = recorded.await;
-                if self.claimed.elapsed() < self.store.config.locked_window() {
-                    // Delivered within the window: the next claims may keep theirs open again.
-                    self.store.outlasted.store(false, Ordering::Relaxed);
-                }
                 if recorded.is_err() {
                     // Not settled: dropping gives the marked events back.
                     *self.held.lock().await = Held::Marked(Vec::new());
