@@ -129,6 +129,18 @@ pub trait LockedBatch: Send {
     ) -> Result<Vec<Recorded>, StoreError>;
 }
 
+/// What settling a batch that holds no events records, with nothing to touch in the store:
+/// every event named was not its to settle ([`Outcome::LeaseLost`]).
+pub fn held_nothing(settlement: &Settlement) -> Vec<Recorded> {
+    settlement
+        .ids()
+        .map(|id| Recorded {
+            id,
+            outcome: Outcome::LeaseLost,
+        })
+        .collect()
+}
+
 /// Settles a locked batch, the same way on every store: `held` are the batch's events (in
 /// claim order), `holder` and `hold` what it was claimed with, `at` the store's clock reading
 /// and `now` the caller's. Each event of the batch that `settlement` gives an outcome gets

@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 use outbox_core::changes;
 use outbox_core::clock::translate;
 use outbox_core::event::validate_event_type;
-use outbox_core::locked::{settle, validate_hold, wakes_workers};
+use outbox_core::locked::{held_nothing, settle, validate_hold, wakes_workers};
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
-    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
-    PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError,
-    ValidationError, WakeupSender, Wakeups,
+    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, ParkedKey, PausedType, PayloadEdit,
+    Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, ValidationError,
+    WakeupSender, Wakeups,
 };
 use outbox_sql::Dialect;
 use sea_query::{Alias, Expr, MysqlQueryBuilder, Value};
@@ -800,14 +800,7 @@ impl LockedBatch for MySqlLockedBatch {
     ) -> Result<Vec<Recorded>, StoreError> {
         settlement.validate()?;
         if self.ids.is_empty() {
-            // It holds nothing: every event named was not its to settle.
-            return Ok(settlement
-                .ids()
-                .map(|id| Recorded {
-                    id,
-                    outcome: Outcome::LeaseLost,
-                })
-                .collect());
+            return Ok(held_nothing(settlement));
         }
         let mut tx = self.tx.take().ok_or_else(hold_ended)?;
         let at = self.store.now_on(&mut tx).await?;

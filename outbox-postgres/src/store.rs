@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::event::validate_event_type;
-use outbox_core::locked::validate_hold;
+use outbox_core::locked::{held_nothing, validate_hold};
 use outbox_core::{
     Attempt, AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
     LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
@@ -965,13 +965,7 @@ impl LockedBatch for PgLockedBatch {
         let delivered = held(&settlement.delivered);
         let Some(mut tx) = this.tx.take() else {
             // Nothing was claimed: nothing is held.
-            return Ok(settlement
-                .ids()
-                .map(|id| Recorded {
-                    id,
-                    outcome: Outcome::LeaseLost,
-                })
-                .collect());
+            return Ok(held_nothing(settlement));
         };
         note(
             store

@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use outbox_core::changes;
 use outbox_core::clock::{add as add_time, translate};
 use outbox_core::event::validate_event_type;
-use outbox_core::locked::{settle, validate_hold, wakes_workers};
+use outbox_core::locked::{held_nothing, settle, validate_hold, wakes_workers};
 use outbox_core::{
     AuditNote, Clock, EventFilter, EventId, EventPage, Failure, History, Lease, LeaseId,
-    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, Outcome, ParkedKey, PausedType,
-    PayloadEdit, Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock,
-    Transition, ValidationError, WakeupSender, Wakeups,
+    LockedBatch, LockedClaim, OutboxEvent, OutboxStore, ParkedKey, PausedType, PayloadEdit,
+    Reclaimed, Recorded, Settlement, Status, StatusCounts, StoreError, SystemClock, Transition,
+    ValidationError, WakeupSender, Wakeups,
 };
 use outbox_sql::Dialect;
 use sea_query::{Alias, Expr, ExprTrait, SqliteQueryBuilder, Value};
@@ -992,14 +992,7 @@ impl LockedBatch for SqliteLockedBatch {
     ) -> Result<Vec<Recorded>, StoreError> {
         settlement.validate()?;
         if self.ids.is_empty() {
-            // It holds nothing: every event named was not its to settle.
-            return Ok(settlement
-                .ids()
-                .map(|id| Recorded {
-                    id,
-                    outcome: Outcome::LeaseLost,
-                })
-                .collect());
+            return Ok(held_nothing(settlement));
         }
         let held = std::mem::replace(&mut *self.held.lock().await, Held::Done);
         match held {

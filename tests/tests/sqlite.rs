@@ -203,6 +203,23 @@ async fn two_processes_share_one_file() {
     h.cleanup().await;
 }
 
+/// Finishes a locked claim with every event delivered; returns how many were recorded.
+async fn deliver_all(claim: outbox_core::LockedClaim, now: chrono::DateTime<chrono::Utc>) -> usize {
+    let delivered = claim.events.iter().map(|e| e.id).collect();
+    claim
+        .batch
+        .finish(
+            &outbox_core::Settlement {
+                delivered,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
 /// How many events carry a locked claim's committed mark, as another process reads the file.
 async fn marked(store: &SqliteStore) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox_event WHERE hold_id IS NOT NULL")
@@ -244,18 +261,7 @@ async fn a_locked_batch_within_its_window_is_recorded_by_the_claims_own_transact
         Ok(_) => panic!("another process wrote while a locked claim held its transaction open"),
     }
     let ids = claim.events.iter().map(|e| e.id).collect::<Vec<_>>();
-    let recorded = claim
-        .batch
-        .finish(
-            &outbox_core::Settlement {
-                delivered: ids.clone(),
-                ..Default::default()
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    assert_eq!(recorded.len(), 3);
+    assert_eq!(deliver_all(claim, now).await, 3);
     for id in ids {
         let event = impatient.get(id).await.unwrap().unwrap();
         assert_eq!(event.status(), outbox_core::Status::Delivered);
@@ -288,17 +294,7 @@ async fn a_locked_batch_that_outlasts_its_window_gives_the_write_lock_back() {
         quick.events.iter().map(|e| e.id).collect::<Vec<_>>(),
         vec![third]
     );
-    quick
-        .batch
-        .finish(
-            &outbox_core::Settlement {
-                delivered: vec![third],
-                ..Default::default()
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    assert_eq!(deliver_all(quick, now).await, 1);
     // A batch outlasted the window: the next one is marked as it is claimed.
     h.emit(vec![upload(3)], true).await.unwrap();
     let next = store.claim_locked("next", 10, LEASE, now).await.unwrap();
@@ -308,21 +304,8 @@ async fn a_locked_batch_that_outlasts_its_window_gives_the_write_lock_back() {
         3,
         "the claim after a slow batch did not mark at once"
     );
-    for claim in [slow, next] {
-        let ids: Vec<_> = claim.events.iter().map(|e| e.id).collect();
-        let recorded = claim
-            .batch
-            .finish(
-                &outbox_core::Settlement {
-                    delivered: ids.clone(),
-                    ..Default::default()
-                },
-                now,
-            )
-            .await
-            .unwrap();
-        assert_eq!(recorded.len(), ids.len());
-    }
+    assert_eq!(deliver_all(slow, now).await, 2);
+    assert_eq!(deliver_all(next, now).await, 1);
     let counts = other.count_by_status().await.unwrap();
     assert_eq!((counts.delivered, counts.total()), (4, 4));
     assert_eq!(marked(&other).await, 0);
@@ -349,18 +332,7 @@ async fn a_write_waits_behind_at_most_one_queued_claim() {
         tokio::spawn(async move {
             let claim = store.claim_locked(name, 1, LEASE, now).await.unwrap();
             order.lock().unwrap().push(name);
-            let delivered = claim.events.iter().map(|e| e.id).collect();
-            claim
-                .batch
-                .finish(
-                    &outbox_core::Settlement {
-                        delivered,
-                        ..Default::default()
-                    },
-                    now,
-                )
-                .await
-                .unwrap();
+            assert_eq!(deliver_all(claim, now).await, 1);
         })
     };
     let (second, third) = (claimer("second"), claimer("third"));
@@ -381,18 +353,7 @@ async fn a_write_waits_behind_at_most_one_queued_claim() {
         order.lock().unwrap().is_empty(),
         "a writer went ahead of an open claim"
     );
-    let delivered = first.events.iter().map(|e| e.id).collect();
-    first
-        .batch
-        .finish(
-            &outbox_core::Settlement {
-                delivered,
-                ..Default::default()
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    assert_eq!(deliver_all(first, now).await, 1);
     for task in [second, third, write] {
         task.await.unwrap();
     }
