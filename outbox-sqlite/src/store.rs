@@ -89,6 +89,9 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Where reads run when they are bounded ([`with_read_bound`](Self::with_read_bound)): a
+    /// pool of their own whose connections interrupt a statement once the bound has passed.
+    bounded: Option<SqlitePool>,
     config: Arc<SqliteConfig>,
     clock: Arc<dyn Clock>,
     wake: Arc<WakeupSender>,
@@ -111,6 +114,7 @@ impl SqliteStore {
         config.validate()?;
         Ok(Self {
             pool,
+            bounded: None,
             config: Arc::new(config),
             clock: Arc::new(SystemClock),
             wake: Arc::new(WakeupSender::new()),
@@ -143,6 +147,39 @@ impl SqliteStore {
     /// The pool the store uses.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// This store with its reads bounded: a read that has run for `bound` is interrupted and
+    /// fails as [`StoreError::TimedOut`], as PostgreSQL's `statement_timeout` would cancel it.
+    /// SQLite has no statement timeout of its own; the reads run on a pool of their own (two
+    /// connections to the same file) whose connections check the time every few thousand
+    /// steps of a statement. For an operator's queries (the web admin's searches): a search
+    /// the table has no index for then cannot hold a connection for long.
+    ///
+    /// Only reads are bounded ([`get`](OutboxStore::get), [`list`](OutboxStore::list), the
+    /// counts, [`history`](OutboxStore::history), [`parked_keys`](OutboxStore::parked_keys),
+    /// [`paused_types`](OutboxStore::paused_types),
+    /// [`delivered_since`](OutboxStore::delivered_since)). Changes are not: each runs in a
+    /// write transaction over at most a bounded number of events, and interrupting it would
+    /// only roll it back. The clone shares everything else with this store: its writers' turn,
+    /// its wake-ups, its pool for changes.
+    pub fn with_read_bound(&self, bound: Duration) -> Self {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| Box::pin(bound_from_now(conn, bound)))
+            .before_acquire(move |conn, _| {
+                Box::pin(async move { bound_from_now(conn, bound).await.map(|()| true) })
+            })
+            .connect_lazy_with(self.pool.connect_options().as_ref().clone());
+        Self {
+            bounded: Some(pool),
+            ..self.clone()
+        }
+    }
+
+    /// The pool reads run on: the bounded one, if there is one.
+    fn reader(&self) -> &SqlitePool {
+        self.bounded.as_ref().unwrap_or(&self.pool)
     }
 
     /// The store's settings.
@@ -189,7 +226,7 @@ impl SqliteStore {
     /// The reads every SQL store runs alike, on this store's pool.
     fn reads(&self) -> outbox_sql::run::Reads<'_, sqlx::Sqlite, SqliteQueryBuilder> {
         outbox_sql::run::Reads {
-            pool: &self.pool,
+            pool: self.reader(),
             builder: std::marker::PhantomData,
             error: db_error,
             decode: decode_event,
@@ -285,6 +322,26 @@ impl Dialect for SqliteDialect {
             [Value::from(len), Value::from(prefix.as_bytes().to_vec())],
         )
     }
+}
+
+/// Steps of SQLite's virtual machine between two looks at a bounded read's deadline: a few
+/// microseconds of work, so a read ends within a hair of its bound.
+const BOUND_CHECK_STEPS: i32 = 1_000;
+
+/// Makes `conn` interrupt any statement still running `bound` from now (none, if that time
+/// cannot be told). Run as a bounded pool hands the connection out, so each read has its
+/// whole bound.
+async fn bound_from_now(conn: &mut SqliteConnection, bound: Duration) -> Result<(), sqlx::Error> {
+    let Some(deadline) = std::time::Instant::now().checked_add(bound) else {
+        conn.lock_handle().await?.remove_progress_handler();
+        return Ok(());
+    };
+    conn.lock_handle()
+        .await?
+        .set_progress_handler(BOUND_CHECK_STEPS, move || {
+            std::time::Instant::now() < deadline
+        });
+    Ok(())
 }
 
 /// A write transaction of the store, holding this process's writers' turn until it ends.
@@ -607,7 +664,7 @@ impl OutboxStore for SqliteStore {
         )
         .build_sqlx(SqliteQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await
             .map_err(db_error)?;
         rows.iter()
@@ -641,7 +698,7 @@ impl OutboxStore for SqliteStore {
         )
         .build_sqlx(SqliteQueryBuilder);
         let row = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await
             .map_err(db_error)?
             .ok_or(StoreError::NotFound(id))?;
@@ -760,7 +817,7 @@ impl OutboxStore for SqliteStore {
         let (sql, values) =
             outbox_sql::paused_types(self.paused_table()).build_sqlx(SqliteQueryBuilder);
         let rows = sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await
             .map_err(db_error)?;
         rows.iter()
@@ -784,7 +841,7 @@ impl OutboxStore for SqliteStore {
             outbox_sql::delivered_since(Alias::new(self.table()), since, &SqliteDialect)
                 .build_sqlx(SqliteQueryBuilder);
         let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(sql), values)
-            .fetch_one(&self.pool)
+            .fetch_one(self.reader())
             .await
             .map_err(db_error)?;
         Ok(u64::try_from(n).unwrap_or(0))

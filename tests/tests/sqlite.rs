@@ -398,6 +398,41 @@ async fn a_busy_database_is_waited_for_then_refused_as_retryable() {
     h.cleanup().await;
 }
 
+/// A store with bounded reads interrupts a read once its bound has passed and says so as a
+/// timeout, as PostgreSQL's `statement_timeout` would; the same read, unbounded or within a
+/// bound it keeps, answers. A bound of zero has passed at the first look, so the search (a scan:
+/// no index covers aggregate ids) is interrupted whatever the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_read_is_interrupted_once_its_bound_has_passed() {
+    let h = SqliteHarness::new().await;
+    let store = h.store();
+    let mut tx = store.begin().await.unwrap();
+    tx.emit_all((0..2_000).map(upload).collect()).await.unwrap();
+    tx.commit().await.unwrap();
+    let search = outbox_core::EventFilter {
+        aggregate_id: Some("1999".into()),
+        ..Default::default()
+    };
+
+    match store.with_read_bound(Duration::ZERO).list(&search).await {
+        Err(e @ StoreError::TimedOut { .. }) => assert!(!e.is_retryable(), "{e}"),
+        other => panic!("expected the bounded search to time out, got {other:?}"),
+    }
+    let found = |page: outbox_core::EventPage| {
+        page.events
+            .iter()
+            .map(|e| e.aggregate_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(found(store.list(&search).await.unwrap()), ["1999"]);
+    let patient = store.with_read_bound(Duration::from_secs(600));
+    for _ in 0..3 {
+        assert_eq!(found(patient.list(&search).await.unwrap()), ["1999"]);
+    }
+    assert_eq!(patient.count_by_status().await.unwrap().pending, 2_000);
+    h.cleanup().await;
+}
+
 /// An application transaction begun deferred (`BEGIN`) that read before another connection
 /// wrote cannot write on its stale snapshot: its emit is refused as a conflict to run again,
 /// never answered from what it read.

@@ -183,7 +183,7 @@ struct AdminCredentials {
     password: Option<String>,
     /// Longest one admin query may run, in milliseconds, before the database cancels it (the
     /// page then says so): a search the table has no index for cannot load the database.
-    /// PostgreSQL and MariaDB bound every statement, MySQL its reads; SQLite cannot.
+    /// PostgreSQL and MariaDB bound every statement, MySQL and SQLite their reads.
     #[arg(
         long = "admin-query-timeout-ms",
         env = "OUTBOX_ADMIN_QUERY_TIMEOUT_MS",
@@ -235,8 +235,9 @@ fn admin_options(
 /// The admin's own store on the backend the URL's scheme names, checked to be at this build's
 /// schema version. Its statements are bounded by the admin's query timeout where the database
 /// can bound them: PostgreSQL's `statement_timeout`, MariaDB's `max_statement_time`, MySQL's
-/// `max_execution_time` (reads only). SQLite has no such bound: there `shared` (the relay's own
-/// store, when there is one) serves, so that a retry wakes the relay's workers at once.
+/// `max_execution_time` (reads only). SQLite has no statement timeout: there the store's own
+/// bound on reads serves ([`SqliteStore::with_read_bound`]), on `shared` (the relay's own
+/// store, when there is one), so that a retry wakes the relay's workers at once.
 async fn admin_store(
     config: &Config,
     credentials: &AdminCredentials,
@@ -261,13 +262,9 @@ async fn admin_store(
             let store = match shared {
                 Some(store) => store,
                 None => sqlite_store(config).await?,
-            };
+            }
+            .with_read_bound(timeout);
             sql_current(&store).await?;
-            info!(
-                "on SQLite the admin's queries are not bounded by --admin-query-timeout-ms: \
-                 SQLite has no statement timeout (a long search holds a connection to its end, \
-                 never the write lock)"
-            );
             Arc::new(store)
         }
     })

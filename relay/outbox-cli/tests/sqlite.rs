@@ -195,13 +195,61 @@ fn a_delete_without_yes_is_refused_before_connecting() {
 }
 
 /// The web admin on SQLite: `outbox admin` and the relay's `/admin` serve the pages, and a
-/// change made through the relay's admin reaches the file.
+/// change made through the relay's admin reaches the file; a search that runs past
+/// `--admin-query-timeout-ms` is interrupted and answered with a 504 saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_is_served_on_sqlite() {
     let (path, url, store, ids) = three_events().await;
     admin_pages_on(&store, &ids, &["--database-url", url.as_str()], "").await;
+
+    // 98,304 events: a search by aggregate id (no index covers it) reads every one, far
+    // longer than the 1 ms the admin is given.
+    copy_events(&store, 15).await;
+    let (admin, port, _) = common::admin_process(&[
+        "--admin-query-timeout-ms",
+        "1",
+        "--database-url",
+        url.as_str(),
+    ]);
+    let page = tokio::task::spawn_blocking(move || common::get(port, "/events?aggregate_id=none"))
+        .await
+        .unwrap();
+    assert!(
+        page.contains(" 504 ") && page.contains("ran longer"),
+        "{page}"
+    );
+    drop(admin);
     store.pool().close().await;
     remove_sqlite_file(&path);
+}
+
+/// Doubles the events in `store`'s table `times` times, each copy under a new id.
+async fn copy_events(store: &SqliteStore, times: u32) {
+    let table = store.config().table();
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+        .bind(table)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let copied = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => "randomblob(16)",
+            "idempotency_key" => "NULL",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO \"{table}\" ({}) SELECT {copied} FROM \"{table}\"",
+        columns.join(", ")
+    );
+    for _ in 0..times {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
 }
 
 /// A mistyped path is an error naming the fix, and no command but `migrate` leaves a new,
