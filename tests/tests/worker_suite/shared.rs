@@ -556,3 +556,40 @@ async fn the_workers_attempt_cap_ends_retries_sooner() {
     assert_eq!((report.retried, report.dead), (2, 1));
     assert_eq!(f.status(ids[0]).await, (Status::Dead, 3));
 }
+
+/// A transport that panics on the events of one aggregate and delivers the rest.
+struct PanicsOn(&'static str);
+
+#[outbox_core::async_trait]
+impl outbox_core::Transport for PanicsOn {
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), outbox_core::DeliveryError> {
+        assert_ne!(event.aggregate_id, self.0, "the transport gave way");
+        Ok(())
+    }
+}
+
+/// A transport that panics fails that one delivery, retryably and saying so; the batch's
+/// other events are delivered and the worker goes on.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_delivery_fails_its_event_alone() {
+    let f = Fixture::new();
+    let ids = f.emit(uploads(3)).await;
+    let report = Worker::builder(f.store.clone(), PanicsOn("u-1"))
+        .clock(f.clock.clone())
+        .claim_mode(MODE)
+        .build()
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    assert_eq!((report.delivered, report.retried), (2, 1));
+    assert_eq!(f.status(ids[0]).await, (Status::Delivered, 1));
+    assert_eq!(f.status(ids[2]).await, (Status::Delivered, 1));
+    let failed = f.store.fetch(ids[1]).await.unwrap();
+    assert_eq!((failed.status(), failed.attempts()), (Status::Pending, 1));
+    let error = failed.lifecycle.last_error.unwrap_or_default();
+    assert!(
+        error.contains("panicked") && error.contains("the transport gave way"),
+        "{error}"
+    );
+}
