@@ -32,7 +32,7 @@ use crate::config::SqliteConfig;
 use crate::error::{db_error, is_unique_violation};
 use crate::row::{COLUMNS, decode, json, micros, time};
 use crate::schema;
-use crate::work::{Work, add};
+use crate::work::{ROWID, Work, add};
 
 /// Rows changed per transaction by the sweeps (reclaim, purge), so one call never keeps other
 /// writers waiting long; the sweeps loop until done.
@@ -270,7 +270,7 @@ impl SqliteStore {
     async fn take_due(&self, work: &mut Work, limit: usize) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let sql = format!(
-            "SELECT {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
+            "SELECT rowid AS {ROWID}, {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
              WHERE status = 'pending' AND next_attempt_at <= ? \
              AND (hold_until IS NULL OR hold_until <= ?) \
              AND event_type NOT IN (SELECT event_type FROM \"{t}_paused\") \

@@ -20,6 +20,9 @@ use crate::error::db_error;
 use crate::row::{COLUMNS, Hold, Stored, decode, json, micros};
 use crate::store::{SqliteDialect, SqliteStore, WriteTx};
 
+/// The name a read gives the rowid when it selects it (see [`Work::load`]).
+pub(crate) const ROWID: &str = "row_number";
+
 /// Rows written back per statement.
 const WRITE_CHUNK: usize = 500;
 /// Ids looked up per statement.
@@ -54,6 +57,10 @@ pub(crate) struct Work {
     /// The changeable columns of each row as the table holds them, to write back only what
     /// changed.
     read: BTreeMap<EventId, Vec<Cell>>,
+    /// The rowid of each row read in this transaction with one (a claim's), so that its
+    /// changes are written by rowid, not looked up by id in the id index. Only rows read in
+    /// this transaction: a `VACUUM` may renumber rows between transactions, never within one.
+    rowids: BTreeMap<EventId, i64>,
     /// The rows the last read buried, unreadable.
     buried: Vec<EventId>,
     /// Every row found unreadable (and so dead) in this transaction, with its ordering key.
@@ -74,6 +81,7 @@ impl Work {
             at,
             changes: Changes::new(at, store.config().dead_head()),
             read: BTreeMap::new(),
+            rowids: BTreeMap::new(),
             buried: Vec::new(),
             unreadable: BTreeMap::new(),
             gone_unreadable: Vec::new(),
@@ -96,8 +104,9 @@ impl Work {
         Alias::new(self.table())
     }
 
-    /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`) and keeps its rows for change;
-    /// returns their ids in the order read. A row that cannot be read is buried (see
+    /// Runs a `SELECT` of [`COLUMNS`] (and `attempt_log`, and the rowid named [`ROWID`] if the
+    /// changes are to be written by rowid) and keeps its rows for change; returns their ids in
+    /// the order read. A row that cannot be read is buried (see
     /// [`bury`](Self::bury)) and left out, so it never stops the rows around it.
     pub(crate) async fn load(
         &mut self,
@@ -123,6 +132,9 @@ impl Work {
                 }
             };
             let id = stored.event.id;
+            if let Ok(rowid) = row.try_get::<i64, _>(ROWID) {
+                self.rowids.insert(id, rowid);
+            }
             let as_read = columns(&stored)?;
             if self.changes.read(stored) {
                 self.read.insert(id, as_read);
@@ -407,8 +419,18 @@ impl Work {
         }
         if alike.len() <= MAX_ALIKE {
             for (changed, rows) in &alike {
-                let ids: Vec<EventId> = rows.iter().map(|r| r.event.id).collect();
-                write_alike(&mut self.tx, table, changed, &ids).await?;
+                let rowids: Option<Vec<Value>> = rows
+                    .iter()
+                    .map(|r| self.rowids.get(&r.event.id).map(|n| Value::from(*n)))
+                    .collect();
+                let (column, keys) = match rowids {
+                    Some(rowids) => ("rowid", rowids),
+                    None => (
+                        "id",
+                        rows.iter().map(|r| SqliteDialect.id(r.event.id)).collect(),
+                    ),
+                };
+                write_alike(&mut self.tx, table, changed, column, keys).await?;
             }
         } else {
             let rows: Vec<&Stored> = alike.into_values().flatten().collect();
@@ -569,20 +591,25 @@ fn columns(stored: &Stored) -> Result<Vec<Cell>, StoreError> {
     ])
 }
 
-/// Sets `changed` columns to the same values on every row of `ids`.
+/// Sets `changed` columns to the same values on every row whose `column` (`id` or `rowid`)
+/// is one of `keys`.
 async fn write_alike(
     conn: &mut SqliteConnection,
     table: &str,
     changed: &[(&'static str, Cell)],
-    ids: &[EventId],
+    column: &str,
+    keys: Vec<Value>,
 ) -> Result<(), StoreError> {
-    for chunk in ids.chunks(ID_CHUNK) {
+    for chunk in keys.chunks(ID_CHUNK) {
         let set = changed
             .iter()
             .map(|(name, cell)| (*name, cell.value()))
             .collect();
-        let ids = chunk.iter().map(|id| SqliteDialect.id(*id)).collect();
-        run(conn, outbox_sql::set_in(Alias::new(table), set, "id", ids)).await?;
+        run(
+            conn,
+            outbox_sql::set_in(Alias::new(table), set, column, chunk.to_vec()),
+        )
+        .await?;
     }
     Ok(())
 }
