@@ -113,6 +113,34 @@ impl<X: Extra> Changes<X> {
     /// [`take_leaving`](Self::take_leaving). Refused ([`StoreError::Transition`]) as the state
     /// machine refuses, [`StoreError::NotFound`] if the event was not read.
     pub fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
+        self.transit(id, t).cloned()
+    }
+
+    /// Settles one event of a locked batch: the state machine's `claim` and the outcome `t`
+    /// at once, as every store settles a locked claim; a delivered event without an
+    /// idempotency key is then deleted if `delete_delivered`. Returns what `t` did (see
+    /// [`Outcome::of`]). Refused as [`apply`](Self::apply) refuses.
+    pub fn settle_locked(
+        &mut self,
+        id: EventId,
+        claim: &Transition,
+        t: &Transition,
+        delete_delivered: bool,
+    ) -> Result<Outcome, StoreError> {
+        self.transit(id, claim)?;
+        let event = self.transit(id, t)?;
+        let outcome = Outcome::of(t, event);
+        let deleted = delete_delivered
+            && event.status() == Status::Delivered
+            && event.idempotency_key.is_none();
+        if deleted {
+            self.delete(id);
+        }
+        Ok(outcome)
+    }
+
+    /// [`apply`](Self::apply), answering with the changed event in place.
+    fn transit(&mut self, id: EventId, t: &Transition) -> Result<&OutboxEvent, StoreError> {
         let at = self.at;
         let row = self.rows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         let before = &row.event.lifecycle;
@@ -132,14 +160,13 @@ impl<X: Extra> Changes<X> {
         if row.event.status() != Status::Waiting {
             row.key_place = None;
         }
-        let event = row.event.clone();
-        if let Some(key) = &event.ordering_key
-            && !keeps_key(event.status(), self.dead_head)
+        if let Some(key) = &row.event.ordering_key
+            && !keeps_key(row.event.status(), self.dead_head)
         {
             self.leaving.entry(key.clone()).or_default().insert(id);
         }
         self.dirty.insert(id);
-        Ok(event)
+        Ok(&row.event)
     }
 
     /// Marks a read event changed without a transition (its `updated_at` moves to now).

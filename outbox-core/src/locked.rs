@@ -145,8 +145,9 @@ pub fn held_nothing(settlement: &Settlement) -> Vec<Recorded> {
 /// claim order), `holder` and `hold` what it was claimed with, `at` the store's clock reading
 /// and `now` the caller's. Each event of the batch that `settlement` gives an outcome gets
 /// `change(id, claim, outcome)`, which applies the state machine's claim and then the outcome
-/// to the stored event and returns it as changed (and may delete a delivered one, as the
-/// store's acks do); an id not in the batch is reported lost and left alone; the batch's
+/// to the stored event and says what the outcome did ([`Outcome::of`]; a SQL store's
+/// [`Changes::settle_locked`](crate::changes::Changes::settle_locked) does all of it, and may
+/// delete a delivered event, as the store's acks do); an id not in the batch is reported lost and left alone; the batch's
 /// events named nowhere, or released, are reported released and left as they were. The
 /// answer is in [`Settlement::ids`] order, then the unnamed ones.
 pub fn settle(
@@ -156,7 +157,7 @@ pub fn settle(
     hold: Duration,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
-    mut change: impl FnMut(EventId, &Transition, &Transition) -> Result<OutboxEvent, StoreError>,
+    mut change: impl FnMut(EventId, &Transition, &Transition) -> Result<Outcome, StoreError>,
 ) -> Result<Vec<Recorded>, StoreError> {
     settlement.validate()?;
     // The state machine's claim needs a lease: one that stands for the lock.
@@ -174,7 +175,7 @@ pub fn settle(
         let outcome = match (mine.contains(&id), t) {
             (false, _) => Outcome::LeaseLost,
             (true, None) => Outcome::Released,
-            (true, Some(t)) => Outcome::of(&t, &change(id, &claim, &t)?),
+            (true, Some(t)) => change(id, &claim, &t)?,
         };
         recorded.push(Recorded { id, outcome });
     }

@@ -996,8 +996,9 @@ impl LockedBatch for MemoryLockedBatch {
                     event.lifecycle = transition(&claimed, t, at).map_err(refused)?;
                     event.updated_at = at;
                     let attempt = Attempt::recorded(&claimed, &event.lifecycle, at);
-                    settled.push((event.clone(), attempt));
-                    Ok(event)
+                    let outcome = Outcome::of(t, &event);
+                    settled.push((event, attempt));
+                    Ok(outcome)
                 },
             )?;
             for (event, attempt) in settled {

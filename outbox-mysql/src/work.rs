@@ -313,6 +313,17 @@ impl<'s> Work<'s> {
         self.changes.apply(id, t)
     }
 
+    /// Settles one event of a locked batch (see [`Changes::settle_locked`]).
+    pub(crate) fn settle_locked(
+        &mut self,
+        id: EventId,
+        claim: &Transition,
+        t: &Transition,
+        delete_delivered: bool,
+    ) -> Result<outbox_core::Outcome, StoreError> {
+        self.changes.settle_locked(id, claim, t, delete_delivered)
+    }
+
     /// Marks a read event changed (its `updated_at` moved to now).
     pub(crate) fn touch(&mut self, id: EventId) {
         self.changes.touch(id);

@@ -992,18 +992,7 @@ impl SqliteLockedBatch {
             self.hold,
             at,
             now,
-            |id, claim, t| {
-                // Settling a locked event is its claim and its outcome at once.
-                work.apply(id, claim)?;
-                let event = work.apply(id, t)?;
-                if delete_delivered
-                    && event.status() == Status::Delivered
-                    && event.idempotency_key.is_none()
-                {
-                    work.delete(id);
-                }
-                Ok(event)
-            },
+            |id, claim, t| work.settle_locked(id, claim, t, delete_delivered),
         )?;
         // The released ones lose the claim's mark, and nothing else.
         for id in &self.ids {
