@@ -270,7 +270,7 @@ impl SqliteStore {
     async fn take_due(&self, work: &mut Work, limit: usize) -> Result<Vec<EventId>, StoreError> {
         let t = self.table();
         let sql = format!(
-            "SELECT rowid AS {ROWID}, {COLUMNS}, attempt_log FROM \"{t}\" INDEXED BY \"{t}_due\" \
+            "SELECT {COLUMNS}, attempt_log, rowid AS {ROWID} FROM \"{t}\" INDEXED BY \"{t}_due\" \
              WHERE status = 'pending' AND next_attempt_at <= ? \
              AND (hold_until IS NULL OR hold_until <= ?) \
              AND event_type NOT IN (SELECT event_type FROM \"{t}_paused\") \
