@@ -266,37 +266,39 @@ pub async fn emit_uploads<S: outbox_core::Transactional>(
 /// started: the process (killed when dropped), its port, and its log up to "admin listening".
 pub fn admin_process(args: &[&str]) -> (Killed, u16, Vec<String>) {
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"));
+    command
         .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let admin = Killed(child);
-    let mut log = Vec::new();
-    wait_for(&lines, "admin listening", 1, &mut log);
+        .args(args);
+    let (admin, log) = started(command, "admin listening");
     (admin, port, log)
 }
 
 /// `outbox relay --config file` on the database `url`, with the variables `env`, started: the
 /// process (killed when dropped), once its log says "relay started".
 pub fn relay_process(file: &std::path::Path, url: &str, env: &[(&str, &str)]) -> Killed {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"));
+    command
         .args(["relay", "--config"])
         .arg(file)
         .env("DATABASE_URL", url)
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    started(command, "relay started").0
+}
+
+/// `command` spawned with its log read, once the log says `marker`: the process (killed when
+/// dropped) and its log up to there.
+fn started(mut command: std::process::Command, marker: &str) -> (Killed, Vec<String>) {
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let lines = log_lines(&mut child);
-    let relay = Killed(child);
+    let process = Killed(child);
     let mut log = Vec::new();
-    wait_for(&lines, "relay started", 1, &mut log);
-    relay
+    wait_for(&lines, marker, 1, &mut log);
+    (process, log)
 }
 
 /// `ops:correct-horse-battery` for HTTP basic auth.
