@@ -200,7 +200,9 @@ impl<S, T> WorkerBuilder<S, T> {
         self.config.batch_size = n;
         self
     }
-    /// Deliveries running at once (default 16).
+    /// Deliveries running at once (default 16). They are futures of the worker's own task,
+    /// waiting on I/O side by side on one thread; spread CPU-heavy delivery over cores with
+    /// more workers.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
         self
