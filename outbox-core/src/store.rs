@@ -191,6 +191,25 @@ pub struct Undecodable {
     pub error: String,
 }
 
+impl Undecodable {
+    /// The row `id` (`status`, written at `created_at`), which `error` kept from being read:
+    /// a store error's own words, without the error kind's.
+    pub fn new(id: EventId, status: Status, created_at: DateTime<Utc>, error: StoreError) -> Self {
+        let error = match error {
+            StoreError::Backend { source } | StoreError::Unavailable { source } => {
+                source.to_string()
+            }
+            other => other.to_string(),
+        };
+        Self {
+            id,
+            status,
+            created_at,
+            error,
+        }
+    }
+}
+
 /// What [`OutboxStore::list`] found: the events, and any rows in the same range that could not
 /// be read (so one bad row never hides the others, nor is hidden itself).
 #[derive(Clone, Debug, Default, PartialEq)]

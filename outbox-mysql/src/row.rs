@@ -67,17 +67,7 @@ pub(crate) fn decode(row: &MySqlRow) -> Result<Result<Stored, Undecodable>, Stor
         .map_err(db_error)?
         .parse::<Status>()?;
     let created_at = row.try_get("created_at").map_err(db_error)?;
-    Ok(stored_from_row(row).map_err(|error| Undecodable {
-        id,
-        status,
-        created_at,
-        error: match error {
-            StoreError::Backend { source } | StoreError::Unavailable { source } => {
-                source.to_string()
-            }
-            other => other.to_string(),
-        },
-    }))
+    Ok(stored_from_row(row).map_err(|error| Undecodable::new(id, status, created_at, error)))
 }
 
 /// Decodes one row, or fails on the first field that cannot be read.

@@ -44,17 +44,7 @@ pub(crate) fn decode(row: &PgRow) -> Result<Result<OutboxEvent, Undecodable>, St
     let status: String = row.try_get("status").map_err(db_error)?;
     let status = status_of(&status)?;
     let created_at = row.try_get("created_at").map_err(db_error)?;
-    Ok(event_from_row(row).map_err(|error| Undecodable {
-        id,
-        status,
-        created_at,
-        error: match error {
-            StoreError::Backend { source } | StoreError::Unavailable { source } => {
-                source.to_string()
-            }
-            other => other.to_string(),
-        },
-    }))
+    Ok(event_from_row(row).map_err(|error| Undecodable::new(id, status, created_at, error)))
 }
 
 /// Decodes one row, or fails on the first field that cannot be read.

@@ -127,19 +127,8 @@ pub(crate) fn decode(row: &SqliteRow) -> Result<Result<Stored, Undecodable>, Sto
     let id = EventId::from_uuid(uuid(ID.1, get(row, ID)?)?);
     let status = get::<&str>(row, STATUS)?.parse::<Status>()?;
     let created_at = at(row, CREATED_AT)?;
-    Ok(
-        stored_from_row(row, id, status, created_at).map_err(|error| Undecodable {
-            id,
-            status,
-            created_at,
-            error: match error {
-                StoreError::Backend { source } | StoreError::Unavailable { source } => {
-                    source.to_string()
-                }
-                other => other.to_string(),
-            },
-        }),
-    )
+    Ok(stored_from_row(row, id, status, created_at)
+        .map_err(|error| Undecodable::new(id, status, created_at, error)))
 }
 
 /// Decodes the rest of one row (its id, status and creation time read already), or fails on
