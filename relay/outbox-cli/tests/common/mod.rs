@@ -301,6 +301,19 @@ fn started(mut command: std::process::Command, marker: &str) -> (Killed, Vec<Str
     (process, log)
 }
 
+/// Searches the admin on `port` by aggregate id `id` and checks the search was cut short: a
+/// 504 saying the query ran longer than allowed.
+pub async fn search_is_cut_short(port: u16, id: &str) {
+    let path = format!("/events?aggregate_id={id}");
+    let page = tokio::task::spawn_blocking(move || get(port, &path))
+        .await
+        .unwrap();
+    assert!(
+        page.contains(" 504 ") && page.contains("ran longer"),
+        "{page}"
+    );
+}
+
 /// `ops:correct-horse-battery` for HTTP basic auth.
 const BASIC: &str = "Basic b3BzOmNvcnJlY3QtaG9yc2UtYmF0dGVyeQ==";
 
