@@ -44,7 +44,7 @@ pub use config::{MAX_TABLE_LEN, SqliteConfig};
 pub use emit::{SqliteEmitter, SqliteTransaction};
 pub use error::db_error;
 pub use schema::LATEST_VERSION;
-pub use store::{SqliteStore, connect_options};
+pub use store::{ROW_BUFFER, SqliteStore, connect_options};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

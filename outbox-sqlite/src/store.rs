@@ -38,11 +38,18 @@ use crate::work::{ROWID, Work, add};
 /// writers waiting long; the sweeps loop until done.
 const SWEEP_CHUNK: usize = 5_000;
 
+/// Rows a statement may read ahead of its reader (sqlx's default is 50). A claim's batch (100
+/// by default) then comes out of SQLite without its thread stopping to wait for the reader
+/// row by row, inside the write lock. Every read of the store collects its rows whole, so
+/// this adds nothing to what a read holds in memory.
+pub const ROW_BUFFER: usize = 256;
+
 /// The connection settings the store is meant for, from a `sqlite://` URL (or a path): the
 /// file created if missing, write-ahead logging (readers never wait for the writer), full
-/// sync (a commit survives a power cut), foreign keys on, and `busy_timeout` as long as the
-/// default write wait (5 s). Change what you like before building your pool; the store needs
-/// only WAL for readers and writers to run side by side.
+/// sync (a commit survives a power cut), foreign keys on, `busy_timeout` as long as the
+/// default write wait (5 s), and room for [`ROW_BUFFER`] rows between SQLite's thread and the
+/// reader. Change what you like before building your pool; the store needs only WAL for
+/// readers and writers to run side by side.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     if let Some((scheme, _)) = url.split_once("://")
         && scheme != "sqlite"
@@ -64,7 +71,8 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(SqliteConfig::new().write_wait()))
+        .busy_timeout(SqliteConfig::new().write_wait())
+        .row_buffer_size(ROW_BUFFER))
 }
 
 /// The outbox on SQLite, for one process or several on one machine sharing the file. Cheap
