@@ -41,7 +41,8 @@ const SWEEP_CHUNK: usize = 5_000;
 /// Rows a statement may read ahead of its reader (sqlx's default is 50). A claim's batch (100
 /// by default) then comes out of SQLite without its thread stopping to wait for the reader
 /// row by row, inside the write lock. Every read of the store collects its rows whole, so
-/// this adds nothing to what a read holds in memory.
+/// this adds nothing to what a read holds in memory; a stream of your own on a pool built from
+/// these options may read up to this many rows ahead of you.
 pub const ROW_BUFFER: usize = 256;
 
 /// The connection settings the store is meant for, from a `sqlite://` URL (or a path): the
