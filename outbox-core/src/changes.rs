@@ -130,10 +130,7 @@ impl<X: Extra> Changes<X> {
         self.transit(id, claim)?;
         let event = self.transit(id, t)?;
         let outcome = Outcome::of(t, event);
-        let deleted = delete_delivered
-            && event.status() == Status::Delivered
-            && event.idempotency_key.is_none();
-        if deleted {
+        if deleted_on_delivery(delete_delivered, &outcome, event) {
             self.delete(id);
         }
         Ok(outcome)
@@ -300,9 +297,9 @@ pub async fn fenced<W: RowWork>(
             Err(_) => Outcome::LeaseLost,
             Ok(event) => Outcome::of(&t, &event),
         };
-        if delete_delivered
-            && outcome == Outcome::Delivered
-            && work.event(*id).is_some_and(|e| e.idempotency_key.is_none())
+        if work
+            .event(*id)
+            .is_some_and(|e| deleted_on_delivery(delete_delivered, &outcome, e))
         {
             work.delete(*id);
         }
@@ -310,6 +307,13 @@ pub async fn fenced<W: RowWork>(
     }
     work.commit().await?;
     Ok(recorded)
+}
+
+/// Whether a store that deletes delivered events (`delete_delivered`) deletes `event` after
+/// `outcome`: it was delivered, and no idempotency key keeps it (a key's event goes on
+/// refusing duplicates).
+pub fn deleted_on_delivery(delete_delivered: bool, outcome: &Outcome, event: &OutboxEvent) -> bool {
+    delete_delivered && *outcome == Outcome::Delivered && event.idempotency_key.is_none()
 }
 
 /// Gives a dead event `extra_attempts` more attempts, due now, back in its key's queue.

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
+use outbox_core::changes::deleted_on_delivery;
 use outbox_core::clock::{add, translate};
 use outbox_core::event::validate_event_type;
 use outbox_core::locked::{settle, validate_hold, wakes_workers};
@@ -280,11 +281,11 @@ impl State {
     fn forget_delivered(&mut self, recorded: &[Recorded]) {
         // In this mode a delivered event without a key exists only if this call delivered it.
         for r in recorded.iter().filter(|r| r.outcome == Outcome::Delivered) {
-            let keyless = self
+            let deleted = self
                 .events
                 .get(&r.id)
-                .is_some_and(|e| e.idempotency_key.is_none());
-            if keyless {
+                .is_some_and(|e| deleted_on_delivery(true, &r.outcome, e));
+            if deleted {
                 self.remove(r.id);
             }
         }
