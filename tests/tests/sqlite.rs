@@ -220,6 +220,16 @@ async fn deliver_all(claim: outbox_core::LockedClaim, now: chrono::DateTime<chro
         .len()
 }
 
+/// A store whose locked claims keep their transaction open for 20 s, far longer than any test
+/// step, with writers waiting up to 30 s.
+async fn claims_held_open() -> SqliteHarness {
+    SqliteHarness::with_config(|c| {
+        c.with_write_wait(Duration::from_secs(30))
+            .with_locked_window(Duration::from_secs(20))
+    })
+    .await
+}
+
 /// How many events carry a locked claim's committed mark, as another process reads the file.
 async fn marked(store: &SqliteStore) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox_event WHERE hold_id IS NOT NULL")
@@ -233,11 +243,7 @@ async fn marked(store: &SqliteStore) -> i64 {
 /// lock is the claim's meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_batch_within_its_window_is_recorded_by_the_claims_own_transaction() {
-    let h = SqliteHarness::with_config(|c| {
-        c.with_write_wait(Duration::from_secs(30))
-            .with_locked_window(Duration::from_secs(20))
-    })
-    .await;
+    let h = claims_held_open().await;
     let store = h.store();
     let impatient = SqliteStore::connect(
         &format!("sqlite://{}", h.path().display()),
@@ -317,11 +323,7 @@ async fn a_locked_batch_that_outlasts_its_window_gives_the_write_lock_back() {
 /// claim that holds it and at most one more, not for every queued claim in turn.
 #[tokio::test(flavor = "current_thread")]
 async fn a_write_waits_behind_at_most_one_queued_claim() {
-    let h = SqliteHarness::with_config(|c| {
-        c.with_write_wait(Duration::from_secs(30))
-            .with_locked_window(Duration::from_secs(20))
-    })
-    .await;
+    let h = claims_held_open().await;
     let store = h.store();
     let now = h.clock().now_utc();
     h.emit((0..3).map(upload).collect(), true).await.unwrap();
