@@ -13,11 +13,17 @@ use uuid::Uuid;
 
 use crate::error::db_error;
 
-/// The columns every event read selects, in this order.
-pub(crate) const COLUMNS: &str = "id, event_type, aggregate_type, aggregate_id, payload, \
-    headers, idempotency_key, ordering_key, status, attempts, max_attempts, next_attempt_at, \
-    lease_id, locked_by, locked_until, last_error, created_at, updated_at, delivered_at, \
-    key_place, hold_id, hold_until";
+/// The columns every event read selects, in this order. SQLite's driver copies every value a
+/// statement returns, one allocation each, and a claim reads its batch inside the write lock;
+/// so the fields a reader never needs apart travel as one JSON array, [`FIELDS`], built by
+/// `json_array`, which quotes text and never fails on a row's contents. The fields an
+/// unreadable row is reported by (id, status, creation time, ordering key) and the JSON the
+/// application wrote (payload, headers) stay columns of their own: a row whose payload is not
+/// JSON is one bad row, never a failed read.
+pub(crate) const COLUMNS: &str = "id, status, created_at, payload, headers, ordering_key, \
+    json_array(event_type, aggregate_type, aggregate_id, idempotency_key, attempts, \
+    max_attempts, next_attempt_at, hex(lease_id), locked_by, locked_until, last_error, \
+    updated_at, delivered_at, key_place, hex(hold_id), hold_until) AS fields";
 
 /// A column of [`COLUMNS`]: its place in every event read, which is where a row is read from
 /// (no lookup by name per value), and its name, for errors.
@@ -25,27 +31,34 @@ pub(crate) const COLUMNS: &str = "id, event_type, aggregate_type, aggregate_id, 
 struct Col(usize, &'static str);
 
 const ID: Col = Col(0, "id");
-const EVENT_TYPE: Col = Col(1, "event_type");
-const AGGREGATE_TYPE: Col = Col(2, "aggregate_type");
-const AGGREGATE_ID: Col = Col(3, "aggregate_id");
-const PAYLOAD: Col = Col(4, "payload");
-const HEADERS: Col = Col(5, "headers");
-const IDEMPOTENCY_KEY: Col = Col(6, "idempotency_key");
-const ORDERING_KEY: Col = Col(7, "ordering_key");
-const STATUS: Col = Col(8, "status");
-const ATTEMPTS: Col = Col(9, "attempts");
-const MAX_ATTEMPTS: Col = Col(10, "max_attempts");
-const NEXT_ATTEMPT_AT: Col = Col(11, "next_attempt_at");
-const LEASE_ID: Col = Col(12, "lease_id");
-const LOCKED_BY: Col = Col(13, "locked_by");
-const LOCKED_UNTIL: Col = Col(14, "locked_until");
-const LAST_ERROR: Col = Col(15, "last_error");
-const CREATED_AT: Col = Col(16, "created_at");
-const UPDATED_AT: Col = Col(17, "updated_at");
-const DELIVERED_AT: Col = Col(18, "delivered_at");
-const KEY_PLACE: Col = Col(19, "key_place");
-const HOLD_ID: Col = Col(20, "hold_id");
-const HOLD_UNTIL: Col = Col(21, "hold_until");
+const STATUS: Col = Col(1, "status");
+const CREATED_AT: Col = Col(2, "created_at");
+const PAYLOAD: Col = Col(3, "payload");
+const HEADERS: Col = Col(4, "headers");
+const ORDERING_KEY: Col = Col(5, "ordering_key");
+const FIELDS: Col = Col(6, "fields");
+
+/// The `fields` array of [`COLUMNS`], in its order. Ids come as hex (JSON holds no blobs),
+/// empty for none.
+#[derive(serde::Deserialize)]
+struct Fields(
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<i64>,
+);
 
 /// The value of `column` in a row selected with [`COLUMNS`] first.
 fn get<'r, T>(row: &'r SqliteRow, column: Col) -> Result<T, StoreError>
@@ -95,23 +108,22 @@ fn uuid(column: &str, bytes: &[u8]) -> Result<Uuid, StoreError> {
     Uuid::from_slice(bytes).map_err(|_| bad(format!("{column} is not 16 bytes")))
 }
 
-fn opt_uuid(row: &SqliteRow, column: Col) -> Result<Option<Uuid>, StoreError> {
-    let bytes: Option<&[u8]> = get(row, column)?;
-    bytes.map(|b| uuid(column.1, b)).transpose()
+/// An id the `fields` array holds as hex; empty for none.
+fn hex_uuid(name: &str, hex: &str) -> Result<Option<Uuid>, StoreError> {
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    Uuid::try_parse(hex)
+        .map(Some)
+        .map_err(|_| bad(format!("{name} is not 16 bytes")))
 }
 
-fn at(row: &SqliteRow, column: Col) -> Result<DateTime<Utc>, StoreError> {
-    time(column.1, get(row, column)?)
+fn opt_time(name: &str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    micros.map(|m| time(name, m)).transpose()
 }
 
-fn opt_at(row: &SqliteRow, column: Col) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let micros: Option<i64> = get(row, column)?;
-    micros.map(|m| time(column.1, m)).transpose()
-}
-
-fn count(row: &SqliteRow, column: Col) -> Result<u32, StoreError> {
-    let value: i64 = get(row, column)?;
-    u32::try_from(value).map_err(|_| bad(format!("{} is out of range in the table", column.1)))
+fn count(name: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| bad(format!("{name} is out of range in the table")))
 }
 
 /// The event id of a row (the one field every read needs first).
@@ -126,7 +138,7 @@ pub(crate) fn id_of(row: &SqliteRow) -> Result<EventId, StoreError> {
 pub(crate) fn decode(row: &SqliteRow) -> Result<Result<Stored, Undecodable>, StoreError> {
     let id = EventId::from_uuid(uuid(ID.1, get(row, ID)?)?);
     let status = get::<&str>(row, STATUS)?.parse::<Status>()?;
-    let created_at = at(row, CREATED_AT)?;
+    let created_at = time(CREATED_AT.1, get(row, CREATED_AT)?)?;
     Ok(stored_from_row(row, id, status, created_at)
         .map_err(|error| Undecodable::new(id, status, created_at, error)))
 }
@@ -139,10 +151,31 @@ fn stored_from_row(
     status: Status,
     created_at: DateTime<Utc>,
 ) -> Result<Stored, StoreError> {
-    let lease = match (opt_uuid(row, LEASE_ID)?, opt_at(row, LOCKED_UNTIL)?) {
+    let Fields(
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        idempotency_key,
+        attempts,
+        max_attempts,
+        next_attempt_at,
+        lease_id,
+        locked_by,
+        locked_until,
+        last_error,
+        updated_at,
+        delivered_at,
+        key_place,
+        hold_id,
+        hold_until,
+    ) = serde_json::from_str(get(row, FIELDS)?).map_err(|e| bad(format!("fields: {e}")))?;
+    let lease = match (
+        hex_uuid("lease_id", &lease_id)?,
+        opt_time("locked_until", locked_until)?,
+    ) {
         (Some(lease), Some(until)) => Some(Lease {
             id: LeaseId::from_uuid(lease),
-            holder: get::<Option<String>>(row, LOCKED_BY)?.unwrap_or_default(),
+            holder: locked_by.unwrap_or_default(),
             until,
         }),
         _ => None,
@@ -151,39 +184,42 @@ fn stored_from_row(
         serde_json::from_str(get(row, PAYLOAD)?).map_err(|e| bad(format!("payload: {e}")))?;
     let headers: BTreeMap<String, String> =
         serde_json::from_str(get(row, HEADERS)?).map_err(|e| bad(format!("headers: {e}")))?;
-    let attempts = match row.try_get::<Option<&str>, _>("attempt_log") {
+    let attempt_log = match row.try_get::<Option<&str>, _>("attempt_log") {
         Ok(Some(log)) => serde_json::from_str(log).map_err(|e| bad(format!("attempt_log: {e}")))?,
         Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => Vec::new(),
         Err(e) => return Err(db_error(e)),
     };
-    let hold = match (opt_uuid(row, HOLD_ID)?, opt_at(row, HOLD_UNTIL)?) {
+    let hold = match (
+        hex_uuid("hold_id", &hold_id)?,
+        opt_time("hold_until", hold_until)?,
+    ) {
         (Some(hold), Some(until)) => Some((hold, until)),
         _ => None,
     };
     Ok(Stored {
-        key_place: get(row, KEY_PLACE)?,
-        attempts,
+        key_place,
+        attempts: attempt_log,
         extra: Hold(hold),
         event: OutboxEvent {
             id,
-            event_type: get(row, EVENT_TYPE)?,
-            aggregate_type: get(row, AGGREGATE_TYPE)?,
-            aggregate_id: get(row, AGGREGATE_ID)?,
+            event_type,
+            aggregate_type,
+            aggregate_id,
             payload,
             headers,
-            idempotency_key: get(row, IDEMPOTENCY_KEY)?,
+            idempotency_key,
             ordering_key: get(row, ORDERING_KEY)?,
             lifecycle: Lifecycle {
                 status,
-                attempts: count(row, ATTEMPTS)?,
-                max_attempts: count(row, MAX_ATTEMPTS)?,
-                next_attempt_at: at(row, NEXT_ATTEMPT_AT)?,
+                attempts: count("attempts", attempts)?,
+                max_attempts: count("max_attempts", max_attempts)?,
+                next_attempt_at: time("next_attempt_at", next_attempt_at)?,
                 lease,
-                last_error: get(row, LAST_ERROR)?,
-                delivered_at: opt_at(row, DELIVERED_AT)?,
+                last_error,
+                delivered_at: opt_time("delivered_at", delivered_at)?,
             },
             created_at,
-            updated_at: at(row, UPDATED_AT)?,
+            updated_at: time("updated_at", updated_at)?,
         },
     })
 }
