@@ -77,6 +77,17 @@ pub async fn unreadable_rows_are_isolated<H: ForeignRows>(h: &H, mode: ClaimMode
 /// does), and an operator deleting it lets the key go on. For stores that decide promotions
 /// on rows they read (MySQL, SQLite).
 pub async fn an_unreadable_waiting_event_parks_its_key_until_deleted<H: WaitingRows>(h: &H) {
+    a_waiting_bad_row_parks_its_key_until_deleted(h, || h.foreign_row("{", "{}")).await;
+}
+
+/// [`an_unreadable_waiting_event_parks_its_key_until_deleted`], the unreadable row written by
+/// `bad_row` (a store's own way to spoil a row).
+pub async fn a_waiting_bad_row_parks_its_key_until_deleted<H, F, Fut>(h: &H, bad_row: F)
+where
+    H: WaitingRows,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = EventId>,
+{
     let store = h.store();
     let keyed = |n: usize| {
         NewEvent::builder("file.stored", "upload", n.to_string())
@@ -85,7 +96,7 @@ pub async fn an_unreadable_waiting_event_parks_its_key_until_deleted<H: WaitingR
             .expect("valid event")
     };
     let head = h.emit(vec![keyed(1)], true).await.expect("emit")[0].id();
-    let bad = h.foreign_row("{", "{}").await;
+    let bad = bad_row().await;
     h.make_waiting(bad, "k").await;
     let last = h.emit(vec![keyed(3)], true).await.expect("emit")[0].id();
 

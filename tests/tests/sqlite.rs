@@ -12,7 +12,7 @@ use outbox_core::{Emit, Emitted, NewEvent, OutboxStore, OutboxStoreExt, StoreErr
 use outbox_sqlite::{SqliteConfig, SqliteStore};
 use outbox_tests::concurrency::{self, keyed};
 use outbox_tests::conformance::{self, Harness, NowUtc};
-use outbox_tests::harness::{SqliteHarness, remove_sqlite_file, sqlite_file};
+use outbox_tests::harness::{ForeignRows, SqliteHarness, remove_sqlite_file, sqlite_file};
 use outbox_tests::isolation;
 use outbox_worker::ClaimMode;
 use serde_json::json;
@@ -560,6 +560,29 @@ async fn an_unreadable_row_is_isolated_by_a_locked_claim_too() {
 async fn an_unreadable_waiting_event_parks_its_key_until_deleted() {
     let h = SqliteHarness::new().await;
     isolation::an_unreadable_waiting_event_parks_its_key_until_deleted(&h).await;
+    h.cleanup().await;
+}
+
+/// A row whose small fields cannot be read (they travel together, as one JSON array; here
+/// text that is not UTF-8) is one bad row too, and its ordering key, a column of its own, is
+/// still found: it parks its key, and deleting it lets the key go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_fields_cannot_be_read_still_parks_its_key() {
+    let h = SqliteHarness::new().await;
+    let spoiled = || async {
+        let id = h.foreign_row("{}", "{}").await;
+        let spoil = format!(
+            "UPDATE \"{}\" SET aggregate_id = CAST(x'ff' AS TEXT) WHERE id = ?",
+            h.store().config().table()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(spoil))
+            .bind(*id.as_uuid())
+            .execute(h.store().pool())
+            .await
+            .unwrap();
+        id
+    };
+    isolation::a_waiting_bad_row_parks_its_key_until_deleted(&h, spoiled).await;
     h.cleanup().await;
 }
 
