@@ -96,6 +96,19 @@ impl<X: Extra> Changes<X> {
         self.rows.get(&id).map(|r| &r.event)
     }
 
+    /// The claimed event `id`, handed to its deliverer: its payload moves out of the copy kept
+    /// here (which goes on with `null`), the rest is cloned. Only for rows that nothing reads
+    /// the payload of again, as a claim's: no change writes a payload back, so the kept copy
+    /// serves every later transition as well without it, and a batch of payloads is not
+    /// copied while its claim holds the database.
+    pub fn hand_out(&mut self, id: EventId) -> Option<OutboxEvent> {
+        let event = &mut self.rows.get_mut(&id)?.event;
+        let payload = std::mem::take(&mut event.payload);
+        let mut out = event.clone();
+        out.payload = payload;
+        Some(out)
+    }
+
     /// The row as read and changed so far.
     pub fn row(&self, id: EventId) -> Option<&Row<X>> {
         self.rows.get(&id)

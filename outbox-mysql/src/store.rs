@@ -524,10 +524,7 @@ impl OutboxStore for MySqlStore {
         } else {
             self.take_due(&mut work, limit, true).await?
         };
-        let events = ids
-            .iter()
-            .filter_map(|id| work.event(*id).cloned())
-            .collect();
+        let events = ids.iter().filter_map(|id| work.hand_out(*id)).collect();
         // The rows as read under their locks, which no one else can change while they last:
         // the settlement needs not read them again.
         let rows = work.take_rows(&ids);

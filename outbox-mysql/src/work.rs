@@ -308,6 +308,11 @@ impl<'s> Work<'s> {
         self.changes.event(id)
     }
 
+    /// A claimed event, for its deliverer (see [`Changes::hand_out`]).
+    pub(crate) fn hand_out(&mut self, id: EventId) -> Option<OutboxEvent> {
+        self.changes.hand_out(id)
+    }
+
     /// Applies `t` to a read event (see [`Changes::apply`]).
     pub(crate) fn apply(&mut self, id: EventId, t: &Transition) -> Result<OutboxEvent, StoreError> {
         self.changes.apply(id, t)

@@ -633,10 +633,7 @@ impl OutboxStore for SqliteStore {
                 batch: Box::new(batch),
             });
         }
-        let events = ids
-            .iter()
-            .filter_map(|id| work.event(*id).cloned())
-            .collect();
+        let events = ids.iter().filter_map(|id| work.hand_out(*id)).collect();
         batch.ids = ids;
         batch.claimed = tokio::time::Instant::now();
         if self.keeps_claims_open() {

@@ -234,6 +234,11 @@ impl Work {
         self.changes.event(id)
     }
 
+    /// A claimed event, for its deliverer (see [`Changes::hand_out`]).
+    pub(crate) fn hand_out(&mut self, id: EventId) -> Option<OutboxEvent> {
+        self.changes.hand_out(id)
+    }
+
     /// The locked claim marking a read event, and until when.
     pub(crate) fn hold_of(&self, id: EventId) -> Option<(Uuid, DateTime<Utc>)> {
         self.changes.row(id).and_then(|r| r.extra.0)

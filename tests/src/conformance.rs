@@ -867,13 +867,28 @@ async fn claim_locked<H: Harness>(h: &H, limit: usize) -> (Box<dyn LockedBatch>,
 
 const HOLD: Duration = Duration::from_secs(30);
 
-/// A locked claim takes due events oldest first and leaves them pending to every reader, while
-/// every other claim, locked or leased, skips them; settling them all delivered writes what an
-/// ack under a lease would.
+/// A locked claim takes due events oldest first, handing each out whole, and leaves them
+/// pending to every reader, while every other claim, locked or leased, skips them; settling
+/// them all delivered writes what an ack under a lease would.
 pub async fn a_locked_claim_is_skipped_by_every_other_claim<H: Harness>(h: &H) {
     let ids = emit_n(h, 3).await;
-    let (batch, claimed) = claim_locked(h, 2).await;
+    let taken = h
+        .store()
+        .claim_locked("w1", 2, HOLD, h.clock().now_utc())
+        .await
+        .expect("locked claim");
+    let claimed: Vec<EventId> = taken.events.iter().map(|e| e.id).collect();
     assert_eq!(claimed, ids[..2].to_vec());
+    for (n, event) in taken.events.iter().enumerate() {
+        assert_eq!(
+            event.payload,
+            json!({ "n": n }),
+            "handed out with its payload"
+        );
+        let stored = h.store().fetch(event.id).await.expect("get");
+        assert_eq!(event, &stored, "handed out whole, as stored");
+    }
+    let batch = taken.batch;
     let c = h.store().count_by_status().await.expect("count");
     assert_eq!((c.pending, c.in_flight), (3, 0), "still pending to readers");
     let (other, rest) = claim_locked(h, 10).await;
