@@ -37,11 +37,14 @@ impl PgStore {
         self.notifier
             .read_mode_once(&self.pool, &self.config.schema, &self.config.table)
             .await;
-        let tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL outbox.notify = 'off'")
-            .await
-            .map_err(db_error)?;
+        // A streamed table's notify trigger is off for everyone: the setting would only cost
+        // the server a statement per transaction.
+        let begin = if self.notifier.streamed() {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL outbox.notify = 'off'"
+        };
+        let tx = self.pool.begin_with(begin).await.map_err(db_error)?;
         Ok(PgTransaction {
             store: self.clone(),
             tx,
