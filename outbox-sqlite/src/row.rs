@@ -38,27 +38,27 @@ const HEADERS: Col = Col(4, "headers");
 const ORDERING_KEY: Col = Col(5, "ordering_key");
 const FIELDS: Col = Col(6, "fields");
 
-/// The `fields` array of [`COLUMNS`], in its order. Ids come as hex (JSON holds no blobs),
-/// empty for none.
+/// The `fields` array of [`COLUMNS`], read in its order (by place, not by name). Ids come as
+/// hex (JSON holds no blobs), empty for none.
 #[derive(serde::Deserialize)]
-struct Fields(
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    String,
-    Option<i64>,
-);
+struct Fields {
+    event_type: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    idempotency_key: Option<String>,
+    attempts: i64,
+    max_attempts: i64,
+    next_attempt_at: i64,
+    lease_id: String,
+    locked_by: Option<String>,
+    locked_until: Option<i64>,
+    last_error: Option<String>,
+    updated_at: i64,
+    delivered_at: Option<i64>,
+    key_place: Option<i64>,
+    hold_id: String,
+    hold_until: Option<i64>,
+}
 
 /// The value of `column` in a row selected with [`COLUMNS`] first.
 fn get<'r, T>(row: &'r SqliteRow, column: Col) -> Result<T, StoreError>
@@ -151,31 +151,15 @@ fn stored_from_row(
     status: Status,
     created_at: DateTime<Utc>,
 ) -> Result<Stored, StoreError> {
-    let Fields(
-        event_type,
-        aggregate_type,
-        aggregate_id,
-        idempotency_key,
-        attempts,
-        max_attempts,
-        next_attempt_at,
-        lease_id,
-        locked_by,
-        locked_until,
-        last_error,
-        updated_at,
-        delivered_at,
-        key_place,
-        hold_id,
-        hold_until,
-    ) = serde_json::from_str(get(row, FIELDS)?).map_err(|e| bad(format!("fields: {e}")))?;
+    let f: Fields =
+        serde_json::from_str(get(row, FIELDS)?).map_err(|e| bad(format!("fields: {e}")))?;
     let lease = match (
-        hex_uuid("lease_id", &lease_id)?,
-        opt_time("locked_until", locked_until)?,
+        hex_uuid("lease_id", &f.lease_id)?,
+        opt_time("locked_until", f.locked_until)?,
     ) {
         (Some(lease), Some(until)) => Some(Lease {
             id: LeaseId::from_uuid(lease),
-            holder: locked_by.unwrap_or_default(),
+            holder: f.locked_by.unwrap_or_default(),
             until,
         }),
         _ => None,
@@ -190,36 +174,36 @@ fn stored_from_row(
         Err(e) => return Err(db_error(e)),
     };
     let hold = match (
-        hex_uuid("hold_id", &hold_id)?,
-        opt_time("hold_until", hold_until)?,
+        hex_uuid("hold_id", &f.hold_id)?,
+        opt_time("hold_until", f.hold_until)?,
     ) {
         (Some(hold), Some(until)) => Some((hold, until)),
         _ => None,
     };
     Ok(Stored {
-        key_place,
+        key_place: f.key_place,
         attempts: attempt_log,
         extra: Hold(hold),
         event: OutboxEvent {
             id,
-            event_type,
-            aggregate_type,
-            aggregate_id,
+            event_type: f.event_type,
+            aggregate_type: f.aggregate_type,
+            aggregate_id: f.aggregate_id,
             payload,
             headers,
-            idempotency_key,
+            idempotency_key: f.idempotency_key,
             ordering_key: get(row, ORDERING_KEY)?,
             lifecycle: Lifecycle {
                 status,
-                attempts: count("attempts", attempts)?,
-                max_attempts: count("max_attempts", max_attempts)?,
-                next_attempt_at: time("next_attempt_at", next_attempt_at)?,
+                attempts: count("attempts", f.attempts)?,
+                max_attempts: count("max_attempts", f.max_attempts)?,
+                next_attempt_at: time("next_attempt_at", f.next_attempt_at)?,
                 lease,
-                last_error,
-                delivered_at: opt_time("delivered_at", delivered_at)?,
+                last_error: f.last_error,
+                delivered_at: opt_time("delivered_at", f.delivered_at)?,
             },
             created_at,
-            updated_at: time("updated_at", updated_at)?,
+            updated_at: time("updated_at", f.updated_at)?,
         },
     })
 }
