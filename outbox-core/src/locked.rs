@@ -147,9 +147,9 @@ pub fn held_nothing(settlement: &Settlement) -> Vec<Recorded> {
 /// `change(id, claim, outcome)`, which applies the state machine's claim and then the outcome
 /// to the stored event and says what the outcome did ([`Outcome::of`]; a SQL store's
 /// [`Changes::settle_locked`](crate::changes::Changes::settle_locked) does all of it, and may
-/// delete a delivered event, as the store's acks do); an id not in the batch is reported lost and left alone; the batch's
-/// events named nowhere, or released, are reported released and left as they were. The
-/// answer is in [`Settlement::ids`] order, then the unnamed ones.
+/// delete a delivered event, as the store's acks do); an id not in the batch is reported lost
+/// and left alone; the batch's events named nowhere, or released, are reported released and
+/// left as they were. The answer is in [`Settlement::ids`] order, then the unnamed ones.
 pub fn settle(
     settlement: &Settlement,
     held: &[EventId],
